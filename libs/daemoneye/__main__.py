@@ -1,0 +1,3 @@
+from daemoneye.console.cli import main
+
+raise SystemExit(main())

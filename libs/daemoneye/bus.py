@@ -1,0 +1,446 @@
+"""The only code that creates ZeroMQ sockets: a socket factory, topic names,
+a Publisher that stamps sequence numbers and a Subscriber that checks them.
+
+Sequence numbers are kept per (source, stream), where a stream is a topic's first
+two labels (`events.process`, `alerts.high`, `control.health`). A subscriber can
+then filter by prefix and still detect gaps in every stream its prefixes cover
+whole; streams it only sees part of are not gap-checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket as pysocket
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from daemoneye import wire
+from daemoneye.config import Settings
+
+log = logging.getLogger("daemoneye.bus")
+
+RUN_DIR_MODE = 0o750
+SOCKET_MODE = 0o660
+
+
+class Topics:
+    """Topic names. A SUB prefix filter selects by these."""
+
+    PROCESS = "events.process."
+    PROCESS_START = "events.process.start"
+    PROCESS_STOP = "events.process.stop"
+    PROCESS_MODIFY = "events.process.modify"
+    PROCESS_SUSPICIOUS = "events.process.suspicious"
+    COLLECTOR_NOTICE = "events.collector."
+    HEARTBEAT = "control.health.heartbeat."
+    LIFECYCLE = "control.collector.lifecycle"
+    SERVICE_LIFECYCLE = "control.service.lifecycle"
+    ALERTS = "alerts."
+    AUDIT = "audit."
+    CHECKPOINT = "ledger.checkpoint"
+    BROKER = "control.broker"
+
+    @staticmethod
+    def heartbeat(service_id: str) -> str:
+        return f"control.health.heartbeat.{service_id}"
+
+    @staticmethod
+    def collector_notice(collector_id: str) -> str:
+        return f"events.collector.{collector_id}"
+
+    @staticmethod
+    def alert(severity: str) -> str:
+        return f"alerts.{severity}"
+
+    @staticmethod
+    def audit(service: str) -> str:
+        return f"audit.{service}"
+
+    @staticmethod
+    def control(service: str, service_id: str | None = None) -> str:
+        return f"control.{service}.{service_id}" if service_id else f"control.{service}"
+
+
+def stream_of(topic: str) -> str:
+    """The sequence stream a topic belongs to: its first two labels."""
+    first, _, rest = topic.partition(".")
+    second = rest.partition(".")[0]
+    return f"{first}.{second}" if second else first
+
+
+def covers(prefixes: Iterable[str], stream: str) -> bool:
+    """Whether subscribing to `prefixes` delivers every topic of `stream`."""
+    return any(p == "" or f"{stream}.".startswith(p) for p in prefixes)
+
+
+def new_boot_id() -> str:
+    return secrets.token_hex(8)
+
+
+# --- the socket factory ------------------------------------------------------
+
+
+class RunDirError(RuntimeError):
+    """The run directory is unsafe or unusable; says which and why."""
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create the run dir 0750, refusing a symlink or a directory owned by someone else."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RunDirError(f"run dir {path} is a symlink; refusing to use it")
+    try:
+        path.mkdir(mode=RUN_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run dir {path}: {exc.strerror}") from None
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunDirError(f"run dir {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise RunDirError(
+            f"run dir {path} is owned by uid {info.st_uid}, not by us ({os.geteuid()})"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o027:
+        os.chmod(path, RUN_DIR_MODE)
+    return path
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+
+
+def endpoint_in_use(endpoint: str) -> bool:
+    """True when something answers on an ipc endpoint (a live broker)."""
+    path = ipc_path(endpoint)
+    if path is None or not path.exists():
+        return False
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class SocketFactory:
+    """Creates, configures and closes every socket of one process."""
+
+    def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.context = context or zmq.Context.instance()
+        self._sockets: list[zmq.Socket] = []
+        self._bound_files: list[Path] = []
+
+    def _make(self, kind: int) -> zmq.Socket:
+        bus = self.settings.bus
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, bus.linger_ms)
+        sock.setsockopt(zmq.SNDHWM, bus.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, bus.recv_hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, bus.max_message_bytes)
+        sock.setsockopt(zmq.RECONNECT_IVL, bus.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, bus.reconnect_ivl_max_ms)
+        self._sockets.append(sock)
+        return sock
+
+    def bind(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket:
+        path = ipc_path(endpoint)
+        if path is not None:
+            prepare_run_dir(path.parent)
+            if endpoint_in_use(endpoint):
+                raise RunDirError(f"{endpoint} is in use: another broker is running there")
+        sock = self._make(kind)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.close(sock)
+            raise RunDirError(f"cannot bind {endpoint}: {exc}") from None
+        if path is not None:
+            os.chmod(path, SOCKET_MODE)
+            self._bound_files.append(path)
+        return sock
+
+    def connect(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket:
+        sock = self._make(kind)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        sock.connect(endpoint)
+        return sock
+
+    def close(self, sock: zmq.Socket, linger_ms: int | None = None) -> None:
+        if sock in self._sockets:
+            self._sockets.remove(sock)
+        sock.close(linger=linger_ms)
+
+    def close_all(self, linger_ms: int | None = None) -> None:
+        for sock in list(self._sockets):
+            self.close(sock, linger_ms)
+        for path in self._bound_files:
+            path.unlink(missing_ok=True)
+        self._bound_files.clear()
+
+
+# --- publishing --------------------------------------------------------------
+
+
+class Publisher:
+    """Sends [topic, envelope] with a per-stream sequence number and this boot's id."""
+
+    def __init__(self, sock: zmq.Socket, source_id: str, boot_id: str | None = None) -> None:
+        self.sock = sock
+        self.source_id = source_id
+        self.boot_id = boot_id or new_boot_id()
+        self._seq: dict[str, int] = {}
+        self.sent = 0
+
+    def last_seq(self, stream: str) -> int:
+        return self._seq.get(stream, 0)
+
+    def continue_from(self, stream: str, last_seq: int) -> None:
+        """Resume a stream after a restart (e.g. from a WAL) so no seq is reused."""
+        self._seq[stream] = max(self._seq.get(stream, 0), last_seq)
+
+    def encode(self, topic: str, body_kind: str, body: Any = None) -> tuple[int, bytes]:
+        """Stamp the next seq of the topic's stream and encode, without sending."""
+        stream = stream_of(topic)
+        seq = self._seq.get(stream, 0) + 1
+        self._seq[stream] = seq
+        header = wire.Header(self.source_id, self.boot_id, seq, time.time_ns())
+        return seq, wire.encode_envelope(header, body_kind, body)
+
+    def publish(self, topic: str, body_kind: str, body: Any = None) -> int:
+        seq, data = self.encode(topic, body_kind, body)
+        self.send_encoded(topic, data)
+        return seq
+
+    def send_encoded(self, topic: str, data: bytes) -> None:
+        self.sock.send_multipart([topic.encode(), data])
+        self.sent += 1
+
+
+# --- subscribing -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    envelope: Any  # a decoded wire.Envelope reader
+    size: int
+
+    @property
+    def kind(self) -> str:
+        return wire.body_kind(self.envelope)
+
+    @property
+    def body(self) -> Any:
+        return wire.body_of(self.envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    source_id: str
+    stream: str
+    first_missing: int
+    last_missing: int
+
+    @property
+    def count(self) -> int:
+        return self.last_missing - self.first_missing + 1
+
+
+@dataclass
+class SubscriberStats:
+    received: int = 0
+    dropped_malformed: int = 0
+    dropped_oversize: int = 0
+    gaps: int = 0
+    missing: int = 0
+    restarts: int = 0
+    duplicates: int = 0
+    last_drop_reason: str = ""
+
+
+@dataclass
+class _StreamState:
+    boot_id: str
+    last_seq: int
+
+
+class SequenceTracker:
+    """Per (source, stream) sequence checking: gaps, restarts and duplicates."""
+
+    def __init__(self, prefixes: Iterable[str], on_gap: Callable[[Gap], None] | None = None):
+        self.prefixes = tuple(prefixes)
+        self.on_gap = on_gap
+        self.stats = SubscriberStats()
+        self._streams: dict[tuple[str, str], _StreamState] = {}
+        self._covered: dict[str, bool] = {}
+
+    def check(self, topic: str, source_id: str, boot_id: str, seq: int) -> bool:
+        """Record one message; False when it is a duplicate to be ignored."""
+        stream = stream_of(topic)
+        covered = self._covered.get(stream)
+        if covered is None:
+            covered = self._covered[stream] = covers(self.prefixes, stream)
+        if not covered:
+            return True
+        key = (source_id, stream)
+        state = self._streams.get(key)
+        if state is None:
+            self._streams[key] = _StreamState(boot_id, seq)
+            return True
+        if boot_id != state.boot_id:
+            state.boot_id = boot_id
+            if seq <= state.last_seq or seq == 1:
+                # A new sequence space: the source restarted without continuing.
+                self.stats.restarts += 1
+                state.last_seq = seq
+                return True
+        if seq <= state.last_seq:
+            self.stats.duplicates += 1
+            return False
+        if seq > state.last_seq + 1:
+            gap = Gap(source_id, stream, state.last_seq + 1, seq - 1)
+            self.stats.gaps += 1
+            self.stats.missing += gap.count
+            log.warning(
+                "gap source=%s stream=%s missing=%d-%d",
+                source_id,
+                stream,
+                gap.first_missing,
+                gap.last_missing,
+            )
+            if self.on_gap:
+                self.on_gap(gap)
+        state.last_seq = seq
+        return True
+
+    def last_seq(self, source_id: str, stream: str) -> int:
+        state = self._streams.get((source_id, stream))
+        return state.last_seq if state else 0
+
+
+class Subscriber:
+    """A SUB socket with decoding, size limits and sequence checking."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        prefixes: Iterable[str],
+        max_event_bytes: int,
+        on_gap: Callable[[Gap], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.prefixes = tuple(prefixes) or ("",)
+        self.max_event_bytes = max_event_bytes
+        self.tracker = SequenceTracker(self.prefixes, on_gap)
+        self._drop_logged_at = 0.0
+        for prefix in self.prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+
+    @property
+    def stats(self) -> SubscriberStats:
+        return self.tracker.stats
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """The next valid message, or None when none arrives in time."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.sock.poll(wait):
+                return None
+            msg = self.recv_ready()
+            if msg is not None:
+                return msg
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def recv_ready(self) -> Message | None:
+        """Read one waiting frame without blocking; None when it was dropped or none waits."""
+        try:
+            frames = self.sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return self.accept(frames)
+
+    def drain(self, limit: int = 1000) -> Iterable[Message]:
+        """Every message waiting now (up to `limit` frames), without blocking."""
+        for _ in range(limit):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = self.accept(frames)
+            if msg is not None:
+                yield msg
+
+    def accept(self, frames: list[bytes]) -> Message | None:
+        stats = self.tracker.stats
+        if len(frames) != 2:
+            return self._drop(f"expected 2 frames [topic, envelope], got {len(frames)}")
+        topic_bytes, data = frames
+        if len(data) > self.max_event_bytes:
+            stats.dropped_oversize += 1
+            return self._drop(f"frame of {len(data)} bytes exceeds {self.max_event_bytes}")
+        try:
+            topic = topic_bytes.decode()
+            envelope = wire.decode_envelope(data)
+        except UnicodeDecodeError:
+            return self._drop("topic is not UTF-8")
+        except wire.DecodeError as exc:
+            return self._drop(f"topic {topic_bytes[:80]!r}: {exc}")
+        if not self.tracker.check(topic, envelope.sourceId, envelope.bootId, envelope.seq):
+            return None
+        stats.received += 1
+        return Message(topic, envelope, len(data))
+
+    def _drop(self, reason: str) -> None:
+        stats = self.tracker.stats
+        stats.dropped_malformed += 1
+        stats.last_drop_reason = reason
+        now = time.monotonic()
+        if now - self._drop_logged_at > 1.0:  # log at most once a second; the count is exact
+            self._drop_logged_at = now
+            log.warning("dropped frame: %s (dropped so far: %d)", reason, stats.dropped_malformed)
+        return None
+
+
+@dataclass
+class TopicCounter:
+    """Messages and bytes per topic, bounded in how many distinct topics it names."""
+
+    max_topics: int
+    counts: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    OTHER = "(other)"
+
+    def add(self, topic: str, size: int) -> None:
+        if topic not in self.counts and len(self.counts) >= self.max_topics:
+            topic = self.OTHER
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+        self.bytes[topic] = self.bytes.get(topic, 0) + size
+
+
+def wait_for_endpoint(endpoint: str, timeout_s: float) -> bool:
+    """Wait until an ipc endpoint accepts connections (used by supervisors and tests)."""
+    path = ipc_path(endpoint)
+    if path is None:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if endpoint_in_use(endpoint):
+            return True
+        time.sleep(0.02)  # polling a filesystem condition; there is nothing to block on
+    return False

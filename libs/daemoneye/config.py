@@ -1,0 +1,169 @@
+"""Typed settings: defaults < /etc/daemoneye/daemoneye.toml < ~/.config/daemoneye/daemoneye.toml
+< --config FILE < DAEMONEYE_* env (nested with `__`) < CLI flags.
+
+`load_settings` is the one entry point; an invalid value raises `ConfigError`
+naming the key, the value and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemoneye.sections.alerter import AlerterSettings
+from daemoneye.sections.collector import CollectorSettings
+from daemoneye.sections.detector import DetectorSettings
+from daemoneye.sections.ledger import LedgerSettings
+
+SYSTEM_CONFIG = Path("/etc/daemoneye/daemoneye.toml")
+USER_CONFIG = Path("~/.config/daemoneye/daemoneye.toml").expanduser()
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_run_dir() -> Path:
+    if is_root():
+        return Path("/run/daemoneye")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "daemoneye"
+    return Path(tempfile.gettempdir()) / f"daemoneye-{os.getuid()}"
+
+
+def default_data_dir() -> Path:
+    if is_root():
+        return Path("/var/lib/daemoneye")
+    return Path("~/.local/share/daemoneye").expanduser()
+
+
+class BusSettings(BaseModel):
+    """Endpoints and socket options. Empty endpoints mean `ipc://<run_dir>/<name>`."""
+
+    events_in: str = ""
+    events_out: str = ""
+    control: str = ""
+    max_message_bytes: int = Field(16 << 20, gt=1024, description="hard cap (ZMQ_MAXMSGSIZE)")
+    max_event_bytes: int = Field(1 << 20, gt=64, description="bus frames above this are dropped")
+    send_hwm: int = Field(100_000, ge=0)
+    recv_hwm: int = Field(100_000, ge=0)
+    linger_ms: int = Field(1000, ge=0)
+    reconnect_ivl_ms: int = Field(100, gt=0)
+    reconnect_ivl_max_ms: int = Field(2000, ge=0)
+
+    @field_validator("events_in", "events_out", "control")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        if value and not value.startswith(("ipc://", "tcp://", "inproc://")):
+            raise ValueError("must start with ipc://, tcp:// or inproc://")
+        return value
+
+
+class BrokerSettings(BaseModel):
+    unhealthy_after_missed: int = Field(3, ge=1, description="missed heartbeats before unhealthy")
+    remove_after_missed: int = Field(12, ge=2, description="missed heartbeats before removal")
+    max_counted_topics: int = Field(4096, ge=16, description="distinct topics counted by name")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DAEMONEYE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    run_dir: Path = Field(default_factory=default_run_dir)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    config: Path | None = None
+    hostname: str = Field(default_factory=socket.gethostname)
+    log_level: str = "info"
+    heartbeat_interval_s: float = Field(5.0, gt=0, le=3600)
+    rpc_timeout_s: float = Field(5.0, gt=0, le=3600)
+    bus: BusSettings = BusSettings()
+    broker: BrokerSettings = BrokerSettings()
+    collector: CollectorSettings = CollectorSettings()
+    detector: DetectorSettings = DetectorSettings()
+    alerter: AlerterSettings = AlerterSettings()
+    ledger: LedgerSettings = LedgerSettings()
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return level
+
+    def endpoint(self, name: str) -> str:
+        configured = getattr(self.bus, name.replace("-", "_"))
+        return configured or f"ipc://{self.run_dir / name}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [p for p in (_explicit_config_file(), USER_CONFIG, SYSTEM_CONFIG) if p]
+        tomls = [TomlConfigSettingsSource(settings_cls, toml_file=p) for p in files if p.is_file()]
+        return (init_settings, env_settings, *tomls)
+
+
+_explicit_file: Path | None = None
+
+
+def _explicit_config_file() -> Path | None:
+    if _explicit_file is not None:
+        return _explicit_file
+    env = os.environ.get("DAEMONEYE_CONFIG")
+    return Path(env).expanduser() if env else None
+
+
+class ConfigError(Exception):
+    """An invalid setting: one line per problem, naming key, value and reason."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from every source; CLI flags arrive as `overrides` (None = not given)."""
+    global _explicit_file
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        config_file = Path(config_file).expanduser()
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist or is not a file")
+        given["config"] = config_file
+    _explicit_file = config_file
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read configuration: {exc}") from None
+    finally:
+        _explicit_file = None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"invalid setting {key}{shown}: {err['msg']}")
+    return "\n".join(lines)

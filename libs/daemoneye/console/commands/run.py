@@ -1,0 +1,32 @@
+"""`daemoneye run SERVICE`: one service in the foreground (what a container or unit runs)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from daemoneye.services import available, service_class
+
+from ..common import CommandError, add_command, settings_from
+
+
+def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        parent,
+        "run",
+        "Run one service in the foreground until SIGTERM or Ctrl-C.",
+        "  daemoneye run broker\n  daemoneye run collector --id collector-2\n",
+    )
+    p.add_argument("service", help=f"one of: {', '.join(available())}")
+    p.add_argument("--id", dest="service_id", help="service id (default: <service>@<hostname>)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    try:
+        cls = service_class(args.service)
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    return cls(settings, args.service_id).run()

@@ -1,0 +1,76 @@
+"""`daemoneye tap`: print bus messages decoded, one per line (the debugging tap)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import zmq
+from rich.markup import escape
+
+from daemoneye import wire
+from daemoneye.bus import Message, SocketFactory, Subscriber
+
+from ..common import add_command, console, settings_from
+
+SUMMARY_CHARS = 160
+
+
+def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        parent,
+        "tap",
+        "Subscribe to the bus and print each message decoded, one per line.",
+        "  daemoneye tap\n  daemoneye tap events.process. alerts. --json\n"
+        "  daemoneye tap control.health. --count 5\n",
+    )
+    p.add_argument("prefixes", nargs="*", metavar="TOPIC_PREFIX", help="topic prefixes (all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, default=0, help="exit after N messages")
+    p.add_argument("--timeout", type=float, default=0, help="exit 1 if nothing arrives in S s")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    factory = SocketFactory(settings)
+    sock = factory.connect(zmq.SUB, settings.endpoint("events-out"))
+    subscriber = Subscriber(sock, args.prefixes, settings.bus.max_event_bytes)
+    seen = 0
+    try:
+        while not args.count or seen < args.count:
+            msg = subscriber.recv(int(args.timeout * 1000) if args.timeout else None)
+            if msg is None:
+                print(f"daemoneye tap: nothing received within {args.timeout:g} s", file=sys.stderr)
+                return 1
+            seen += 1
+            if args.json:
+                print(json.dumps(as_json(msg)), flush=True)
+            else:
+                console.print(human_line(msg), soft_wrap=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        factory.close_all(linger_ms=0)
+    return 0
+
+
+def as_json(msg: Message) -> dict[str, Any]:
+    return {"topic": msg.topic, "envelope": wire.to_dict(msg.envelope)}
+
+
+def human_line(msg: Message) -> str:
+    env = msg.envelope
+    stamp = time.strftime("%H:%M:%S", time.localtime(env.sentNs / 1e9))
+    millis = (env.sentNs // 1_000_000) % 1000
+    body = json.dumps(wire.to_dict(msg.envelope)["body"][msg.kind], separators=(",", ":"))
+    if len(body) > SUMMARY_CHARS:
+        body = body[: SUMMARY_CHARS - 1] + "…"
+    return (
+        f"[dim]{stamp}.{millis:03d}[/dim] [cyan]{msg.topic}[/cyan] "
+        f"{escape(env.sourceId)}#{env.seq} [bold]{msg.kind}[/bold] {escape(body)}"
+    )

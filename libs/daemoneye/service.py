@@ -1,0 +1,423 @@
+"""The service base: sockets, registration, heartbeats, RPC dispatch, signals, shutdown.
+
+A service is a small class that declares the topics it subscribes to and the RPC
+verbs it answers (`@rpc("verb")` methods). The base wires the sockets, runs one
+poll loop, publishes `control.health.heartbeat.<id>` every interval, re-registers
+with the broker on every heartbeat (so a restarted broker relearns routes) and
+stops cleanly on SIGTERM/SIGINT. Unit tests call handlers directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import psutil
+import zmq
+
+from daemoneye import logs, wire
+from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
+from daemoneye.config import Settings
+from daemoneye.rpc import REPLY_MARK, RpcResult
+
+MAX_POLL_MS = 200  # the longest the loop sleeps: bounds how late a stop flag is seen
+
+
+class RpcFault(Exception):
+    """Raised by an RPC handler to answer with an error code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Request:
+    verb: str
+    params: dict[str, Any]
+    payload: bytes = b""
+    route: bytes | None = None  # the caller's ROUTER identity, where known
+    source_id: str = ""
+
+
+def rpc(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method `(self, request: Request) -> Any | RpcResult` as the handler of `verb`."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn._rpc_verb = verb  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@dataclass
+class _Timer:
+    interval_s: float
+    fn: Callable[[], None]
+    due: float = 0.0
+
+
+@dataclass
+class RateMeter:
+    """Events per second over the last heartbeat interval."""
+
+    count: int = 0
+    _last_count: int = 0
+    _last_t: float = field(default_factory=time.monotonic)
+    rate: float = 0.0
+
+    def add(self, n: int = 1) -> None:
+        self.count += n
+
+    def sample(self) -> float:
+        now = time.monotonic()
+        elapsed = now - self._last_t
+        if elapsed > 0:
+            self.rate = (self.count - self._last_count) / elapsed
+        self._last_count, self._last_t = self.count, now
+        return self.rate
+
+
+class Service:
+    name: ClassVar[str] = ""
+    subscriptions: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: Settings, service_id: str | None = None) -> None:
+        self.settings = settings
+        self.service_id = service_id or f"{self.name}@{settings.hostname}"
+        self.boot_id = new_boot_id()
+        self.started_ns = time.time_ns()
+        self.started = time.monotonic()
+        self.log = logging.getLogger(f"daemoneye.{self.name}")
+        self.factory = SocketFactory(settings)
+        self.publisher: Publisher | None = None
+        self.subscriber: Subscriber | None = None
+        self.control: zmq.Socket | None = None
+        self.events = RateMeter()
+        self.state = "running"
+        self.notes: list[str] = []
+        self._stopping = False
+        self._stop_reason = ""
+        self._watched: dict[zmq.Socket, Callable[[], None]] = {}
+        self._poller_dirty = True
+        self._timers: list[_Timer] = []
+        self._process = psutil.Process()
+        self._process.cpu_percent()  # prime: the first call always returns 0
+        self.verbs: dict[str, Callable[[Request], Any]] = {}
+        for attr in dir(type(self)):
+            verb = getattr(getattr(type(self), attr), "_rpc_verb", None)
+            if verb:
+                self.verbs[verb] = getattr(self, attr)
+
+    # --- hooks for subclasses -------------------------------------------------
+
+    def setup(self) -> None:
+        """Open stores and extra sockets; called after the bus sockets exist."""
+
+    def teardown(self) -> None:
+        """Flush and close what setup opened; called once on the way out."""
+
+    def on_message(self, msg: Message) -> None:
+        """One decoded bus message on a subscribed topic."""
+
+    def on_gap(self, gap: Gap) -> None:
+        """Messages of a source's stream were missed; override to repair by replay."""
+
+    def on_reload(self) -> None:
+        """SIGHUP: reload configuration or rules."""
+
+    def metrics(self) -> dict[str, float]:
+        """Service-specific figures for heartbeats and health replies."""
+        return {}
+
+    def queue_depth(self) -> int:
+        return 0
+
+    # --- wiring ---------------------------------------------------------------
+
+    def open_sockets(self) -> None:
+        settings = self.settings
+        pub = self.factory.connect(zmq.PUB, settings.endpoint("events-in"))
+        self.publisher = Publisher(pub, self.service_id, self.boot_id)
+        self.control = self.factory.connect(zmq.DEALER, settings.endpoint("control"))
+        self.watch(self.control, self._on_control)
+        if self.subscriptions:
+            sub = self.factory.connect(zmq.SUB, settings.endpoint("events-out"))
+            self.subscriber = Subscriber(
+                sub, self.subscriptions, settings.bus.max_event_bytes, self.on_gap
+            )
+            self.watch(sub, self._on_bus)
+
+    def watch(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
+        self._watched[sock] = handler
+        self._poller_dirty = True
+
+    def unwatch(self, sock: zmq.Socket) -> None:
+        self._watched.pop(sock, None)
+        self._poller_dirty = True
+
+    def every(self, interval_s: float, fn: Callable[[], None], first_in_s: float = 0.0) -> None:
+        self._timers.append(_Timer(interval_s, fn, time.monotonic() + first_in_s))
+
+    def stop(self, reason: str = "requested") -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._stop_reason = reason
+            self.state = "stopping"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    # --- running --------------------------------------------------------------
+
+    def run(self) -> int:
+        logs.configure(self.name, self.service_id, self.settings.log_level)
+        self._install_signals()
+        try:
+            self.open_sockets()
+            self.setup()
+        except Exception as exc:
+            self.log.error("cannot start: %s", exc)
+            self.factory.close_all(linger_ms=0)
+            return 1
+        self.every(self.settings.heartbeat_interval_s, self.heartbeat)
+        self.log.info("started", extra={"pid": os.getpid(), "boot_id": self.boot_id})
+        try:
+            self._loop()
+        finally:
+            self.log.info("stopping", extra={"reason": self._stop_reason})
+            try:
+                self.teardown()
+            finally:
+                self._deregister()
+                self.factory.close_all()
+        self.log.info("stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.stop("SIGINT"))
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self._safely(self.on_reload))
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        while not self._stopping:
+            if self._poller_dirty:
+                poller = zmq.Poller()
+                for sock in self._watched:
+                    poller.register(sock, zmq.POLLIN)
+                self._poller_dirty = False
+            now = time.monotonic()
+            next_due = min((t.due for t in self._timers), default=now + 1)
+            timeout_ms = max(0, min(MAX_POLL_MS, int((next_due - now) * 1000) + 1))
+            try:
+                ready = poller.poll(timeout_ms)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.ETERM:
+                    break
+                raise
+            for sock, _ in ready:
+                handler = self._watched.get(sock)
+                if handler:
+                    self._safely(handler)
+            self._run_timers()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for timer in self._timers:
+            if timer.due <= now:
+                timer.due = now + timer.interval_s
+                self._safely(timer.fn)
+
+    def _safely(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            self.log.exception("handler %s failed; continuing", getattr(fn, "__name__", fn))
+
+    def _on_bus(self) -> None:
+        assert self.subscriber is not None
+        for msg in self.subscriber.drain():
+            self.events.add()
+            try:
+                self.on_message(msg)
+            except Exception:
+                self.log.exception("handling %s failed; continuing", msg.topic)
+
+    # --- heartbeats and registration -----------------------------------------
+
+    def heartbeat(self) -> None:
+        assert self.publisher is not None
+        self.events.sample()
+        self.publisher.publish(
+            Topics.heartbeat(self.service_id), "heartbeat", self.heartbeat_body()
+        )
+        self._register("register")
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        with self._process.oneshot():
+            rss = self._process.memory_info().rss
+            cpu = self._process.cpu_percent()
+        metrics = {**self._bus_metrics(), **self.metrics()}
+        return {
+            "service": self.name,
+            "serviceId": self.service_id,
+            "pid": os.getpid(),
+            "hostname": self.settings.hostname,
+            "state": self.state,
+            "intervalMs": int(self.settings.heartbeat_interval_s * 1000),
+            "uptimeS": time.monotonic() - self.started,
+            "eventsPerSec": self.events.rate,
+            "queueDepth": self.queue_depth(),
+            "rssBytes": rss,
+            "cpuPercent": cpu,
+            "metrics": [{"name": k, "value": float(v)} for k, v in metrics.items()],
+            "notes": list(self.notes),
+        }
+
+    def _bus_metrics(self) -> dict[str, float]:
+        if self.subscriber is None:
+            return {}
+        s = self.subscriber.stats
+        return {
+            "bus.received": s.received,
+            "bus.dropped": s.dropped_malformed,
+            "bus.gaps": s.gaps,
+            "bus.missing": s.missing,
+            "bus.restarts": s.restarts,
+        }
+
+    def registration(self) -> dict[str, Any]:
+        return {
+            "service": self.name,
+            "service_id": self.service_id,
+            "pid": os.getpid(),
+            "hostname": self.settings.hostname,
+            "boot_id": self.boot_id,
+            "heartbeat_interval_ms": int(self.settings.heartbeat_interval_s * 1000),
+            "verbs": sorted(self.verbs),
+            "started_ns": self.started_ns,
+        }
+
+    def _register(self, verb: str) -> None:
+        """Fire-and-forget to the broker; its reply is read by _on_control."""
+        if self.control is None or self.publisher is None:
+            return
+        body = wire.rpc_request(0, Topics.BROKER, verb, self.registration(), 0)
+        _, data = self.publisher.encode("control.rpc", "rpcRequest", body)
+        try:
+            self.control.send_multipart([Topics.BROKER.encode(), data], zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warning("broker not reachable; will register on the next heartbeat")
+
+    def _deregister(self) -> None:
+        self._register("deregister")
+
+    # --- RPC ------------------------------------------------------------------
+
+    def _on_control(self) -> None:
+        assert self.control is not None
+        for _ in range(100):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 3:
+                client, _target, data = frames
+                reply = self.handle_request(data, route=client)
+                self.control.send_multipart([REPLY_MARK, client, reply])
+            elif len(frames) == 1:
+                self._on_broker_reply(frames[0])
+            else:
+                self.log.warning("dropped control frame with %d parts", len(frames))
+
+    def _on_broker_reply(self, data: bytes) -> None:
+        try:
+            envelope = wire.decode_envelope(data)
+        except wire.DecodeError as exc:
+            self.log.warning("undecodable reply from the broker: %s", exc)
+            return
+        if wire.body_kind(envelope) == "rpcReply" and not envelope.body.rpcReply.ok:
+            reply = envelope.body.rpcReply
+            self.log.warning("broker refused: %s (%s)", reply.error, reply.errorCode)
+
+    def handle_request(self, data: bytes, route: bytes | None = None) -> bytes:
+        """Decode a request envelope, dispatch it and encode the reply."""
+        request_id = 0
+        try:
+            envelope = wire.decode_envelope(data)
+            if wire.body_kind(envelope) != "rpcRequest":
+                raise RpcFault(
+                    "bad_request", f"expected rpcRequest, got {wire.body_kind(envelope)}"
+                )
+            body = envelope.body.rpcRequest
+            request_id = body.requestId
+            if body.deadlineNs and body.deadlineNs < time.time_ns():
+                raise RpcFault("timeout", "request arrived after its deadline")
+            request = Request(
+                verb=body.verb,
+                params=wire.rpc_params(body),
+                payload=bytes(body.payload),
+                route=route,
+                source_id=envelope.sourceId,
+            )
+            reply = self.dispatch(request_id, request)
+        except wire.DecodeError as exc:
+            reply = wire.rpc_reply(request_id, error=str(exc), error_code="bad_request")
+        except RpcFault as exc:
+            reply = wire.rpc_reply(request_id, error=str(exc), error_code=exc.code)
+        assert self.publisher is not None
+        return self.publisher.encode("control.rpc", "rpcReply", reply)[1]
+
+    def dispatch(self, request_id: int, request: Request) -> dict[str, Any]:
+        handler = self.verbs.get(request.verb)
+        if handler is None:
+            known = ", ".join(sorted(self.verbs))
+            return wire.rpc_reply(
+                request_id,
+                error=f"{self.service_id} has no verb {request.verb!r} (known: {known})",
+                error_code="unknown_verb",
+            )
+        try:
+            result = handler(request)
+        except RpcFault as exc:
+            return wire.rpc_reply(request_id, error=str(exc), error_code=exc.code)
+        except Exception as exc:
+            self.log.exception("rpc %s failed", request.verb)
+            return wire.rpc_reply(
+                request_id, error=f"{type(exc).__name__}: {exc}", error_code="failed"
+            )
+        if isinstance(result, RpcResult):
+            return wire.rpc_reply(request_id, result=result.value, payloads=result.payloads)
+        return wire.rpc_reply(request_id, result=result)
+
+    def health(self) -> dict[str, Any]:
+        body = self.heartbeat_body()
+        return {
+            "service": self.name,
+            "service_id": self.service_id,
+            "boot_id": self.boot_id,
+            "pid": body["pid"],
+            "state": self.state,
+            "uptime_s": body["uptimeS"],
+            "rss_bytes": body["rssBytes"],
+            "cpu_percent": body["cpuPercent"],
+            "notes": body["notes"],
+            "metrics": {m["name"]: m["value"] for m in body["metrics"]},
+        }
+
+    @rpc("health")
+    def rpc_health(self, request: Request) -> dict[str, Any]:
+        return self.health()
+
+    @rpc("graceful_shutdown")
+    def rpc_graceful_shutdown(self, request: Request) -> dict[str, Any]:
+        self.stop(f"graceful_shutdown from {request.source_id or 'a client'}")
+        return {"stopping": True}

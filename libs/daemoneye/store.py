@@ -1,0 +1,126 @@
+"""RocksDB (rocksdict) for the services that own data: bytes keys and values, batched
+writes, prefix scans and time-ordered keys.
+
+Each owning service opens its own directory under `<data_dir>/<service>`. Keys are
+laid out so the common reads are prefix scans: `b"<table>/" + be64(time_ns) + ...`
+sorts by time, `b"<table>/" + be32(pid) + ...` by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written: says where and why."""
+
+
+def be64(value: int) -> bytes:
+    return struct.pack(">Q", value)
+
+
+def be32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+def un_be64(data: bytes) -> int:
+    return struct.unpack(">Q", data[:8])[0]
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix`."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\xff" * (len(prefix) + 1)
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class Store:
+    def __init__(self, path: Path, sync: bool = False, read_only: bool = False) -> None:
+        self.path = Path(path)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_background_jobs(2)
+        options.increase_parallelism(2)
+        try:
+            if not read_only:
+                self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
+            access = AccessType.read_only() if read_only else AccessType.read_write()
+            self.db = Rdict(str(self.path), options, access_type=access)
+        except Exception as exc:
+            raise StoreError(f"cannot open RocksDB at {self.path}: {exc}") from None
+        self._write_options = WriteOptions()
+        self._write_options.sync = sync
+        self.db.set_write_options(self._write_options)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.db.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self.db.delete(key)
+
+    def batch(self) -> WriteBatch:
+        return WriteBatch(raw_mode=True)
+
+    def write(self, batch: WriteBatch, sync: bool | None = None) -> None:
+        """Apply a batch atomically; `sync=True` makes it durable before returning."""
+        try:
+            if sync is None:
+                self.db.write(batch)
+            else:
+                options = WriteOptions()
+                options.sync = sync
+                self.db.write(batch, options)
+        except Exception as exc:
+            raise StoreError(f"write to {self.path} failed: {exc}") from None
+
+    def scan(
+        self, prefix: bytes, start: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Keys starting with `prefix` in order (from `start`, a full key, if given)."""
+        it = self.db.iter()
+        if reverse:
+            it.seek_for_prev(start or prefix_end(prefix))
+            if it.valid() and not it.key().startswith(prefix):
+                it.prev()
+        else:
+            it.seek(start or prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key, it.value()
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+
+    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None:
+        return next(self.scan(prefix, reverse=True), None)
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        """Delete keys in [start, end): retention by time drops a whole key range."""
+        self.db.delete_range(start, end)
+
+    def flush(self) -> None:
+        self.db.flush()
+        self.db.flush_wal(True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()
+
+
+def service_store(data_dir: Path, service: str, sync: bool = False) -> Store:
+    path = Path(data_dir) / service
+    os.makedirs(path.parent, mode=0o750, exist_ok=True)
+    return Store(path, sync=sync)

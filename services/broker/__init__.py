@@ -1,0 +1,1 @@
+"""The broker: bus forwarding, RPC routing and the service registry."""

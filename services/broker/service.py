@@ -1,0 +1,265 @@
+"""The broker: forwards the bus (XSUB events-in -> XPUB events-out), routes RPC on its
+ROUTER `control`, keeps the service registry and counts traffic per topic.
+
+It never decodes event bodies on the forwarding path (only heartbeats, to track
+health): each frame is checked for shape, size and a coherent Cap'n Proto segment
+table, counted and forwarded. The XSUB subscribes to everything, so the broker
+counts every topic whether or not anyone downstream listens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import zmq
+from daemoneye import wire
+from daemoneye.bus import Publisher, TopicCounter, Topics
+from daemoneye.rpc import REPLY_MARK
+from daemoneye.service import Request, RpcFault, Service, rpc
+
+from .registry import Registry, Transition
+
+HEARTBEAT_PREFIX = Topics.HEARTBEAT.encode()
+DRAIN_LIMIT = 5000  # frames per wake-up before the loop looks at its other sockets
+
+
+class Broker(Service):
+    name: ClassVar[str] = "broker"
+
+    def __init__(self, settings: Any, service_id: str | None = None) -> None:
+        super().__init__(settings, service_id)
+        cfg = settings.broker
+        self.registry = Registry(cfg.unhealthy_after_missed, cfg.remove_after_missed)
+        self.counter = TopicCounter(cfg.max_counted_topics)
+        self.forwarded = 0
+        self.dropped: dict[str, int] = {"shape": 0, "oversize": 0, "malformed": 0, "rpc": 0}
+        self.rpc_routed = 0
+        self.rpc_unroutable = 0
+        self._last_drop_log = 0.0
+
+    # --- sockets --------------------------------------------------------------
+
+    def open_sockets(self) -> None:
+        s = self.settings
+        self.xsub = self.factory.bind(zmq.XSUB, s.endpoint("events-in"))
+        self.xpub = self.factory.bind(zmq.XPUB, s.endpoint("events-out"))
+        self.router = self.factory.bind(zmq.ROUTER, s.endpoint("control"), ROUTER_MANDATORY=1)
+        self.xsub.send(b"\x01")  # subscribe to everything upstream
+        self.publisher = Publisher(self.xpub, self.service_id, self.boot_id)
+        self.watch(self.xsub, self._forward)
+        self.watch(self.xpub, self._drain_subscriptions)
+        self.watch(self.router, self._route)
+
+    def setup(self) -> None:
+        self.registry.register(self.registration(), route=None)
+        self.every(min(1.0, self.settings.heartbeat_interval_s), self._sweep)
+
+    def teardown(self) -> None:
+        own = self.registry.entries.get(self.service_id)
+        if own is not None:
+            self._announce(Transition(own, "deregister", "broker stopping"))
+
+    def _deregister(self) -> None:
+        """The broker is the registry; it has no one to deregister from."""
+
+    # --- forwarding -----------------------------------------------------------
+
+    def _forward(self) -> None:
+        max_bytes = self.settings.bus.max_event_bytes
+        recv, send, count = self.xsub.recv_multipart, self.xpub.send_multipart, self.counter.add
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._drop("shape", f"expected [topic, envelope], got {len(frames)} frames")
+                continue
+            topic, data = frames
+            if len(data) > max_bytes:
+                self._drop("oversize", f"{len(data)} bytes on {topic[:80]!r} > {max_bytes}")
+                continue
+            try:
+                wire.split_segments(data)
+                name = topic.decode()
+            except (wire.DecodeError, UnicodeDecodeError) as exc:
+                self._drop("malformed", f"topic {topic[:80]!r}: {exc}")
+                continue
+            count(name, len(data))
+            if topic.startswith(HEARTBEAT_PREFIX):
+                self._observe_heartbeat(data)
+            send(frames)
+            self.forwarded += 1
+            self.events.add()
+
+    def _drain_subscriptions(self) -> None:
+        """Downstream subscriptions need no forwarding: upstream sends everything."""
+        for _ in range(DRAIN_LIMIT):
+            try:
+                self.xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _drop(self, kind: str, reason: str) -> None:
+        self.dropped[kind] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log > 1.0:  # one line a second at most; the counts are exact
+            self._last_drop_log = now
+            self.log.warning(
+                "dropped frame: %s", reason, extra={"dropped": sum(self.dropped.values())}
+            )
+
+    def _observe_heartbeat(self, data: bytes) -> None:
+        try:
+            envelope = wire.decode_envelope(data)
+        except wire.DecodeError as exc:
+            self._drop("malformed", f"heartbeat: {exc}")
+            return
+        if wire.body_kind(envelope) == "heartbeat":
+            self._announce(self.registry.heartbeat(envelope.body.heartbeat.to_dict()))
+
+    # --- heartbeats and the registry -----------------------------------------
+
+    def heartbeat(self) -> None:
+        assert self.publisher is not None
+        self.events.sample()
+        body = self.heartbeat_body()
+        self.publisher.publish(Topics.heartbeat(self.service_id), "heartbeat", body)
+        self.registry.heartbeat(body)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "bus.forwarded": self.forwarded,
+            "bus.dropped": sum(self.dropped.values()),
+            "rpc.routed": self.rpc_routed,
+            "rpc.unroutable": self.rpc_unroutable,
+            "registry.services": len(self.registry.entries),
+        }
+
+    def _sweep(self) -> None:
+        for change in self.registry.sweep():
+            self._announce(change)
+
+    def _announce(self, change: Transition | None) -> None:
+        if change is None or self.publisher is None:
+            return
+        e = change.entry
+        level = self.log.warning if change.action in ("unhealthy", "removed") else self.log.info
+        level(
+            "service %s",
+            change.action,
+            extra={"service_id": e.service_id, "kind": e.service, "reason": change.reason},
+        )
+        topic = Topics.LIFECYCLE if e.service == "collector" else Topics.SERVICE_LIFECYCLE
+        self.publisher.publish(
+            topic,
+            "registration",
+            {
+                "action": change.action,
+                "service": e.service,
+                "serviceId": e.service_id,
+                "pid": e.pid,
+                "hostname": e.hostname,
+                "bootId": e.boot_id,
+                "heartbeatIntervalMs": int(e.interval_s * 1000),
+                "rpcVerbs": e.verbs,
+                "startedNs": e.started_ns,
+                "reason": change.reason,
+            },
+        )
+
+    # --- RPC routing ----------------------------------------------------------
+
+    def _route(self) -> None:
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 4 and frames[1] == REPLY_MARK:
+                self._send_quietly([frames[2], frames[3]])  # a service's reply to a client
+            elif len(frames) == 3:
+                self._request(frames[0], frames[1], frames[2])
+            else:
+                self._drop("rpc", f"control message with {len(frames)} frames")
+
+    def _request(self, client: bytes, target_bytes: bytes, data: bytes) -> None:
+        target = target_bytes.decode(errors="replace")
+        if target == Topics.BROKER:
+            self._send_quietly([client, self.handle_request(data, route=client)])
+            return
+        entry = self.registry.route_for(target)
+        if entry is None or entry.route is None:
+            known = ", ".join(sorted(e.targets[0] for e in self.registry.entries.values()))
+            self._refuse(
+                client,
+                data,
+                "unknown_target",
+                f"no service registered as {target} (registered: {known or 'none'})",
+            )
+            return
+        try:
+            self.router.send_multipart([entry.route, client, target_bytes, data], zmq.NOBLOCK)
+            self.rpc_routed += 1
+        except zmq.ZMQError:
+            self._refuse(
+                client,
+                data,
+                "unreachable",
+                f"{target} is registered but not connected (state {entry.state})",
+            )
+
+    def _refuse(self, client: bytes, data: bytes, code: str, message: str) -> None:
+        self.rpc_unroutable += 1
+        request_id = 0
+        try:
+            envelope = wire.decode_envelope(data)
+            if wire.body_kind(envelope) == "rpcRequest":
+                request_id = envelope.body.rpcRequest.requestId
+        except wire.DecodeError:
+            pass
+        assert self.publisher is not None
+        reply = wire.rpc_reply(request_id, error=message, error_code=code)
+        self._send_quietly([client, self.publisher.encode("control.rpc", "rpcReply", reply)[1]])
+
+    def _send_quietly(self, frames: list[bytes]) -> None:
+        """A reply to a client that has gone away is dropped, not an error."""
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.rpc_unroutable += 1
+
+    # --- the broker's own verbs ----------------------------------------------
+
+    @rpc("register")
+    def rpc_register(self, request: Request) -> dict[str, Any]:
+        params = request.params
+        if not params.get("service_id") or not params.get("service"):
+            raise RpcFault("bad_request", "register needs service and service_id")
+        self._announce(self.registry.register(params, request.route))
+        return {"registered": params["service_id"]}
+
+    @rpc("deregister")
+    def rpc_deregister(self, request: Request) -> dict[str, Any]:
+        service_id = str(request.params.get("service_id", ""))
+        self._announce(self.registry.deregister(service_id))
+        return {"deregistered": service_id}
+
+    @rpc("registry")
+    def rpc_registry(self, request: Request) -> list[dict[str, Any]]:
+        return self.registry.listing()
+
+    @rpc("stats")
+    def rpc_stats(self, request: Request) -> dict[str, Any]:
+        return {
+            "forwarded": self.forwarded,
+            "dropped": dict(self.dropped),
+            "rpc_routed": self.rpc_routed,
+            "rpc_unroutable": self.rpc_unroutable,
+            "topics": dict(self.counter.counts),
+            "topic_bytes": dict(self.counter.bytes),
+        }
+
+
+SERVICE = Broker

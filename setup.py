@@ -1,0 +1,22 @@
+"""Maps the repository layout onto one `daemoneye` package.
+
+libs/daemoneye -> daemoneye, services/<name> -> daemoneye.services.<name>,
+schemas/*.capnp -> daemoneye/schemas (shipped in the wheel).
+"""
+
+from setuptools import find_packages, setup
+
+library = find_packages("libs", include=["daemoneye", "daemoneye.*"])
+services = ["daemoneye.services"] + [
+    f"daemoneye.services.{name}" for name in find_packages("services")
+]
+
+setup(
+    packages=[*library, *services, "daemoneye.schemas"],
+    package_dir={
+        "daemoneye": "libs/daemoneye",
+        "daemoneye.services": "services",
+        "daemoneye.schemas": "schemas",
+    },
+    package_data={"daemoneye.schemas": ["*.capnp"]},
+)

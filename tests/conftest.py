@@ -1,0 +1,143 @@
+"""Shared fixtures: real services on real ipc:// sockets in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from daemoneye.bus import SocketFactory, Subscriber, wait_for_endpoint
+from daemoneye.config import Settings, load_settings
+from daemoneye.rpc import RpcClient
+
+HEARTBEAT_S = 0.2  # fast heartbeats so health transitions happen within a test
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll `condition` until it is truthy or the deadline passes (then fail, naming it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.01)  # a poll interval, not a synchronisation: the condition decides
+
+
+@pytest.fixture
+def run_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for child services: its own run and data dir, fast heartbeats."""
+    run_dir = Path(f"/tmp/de-{os.getpid()}-{tmp_path.name[-20:]}")  # ipc paths must be short
+    env = dict(os.environ)
+    env.update(
+        DAEMONEYE_RUN_DIR=str(run_dir),
+        DAEMONEYE_DATA_DIR=str(tmp_path / "data"),
+        DAEMONEYE_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
+        DAEMONEYE_RPC_TIMEOUT_S="2",
+        DAEMONEYE_LOG_LEVEL="debug",
+    )
+    yield env
+    subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+
+
+@pytest.fixture
+def settings(run_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in run_env.items():
+        if key.startswith("DAEMONEYE_"):
+            monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+class ServiceProcess:
+    """A real `daemoneye run <service>` child, its log kept in a file."""
+
+    def __init__(self, service: str, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.service = service
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemoneye", "run", service, *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def start_service(
+    run_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(service: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        log = tmp_path / f"{service}-{len(started)}.log"
+        proc = ServiceProcess(service, env or run_env, log, *args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
+def broker(start_service: Callable[..., ServiceProcess], settings: Settings) -> ServiceProcess:
+    proc = start_service("broker")
+    if not wait_for_endpoint(settings.endpoint("control"), 15):
+        pytest.fail(f"broker did not start:\n{proc.log()}")
+    return proc
+
+
+@pytest.fixture
+def factory(settings: Settings) -> Iterator[SocketFactory]:
+    f = SocketFactory(settings, zmq.Context())
+    yield f
+    f.close_all(linger_ms=0)
+    f.context.term()
+
+
+@pytest.fixture
+def rpc_client(factory: SocketFactory, settings: Settings) -> RpcClient:
+    return RpcClient(factory, settings.endpoint("control"), "test-client", 3.0)
+
+
+@pytest.fixture
+def subscribe(factory: SocketFactory, settings: Settings) -> Callable[..., Subscriber]:
+    def make(*prefixes: str) -> Subscriber:
+        sock = factory.connect(zmq.SUB, settings.endpoint("events-out"))
+        return Subscriber(sock, prefixes, settings.bus.max_event_bytes)
+
+    return make
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"python {sys.version.split()[0]}, euid {os.geteuid()}"
