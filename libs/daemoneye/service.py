@@ -9,6 +9,7 @@ stops cleanly on SIGTERM/SIGINT. Unit tests call handlers directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -250,6 +251,21 @@ class Service:
                 self.on_message(msg)
             except Exception:
                 self.log.exception("handling %s failed; continuing", msg.topic)
+
+    def audit(self, action: str, subject: str = "", detail: dict[str, Any] | None = None) -> None:
+        """Publish an `audit.<service>` record (rule loads, config changes, deliveries...)."""
+        assert self.publisher is not None
+        self.publisher.publish(
+            Topics.audit(self.name),
+            "auditRecord",
+            {
+                "actor": self.service_id,
+                "action": action,
+                "subject": subject,
+                "detailJson": json.dumps(detail or {}, default=str),
+                "timeNs": time.time_ns(),
+            },
+        )
 
     # --- heartbeats and registration -----------------------------------------
 
