@@ -406,6 +406,10 @@ class Subscriber:
         stats.received += 1
         return Message(topic, envelope, len(data))
 
+    def count_malformed(self, reason: str) -> None:
+        """A message that decoded but whose body proved malformed when read."""
+        self._drop(reason)
+
     def _drop(self, reason: str) -> None:
         stats = self.tracker.stats
         stats.dropped_malformed += 1

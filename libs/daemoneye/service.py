@@ -249,6 +249,8 @@ class Service:
             self.events.add()
             try:
                 self.on_message(msg)
+            except wire.DecodeError as exc:
+                self.subscriber.count_malformed(f"{msg.topic} from {msg.envelope.sourceId}: {exc}")
             except Exception:
                 self.log.exception("handling %s failed; continuing", msg.topic)
 

@@ -13,6 +13,7 @@ import time
 from typing import Any, ClassVar
 
 import zmq
+
 from daemoneye import wire
 from daemoneye.bus import Publisher, TopicCounter, Topics
 from daemoneye.rpc import REPLY_MARK
