@@ -16,7 +16,7 @@ import socket as pysocket
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -419,22 +419,6 @@ class Subscriber:
             self._drop_logged_at = now
             log.warning("dropped frame: %s (dropped so far: %d)", reason, stats.dropped_malformed)
         return None
-
-
-@dataclass
-class TopicCounter:
-    """Messages and bytes per topic, bounded in how many distinct topics it names."""
-
-    max_topics: int
-    counts: dict[str, int] = field(default_factory=dict)
-    bytes: dict[str, int] = field(default_factory=dict)
-    OTHER = "(other)"
-
-    def add(self, topic: str, size: int) -> None:
-        if topic not in self.counts and len(self.counts) >= self.max_topics:
-            topic = self.OTHER
-        self.counts[topic] = self.counts.get(topic, 0) + 1
-        self.bytes[topic] = self.bytes.get(topic, 0) + size
 
 
 def wait_for_endpoint(endpoint: str, timeout_s: float) -> bool:

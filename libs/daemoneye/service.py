@@ -431,6 +431,10 @@ class Service:
             "metrics": {m["name"]: m["value"] for m in body["metrics"]},
         }
 
+    @rpc("ping")
+    def rpc_ping(self, request: Request) -> dict[str, Any]:
+        return {}
+
     @rpc("health")
     def rpc_health(self, request: Request) -> dict[str, Any]:
         return self.health()

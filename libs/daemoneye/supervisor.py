@@ -88,6 +88,7 @@ class Supervisor:
         deadline = time.monotonic() + BROKER_START_TIMEOUT_S
         while time.monotonic() < deadline and not self._stopping:
             if wait_for_endpoint(control, 0.2):
+                log.info("broker ready at %s", control)
                 return True
             if child.proc and child.proc.poll() is not None:
                 log.error("the broker exited with code %s at start", child.proc.returncode)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import zmq
 
 from daemoneye import wire
-from daemoneye.bus import Publisher, TopicCounter, Topics
+from daemoneye.bus import Publisher, Topics
 from daemoneye.rpc import REPLY_MARK
 from daemoneye.service import Request, RpcFault, Service, rpc
 
@@ -23,6 +23,20 @@ from .registry import Registry, Transition
 
 HEARTBEAT_PREFIX = Topics.HEARTBEAT.encode()
 DRAIN_LIMIT = 5000  # frames per wake-up before the loop looks at its other sockets
+OTHER_TOPICS = b"(other)"
+
+
+def _plausible_envelope(data: bytes, size: int) -> bool:
+    """A coherent segment table (one-segment messages checked inline, for speed)."""
+    if size < 16 or size & 7:
+        return False
+    if data[0] | data[1] | data[2] | data[3] == 0:  # one segment: its size must match
+        return int.from_bytes(data[4:8], "little") * 8 + 8 == size
+    try:
+        wire.split_segments(data)
+    except wire.DecodeError:
+        return False
+    return True
 
 
 class Broker(Service):
@@ -32,7 +46,8 @@ class Broker(Service):
         super().__init__(settings, service_id)
         cfg = settings.broker
         self.registry = Registry(cfg.unhealthy_after_missed, cfg.remove_after_missed)
-        self.counter = TopicCounter(cfg.max_counted_topics)
+        self.max_topics = cfg.max_counted_topics
+        self.topic_counts: dict[bytes, int] = {}  # bytes keys: no decode on the hot path
         self.forwarded = 0
         self.dropped: dict[str, int] = {"shape": 0, "oversize": 0, "malformed": 0, "rpc": 0}
         self.rpc_routed = 0
@@ -67,32 +82,53 @@ class Broker(Service):
     # --- forwarding -----------------------------------------------------------
 
     def _forward(self) -> None:
+        # The hot path: ~5 us a frame in Python, so only cheap checks and one dict update.
         max_bytes = self.settings.bus.max_event_bytes
-        recv, send, count = self.xsub.recv_multipart, self.xpub.send_multipart, self.counter.add
-        for _ in range(DRAIN_LIMIT):
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2:
-                self._drop("shape", f"expected [topic, envelope], got {len(frames)} frames")
-                continue
-            topic, data = frames
-            if len(data) > max_bytes:
-                self._drop("oversize", f"{len(data)} bytes on {topic[:80]!r} > {max_bytes}")
-                continue
-            try:
-                wire.split_segments(data)
-                name = topic.decode()
-            except (wire.DecodeError, UnicodeDecodeError) as exc:
-                self._drop("malformed", f"topic {topic[:80]!r}: {exc}")
-                continue
-            count(name, len(data))
-            if topic.startswith(HEARTBEAT_PREFIX):
-                self._observe_heartbeat(data)
-            send(frames)
-            self.forwarded += 1
-            self.events.add()
+        recv, send = self.xsub.recv_multipart, self.xpub.send_multipart
+        counts = self.topic_counts
+        forwarded = 0
+        try:
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    frames = recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                if len(frames) != 2:
+                    self._drop("shape", f"expected [topic, envelope], got {len(frames)} frames")
+                    continue
+                topic, data = frames
+                size = len(data)
+                if size > max_bytes:
+                    self._drop("oversize", f"{size} bytes on {topic[:80]!r} > {max_bytes}")
+                    continue
+                if not _plausible_envelope(data, size):
+                    self._drop("malformed", f"topic {topic[:80]!r}: not a Cap'n Proto message")
+                    continue
+                if topic in counts:
+                    counts[topic] += 1
+                elif not self._admit_topic(topic):
+                    continue
+                if topic.startswith(HEARTBEAT_PREFIX):
+                    self._observe_heartbeat(data)
+                send(frames)
+                forwarded += 1
+        finally:
+            self.forwarded += forwarded
+            self.events.add(forwarded)
+
+    def _admit_topic(self, topic: bytes) -> bool:
+        """First sight of a topic: it must be UTF-8; counted by name while there is room."""
+        try:
+            topic.decode()
+        except UnicodeDecodeError:
+            self._drop("malformed", f"topic {topic[:80]!r} is not UTF-8")
+            return False
+        counts = self.topic_counts
+        if len(counts) < self.max_topics:
+            counts[topic] = 1
+        else:
+            counts[OTHER_TOPICS] = counts.get(OTHER_TOPICS, 0) + 1
+        return True
 
     def _drain_subscriptions(self) -> None:
         """Downstream subscriptions need no forwarding: upstream sends everything."""
@@ -258,8 +294,7 @@ class Broker(Service):
             "dropped": dict(self.dropped),
             "rpc_routed": self.rpc_routed,
             "rpc_unroutable": self.rpc_unroutable,
-            "topics": dict(self.counter.counts),
-            "topic_bytes": dict(self.counter.bytes),
+            "topics": {t.decode(): n for t, n in self.topic_counts.items()},
         }
 
 

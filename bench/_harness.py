@@ -1,0 +1,58 @@
+"""Shared by the benchmarks: a temporary run dir, real services as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from daemoneye.bus import wait_for_endpoint
+from daemoneye.config import Settings, load_settings
+
+
+@contextmanager
+def bench_env(**extra: str) -> Iterator[tuple[Settings, dict[str, str]]]:
+    with tempfile.TemporaryDirectory(prefix="de-bench-") as tmp:
+        env = dict(os.environ)
+        env.update(
+            DAEMONEYE_RUN_DIR=str(Path(tmp) / "run"),
+            DAEMONEYE_DATA_DIR=str(Path(tmp) / "data"),
+            DAEMONEYE_LOG_LEVEL="warning",
+            **extra,
+        )
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            yield load_settings(), env
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@contextmanager
+def service(
+    name: str, settings: Settings, env: dict[str, str], *args: str
+) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen([sys.executable, "-m", "daemoneye", "run", name, *args], env=env)
+    try:
+        if name == "broker" and not wait_for_endpoint(settings.endpoint("control"), 15):
+            raise RuntimeError("the broker did not start")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def verdict(value: float, budget: float, higher_is_better: bool = True) -> str:
+    ok = value >= budget if higher_is_better else value <= budget
+    return "OK" if ok else "OVER BUDGET"

@@ -1,0 +1,149 @@
+"""The bus end to end: a real broker, real ipc sockets, publishers in other processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import zmq
+
+from daemoneye import wire
+from daemoneye.bus import Publisher, SocketFactory, Subscriber
+from daemoneye.config import Settings
+from tests.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+PUBLISHER_SCRIPT = textwrap.dedent(
+    """
+    import select, sys, zmq
+    from daemoneye.bus import Publisher, SocketFactory
+    from daemoneye.config import load_settings
+    settings = load_settings()
+    factory = SocketFactory(settings)
+    pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), sys.argv[1])
+    count, skip = int(sys.argv[2]), int(sys.argv[3])
+    # Handshake: publish probes until the test's subscriber has seen one (it then
+    # writes a line to our stdin), so no counted message is lost to the slow joiner.
+    while True:
+        pub.publish("probe.ready", "empty")
+        if select.select([sys.stdin], [], [], 0.02)[0]:
+            sys.stdin.readline()
+            break
+    for i in range(count):
+        if skip and i == count // 2:
+            pub.continue_from("events.process", pub.last_seq("events.process") + skip)
+        record = {"pid": i, "name": "n%d" % i, "cmdline": ["a", str(i)]}
+        pub.publish("events.process.start", "processEvent", {"kind": "start", "record": record})
+    factory.close_all()
+    """
+)
+
+
+def run_publisher(env: dict[str, str], source: str, count: int, skip: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER_SCRIPT, source, str(count), str(skip)],
+        env=env,
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+
+
+def release_when_probed(sub: Subscriber, proc: subprocess.Popen) -> None:
+    wait_for(
+        lambda: (m := sub.recv(100)) is not None and m.topic == "probe.ready",
+        15,
+        "the publisher's probe",
+    )
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+
+
+def test_no_loss_across_processes_at_steady_state(broker, subscribe, run_env) -> None:
+    sub = subscribe("events.process.", "probe.")
+    proc = run_publisher(run_env, "pub-a", 20_000, 0)
+    release_when_probed(sub, proc)
+    pids = []
+    while len(pids) < 20_000:
+        msg = sub.recv(10_000)
+        assert msg is not None, f"only {len(pids)} of 20000 arrived"
+        if msg.topic.startswith("events.process."):
+            pids.append(msg.body.record.pid)
+    assert proc.wait(30) == 0
+    assert pids == list(range(20_000))
+    assert sub.stats.gaps == 0 and sub.stats.dropped_malformed == 0
+
+
+def test_a_gap_is_detected_and_counted(broker, subscribe, run_env) -> None:
+    sub = subscribe("events.process.", "probe.")
+    proc = run_publisher(run_env, "pub-gap", 100, 7)
+    release_when_probed(sub, proc)
+    got = 0
+    while got < 100:
+        msg = sub.recv(10_000)
+        assert msg is not None
+        got += msg.topic.startswith("events.")
+    assert proc.wait(30) == 0
+    assert (sub.stats.gaps, sub.stats.missing) == (1, 7)
+
+
+def test_malformed_and_oversized_frames_are_dropped_and_counted(
+    broker, subscribe, settings: Settings, factory: SocketFactory, rpc_client
+) -> None:
+    sub = subscribe("")
+    pub_sock = factory.connect(zmq.PUB, settings.endpoint("events-in"))
+    pub = Publisher(pub_sock, "hostile")
+    # Wait until our publisher's frames flow through (the slow joiner).
+    wait_for(lambda: pub.publish("probe.ready", "empty") and sub.recv(50), 15, "probe")
+
+    pub_sock.send_multipart([b"events.process.start", b"not capnp at all"])
+    pub_sock.send_multipart([b"events.process.start", b"\x00" * 16])
+    pub_sock.send_multipart([b"a", b"b", b"c"])
+    pub_sock.send_multipart(
+        [b"\xff\xfe", wire.encode_envelope(wire.Header("x", "b", 1, 0), "empty")]
+    )
+    pub_sock.send_multipart([b"events.big", b"\x00" * (settings.bus.max_event_bytes + 8)])
+    pub.publish("events.process.start", "processEvent", {"kind": "start", "record": {"pid": 4242}})
+
+    def after_drops():
+        msg = sub.recv(100)
+        return msg if msg is not None and msg.topic == "events.process.start" else None
+
+    msg = wait_for(after_drops, 15, "the valid message after the bad ones")
+    assert msg.body.record.pid == 4242  # the broker kept forwarding
+    stats = rpc_client.call("control.broker", "stats").value
+    assert stats["dropped"] == {"shape": 1, "oversize": 1, "malformed": 3, "rpc": 0}
+    assert sub.stats.dropped_malformed == 0  # nothing bad reached the subscriber
+    assert rpc_client.call("control.broker", "health").value["state"] == "running"
+
+
+def test_a_foreign_subscriber_decodes_every_message(broker, settings: Settings, run_env) -> None:
+    """Any ZeroMQ SUB with pycapnp and schemas/*.capnp decodes the bus, without our code."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys, capnp, zmq
+        capnp.remove_import_hook()
+        schema = capnp.load({str(REPO / "schemas" / "daemoneye.capnp")!r})
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.connect({settings.endpoint("events-out")!r})
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        out = []
+        while len(out) < 3:
+            topic, data = sub.recv_multipart()
+            with schema.Envelope.from_bytes(data) as env:
+                out.append({{"topic": topic.decode(), "kind": env.body.which(),
+                            "source": env.sourceId, "service": env.body.heartbeat.service}})
+        print(json.dumps(out))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=run_env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    messages = json.loads(out.stdout)
+    assert all(m["kind"] == "heartbeat" and m["service"] == "broker" for m in messages)
+    assert all(m["topic"].startswith("control.health.heartbeat.broker@") for m in messages)
