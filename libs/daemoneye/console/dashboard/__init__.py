@@ -1,0 +1,1 @@
+"""`daemoneye dashboard`: a model that polls the bus and a Rich view that draws it."""
