@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..common import add_command, call, console, settings_from
+from ..common import CommandError, add_command, call, console, settings_from
 
 STATE_STYLE = {"healthy": "green", "unhealthy": "red"}
 
@@ -20,15 +20,32 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "status",
         "Show the services registered with the broker, their health and rates.",
-        "  daemoneye status\n  daemoneye status --json | jq '.[].state'\n",
+        "  daemoneye status\n  daemoneye status --json | jq '.[].state'\n"
+        "  daemoneye status --check collector   # exit 0 only if a collector is healthy\n",
     )
     p.add_argument("--json", action="store_true", help="print the registry as a JSON list")
+    p.add_argument(
+        "--check",
+        metavar="SERVICE",
+        help="exit 1 unless a healthy service of this name or id is registered (healthchecks)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     rows = call(settings, "control.broker", "registry").value
+    if args.check:
+        healthy = [
+            r
+            for r in rows
+            if args.check in (r["service"], r["service_id"]) and r["state"] == "healthy"
+        ]
+        if not healthy:
+            raise CommandError(f"no healthy service {args.check!r} is registered")
+        if not args.json:
+            console.print(f"{args.check}: healthy ({len(healthy)})")
+            return 0
     if args.json:
         console.print_json(json.dumps(rows)) if console.is_terminal else print(json.dumps(rows))
         return 0
