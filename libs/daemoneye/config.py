@@ -52,16 +52,20 @@ def default_data_dir() -> Path:
 class BusSettings(BaseModel):
     """Endpoints and socket options. Empty endpoints mean `ipc://<run_dir>/<name>`."""
 
-    events_in: str = ""
-    events_out: str = ""
-    control: str = ""
-    max_message_bytes: int = Field(16 << 20, gt=1024, description="hard cap (ZMQ_MAXMSGSIZE)")
-    max_event_bytes: int = Field(1 << 20, gt=64, description="bus frames above this are dropped")
-    send_hwm: int = Field(100_000, ge=0)
-    recv_hwm: int = Field(100_000, ge=0)
-    linger_ms: int = Field(1000, ge=0)
-    reconnect_ivl_ms: int = Field(100, gt=0)
-    reconnect_ivl_max_ms: int = Field(2000, ge=0)
+    events_in: str = Field("", description="where publishers send (the broker's XSUB)")
+    events_out: str = Field("", description="where subscribers listen (the broker's XPUB)")
+    control: str = Field("", description="RPC (the broker's ROUTER)")
+    max_message_bytes: int = Field(
+        16 << 20, gt=1024, description="hard cap on any frame (ZMQ_MAXMSGSIZE), bytes"
+    )
+    max_event_bytes: int = Field(
+        1 << 20, gt=64, description="bus frames larger than this are dropped and counted, bytes"
+    )
+    send_hwm: int = Field(100_000, ge=0, description="messages queued per peer before drops")
+    recv_hwm: int = Field(100_000, ge=0, description="messages queued on receipt")
+    linger_ms: int = Field(1000, ge=0, description="how long a closing socket flushes, ms")
+    reconnect_ivl_ms: int = Field(100, gt=0, description="first reconnect delay, ms")
+    reconnect_ivl_max_ms: int = Field(2000, ge=0, description="longest reconnect delay, ms")
 
     @field_validator("events_in", "events_out", "control")
     @classmethod
@@ -72,9 +76,15 @@ class BusSettings(BaseModel):
 
 
 class BrokerSettings(BaseModel):
-    unhealthy_after_missed: int = Field(3, ge=1, description="missed heartbeats before unhealthy")
-    remove_after_missed: int = Field(12, ge=2, description="missed heartbeats before removal")
-    max_counted_topics: int = Field(4096, ge=16, description="distinct topics counted by name")
+    unhealthy_after_missed: int = Field(
+        3, ge=1, description="missed heartbeats before a service is marked unhealthy"
+    )
+    remove_after_missed: int = Field(
+        12, ge=2, description="missed heartbeats before a service is removed from the registry"
+    )
+    max_counted_topics: int = Field(
+        4096, ge=16, description="distinct topics counted by name; the rest as (other)"
+    )
 
 
 class Settings(BaseSettings):
@@ -85,13 +95,17 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    run_dir: Path = Field(default_factory=default_run_dir)
-    data_dir: Path = Field(default_factory=default_data_dir)
-    config: Path | None = None
-    hostname: str = Field(default_factory=socket.gethostname)
-    log_level: str = "info"
-    heartbeat_interval_s: float = Field(5.0, gt=0, le=3600)
-    rpc_timeout_s: float = Field(5.0, gt=0, le=3600)
+    run_dir: Path = Field(default_factory=default_run_dir, description="socket directory")
+    data_dir: Path = Field(default_factory=default_data_dir, description="databases, WAL and keys")
+    config: Path | None = Field(None, description="an extra config file, read after the others")
+    hostname: str = Field(
+        default_factory=socket.gethostname, description="host name in ids and alerts"
+    )
+    log_level: str = Field("info", description="debug, info, warning or error")
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="how often every service publishes a heartbeat, s"
+    )
+    rpc_timeout_s: float = Field(5.0, gt=0, le=3600, description="default RPC deadline, s")
     bus: BusSettings = BusSettings()
     broker: BrokerSettings = BrokerSettings()
     collector: CollectorSettings = CollectorSettings()
