@@ -24,6 +24,7 @@ import zmq
 
 from daemoneye import wire
 from daemoneye.config import Settings
+from daemoneye.security import CountingAuthenticator, KeyFileError, load_pair, load_public
 
 log = logging.getLogger("daemoneye.bus")
 
@@ -140,6 +141,7 @@ class SocketFactory:
         self.context = context or zmq.Context.instance()
         self._sockets: list[zmq.Socket] = []
         self._bound_files: list[Path] = []
+        self.authenticator: CountingAuthenticator | None = None
 
     def _make(self, kind: int) -> zmq.Socket:
         bus = self.settings.bus
@@ -162,6 +164,7 @@ class SocketFactory:
         sock = self._make(kind)
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name), value)
+        self._secure(sock, endpoint, server=True)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -176,8 +179,34 @@ class SocketFactory:
         sock = self._make(kind)
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name), value)
+        self._secure(sock, endpoint, server=False)
         sock.connect(endpoint)
         return sock
+
+    def _secure(self, sock: zmq.Socket, endpoint: str, server: bool) -> None:
+        """CurveZMQ on tcp:// unless switched off: the broker serves, everyone else is a
+        client that must present a key the broker's allow-list admits."""
+        bus = self.settings.bus
+        if not endpoint.startswith("tcp://") or bus.curve is False:
+            return
+        keys = self.settings.keys_dir()
+        try:
+            if server:
+                if self.authenticator is None:
+                    self.authenticator = CountingAuthenticator(
+                        self.context, self.settings.authorized_dir()
+                    )
+                    self.authenticator.start()
+                public, secret = load_pair(keys / f"{bus.server_key}.key_secret")
+                sock.curve_server = True
+            else:
+                sock.curve_serverkey = load_public(keys / f"{bus.server_key}.key")
+                public, secret = load_pair(keys / f"{bus.client_key}.key_secret")
+        except KeyFileError:
+            self.close(sock, linger_ms=0)
+            raise
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
 
     def close(self, sock: zmq.Socket, linger_ms: int | None = None) -> None:
         if sock in self._sockets:
@@ -190,6 +219,9 @@ class SocketFactory:
         for path in self._bound_files:
             path.unlink(missing_ok=True)
         self._bound_files.clear()
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
 
 # --- publishing --------------------------------------------------------------

@@ -66,6 +66,15 @@ class BusSettings(BaseModel):
     linger_ms: int = Field(1000, ge=0, description="how long a closing socket flushes, ms")
     reconnect_ivl_ms: int = Field(100, gt=0, description="first reconnect delay, ms")
     reconnect_ivl_max_ms: int = Field(2000, ge=0, description="longest reconnect delay, ms")
+    curve: bool | None = Field(
+        None, description="CurveZMQ on tcp:// endpoints (unset: on; false: plain TCP)"
+    )
+    keys_dir: Path | None = Field(None, description="key pairs; unset: <data_dir>/keys")
+    server_key: str = Field("broker", description="the broker's key pair name in keys_dir")
+    client_key: str = Field("client", description="this host's client key pair name in keys_dir")
+    authorized_dir: Path | None = Field(
+        None, description="public keys of admitted clients; unset: <keys_dir>/authorized"
+    )
 
     @field_validator("events_in", "events_out", "control")
     @classmethod
@@ -120,6 +129,12 @@ class Settings(BaseSettings):
         if level not in {"debug", "info", "warning", "error"}:
             raise ValueError("must be one of debug, info, warning, error")
         return level
+
+    def keys_dir(self) -> Path:
+        return self.bus.keys_dir or self.data_dir / "keys"
+
+    def authorized_dir(self) -> Path:
+        return self.bus.authorized_dir or self.keys_dir() / "authorized"
 
     def endpoint(self, name: str) -> str:
         configured = getattr(self.bus, name.replace("-", "_"))

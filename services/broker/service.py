@@ -172,6 +172,7 @@ class Broker(Service):
             "rpc.routed": self.rpc_routed,
             "rpc.unroutable": self.rpc_unroutable,
             "registry.services": len(self.registry.entries),
+            "auth.refused": self.auth_refused(),
         }
 
     def _sweep(self) -> None:
@@ -269,6 +270,10 @@ class Broker(Service):
 
     # --- the broker's own verbs ----------------------------------------------
 
+    def auth_refused(self) -> int:
+        auth = self.factory.authenticator
+        return auth.refused if auth is not None else 0
+
     @rpc("register")
     def rpc_register(self, request: Request) -> dict[str, Any]:
         params = request.params
@@ -294,6 +299,7 @@ class Broker(Service):
             "dropped": dict(self.dropped),
             "rpc_routed": self.rpc_routed,
             "rpc_unroutable": self.rpc_unroutable,
+            "auth_refused": self.auth_refused(),
             "topics": {t.decode(): n for t, n in self.topic_counts.items()},
         }
 
