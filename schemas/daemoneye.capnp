@@ -201,6 +201,7 @@ struct RpcRequest {
   deadlineNs @3 :Int64;       # wall clock; a server drops requests already past it
   paramsJson @4 :Text;
   payload @5 :Data;
+  payloads @6 :List(Data);    # e.g. bus frames forwarded by an uplink, verbatim
 }
 
 struct RpcReply {

@@ -94,6 +94,17 @@ class BrokerSettings(BaseModel):
     max_counted_topics: int = Field(
         4096, ge=16, description="distinct topics counted by name; the rest as (other)"
     )
+    uplink: str = Field(
+        "", description="a central broker's control endpoint to forward topics to (off if empty)"
+    )
+    uplink_topics: list[str] = Field(
+        ["alerts.", "audit.", "control.health."], description="topic prefixes sent uplink"
+    )
+    uplink_queue_max: int = Field(
+        1_000_000, gt=0, description="frames kept on disk while the uplink is down"
+    )
+    uplink_batch: int = Field(500, gt=0, le=10_000, description="frames per uplink delivery")
+    uplink_timeout_s: float = Field(5.0, gt=0, description="deadline of one uplink delivery, s")
 
 
 class Settings(BaseSettings):

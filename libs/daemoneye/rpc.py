@@ -53,9 +53,13 @@ class RpcClient:
         endpoint: str,
         source_id: str,
         default_timeout_s: float = 5.0,
+        immediate: bool = False,
     ) -> None:
         self.factory = factory
-        self.sock = factory.connect(zmq.DEALER, endpoint)
+        # immediate: queue nothing for a peer not connected yet, so a request that timed
+        # out can never be delivered late (the uplink relies on this).
+        options = {"IMMEDIATE": 1} if immediate else {}
+        self.sock = factory.connect(zmq.DEALER, endpoint, **options)
         self.publisher = Publisher(self.sock, source_id)  # stamps headers; never sends bus frames
         self.default_timeout_s = default_timeout_s
 
@@ -66,13 +70,13 @@ class RpcClient:
         params: dict[str, Any] | None = None,
         timeout_s: float | None = None,
         payload: bytes = b"",
+        payloads: list[bytes] | None = None,
     ) -> RpcResult:
         timeout_s = self.default_timeout_s if timeout_s is None else timeout_s
         request_id = next(self._ids)
         deadline = time.monotonic() + timeout_s
-        body = wire.rpc_request(
-            request_id, target, verb, params, time.time_ns() + int(timeout_s * 1e9), payload
-        )
+        deadline_ns = time.time_ns() + int(timeout_s * 1e9)
+        body = wire.rpc_request(request_id, target, verb, params, deadline_ns, payload, payloads)
         _, data = self.publisher.encode("control.rpc", "rpcRequest", body)
         try:
             self.sock.send_multipart([target.encode(), data], zmq.NOBLOCK)

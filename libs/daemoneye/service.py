@@ -42,6 +42,7 @@ class Request:
     verb: str
     params: dict[str, Any]
     payload: bytes = b""
+    payloads: list[bytes] = field(default_factory=list)
     route: bytes | None = None  # the caller's ROUTER identity, where known
     source_id: str = ""
 
@@ -383,6 +384,7 @@ class Service:
                 verb=body.verb,
                 params=wire.rpc_params(body),
                 payload=bytes(body.payload),
+                payloads=[bytes(p) for p in body.payloads],
                 route=route,
                 source_id=envelope.sourceId,
             )

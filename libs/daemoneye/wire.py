@@ -207,6 +207,7 @@ def rpc_request(
     params: dict[str, Any] | None,
     deadline_ns: int,
     payload: bytes = b"",
+    payloads: list[bytes] | None = None,
 ) -> dict[str, Any]:
     return {
         "requestId": request_id,
@@ -215,6 +216,7 @@ def rpc_request(
         "deadlineNs": deadline_ns,
         "paramsJson": json.dumps(params or {}),
         "payload": payload,
+        "payloads": payloads or [],
     }
 
 

@@ -10,6 +10,7 @@ counts every topic whether or not anyone downstream listens.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import zmq
@@ -20,6 +21,7 @@ from daemoneye.rpc import REPLY_MARK
 from daemoneye.service import Request, RpcFault, Service, rpc
 
 from .registry import Registry, Transition
+from .uplink import Uplink
 
 HEARTBEAT_PREFIX = Topics.HEARTBEAT.encode()
 DRAIN_LIMIT = 5000  # frames per wake-up before the loop looks at its other sockets
@@ -53,6 +55,7 @@ class Broker(Service):
         self.rpc_routed = 0
         self.rpc_unroutable = 0
         self._last_drop_log = 0.0
+        self.uplink = Uplink(settings, self.service_id) if cfg.uplink else None
 
     # --- sockets --------------------------------------------------------------
 
@@ -70,11 +73,15 @@ class Broker(Service):
     def setup(self) -> None:
         self.registry.register(self.registration(), route=None)
         self.every(min(1.0, self.settings.heartbeat_interval_s), self._sweep)
+        if self.uplink is not None:
+            self.uplink.start()
 
     def teardown(self) -> None:
         own = self.registry.entries.get(self.service_id)
         if own is not None:
             self._announce(Transition(own, "deregister", "broker stopping"))
+        if self.uplink is not None:
+            self.uplink.stop()
 
     def _deregister(self) -> None:
         """The broker is the registry; it has no one to deregister from."""
@@ -86,6 +93,8 @@ class Broker(Service):
         max_bytes = self.settings.bus.max_event_bytes
         recv, send = self.xsub.recv_multipart, self.xpub.send_multipart
         counts = self.topic_counts
+        uplink = self.uplink
+        upward: list[tuple[bytes, bytes]] = []
         forwarded = 0
         try:
             for _ in range(DRAIN_LIMIT):
@@ -112,9 +121,13 @@ class Broker(Service):
                     self._observe_heartbeat(data)
                 send(frames)
                 forwarded += 1
+                if uplink is not None and uplink.wants(topic):
+                    upward.append((topic, data))
         finally:
             self.forwarded += forwarded
             self.events.add(forwarded)
+            if upward:
+                uplink.offer(upward)
 
     def _admit_topic(self, topic: bytes) -> bool:
         """First sight of a topic: it must be UTF-8; counted by name while there is room."""
@@ -162,8 +175,12 @@ class Broker(Service):
         assert self.publisher is not None
         self.events.sample()
         body = self.heartbeat_body()
-        self.publisher.publish(Topics.heartbeat(self.service_id), "heartbeat", body)
+        topic = Topics.heartbeat(self.service_id)
+        _, data = self.publisher.encode(topic, "heartbeat", body)
+        self.publisher.send_encoded(topic, data)
         self.registry.heartbeat(body)
+        if self.uplink is not None and self.uplink.wants(topic.encode()):
+            self.uplink.offer([(topic.encode(), data)])
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -274,6 +291,44 @@ class Broker(Service):
         auth = self.factory.authenticator
         return auth.refused if auth is not None else 0
 
+    @rpc("ingest")
+    def rpc_ingest(self, request: Request) -> dict[str, int]:
+        """Frames forwarded by another host's broker uplink: checked, counted, published."""
+        topics = request.params.get("topics", [])
+        if not isinstance(topics, list) or len(topics) != len(request.payloads):
+            raise RpcFault("bad_request", "ingest needs one topic per payload")
+        max_bytes = self.settings.bus.max_event_bytes
+        accepted = 0
+        for name, data in zip(topics, request.payloads, strict=True):
+            topic = str(name).encode()
+            if len(data) > max_bytes or not _plausible_envelope(data, len(data)):
+                self._drop(
+                    "malformed", f"ingested frame on {topic[:80]!r} from {request.source_id}"
+                )
+                continue
+            if topic in self.topic_counts:
+                self.topic_counts[topic] += 1
+            elif not self._admit_topic(topic):
+                continue
+            self.xpub.send_multipart([topic, data])
+            accepted += 1
+        self.forwarded += accepted
+        return {"accepted": accepted, "dropped": len(request.payloads) - accepted}
+
+    @rpc("uplink")
+    def rpc_uplink(self, request: Request) -> dict[str, Any]:
+        """Status of the uplink; `{"action": "pause"|"resume"}` holds or releases delivery."""
+        if self.uplink is None:
+            raise RpcFault("failed", "no uplink is configured (broker.uplink)")
+        action = request.params.get("action", "status")
+        if action == "pause":
+            self.uplink.paused.set()
+        elif action == "resume":
+            self.uplink.paused.clear()
+        elif action != "status":
+            raise RpcFault("bad_request", f"unknown uplink action {action!r}")
+        return {**asdict(self.uplink.stats), "paused": self.uplink.paused.is_set()}
+
     @rpc("register")
     def rpc_register(self, request: Request) -> dict[str, Any]:
         params = request.params
@@ -300,6 +355,7 @@ class Broker(Service):
             "rpc_routed": self.rpc_routed,
             "rpc_unroutable": self.rpc_unroutable,
             "auth_refused": self.auth_refused(),
+            "uplink": asdict(self.uplink.stats) if self.uplink else None,
             "topics": {t.decode(): n for t, n in self.topic_counts.items()},
         }
 

@@ -1,0 +1,187 @@
+"""Multi-host: an edge broker forwards chosen topics to a central broker over tcp://
+with CurveZMQ, queueing on disk while the link is down, losing nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import zmq
+
+from daemoneye.bus import Publisher, SocketFactory, Subscriber, wait_for_endpoint
+from daemoneye.config import load_settings
+from daemoneye.rpc import RpcClient
+from daemoneye.security import generate_keypair
+from tests.conftest import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(endpoint: str) -> bool:
+    port = int(endpoint.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def hosts(run_env, tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+    generate_keypair(keys, "broker")
+    generate_keypair(keys, "edge")
+    (keys / "authorized").mkdir()
+    (keys / "authorized" / "edge.key").write_bytes((keys / "edge.key").read_bytes())
+    central = dict(
+        run_env,
+        DAEMONEYE_RUN_DIR=f"{run_env['DAEMONEYE_RUN_DIR']}-central",
+        DAEMONEYE_DATA_DIR=str(tmp_path / "central-data"),
+        DAEMONEYE_BUS__KEYS_DIR=str(keys),
+        DAEMONEYE_BUS__CLIENT_KEY="edge",
+    )
+    for name in ("EVENTS_IN", "EVENTS_OUT", "CONTROL"):
+        central[f"DAEMONEYE_BUS__{name}"] = f"tcp://127.0.0.1:{free_port()}"
+    edge = dict(
+        run_env,
+        DAEMONEYE_BROKER__UPLINK=central["DAEMONEYE_BUS__CONTROL"],
+        DAEMONEYE_BROKER__UPLINK_TIMEOUT_S="1",
+        DAEMONEYE_BUS__KEYS_DIR=str(keys),
+        DAEMONEYE_BUS__CLIENT_KEY="edge",
+    )
+    return central, edge
+
+
+def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    for key in [k for k in os.environ if k.startswith("DAEMONEYE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("DAEMONEYE_"):
+            monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def test_link_cut_and_restore_loses_nothing(start_service, hosts, monkeypatch) -> None:
+    central_env, edge_env = hosts
+    central = start_service("broker", env=central_env)
+    edge = start_service("broker", env=edge_env)
+    cs = settings_of(central_env, monkeypatch)
+    es = settings_of(edge_env, monkeypatch)
+    wait_for(lambda: listening(cs.endpoint("control")), 20, "the central broker")
+    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
+
+    central_factory = SocketFactory(cs, zmq.Context())
+    edge_factory = SocketFactory(es, zmq.Context())
+    try:
+        central_sub = Subscriber(
+            central_factory.connect(zmq.SUB, cs.endpoint("events-out")), ["alerts."], 1 << 20
+        )
+        central_pub = Publisher(central_factory.connect(zmq.PUB, cs.endpoint("events-in")), "p")
+        edge_pub = Publisher(edge_factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
+        edge_rpc = RpcClient(edge_factory, es.endpoint("control"), "test", 3.0)
+
+        def probe_through(pub: Publisher) -> bool:
+            pub.publish("alerts.probe", "empty")
+            msg = central_sub.recv(100)
+            return msg is not None and msg.topic == "alerts.probe"
+
+        wait_for(lambda: probe_through(edge_pub), 20, "a probe through the uplink")
+        seqs: list[int] = []
+
+        def receive(until: int) -> None:
+            while len(seqs) < until:
+                msg = central_sub.recv(15_000)
+                assert msg is not None, f"only {len(seqs)} of {until} alerts reached the center"
+                if msg.topic == "alerts.high":
+                    seqs.append(msg.envelope.seq)
+
+        for i in range(200):
+            edge_pub.publish("alerts.high", "alert", {"ruleId": f"r{i}", "severity": "high"})
+        receive(200)
+
+        central.stop()  # the link is cut
+        for i in range(200, 500):
+            edge_pub.publish("alerts.high", "alert", {"ruleId": f"r{i}", "severity": "high"})
+
+        def queued_while_down():
+            status = edge_rpc.call("control.broker", "uplink").value
+            return status if status["queued"] >= 300 and not status["link_up"] else None
+
+        status = wait_for(queued_while_down, 30, "the edge to queue while the link is down")
+        assert status["failures"] >= 1
+
+        # Hold delivery until our own subscriber is back on the restarted center (it is a
+        # late joiner there); the uplink itself needs no help.
+        edge_rpc.call("control.broker", "uplink", {"action": "pause"})
+        start_service("broker", env=central_env)
+        wait_for(lambda: probe_through(central_pub), 20, "the restarted center")
+        edge_rpc.call("control.broker", "uplink", {"action": "resume"})
+        receive(500)
+        assert sorted(set(seqs)) == list(range(seqs[0], seqs[0] + 500))
+        status = edge_rpc.call("control.broker", "uplink").value
+        wait_for(
+            lambda: edge_rpc.call("control.broker", "uplink").value["queued"] == 0,
+            10,
+            "the queue to drain",
+        )
+        assert status["dropped_full"] == 0
+    finally:
+        central_factory.close_all(linger_ms=0)
+        edge_factory.close_all(linger_ms=0)
+
+
+def test_the_queue_survives_an_edge_restart(start_service, hosts, monkeypatch) -> None:
+    """Frames queued while the center is unreachable are still delivered after the edge
+    broker itself restarts: the queue is on disk."""
+    central_env, edge_env = hosts
+    edge = start_service("broker", env=edge_env)
+    es = settings_of(edge_env, monkeypatch)
+    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
+    factory = SocketFactory(es, zmq.Context())
+    try:
+        pub = Publisher(factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
+        rpc = RpcClient(factory, es.endpoint("control"), "test", 3.0)
+
+        def queued() -> int:
+            pub.publish("alerts.low", "alert", {"ruleId": "x", "severity": "low"})
+            return rpc.call("control.broker", "uplink").value["queued"] >= 50
+
+        wait_for(queued, 30, "50 queued frames")
+        before = rpc.call("control.broker", "uplink").value["queued"]
+        edge.stop()
+        edge = start_service("broker", env=edge_env)
+        assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
+        rpc = RpcClient(factory, es.endpoint("control"), "test2", 3.0)
+        after = wait_for(lambda: rpc.call("control.broker", "uplink").value, 10, "status")
+        assert after["queued"] >= before
+
+        central = start_service("broker", env=central_env)
+        cs = settings_of(central_env, monkeypatch)
+        wait_for(lambda: listening(cs.endpoint("control")), 20, "the central broker")
+        wait_for(
+            lambda: rpc.call("control.broker", "uplink").value["queued"] == 0,
+            30,
+            "the queue to drain into the center",
+        )
+        assert central.proc.poll() is None
+    finally:
+        factory.close_all(linger_ms=0)
+
+
+def test_ingest_rejects_a_malformed_batch(broker, rpc_client) -> None:
+    result = rpc_client.call(
+        "control.broker",
+        "ingest",
+        {"topics": ["alerts.x", "alerts.y"]},
+        payloads=[b"garbage!", b"\x00" * 16],
+    )
+    assert result.value == {"accepted": 0, "dropped": 2}
+    with pytest.raises(Exception, match="one topic per payload"):
+        rpc_client.call("control.broker", "ingest", {"topics": []}, payloads=[b"x"])
+
+
+def test_no_uplink_configured_is_a_clear_error(broker, rpc_client) -> None:
+    with pytest.raises(Exception, match="no uplink is configured"):
+        rpc_client.call("control.broker", "uplink")
