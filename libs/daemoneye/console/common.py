@@ -20,8 +20,12 @@ class CommandError(Exception):
     """A failure to report as one clear line (exit 1)."""
 
 
-def common_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def common_options(repeatable: bool = False) -> argparse.ArgumentParser:
+    """--run-dir, --data-dir, --config, --debug. `repeatable`: for a nested subcommand
+    that accepts them again, with SUPPRESS defaults so it does not reset what was given
+    before it to None."""
+    default = argparse.SUPPRESS if repeatable else None
+    parent = argparse.ArgumentParser(add_help=False, argument_default=default)
     group = parent.add_argument_group("common options")
     group.add_argument("--run-dir", type=Path, help="socket directory (env DAEMONEYE_RUN_DIR)")
     group.add_argument("--data-dir", type=Path, help="data directory (env DAEMONEYE_DATA_DIR)")

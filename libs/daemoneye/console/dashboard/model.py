@@ -154,4 +154,3 @@ class DashboardModel:
         rows.sort(key=lambda r: (r["cpu"], r["rss"]), reverse=True)
         s.processes = rows
         s.process_note = f"{len(rows)} processes"
-

@@ -1,0 +1,276 @@
+"""The ledger service: records process events, alerts and audit records in a
+BLAKE3 hash chain and RFC 9162 Merkle tree, and publishes signed checkpoints.
+
+Each bus message becomes one entry: actor = envelope sourceId, action = topic (or
+the AuditRecord's action for `audit.*`), payload = the envelope bytes exactly as
+received. Messages read in one wake-up are committed as one durable batch (group
+commit: the busier the bus, the bigger the batch). A checkpoint is signed into the
+same batch when N entries or T seconds have passed, and published on
+`ledger.checkpoint` only after that batch is on disk, so no published tree head
+can be lost or forked by a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, ClassVar
+
+import zmq
+
+from daemoneye import wire
+from daemoneye.bus import Gap, Topics
+from daemoneye.ledger.note import Signer, load_or_create_key, public_key_path
+from daemoneye.ledger.proofs import consistency_document, inclusion_document
+from daemoneye.ledger.store import (
+    LedgerError,
+    LedgerStore,
+    LedgerWriter,
+    open_store,
+    prune_payloads,
+)
+from daemoneye.service import Request, RpcFault, Service, rpc
+from daemoneye.store import StoreError
+
+DRAIN_LIMIT = 5000  # messages per wake-up before the loop looks at its other sockets
+AUDIT_PREFIX = Topics.AUDIT
+GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger missed
+START_ACTION = "ledger.start"
+STOP_ACTION = "ledger.stop"
+
+
+class Ledger(Service):
+    name: ClassVar[str] = "ledger"
+    subscriptions: ClassVar[tuple[str, ...]] = (Topics.PROCESS, Topics.ALERTS, Topics.AUDIT)
+
+    def __init__(self, settings: Any, service_id: str | None = None) -> None:
+        super().__init__(settings, service_id)
+        self.cfg = settings.ledger
+        self.origin = self.cfg.origin_for(settings.hostname)
+        self.ledger: LedgerStore | None = None
+        self.writer: LedgerWriter | None = None
+        self.signer: Signer | None = None
+        self.appended = 0
+        self.checkpoints_published = 0
+        self.write_errors = 0
+        self.gaps_recorded = 0
+        self._last_checkpoint_t = time.monotonic()
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def setup(self) -> None:
+        data_dir = self.settings.data_dir
+        key_path = self.cfg.signing_key_path(data_dir)
+        self.signer = Signer(self.origin, load_or_create_key(key_path))
+        pub = public_key_path(key_path)
+        if not pub.exists() or pub.read_text().strip() != self.signer.verifier.vkey():
+            pub.write_text(self.signer.verifier.vkey() + "\n")
+        db_path = self.cfg.db_path(data_dir)
+        os.makedirs(db_path.parent, mode=0o750, exist_ok=True)
+        self.ledger = LedgerStore(open_store(db_path))
+        self.writer = LedgerWriter(self.ledger, sync=self.cfg.sync)
+        self.log.info(
+            "ledger open",
+            extra={"path": str(db_path), "size": self.writer.size, "key": str(key_path)},
+        )
+        # Its own starts and stops are entries too, so a restart (after a crash, say) and
+        # a key change are visible in the chain itself.
+        self._record_own(
+            START_ACTION,
+            {
+                "pid": os.getpid(),
+                "resumed_at": self.writer.size,
+                "key": self.signer.verifier.vkey(),
+            },
+        )
+        self.writer.commit()
+        self.every(min(1.0, self.cfg.checkpoint_every_s), self._timed_checkpoint)
+        if self.cfg.payload_retention_days > 0:
+            self.every(self.cfg.retention_interval_s, self._retention)
+
+    def teardown(self) -> None:
+        if self.writer is not None:
+            try:
+                self._record_own(STOP_ACTION, {"pid": os.getpid(), "size": self.writer.size})
+                self.flush(force_checkpoint=self.writer.size > self.writer.last_checkpoint_size)
+            except StoreError as exc:
+                self.log.error("final ledger write failed: %s", exc)
+        if self.ledger is not None:
+            self.ledger.close()
+
+    # --- recording ---------------------------------------------------------------
+
+    def _on_bus(self) -> None:
+        """Read frames here rather than in the base so the raw envelope bytes are kept."""
+        assert self.subscriber is not None and self.writer is not None
+        sub, writer = self.subscriber, self.writer
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = sub.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = sub.accept(frames)  # decodes, checks size and sequence; None = dropped
+            if msg is None:
+                continue
+            self.events.add()
+            try:
+                self.record(msg.topic, msg.envelope, frames[1])
+            except Exception:
+                self.log.exception("recording %s failed; continuing", msg.topic)
+            if writer.pending >= self.cfg.batch_max_entries:
+                self._safe_flush()
+        self._safe_flush()
+
+    def record(self, topic: str, envelope: Any, data: bytes) -> int:
+        assert self.writer is not None
+        action = topic
+        if topic.startswith(AUDIT_PREFIX) and wire.body_kind(envelope) == "auditRecord":
+            action = envelope.body.auditRecord.action or topic
+        seq = self.writer.append(envelope.sourceId, action, data)
+        self.appended += 1
+        return seq
+
+    def _record_own(self, action: str, detail: dict[str, Any]) -> None:
+        assert self.writer is not None
+        body = {"boot_id": self.boot_id, **detail}
+        self.writer.append(self.service_id, action, json.dumps(body, sort_keys=True).encode())
+
+    def on_gap(self, gap: Gap) -> None:
+        """Missed bus messages become an entry too: the audit trail shows what it lacks."""
+        assert self.writer is not None
+        detail = {
+            "stream": gap.stream,
+            "first_missing": gap.first_missing,
+            "last_missing": gap.last_missing,
+        }
+        self.writer.append(gap.source_id, GAP_ACTION, json.dumps(detail).encode())
+        self.gaps_recorded += 1
+
+    def _safe_flush(self) -> None:
+        try:
+            self.flush()
+        except StoreError as exc:
+            self.write_errors += 1
+            self.state = "degraded"
+            self.log.error("ledger write failed; pending entries dropped: %s", exc)
+
+    def flush(self, force_checkpoint: bool = False) -> int:
+        """Commit pending entries (with a checkpoint when due); publish it once durable."""
+        writer = self.writer
+        assert writer is not None and self.signer is not None
+        due = writer.size - writer.last_checkpoint_size >= self.cfg.checkpoint_every_entries
+        signed = None
+        if (due or force_checkpoint) and writer.size > writer.last_checkpoint_size:
+            signed = writer.sign_checkpoint(self.signer, self.origin)
+        size = writer.commit()
+        if self.state == "degraded" and self.write_errors:
+            self.state = "running"
+        if signed is not None:
+            self._publish_checkpoint(*signed)
+        return size
+
+    def _timed_checkpoint(self) -> None:
+        """A checkpoint once T seconds have passed since the last one, if the tree grew."""
+        assert self.writer is not None
+        if time.monotonic() - self._last_checkpoint_t < self.cfg.checkpoint_every_s:
+            return
+        if self.writer.size > self.writer.last_checkpoint_size:
+            self.flush(force_checkpoint=True)
+
+    def _publish_checkpoint(self, cp: Any, note: str, time_ns: int) -> None:
+        self._last_checkpoint_t = time.monotonic()
+        self.checkpoints_published += 1
+        if self.publisher is None:
+            return
+        self.publisher.publish(
+            Topics.CHECKPOINT,
+            "checkpoint",
+            {
+                "origin": cp.origin,
+                "treeSize": cp.size,
+                "rootHash": cp.root,
+                "timestampNs": time_ns,
+                "signedNote": note,
+            },
+        )
+
+    def _retention(self) -> None:
+        assert self.ledger is not None
+        cutoff = time.time_ns() - int(self.cfg.payload_retention_days * 86400e9)
+        dropped = prune_payloads(self.ledger, cutoff)
+        if dropped:
+            self.log.info("retention dropped %d payloads (entries kept)", dropped)
+
+    # --- status ------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        writer = self.writer
+        return {
+            "ledger.size": writer.size if writer else 0,
+            "ledger.durable": writer.durable_size if writer else 0,
+            "ledger.appended": self.appended,
+            "ledger.checkpoints": self.checkpoints_published,
+            "ledger.write_errors": self.write_errors,
+            "ledger.gaps_recorded": self.gaps_recorded,
+        }
+
+    def queue_depth(self) -> int:
+        return self.writer.pending if self.writer else 0
+
+    # --- RPC ---------------------------------------------------------------------
+
+    def _size_param(self, request: Request, name: str, default: int) -> int:
+        value = request.params.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise RpcFault("bad_request", f"{name} must be a non-negative integer, got {value!r}")
+        return value
+
+    @rpc("head")
+    def rpc_head(self, request: Request) -> dict[str, Any]:
+        assert self.writer is not None
+        latest = self.ledger.latest_checkpoint() if self.ledger else None
+        return {
+            "size": self.writer.durable_size,
+            "root_hash": self.ledger.root(self.writer.durable_size).hex() if self.ledger else "",
+            "checkpoint_size": latest[0] if latest else 0,
+            "public_key": self.signer.verifier.vkey() if self.signer else "",
+        }
+
+    @rpc("checkpoint")
+    def rpc_checkpoint(self, request: Request) -> dict[str, Any]:
+        """The latest checkpoint; `{"new": true}` signs one over every durable entry first."""
+        assert self.ledger is not None and self.writer is not None
+        if request.params.get("new"):
+            self.flush(force_checkpoint=True)
+        latest = self.ledger.latest_checkpoint()
+        if latest is None:
+            raise RpcFault("not_found", "no checkpoint yet: the ledger is empty")
+        size, time_ns, note = latest
+        return {"tree_size": size, "timestamp_ns": time_ns, "note": note}
+
+    @rpc("prove")
+    def rpc_prove(self, request: Request) -> dict[str, Any]:
+        """Inclusion proof of entry `index` in the tree of `tree_size` (latest checkpoint)."""
+        assert self.ledger is not None
+        index = self._size_param(request, "index", 0)
+        size = request.params.get("tree_size")
+        if size is not None:
+            size = self._size_param(request, "tree_size", 0)
+        try:
+            return inclusion_document(self.ledger, index, size)
+        except (LedgerError, ValueError) as exc:
+            raise RpcFault("bad_request", str(exc)) from None
+
+    @rpc("consistency")
+    def rpc_consistency(self, request: Request) -> dict[str, Any]:
+        assert self.ledger is not None and self.writer is not None
+        old = self._size_param(request, "old_size", 0)
+        new = self._size_param(request, "new_size", self.writer.durable_size)
+        try:
+            return consistency_document(self.ledger, old, new)
+        except (LedgerError, ValueError) as exc:
+            raise RpcFault("bad_request", str(exc)) from None
+
+
+SERVICE = Ledger

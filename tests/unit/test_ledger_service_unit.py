@@ -1,0 +1,126 @@
+"""The ledger service's handlers called directly, without sockets."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from daemoneye import wire
+from daemoneye.bus import Gap
+from daemoneye.config import Settings
+from daemoneye.ledger.note import open_checkpoint
+from daemoneye.ledger.verify import verify_ledger
+from daemoneye.service import Request, RpcFault
+from daemoneye.services.ledger.service import Ledger
+
+
+def envelope(kind: str, body: dict, source: str = "src@h") -> tuple[object, bytes]:
+    data = wire.encode_envelope(wire.Header(source, "boot", 1, time.time_ns()), kind, body)
+    return wire.decode_envelope(data), data
+
+
+@pytest.fixture
+def service(settings: Settings) -> Ledger:
+    settings.ledger.checkpoint_every_entries = 3
+    svc = Ledger(settings)
+    svc.setup()
+    yield svc
+    svc.teardown()
+
+
+def test_start_and_stop_are_entries(settings: Settings) -> None:
+    svc = Ledger(settings)
+    svc.setup()
+    start = svc.ledger.entry(0)
+    assert (start.actor, start.action) == (svc.service_id, "ledger.start")
+    detail = json.loads(svc.ledger.payload(0))
+    assert detail["resumed_at"] == 0 and detail["key"] == svc.signer.verifier.vkey()
+    svc.teardown()
+    again = Ledger(settings)
+    again.setup()
+    try:
+        assert again.ledger.entry(1).action == "ledger.stop"
+        assert json.loads(again.ledger.payload(2))["resumed_at"] == 2
+        assert verify_ledger(again.ledger, again.signer.verifier).ok
+    finally:
+        again.teardown()
+
+
+def test_actor_action_and_payload(service: Ledger) -> None:
+    base = service.writer.size
+    audit, audit_bytes = envelope(
+        "auditRecord", {"actor": "x", "action": "rule.load", "subject": "r", "timeNs": 1}
+    )
+    event, event_bytes = envelope("processEvent", {"kind": "start", "record": {"pid": 5}})
+    assert service.record("audit.detector", audit, audit_bytes) == base
+    assert service.record("events.process.start", event, event_bytes) == base + 1
+    service.flush()
+    first, second = service.ledger.entry(base), service.ledger.entry(base + 1)
+    assert (first.actor, first.action) == ("src@h", "rule.load")
+    assert (second.actor, second.action) == ("src@h", "events.process.start")
+    assert service.ledger.payload(base + 1) == event_bytes
+
+
+def test_checkpoint_every_n_entries_and_on_timer(service: Ledger) -> None:
+    base = service.writer.size
+    event, data = envelope("processEvent", {"kind": "stop"})
+    for _ in range(4):
+        service.record("events.process.stop", event, data)
+    service.flush()  # 4 >= 3 since the last checkpoint: one over everything
+    assert service.ledger.latest_checkpoint()[0] == base + 4
+    service.record("events.process.stop", event, data)
+    service.flush()  # one more only: not due yet
+    assert service.ledger.latest_checkpoint()[0] == base + 4
+    service._timed_checkpoint()  # T seconds have not passed since the last one
+    assert service.ledger.latest_checkpoint()[0] == base + 4
+    service._last_checkpoint_t -= service.cfg.checkpoint_every_s  # now they have
+    service._timed_checkpoint()
+    size, _, note = service.ledger.latest_checkpoint()
+    assert size == base + 5
+    assert open_checkpoint(note, service.signer.verifier).root == service.ledger.root(size)
+    assert verify_ledger(service.ledger, service.signer.verifier).ok
+
+
+def test_rpc_answers_and_bad_params(service: Ledger) -> None:
+    event, data = envelope("processEvent", {"kind": "stop"})
+    for _ in range(5):
+        service.record("events.process.stop", event, data)
+    service.flush(force_checkpoint=True)
+    size = service.writer.size
+    proof = service.rpc_prove(Request("prove", {"index": 2}))
+    assert proof["tree_size"] == size and proof["leaf_index"] == 2 and "checkpoint" in proof
+    assert service.rpc_checkpoint(Request("checkpoint", {}))["tree_size"] == size
+    assert service.rpc_head(Request("head", {}))["size"] == size
+    with pytest.raises(RpcFault, match="index must be a non-negative integer"):
+        service.rpc_prove(Request("prove", {"index": -1}))
+    with pytest.raises(RpcFault, match="not inside"):
+        service.rpc_prove(Request("prove", {"index": 99}))
+    cons = service.rpc_consistency(Request("consistency", {"old_size": 2}))
+    assert cons["new_size"] == size and cons["proof"]
+
+
+def test_missed_messages_are_recorded_as_gap_entries(service: Ledger) -> None:
+    base = service.writer.size
+    service.on_gap(Gap("collector@h", "events.process", 10, 14))
+    service.flush()
+    e = service.ledger.entry(base)
+    assert (e.actor, e.action) == ("collector@h", "ledger.gap")
+    assert json.loads(service.ledger.payload(base)) == {
+        "stream": "events.process",
+        "first_missing": 10,
+        "last_missing": 14,
+    }
+
+
+def test_retention_drops_old_payloads_keeps_entries(service: Ledger) -> None:
+    event, data = envelope("processEvent", {"kind": "stop"})
+    for _ in range(3):
+        service.record("events.process.stop", event, data)
+    service.flush(force_checkpoint=True)
+    last = service.writer.size - 1
+    service.cfg.payload_retention_days = 1e-15  # everything recorded so far is "old"
+    service._retention()
+    assert service.ledger.payload(last) is None and service.ledger.entry(last).seq == last
+    assert verify_ledger(service.ledger, service.signer.verifier).ok
