@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test test-slow lint format bench install clean
+.PHONY: up test test-slow fuzz lint format bench install clean
 
 up: $(STAMP)
 	$(BIN)/daemoneye up
@@ -14,6 +14,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet atheris
+	for f in tests/fuzz/fuzz_*.py; do $(BIN)/python $$f -max_total_time=120 || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
