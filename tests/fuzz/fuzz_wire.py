@@ -10,6 +10,7 @@ abort or a hang is a finding (libFuzzer saves the input as crash-*).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import atheris
@@ -36,10 +37,8 @@ def one_input(data: bytes) -> None:
         return
     _ = env.total_size
     env.as_builder().to_bytes()
-    try:
+    with contextlib.suppress(wire.DecodeError):
         wire.to_dict(env)
-    except wire.DecodeError:
-        pass
 
 
 def main() -> None:
