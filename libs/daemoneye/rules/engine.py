@@ -1,0 +1,250 @@
+"""The rule engine: loaded rules, their plans, differential firing and disabling.
+
+`apply(events)` updates the tables and runs the incremental rules over what changed;
+`run_due()` runs the scheduled rules whose interval has passed. Both return
+`Firing`s (one per new matching row). A rule that errors or exceeds its time budget
+is disabled and reported through `on_disable`; the others keep running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .live import Batch, EventIn, LiveTables, Proc
+from .model import Problem, Rule
+from .plan import IDENTITY, Plan, make_plan
+from .sandbox import BudgetExceeded, Sandbox
+from .validate import Checked, Validator
+
+log = logging.getLogger("daemoneye.rules")
+
+
+@dataclass
+class Firing:
+    rule: Rule
+    row: dict[str, Any]
+    record: dict[str, Any] | None
+    identity: str
+
+
+@dataclass
+class Active:
+    rule: Rule
+    plan: Plan
+    tables: frozenset[str]
+    disabled: str = ""  # why, when disabled at run time
+    runs: int = 0
+    matches: int = 0
+    seconds: float = 0.0
+    due: float = 0.0
+    previous: set[str] = field(default_factory=set)  # scheduled: identities last matched
+
+    def summary(self) -> dict[str, Any]:
+        r = self.rule
+        return {
+            "id": r.id,
+            "name": r.name,
+            "severity": r.severity,
+            "enabled": r.enabled and not self.disabled,
+            "state": "disabled"
+            if not r.enabled
+            else (f"disabled: {self.disabled}" if self.disabled else "active"),
+            "mode": self.plan.mode,
+            "path": r.path,
+            "tags": r.tags,
+            "runs": self.runs,
+            "matches": self.matches,
+            "avg_ms": round(self.seconds / self.runs * 1000, 3) if self.runs else 0.0,
+        }
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        window_s: float = 600.0,
+        window_rows: int = 100_000,
+        budget_s: float = 0.2,
+        scheduled_budget_s: float = 1.0,
+        default_interval_s: float = 2.0,
+        max_rows: int = 1000,
+        on_disable: Callable[[Rule, str], None] | None = None,
+    ) -> None:
+        self.sandbox = Sandbox()
+        self.validator = Validator(self.sandbox)
+        self.tables = LiveTables(self.sandbox, window_s, window_rows)
+        self.budget_s = budget_s
+        self.scheduled_budget_s = scheduled_budget_s
+        self.default_interval_s = default_interval_s
+        self.max_rows = max_rows
+        self.on_disable = on_disable or (lambda rule, why: None)
+        self.rules: dict[str, Active] = {}
+        self.tables.refresh_users()
+
+    # --- rules -------------------------------------------------------------------
+
+    def load(self, checked: Iterable[Checked]) -> dict[str, list[str]]:
+        """Install a rule set; unchanged rules keep their differential state and stats."""
+        old, self.rules = self.rules, {}
+        changes: dict[str, list[str]] = {"added": [], "changed": [], "unchanged": [], "removed": []}
+        for item in checked:
+            rule = item.rule
+            prev = old.get(rule.id)
+            if prev is not None and prev.rule.sql == rule.sql and not prev.disabled:
+                prev.rule = rule
+                self.rules[rule.id] = prev
+                changes["unchanged"].append(rule.id)
+                continue
+            tables = frozenset(t.name.lower() for t in _tables_of(item.tree))
+            self.rules[rule.id] = Active(rule, make_plan(item.tree, rule.sql), tables)
+            changes["changed" if prev else "added"].append(rule.id)
+        changes["removed"] = sorted(set(old) - set(self.rules))
+        return changes
+
+    def load_paths(self, paths: Iterable[Any]) -> tuple[dict[str, list[str]], list[Problem]]:
+        checked, problems = self.validator.load(paths)
+        return self.load(checked), problems
+
+    def enabled(self, mode: str) -> list[Active]:
+        return [
+            a
+            for a in self.rules.values()
+            if a.rule.enabled and not a.disabled and a.plan.mode == mode
+        ]
+
+    def needs(self, table: str) -> bool:
+        return any(table in a.tables for a in self.rules.values() if a.rule.enabled)
+
+    # --- running -------------------------------------------------------------------
+
+    def apply(self, events: list[EventIn]) -> tuple[list[Firing], Batch]:
+        batch = self.tables.apply(events)
+        try:
+            return self._run_incremental(batch), batch
+        finally:
+            self.tables.finish(batch)
+
+    def rebuild(self, records: list[dict[str, Any]], collector: str) -> list[Firing]:
+        batch = self.tables.rebuild(records, collector)
+        try:
+            return self._run_incremental(batch, drivers=("processes",))
+        finally:
+            self.tables.finish(batch)
+
+    def _run_incremental(self, batch: Batch, drivers: tuple[str, ...] = ()) -> list[Firing]:
+        firings: list[Firing] = []
+        has = {"processes": bool(batch.procs), "process_events": bool(batch.events)}
+        for active in self.enabled("incremental"):
+            driver = active.plan.driver
+            if not has[driver] or (drivers and driver not in drivers):
+                continue
+            bound = batch.first_rowid if driver == "processes" else batch.first_eid
+            result = self._run(active, self.budget_s, (bound,))
+            if result is None:
+                continue
+            columns, rows = result
+            at = columns.index(IDENTITY)
+            for row in rows:
+                data = {c: v for c, v in zip(columns, row, strict=True) if c != IDENTITY}
+                ident = row[at]
+                if driver == "processes":
+                    proc = batch.procs.get(ident)
+                    if proc is None or active.rule.id in proc.fired:
+                        continue
+                    proc.fired.add(active.rule.id)
+                    record = proc.record
+                    key = f"{record['pid']}:{record['startTicks']}"
+                else:
+                    ev, _proc = batch.events.get(ident, (None, None))
+                    record = ev.record if ev else None
+                    key = f"event:{ident}"
+                active.matches += 1
+                firings.append(Firing(active.rule, data, record, key))
+        return firings
+
+    def run_due(self, now: float | None = None, force: bool = False) -> list[Firing]:
+        now = time.monotonic() if now is None else now
+        firings: list[Firing] = []
+        for active in self.enabled("scheduled"):
+            if not force and active.due > now:
+                continue
+            active.due = now + (active.rule.interval or self.default_interval_s)
+            if "process_open_sockets" in active.tables:
+                self.tables.refresh_sockets()
+            result = self._run(active, self.scheduled_budget_s)
+            if result is None:
+                continue
+            columns, rows = result
+            current: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                data = dict(zip(columns, row, strict=True))
+                current[_identity(data, active.plan.identity_columns)] = data
+            for ident, data in current.items():
+                if ident not in active.previous:
+                    active.matches += 1
+                    firings.append(Firing(active.rule, data, self.record_for(data), ident))
+            active.previous = set(current)
+        return firings
+
+    def _run(
+        self, active: Active, budget_s: float, params: tuple = ()
+    ) -> tuple[list[str], list[tuple]] | None:
+        started = time.perf_counter()
+        try:
+            result = self.sandbox.run(active.plan.sql, budget_s, self.max_rows, params)
+        except BudgetExceeded as exc:
+            self.disable(active, str(exc))
+            return None
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
+            self.disable(active, f"failed: {exc}")
+            return None
+        finally:
+            active.runs += 1
+            active.seconds += time.perf_counter() - started
+        return result
+
+    def disable(self, active: Active, why: str) -> None:
+        active.disabled = why
+        log.error("rule %s (%s) disabled: %s", active.rule.id, active.rule.path, why)
+        self.on_disable(active.rule, why)
+
+    def record_for(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The live record a scheduled rule's row is about, found by a pid column."""
+        for name in ("pid", "p0_pid", "child_pid", "parent"):
+            pid = row.get(name)
+            if isinstance(pid, int):
+                key = self.tables.by_pid.get(pid)
+                proc: Proc | None = self.tables.live.get(key) if key else None
+                if proc is not None:
+                    return proc.record
+        return None
+
+    # --- ad-hoc ----------------------------------------------------------------------
+
+    def query(self, sql: str, budget_s: float, max_rows: int) -> tuple[list[str], list[tuple]]:
+        """A validated read-only query (the console's `query` and `rules test`)."""
+        reason = self.validator.check_sql(sql)
+        if reason:
+            raise ValueError(reason)
+        if "process_open_sockets" in sql.lower():
+            self.tables.refresh_sockets()
+        return self.sandbox.run(sql, budget_s, max_rows)
+
+
+def _tables_of(tree: Any) -> list[Any]:
+    from sqlglot import exp
+
+    return list(tree.find_all(exp.Table))
+
+
+def _identity(row: dict[str, Any], columns: list[str] | None) -> str:
+    picked = row if columns is None else {c: row.get(c) for c in columns}
+    text = json.dumps(picked, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()

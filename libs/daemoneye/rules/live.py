@@ -1,0 +1,345 @@
+"""The live tables: process events in, rows of `processes`, `process_events`, `hash`
+and `file` out, plus the change tables incremental rules read.
+
+Process identity is (pid, startTicks). A record arrives as the dict form of a
+ProcessRecord (camelCase field names, as on the wire).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from . import sources
+from .sandbox import Sandbox
+from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, USERS
+
+SYSCALL = {"start": "execve", "stop": "exit", "modify": "modify", "suspicious": "suspicious"}
+_PCOLS = ", ".join(c.name for c in PROCESS_COLUMNS)
+_ECOLS = _PCOLS + ", " + ", ".join(c.name for c in EVENT_COLUMNS)
+_PMARKS = ", ".join("?" * (len(PROCESS_COLUMNS) + 1))
+_EMARKS = ", ".join("?" * (len(PROCESS_COLUMNS) + len(EVENT_COLUMNS) + 1))
+_HMARKS = ", ".join("?" * len(HASH.columns))
+_FMARKS = ", ".join("?" * len(FILE.columns))
+
+
+# Every ProcessRecord field with its wire default: records are normalised to all keys.
+RECORD_DEFAULTS: dict[str, Any] = {
+    "pid": 0, "ppid": 0, "startTicks": 0, "startTime": 0.0, "name": "", "exePath": "",
+    "cmdline": [], "cwd": "", "root": "", "uid": 0, "gid": 0, "euid": 0, "egid": 0,
+    "suid": 0, "sgid": 0, "loginUid": 4294967295, "username": "", "state": "", "threads": 0,
+    "nice": 0, "pgroup": 0, "sessionId": 0, "userTimeMs": 0, "systemTimeMs": 0,
+    "residentBytes": 0, "virtualBytes": 0, "diskReadBytes": 0, "diskWriteBytes": 0,
+    "sha256": "", "exeDeleted": False, "onDisk": -1, "exeDevice": 0, "exeInode": 0,
+    "exeSize": 0, "exeMtimeNs": 0, "exeChangedAfterExec": False, "cgroupPath": "",
+    "containerId": "", "pidNamespace": 0, "accessible": False, "tty": "",
+}  # fmt: skip
+_HEAD = itemgetter(
+    "pid", "name", "exePath", "cmdline", "state", "cwd", "root", "uid", "gid", "euid",
+    "egid", "suid", "sgid", "onDisk",
+)  # fmt: skip
+_MID = itemgetter(
+    "residentBytes", "virtualBytes", "userTimeMs", "systemTimeMs", "diskReadBytes",
+    "diskWriteBytes",
+)  # fmt: skip
+_TAIL = itemgetter("ppid", "pgroup", "threads", "nice")
+_OURS = itemgetter("cgroupPath", "startTicks", "loginUid", "username", "sha256", "exeDeleted")
+_MORE = itemgetter("sessionId", "tty", "containerId", "pidNamespace")
+
+
+def normalise(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with every field present (wire dicts omit empty text fields)."""
+    if len(record) >= len(RECORD_DEFAULTS):
+        return record
+    return {**RECORD_DEFAULTS, **record}
+
+
+@dataclass
+class Proc:
+    rowid: int  # of its current version in `processes`
+    record: dict[str, Any]
+    row: tuple
+    first_seen: float
+    fired: set[str] = field(default_factory=set)  # rule ids that fired on this process
+    collector: str = ""  # source id of the collector that last reported it
+
+
+@dataclass
+class EventIn:
+    kind: str  # start, stop, modify, suspicious
+    record: dict[str, Any]
+    time_ns: int = 0
+    source: str = "snapshot"
+    collector: str = ""
+    changed_fields: list[str] = field(default_factory=list)
+    reason: str = ""
+    severity: str = ""
+    exit_code: int = 0
+    runtime_ns: int = 0
+    hostname: str = ""
+
+
+@dataclass
+class Batch:
+    """What one applied batch wrote: rowids from `first_rowid`/`first_eid` on."""
+
+    first_rowid: int = 0
+    first_eid: int = 0
+    procs: dict[int, Proc] = field(default_factory=dict)  # rowid -> process
+    events: dict[int, tuple[EventIn, Proc | None]] = field(default_factory=dict)  # eid ->
+    event_rows: list[tuple] = field(default_factory=list)  # (eid, *process_events columns)
+    stopped: list[tuple[int]] = field(default_factory=list)  # rowids to drop after rules
+
+
+def process_row(
+    rec: dict[str, Any], parent: dict[str, Any] | None, collector: str, first: float, now: float
+) -> tuple:
+    """The `processes` columns of a normalised record."""
+    head = _HEAD(rec)
+    start = rec["startTime"] or 0.0
+    ours = _OURS(rec)
+    if parent is not None:
+        family = (parent["name"], parent["exePath"], " ".join(parent["cmdline"]))
+    else:
+        family = (None, None, None)
+    return (
+        *head[:3],
+        " ".join(head[3]),
+        *head[4:],
+        0,
+        *_MID(rec),
+        int(start),
+        *_TAIL(rec),
+        int(now - start) if start else 0,
+        *ours[:5],
+        int(ours[5]),
+        *family,
+        *_MORE(rec),
+        collector,
+        rec.get("hostname", ""),
+        first,
+        now,
+    )
+
+
+class LiveTables:
+    def __init__(self, sandbox: Sandbox, window_s: float, window_rows: int) -> None:
+        self.sandbox = sandbox
+        self.window_s = window_s
+        self.window_rows = window_rows
+        self.live: dict[tuple[int, int], Proc] = {}
+        self.by_pid: dict[int, tuple[int, int]] = {}
+        self._next_rowid = 1
+        self.next_eid = 1
+        self._hashed: dict[str, str] = {}
+        self._files: dict[str, tuple | None] = {}
+        self.events_seen = 0
+
+    # --- processes -------------------------------------------------------------
+
+    def parent_of(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        key = self.by_pid.get(rec["ppid"])
+        proc = self.live.get(key) if key else None
+        return proc.record if proc else None
+
+    def apply(self, events: list[EventIn], record_events: bool = True) -> Batch:
+        """Write events to every table. Each process that changed gets a new rowid, so
+        rules find this batch's rows as `rowid >= first_rowid`; processes that stopped
+        stay visible until `finish()` (a process that lived a few ms still gets judged).
+
+        `record_events=False` (a snapshot rebuild) changes the live table only."""
+        now = time.time()
+        batch = Batch(self._next_rowid, self.next_eid)
+        pending: dict[int, tuple] = {}  # rowid -> row, written by this batch
+        deletes: list[tuple[int]] = []
+        event_rows: list[tuple] = []
+        paths: list[tuple[str, str]] = []
+        live, by_pid, procs = self.live, self.by_pid, batch.procs
+        for ev in events:
+            rec = ev.record = normalise(ev.record)
+            pid = rec["pid"]
+            key = (pid, rec["startTicks"])
+            proc = live.get(key)
+            if ev.kind == "stop":
+                if proc is not None:
+                    self._forget(key)
+                    batch.stopped.append((proc.rowid,))
+                row = process_row(rec, self.parent_of(rec), ev.collector, now, now)
+            else:
+                old = by_pid.get(pid)
+                if old is not None and old != key:  # pid reuse: the old process is gone
+                    gone = live[old]
+                    self._forget(old)
+                    batch.stopped.append((gone.rowid,))
+                rowid = self._next_rowid
+                self._next_rowid += 1
+                if proc is None:
+                    proc = Proc(rowid, rec, (), now)
+                    live[key] = proc
+                    by_pid[pid] = key
+                else:  # a new version replaces the old row
+                    if pending.pop(proc.rowid, None) is None:
+                        deletes.append((proc.rowid,))
+                    procs.pop(proc.rowid, None)
+                    proc.rowid = rowid
+                proc.record = rec
+                proc.collector = ev.collector
+                row = proc.row = process_row(
+                    rec, self.parent_of(rec), ev.collector, proc.first_seen, now
+                )
+                pending[rowid] = row
+                procs[rowid] = proc
+                paths.append((rec["exePath"], rec["sha256"]))
+                paths.append((rec["cwd"], ""))
+            if record_events:
+                eid = self.next_eid
+                self.next_eid += 1
+                batch.events[eid] = (ev, proc)
+                event_rows.append((eid, *row, *self._event_columns(ev, rec, eid)))
+        self.events_seen += len(event_rows)
+        batch.event_rows = event_rows
+        hash_rows, file_rows, hash_gone = self._paths(paths)
+        conn = self.sandbox.conn
+        self.sandbox.trust(True)
+        try:
+            conn.execute("BEGIN")
+            if deletes:
+                conn.executemany("DELETE FROM processes WHERE rowid = ?", deletes)
+            if pending:
+                conn.executemany(
+                    f"INSERT INTO processes (rowid, {_PCOLS}) VALUES ({_PMARKS})",
+                    [(rowid, *row) for rowid, row in pending.items()],
+                )
+            if event_rows:
+                conn.executemany(
+                    f"INSERT INTO process_events (rowid, {_ECOLS}) VALUES ({_EMARKS})", event_rows
+                )
+            if hash_gone:
+                conn.executemany("DELETE FROM hash WHERE path = ?", hash_gone)
+            if hash_rows:
+                conn.executemany(f"INSERT INTO hash VALUES ({_HMARKS})", hash_rows)
+            if file_rows:
+                conn.executemany(f"INSERT INTO file VALUES ({_FMARKS})", file_rows)
+            conn.execute("COMMIT")
+        finally:
+            self.sandbox.trust(False)
+        return batch
+
+    def finish(self, batch: Batch) -> None:
+        """After the rules ran: drop the rows of processes that stopped."""
+        if batch.stopped:
+            with self.sandbox.trusted() as c:
+                c.executemany("DELETE FROM processes WHERE rowid = ?", batch.stopped)
+
+    def _forget(self, key: tuple[int, int]) -> None:
+        self.live.pop(key, None)
+        if self.by_pid.get(key[0]) == key:
+            del self.by_pid[key[0]]
+
+    def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int) -> tuple:
+        info = self._files.get(rec["exePath"])
+        mode, ouid, ogid, atime, ctime = (
+            (info[6], info[4], info[5], info[10], info[12]) if info else (None,) * 5
+        )
+        euid, egid = rec["euid"], rec["egid"]
+        time_ns = ev.time_ns or time.time_ns()
+        cmd = " ".join(rec["cmdline"])
+        return (
+            ev.kind,
+            time_ns // 1_000_000_000,
+            time_ns,
+            eid,
+            SYSCALL.get(ev.kind, ev.kind),
+            ",".join(ev.changed_fields),
+            ev.reason,
+            ev.severity if ev.kind == "suspicious" else "",
+            ev.source,
+            ev.exit_code,
+            ev.runtime_ns // 1_000_000,
+            mode,
+            len(cmd.encode()),
+            "",
+            0,
+            0,
+            ouid,
+            ogid,
+            atime,
+            rec["exeMtimeNs"] // 1_000_000_000,
+            ctime,
+            0,
+            "",
+            0,
+            euid,
+            egid,
+        )
+
+    # --- hash and file ---------------------------------------------------------
+
+    def _paths(self, paths: list[tuple[str, str]]) -> tuple[list[tuple], list[tuple], list]:
+        """New `hash` and `file` rows for paths not seen before (or re-hashed)."""
+        hash_rows: list[tuple] = []
+        file_rows: list[tuple] = []
+        gone: list[tuple[str]] = []
+        hashed, files = self._hashed, self._files
+        for path, sha in paths:
+            if not path or (path in files and (not sha or hashed.get(path) == sha)):
+                continue
+            if sha and hashed.get(path) != sha:
+                if path in hashed:
+                    gone.append((path,))
+                hashed[path] = sha
+                hash_rows.append((path, path.rpartition("/")[0] or "/", "", "", sha, "", 0, ""))
+            if path not in self._files:
+                row = sources.file_row(path)
+                self._files[path] = row
+                if row is not None:
+                    file_rows.append(row)
+        return hash_rows, file_rows, gone
+
+    # --- maintenance -----------------------------------------------------------
+
+    def trim_events(self, now: float | None = None) -> int:
+        """Keep process_events within its time and row limits; returns rows dropped."""
+        now = time.time() if now is None else now
+        with self.sandbox.trusted() as c:
+            before = c.total_changes
+            c.execute(
+                "DELETE FROM process_events WHERE rowid <= ?",
+                (self.next_eid - 1 - self.window_rows,),
+            )
+            c.execute("DELETE FROM process_events WHERE time < ?", (int(now - self.window_s),))
+            return c.total_changes - before
+
+    def refresh_users(self) -> None:
+        rows = sources.users_rows()
+        with self.sandbox.trusted() as c:
+            c.execute("BEGIN")
+            c.execute("DELETE FROM users")
+            c.executemany(f"INSERT INTO users VALUES ({', '.join('?' * len(USERS.columns))})", rows)
+            c.execute("COMMIT")
+
+    def refresh_sockets(self) -> None:
+        rows = sources.open_sockets_rows()
+        with self.sandbox.trusted() as c:
+            c.execute("BEGIN")
+            c.execute("DELETE FROM process_open_sockets")
+            c.executemany(
+                "INSERT INTO process_open_sockets VALUES (" + ", ".join("?" * 12) + ")", rows
+            )
+            c.execute("COMMIT")
+
+    def rebuild(self, records: list[dict[str, Any]], collector: str) -> Batch:
+        """Replace what `collector` reported with its snapshot (other collectors' processes
+        stay); process_events is untouched. The batch holds what is new or changed."""
+        records = [normalise(r) for r in records]
+        identities = {(r["pid"], r["startTicks"]) for r in records}
+        stale = [
+            EventIn("stop", p.record, collector=collector)
+            for k, p in self.live.items()
+            if k not in identities and p.collector in (collector, "")
+        ]
+        fresh = [EventIn("start", r, source="snapshot", collector=collector) for r in records]
+        fresh.sort(key=lambda e: e.record["startTicks"])  # parents before children
+        return self.apply(stale + fresh, record_events=False)

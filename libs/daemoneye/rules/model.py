@@ -1,0 +1,187 @@
+"""Rules: the YAML format, loading with line numbers, and the problems loading finds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+MAX_RULE_FILE_BYTES = 256 * 1024
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+KNOWN_FIELDS = {
+    "id",
+    "name",
+    "description",
+    "severity",
+    "sql",
+    "enabled",
+    "tags",
+    "references",
+    "interval",
+    "author",
+    "source",
+}
+
+
+@dataclass
+class Rule:
+    id: str
+    name: str
+    sql: str
+    severity: str = "medium"
+    description: str = ""
+    enabled: bool = True
+    tags: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    interval: float | None = None  # seconds, for rules run on a cadence
+    path: str = "<inline>"
+    sql_line: int = 1  # line of the file where the SQL text starts
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "severity": self.severity,
+            "enabled": self.enabled,
+            "tags": list(self.tags),
+        }
+        if self.references:
+            out["references"] = list(self.references)
+        if self.interval is not None:
+            out["interval"] = self.interval
+        out["sql"] = self.sql
+        return out
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a rule is rejected: where (file, rule id, line) and why."""
+
+    path: str
+    rule_id: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: rule {self.rule_id or '?'}: {self.reason}"
+
+
+class RuleError(ValueError):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def _sql_line(node: yaml.Node) -> int:
+    """1-based line where the SQL text itself starts (block scalars start a line later)."""
+    line = node.start_mark.line + 1
+    style = getattr(node, "style", None)
+    return line + 1 if style in ("|", ">") else line
+
+
+def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) -> Rule:
+    """Check the fields of one rule document and build the Rule."""
+    rid = str(data.get("id", "")) if isinstance(data, dict) else ""
+
+    def fail(reason: str, at: int = line) -> RuleError:
+        return RuleError(Problem(path, rid, at, reason))
+
+    if not isinstance(data, dict):
+        raise fail(f"a rule must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(map(str, data)) - KNOWN_FIELDS)
+    if unknown:
+        raise fail(f"unknown field(s) {', '.join(unknown)}")
+    for key in ("id", "name", "sql"):
+        if not data.get(key):
+            raise fail(f"missing required field {key!r}")
+    if not isinstance(data["id"], str) or not ID_PATTERN.match(data["id"]):
+        raise fail("id must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
+    if not isinstance(data["sql"], str):
+        raise fail("sql must be a string", sql_line)
+    severity = str(data.get("severity", "medium")).lower()
+    if severity not in SEVERITIES:
+        raise fail(f"severity {data.get('severity')!r} is not one of {', '.join(SEVERITIES)}")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise fail("enabled must be true or false")
+    tags = data.get("tags") or []
+    refs = data.get("references") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise fail("tags must be a list of strings")
+    if not isinstance(refs, list):
+        raise fail("references must be a list")
+    interval = data.get("interval")
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
+    ):
+        raise fail("interval must be a positive number of seconds")
+    return Rule(
+        id=data["id"],
+        name=str(data["name"]),
+        sql=data["sql"],
+        severity=severity,
+        description=str(data.get("description") or ""),
+        enabled=enabled,
+        tags=list(tags),
+        references=[str(r) for r in refs],
+        interval=float(interval) if interval is not None else None,
+        path=path,
+        sql_line=sql_line,
+    )
+
+
+def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
+    """Every rule document in one YAML text (a file may hold several, separated by ---)."""
+    rules: list[Rule] = []
+    problems: list[Problem] = []
+    if len(text.encode()) > MAX_RULE_FILE_BYTES:
+        return [], [Problem(path, "", 1, f"file is larger than {MAX_RULE_FILE_BYTES} bytes")]
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        reason = getattr(exc, "problem", None) or str(exc)
+        return [], [Problem(path, "", line, f"invalid YAML: {reason}")]
+    for node in nodes:
+        if node is None:
+            continue
+        line = node.start_mark.line + 1
+        sql_line = line
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if getattr(key, "value", None) == "sql":
+                    sql_line = _sql_line(value)
+        try:
+            data = yaml.SafeLoader(text).construct_document(node)
+            rules.append(rule_from_mapping(data, path, sql_line, line))
+        except RuleError as exc:
+            problems.append(exc.problem)
+        except yaml.YAMLError as exc:
+            problems.append(Problem(path, "", line, f"invalid YAML: {exc}"))
+    return rules, problems
+
+
+def load_rule_file(path: Path) -> tuple[list[Rule], list[Problem]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [Problem(str(path), "", 1, f"cannot read: {exc}")]
+    return parse_rules_text(text, str(path))
+
+
+def rule_files(paths: Iterable[Path]) -> list[Path]:
+    """The .yml/.yaml files named, or found (recursively, sorted) in the directories named."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml") and f.is_file())
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,82 @@
+"""How a checked rule runs: incrementally over the rows that just changed, or on a cadence.
+
+A rule whose outermost query reads `processes` or `process_events` first, with no
+aggregate, window, GROUP BY, LIMIT or compound, is *incremental*: its WHERE gets
+`AND <that table>.rowid >= ?`, bound to the first rowid the current batch wrote
+(rowids only grow: a process gets a new rowid per version, an event is its eid), so
+each run costs in proportion to the rows that changed; and the rowid is selected as
+a hidden identity column so a row fires once. Everything else is
+*scheduled*: run over the full tables every `interval` seconds, firing for result
+rows whose identity (the non-aggregate output columns) was not in the last result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from .tables import INCREMENTAL_TABLES
+
+IDENTITY = "__de_identity"
+
+
+@dataclass
+class Plan:
+    mode: str  # "incremental" or "scheduled"
+    sql: str  # what actually runs
+    driver: str = ""  # the table an incremental rule follows
+    identity_columns: list[str] | None = None  # scheduled: None = the whole row
+
+
+def _has_outer(select: exp.Select, kinds: tuple[type[exp.Expression], ...]) -> bool:
+    """Whether `select` itself (not a subquery inside it) uses one of `kinds`."""
+    for node in select.find_all(*kinds):
+        owner = node.find_ancestor(exp.Select)
+        if owner is select:
+            return True
+    return False
+
+
+def make_plan(tree: exp.Expression, sql: str) -> Plan:
+    """`sql` is the rule's own text: scheduled rules run it verbatim."""
+    incremental = _incremental(tree)
+    if incremental is not None:
+        return incremental
+    return Plan("scheduled", sql, identity_columns=_identity_columns(tree))
+
+
+def _incremental(tree: exp.Expression) -> Plan | None:
+    if not isinstance(tree, exp.Select) or tree.args.get("with_"):
+        return None
+    if any(tree.args.get(k) for k in ("group", "having", "limit", "offset", "qualify")):
+        return None
+    if _has_outer(tree, (exp.AggFunc, exp.Window)):
+        return None
+    source = tree.args.get("from_")
+    table = source.this if source is not None else None
+    if not isinstance(table, exp.Table) or table.name.lower() not in INCREMENTAL_TABLES:
+        return None
+    base = table.name.lower()
+    rewritten = tree.copy()
+    alias = table.alias or table.name
+    bound = exp.GTE(this=exp.column("rowid", table=alias), expression=exp.Placeholder())
+    rewritten.where(bound, append=True, copy=False)
+    rewritten.select(exp.column("rowid", table=alias).as_(IDENTITY), copy=False)
+    return Plan("incremental", rewritten.sql(dialect="sqlite"), driver=base)
+
+
+def _identity_columns(tree: exp.Expression) -> list[str] | None:
+    """Output columns without aggregates: a group keeps its identity as its count grows.
+
+    None (the whole row) for compounds and `*`; [] when every column is an aggregate,
+    so a rule like `SELECT count(*) ... HAVING count(*) > 50` fires once per episode."""
+    if not isinstance(tree, exp.Select):
+        return None
+    names = []
+    for projection in tree.expressions:
+        if isinstance(projection, exp.Star) or isinstance(projection.this, exp.Star):
+            return None
+        if projection.find(exp.AggFunc) is None:
+            names.append(projection.alias_or_name)
+    return names

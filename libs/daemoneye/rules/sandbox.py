@@ -1,0 +1,127 @@
+"""The in-memory SQLite database rules run in: the schema, an authorizer that lets rule
+SQL only read our tables and call allowed functions, a progress-handler budget of
+CPU time per run, and connection limits.
+
+The detector's own writes run "trusted" (the authorizer is consulted only when a
+statement is prepared, so this costs nothing per row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import functions
+from .tables import TABLES, schema_statements
+
+READABLE = frozenset(TABLES)
+PROGRESS_OPS = 2000  # VM instructions between budget checks (a few microseconds)
+
+LIMITS = {
+    "SQLITE_LIMIT_LENGTH": 1_000_000,
+    "SQLITE_LIMIT_SQL_LENGTH": 128 * 1024,
+    "SQLITE_LIMIT_EXPR_DEPTH": 200,
+    "SQLITE_LIMIT_COMPOUND_SELECT": 64,
+    "SQLITE_LIMIT_FUNCTION_ARG": 32,
+    "SQLITE_LIMIT_ATTACHED": 0,
+    "SQLITE_LIMIT_LIKE_PATTERN_LENGTH": 1000,
+    "SQLITE_LIMIT_VARIABLE_NUMBER": 999,
+    "SQLITE_LIMIT_TRIGGER_DEPTH": 1,
+}
+
+
+class BudgetExceeded(Exception):
+    """A rule or query ran longer than its time budget and was interrupted."""
+
+
+class Sandbox:
+    def __init__(self) -> None:
+        self.conn = sqlite3.connect(
+            ":memory:", isolation_level=None, check_same_thread=False, cached_statements=1024
+        )
+        self._trusted = True
+        self._deadline = float("inf")
+        self._interrupted = False
+        # no rollback journal: the tables are rebuilt from the bus, never recovered
+        self.conn.execute("PRAGMA journal_mode = OFF")
+        for stmt in schema_statements():
+            self.conn.execute(stmt)
+        functions.register(self.conn)
+        for name, value in LIMITS.items():
+            if hasattr(sqlite3, name):
+                self.conn.setlimit(getattr(sqlite3, name), value)
+        self.conn.set_authorizer(self._authorize)
+        self.conn.set_progress_handler(self._progress, PROGRESS_OPS)
+        self._trusted = False
+
+    # --- guards ----------------------------------------------------------------
+
+    def _authorize(self, action: int, arg1: Any, arg2: Any, db: Any, trigger: Any) -> int:
+        if self._trusted:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_SELECT:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_READ:
+            ok = db in (None, "main") and str(arg1).lower() in READABLE
+            return sqlite3.SQLITE_OK if ok else sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_FUNCTION:
+            ok = str(arg2).lower() in functions.ALLOWED_FUNCTIONS
+            return sqlite3.SQLITE_OK if ok else sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_DENY  # writes, DDL, PRAGMA, ATTACH, transactions, recursion
+
+    def _progress(self) -> int:
+        if time.thread_time() > self._deadline:
+            self._interrupted = True
+            return 1
+        return 0
+
+    def trust(self, trusted: bool) -> None:
+        """The hot path's cheaper form of `trusted()`."""
+        self._trusted = trusted
+
+    @contextlib.contextmanager
+    def trusted(self) -> Iterator[sqlite3.Connection]:
+        """The detector's own statements: table maintenance, no budget."""
+        self._trusted = True
+        try:
+            yield self.conn
+        finally:
+            self._trusted = False
+
+    # --- running untrusted SQL -----------------------------------------------------
+
+    def run(
+        self, sql: str, budget_s: float, max_rows: int, params: tuple = ()
+    ) -> tuple[list[str], list[tuple]]:
+        """Run a validated SELECT under the authorizer and a time budget.
+
+        `params` are only ever the engine's own (an incremental rule's rowid bound)."""
+        self._interrupted = False
+        # CPU time of this thread, not wall time: a busy host that descheduled us must
+        # not make a healthy rule look like a runaway one
+        self._deadline = time.thread_time() + budget_s
+        try:
+            cur = self.conn.execute(sql, params)
+            rows = cur.fetchmany(max_rows)
+            columns = [d[0] for d in cur.description or ()]
+            cur.close()
+        except sqlite3.OperationalError:
+            if self._interrupted:
+                raise BudgetExceeded(
+                    f"exceeded its CPU time budget of {budget_s * 1000:g} ms"
+                ) from None
+            raise
+        finally:
+            self._deadline = float("inf")
+        return columns, rows
+
+    def compile_error(self, sql: str) -> str | None:
+        """None when `sql` compiles under the authorizer, else SQLite's reason."""
+        try:
+            self.conn.execute("EXPLAIN " + sql).fetchmany(1)
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None

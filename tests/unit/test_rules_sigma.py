@@ -1,0 +1,158 @@
+"""Sigma import: every Linux process_creation rule of the corpus converts and validates;
+rules that cannot convert are reported with their reason; converted rules fire."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemoneye.rules.engine import Engine
+from daemoneye.rules.live import EventIn
+from daemoneye.rules.model import load_rule_file
+from daemoneye.rules.sigma import SigmaImporter, write_rules
+
+SIGMA = Path("/work/shared/corpora/sigma-linux-process-creation")
+pytestmark = pytest.mark.skipif(not SIGMA.is_dir(), reason="Sigma corpus not present")
+
+
+@pytest.fixture(scope="module")
+def importer() -> SigmaImporter:
+    return SigmaImporter()
+
+
+def test_all_corpus_rules_convert_and_keep_metadata(
+    importer: SigmaImporter, tmp_path: Path
+) -> None:
+    files = sorted(SIGMA.glob("*.yml"))
+    assert len(files) == 122
+    converted, problems = [], []
+    for f in files:
+        done, found = importer.convert_file(f)
+        converted += done
+        problems += found
+    assert problems == [], problems[:3]
+    assert len(converted) == 122
+    written = write_rules(converted, tmp_path)
+    assert len(written) == 122
+    rules, problems = load_rule_file(tmp_path / "sigma-proc_creation_lnx_at_command.yml")
+    assert problems == []
+    (rule,) = rules
+    assert rule.id == "d2d642d7-b393-43fe-bae4-e81ed5915c4b"
+    assert rule.name == "Scheduled Task/Job At" and rule.severity == "low"
+    assert "attack.t1053.002" in rule.tags and rule.references
+
+
+def test_unconvertible_rules_are_reported_with_reason(
+    importer: SigmaImporter, tmp_path: Path
+) -> None:
+    other = tmp_path / "net.yml"
+    other.write_text(
+        textwrap.dedent(
+            """\
+            title: network rule
+            id: 11111111-1111-1111-1111-111111111111
+            logsource: {product: linux, category: network_connection}
+            detection: {sel: {DestinationPort: 4444}, condition: sel}
+            level: high
+            """
+        )
+    )
+    unmapped = tmp_path / "hash.yml"
+    unmapped.write_text(
+        textwrap.dedent(
+            """\
+            title: hashes rule
+            id: 22222222-2222-2222-2222-222222222222
+            logsource: {product: linux, category: process_creation}
+            detection: {sel: {Hashes|contains: 'abc'}, condition: sel}
+            level: high
+            """
+        )
+    )
+    broken = tmp_path / "broken.yml"
+    broken.write_text("title: [unclosed\n")
+    reasons = {}
+    for path in (other, unmapped, broken):
+        done, problems = importer.convert_file(path)
+        assert done == [] and len(problems) == 1
+        assert problems[0].path == str(path)
+        reasons[path.name] = problems[0].reason
+    assert "network_connection" in reasons["net.yml"]
+    assert "hashes" in reasons["hash.yml"].lower()
+    assert "cannot read" in reasons["broken.yml"] or "invalid" in reasons["broken.yml"]
+
+
+def test_converted_rules_fire_on_matching_records(importer: SigmaImporter) -> None:
+    converted = []
+    for name in (
+        "proc_creation_lnx_at_command.yml",
+        "proc_creation_lnx_apt_shell_execution.yml",
+        "proc_creation_lnx_auditctl_clear_rules.yml",
+    ):
+        done, problems = importer.convert_file(SIGMA / name)
+        assert not problems
+        converted += done
+    engine = Engine()
+    checked = [engine.validator.check(c.rule) for c in converted]
+    engine.load(checked)
+
+    def record(pid: int, path: str, argv: list[str]) -> dict:
+        return {"pid": pid, "startTicks": pid, "exePath": path, "cmdline": argv, "name": "x"}
+
+    firings, _ = engine.apply(
+        [
+            EventIn("start", record(1, "/usr/bin/at", ["at", "now"])),
+            EventIn(
+                "start",
+                record(
+                    2, "/usr/bin/apt-get", ["apt-get", "-o", "APT::Update::Pre-Invoke::=/bin/sh"]
+                ),
+            ),
+            EventIn("start", record(3, "/sbin/auditctl", ["auditctl", "-D"])),
+            EventIn("start", record(4, "/usr/bin/apt", ["apt", "update"])),
+        ]
+    )
+    fired = sorted((f.rule.name, f.row["pid"]) for f in firings)
+    assert sorted(pid for _, pid in fired) == [1, 2, 3], fired
+
+
+def test_cli_import_sigma_and_validate(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daemoneye",
+            "rules",
+            "import-sigma",
+            str(SIGMA),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "122 converted, 0 could not be converted" in run.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "daemoneye", "rules", "validate", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert check.returncode == 0, check.stdout
+    bad = tmp_path / "bad.yml"
+    bad.write_text("id: evil\nname: x\nsql: SELECT readfile('/etc/shadow')\n")
+    check = subprocess.run(
+        [sys.executable, "-m", "daemoneye", "rules", "validate", str(out), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert check.returncode == 1
+    assert check.stdout.strip() == f"{bad}:3: rule evil: function readfile() is forbidden"
