@@ -1,7 +1,8 @@
 """Maps the repository layout onto one `daemoneye` package.
 
 libs/daemoneye -> daemoneye, services/<name> -> daemoneye.services.<name>,
-schemas/*.capnp -> daemoneye/schemas (shipped in the wheel).
+schemas/*.capnp -> daemoneye/schemas and deploy/rules -> daemoneye/default_rules (both
+shipped in the wheel).
 """
 
 from setuptools import find_packages, setup
@@ -12,11 +13,12 @@ services = ["daemoneye.services"] + [
 ]
 
 setup(
-    packages=[*library, *services, "daemoneye.schemas"],
+    packages=[*library, *services, "daemoneye.schemas", "daemoneye.default_rules"],
     package_dir={
         "daemoneye": "libs/daemoneye",
         "daemoneye.services": "services",
         "daemoneye.schemas": "schemas",
+        "daemoneye.default_rules": "deploy/rules",
     },
-    package_data={"daemoneye.schemas": ["*.capnp"]},
+    package_data={"daemoneye.schemas": ["*.capnp"], "daemoneye.default_rules": ["*.yml", "*.md"]},
 )

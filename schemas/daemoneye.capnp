@@ -74,7 +74,7 @@ struct ProcessRecord {
   diskWriteBytes @27 :UInt64;
   sha256 @28 :Text;           # hex; empty until hashed
   exeDeleted @29 :Bool;
-  onDisk @30 :Int8;           # osquery semantics: 1 on disk, 0 not, -1 unknown
+  onDisk @30 :Int8 = -1;      # osquery semantics: 1 on disk, 0 not, -1 unknown (default)
   exeDevice @31 :UInt64;
   exeInode @32 :UInt64;
   exeSize @33 :UInt64;

@@ -88,6 +88,9 @@ class RateMeter:
 class Service:
     name: ClassVar[str] = ""
     subscriptions: ClassVar[tuple[str, ...]] = ()
+    # How long one wake-up may spend on bus messages before RPCs and timers get a turn
+    # (a batch message can hold hundreds of events).
+    drain_budget_s: ClassVar[float] = 0.05
 
     def __init__(self, settings: Settings, service_id: str | None = None) -> None:
         self.settings = settings
@@ -246,6 +249,7 @@ class Service:
 
     def _on_bus(self) -> None:
         assert self.subscriber is not None
+        deadline = time.monotonic() + self.drain_budget_s
         for msg in self.subscriber.drain():
             self.events.add()
             try:
@@ -254,6 +258,8 @@ class Service:
                 self.subscriber.count_malformed(f"{msg.topic} from {msg.envelope.sourceId}: {exc}")
             except Exception:
                 self.log.exception("handling %s failed; continuing", msg.topic)
+            if time.monotonic() > deadline:
+                break  # the rest waits on the socket; the poller wakes the loop again at once
 
     def audit(self, action: str, subject: str = "", detail: dict[str, Any] | None = None) -> None:
         """Publish an `audit.<service>` record (rule loads, config changes, deliveries...)."""

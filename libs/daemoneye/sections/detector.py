@@ -4,8 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class DetectorSettings(BaseModel):
-    rules_dir: Path | None = None  # None: the shipped deploy/rules
+    rules_dir: Path | None = Field(
+        None, description="rule files (unset: $DAEMONEYE_RULES_DIR, else the shipped deploy/rules)"
+    )
+    events_window_s: float = Field(600.0, gt=0, description="process_events keeps this long")
+    events_window_rows: int = Field(100_000, ge=100, description="process_events row limit")
+    rule_budget_ms: float = Field(
+        200.0, gt=0, description="CPU time budget of one incremental rule run"
+    )
+    scheduled_budget_ms: float = Field(
+        1000.0, gt=0, description="CPU time budget of one scheduled rule run"
+    )
+    query_budget_ms: float = Field(2000.0, gt=0, description="CPU time budget of a console query")
+    schedule_interval_s: float = Field(2.0, gt=0, description="default cadence of aggregates")
+    max_rows: int = Field(1000, ge=1, description="result rows read per rule run")
+    max_batch: int = Field(2000, ge=1, description="events applied per batch at most")
+    retention_days: float = Field(7.0, gt=0, description="process history kept in RocksDB")
+    persist: bool = Field(True, description="keep process history in <data_dir>/detector")
+    snapshot_timeout_s: float = Field(3.0, gt=0, description="collector snapshot RPC deadline")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from daemoneye.services import available, service_class
@@ -20,11 +21,14 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("service", help=f"one of: {', '.join(available())}")
     p.add_argument("--id", dest="service_id", help="service id (default: <service>@<hostname>)")
+    p.add_argument("--rules-dir", type=Path, help="detector: rule files (env DAEMONEYE_RULES_DIR)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if args.rules_dir is not None:
+        settings.detector.rules_dir = args.rules_dir
     try:
         cls = service_class(args.service)
     except LookupError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from daemoneye import logs
@@ -23,6 +24,7 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--only", nargs="+", metavar="SERVICE", help="run only these services (the broker always)"
     )
+    p.add_argument("--rules-dir", type=Path, help="detector: rule files (env DAEMONEYE_RULES_DIR)")
     p.set_defaults(handler=run)
 
 
@@ -44,4 +46,6 @@ def run(args: argparse.Namespace) -> int:
         extra += ["--config", str(settings.config)]
     if args.debug:
         extra.append("--debug")
+    if args.rules_dir:
+        extra += ["--rules-dir", str(args.rules_dir.resolve())]
     return Supervisor(settings, names, extra).run()

@@ -1,0 +1,152 @@
+"""`daemoneye rules list|validate|test|reload|import-sigma`: manage detection rules.
+
+`validate` and `import-sigma` work offline on files; the others ask the detector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from ..common import CommandError, add_command, call, console, err_console, settings_from
+from .query import print_rows
+
+
+def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        parent,
+        "rules",
+        "Validate, test, list, reload and import detection rules.",
+        "  daemoneye rules validate deploy/rules/ my-rule.yml\n"
+        "  daemoneye rules test my-rule.yml\n"
+        "  daemoneye rules list\n"
+        "  daemoneye rules reload\n"
+        "  daemoneye rules import-sigma sigma/rules/linux/process_creation/ --output rules/\n",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    v = actions.add_parser("validate", help="check rule files offline (exit 1 on any problem)")
+    v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="rule files or dirs")
+    v.add_argument("--quiet", action="store_true", help="print problems only")
+    t = actions.add_parser("test", help="run a rule file against the live tables")
+    t.add_argument("path", type=Path, metavar="RULE_FILE")
+    t.add_argument("--json", action="store_true")
+    t.add_argument("--limit", type=int, default=100)
+    lst = actions.add_parser("list", help="the detector's rules, their state and statistics")
+    lst.add_argument("--json", action="store_true")
+    actions.add_parser("reload", help="make the detector reload its rules directory")
+    s = actions.add_parser("import-sigma", help="convert Sigma process_creation rules")
+    s.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Sigma files or dirs")
+    s.add_argument("--output", type=Path, help="write one rule file per Sigma rule here")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {
+        "validate": validate,
+        "test": test,
+        "list": list_rules,
+        "reload": reload,
+        "import-sigma": import_sigma,
+    }[args.action](args)
+
+
+def validate(args: argparse.Namespace) -> int:
+    from daemoneye.rules.validate import Validator
+
+    checked, problems = Validator().load(args.paths)
+    for problem in problems:
+        print(problem)
+    if not args.quiet:
+        status = "ok" if not problems else f"{len(problems)} problem(s)"
+        err_console.print(f"{len(checked)} valid rule(s), {status}")
+    return 1 if problems else 0
+
+
+def test(args: argparse.Namespace) -> int:
+    try:
+        text = args.path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {args.path}: {exc}") from None
+    settings = settings_from(args)
+    params = {"text": text, "path": str(args.path), "limit": args.limit}
+    value = call(settings, "control.detector", "rules_test", params).value
+    if args.json:
+        print(json.dumps(value, default=str))
+    else:
+        for result in value["results"]:
+            title = f"{result['id']} ({result['severity']}): {len(result['rows'])} would fire"
+            print_rows(result["columns"], result["rows"], False, title)
+    for problem in value["problems"]:
+        print(problem, file=sys.stderr)
+    return 1 if value["problems"] else 0
+
+
+def list_rules(args: argparse.Namespace) -> int:
+    value = call(settings_from(args), "control.detector", "rules_list").value
+    if args.json:
+        print(json.dumps(value, default=str))
+        return 0
+    table = Table(title=f"rules in {escape(value['dir'])}")
+    for column in ("id", "severity", "mode", "state", "runs", "matches", "avg ms"):
+        justify = "right" if column in ("runs", "matches") else "left"
+        table.add_column(column, justify=justify, overflow="fold")
+    for r in value["rules"]:
+        style = "green" if r["state"] == "active" else "red"
+        table.add_row(
+            escape(r["id"]),
+            r["severity"],
+            r["mode"],
+            f"[{style}]{escape(r['state'])}[/]",
+            str(r["runs"]),
+            str(r["matches"]),
+            f"{r['avg_ms']:.3f}",
+        )
+    console.print(table)
+    for problem in value["problems"]:
+        err_console.print(f"[red]rejected:[/] {escape(problem)}")
+    return 0
+
+
+def reload(args: argparse.Namespace) -> int:
+    value = call(settings_from(args), "control.detector", "rules_reload").value
+    changes = ", ".join(
+        f"{k}: {len(value[k])}" for k in ("added", "changed", "removed") if k in value
+    )
+    console.print(
+        f"reloaded {value['loaded']} rule(s) from {escape(value['dir'])}; {changes or 'no changes'}"
+    )
+    for problem in value["problems"]:
+        err_console.print(f"[red]rejected:[/] {escape(problem)}")
+    return 1 if value["problems"] else 0
+
+
+def import_sigma(args: argparse.Namespace) -> int:
+    from daemoneye.rules.sigma import SigmaImporter, rule_yaml, write_rules
+
+    importer = SigmaImporter()
+    files: list[Path] = []
+    for path in args.paths:
+        files += (
+            sorted(path.rglob("*.yml")) + sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+        )
+    converted, problems = [], []
+    for path in files:
+        done, found = importer.convert_file(path)
+        converted += done
+        problems += found
+    if args.output:
+        written = write_rules(converted, args.output)
+        err_console.print(f"wrote {len(written)} rule file(s) to {args.output}")
+    else:
+        print("\n---\n".join(rule_yaml(c.rule, c.source) for c in converted), end="")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    err_console.print(f"{len(converted)} converted, {len(problems)} could not be converted")
+    return 1 if problems else 0

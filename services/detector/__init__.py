@@ -1,0 +1,1 @@
+"""The detector: SQL detection rules over the live process table."""
