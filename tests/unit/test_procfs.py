@@ -1,0 +1,162 @@
+"""The /proc reader on real processes: fields, vanished and zombie processes,
+deleted executables, denied access, and the parsing corner cases."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from daemoneye import procfs
+
+pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
+SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
+
+
+def test_own_record_matches_psutil() -> None:
+    rec = procfs.read_process(os.getpid())
+    assert rec is not None
+    me = psutil.Process()
+    assert rec["pid"] == os.getpid() and rec["ppid"] == os.getppid()
+    assert rec["exePath"] == me.exe()
+    assert rec["cmdline"] == me.cmdline()
+    assert rec["cwd"] == os.getcwd()
+    assert rec["uid"] == os.getuid() and rec["euid"] == os.geteuid()
+    assert rec["gid"] == os.getgid() and rec["egid"] == os.getegid()
+    assert rec["username"] == me.username()
+    assert abs(rec["startTime"] - me.create_time()) < 0.05
+    assert rec["threads"] == me.num_threads()
+    assert rec["residentBytes"] > 1 << 20 and rec["virtualBytes"] >= rec["residentBytes"]
+    assert rec["state"] in {"R", "S"} and rec["accessible"]
+    assert rec["onDisk"] == 1 and not rec["exeDeleted"]
+    assert rec["exeInode"] == os.stat(me.exe()).st_ino
+    assert rec["pidNamespace"] > 0 and rec["root"] == "/"
+
+
+def test_a_reaped_process_is_none() -> None:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert procfs.read_process(child.pid) is None
+    assert procfs.read_stat(child.pid) is None
+
+
+def test_zombie_is_read_without_argv() -> None:
+    child = subprocess.Popen([SLEEP, "0"])
+    deadline = time.monotonic() + 10
+    while (st := procfs.read_stat(child.pid)) is not None and st.state != "Z":
+        assert time.monotonic() < deadline, "child never became a zombie"
+        time.sleep(0.005)
+    rec = procfs.read_process(child.pid)
+    child.wait()
+    assert rec is not None and rec["state"] == "Z"
+    assert rec["cmdline"] == [] and rec["accessible"]
+
+
+def test_deleted_executable(tmp_path: Path) -> None:
+    copy = tmp_path / "sleeper"
+    shutil.copy(SLEEP, copy)
+    child = subprocess.Popen([str(copy), "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while (procfs.read_process(child.pid) or {}).get("exePath") != str(copy):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        copy.unlink()
+        rec = procfs.read_process(child.pid)
+        assert rec is not None
+        assert rec["exeDeleted"] and rec["onDisk"] == 0 and rec["exePath"] == str(copy)
+        assert rec["exeInode"] > 0  # the running inode is still statable
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_replaced_executable_is_flagged(tmp_path: Path) -> None:
+    copy = tmp_path / "sleeper"
+    shutil.copy(SLEEP, copy)
+    child = subprocess.Popen([str(copy), "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while (procfs.read_process(child.pid) or {}).get("exePath") != str(copy):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        tmp = tmp_path / "new"
+        shutil.copy(SLEEP, tmp)
+        os.replace(tmp, copy)  # another file now has the path
+        rec = procfs.read_process(child.pid)
+        assert rec is not None and rec["onDisk"] == 0 and rec["exeChangedAfterExec"]
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_denied_access_gives_a_partial_record() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child that is nobody reads root's init
+        os.close(r)
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+        rec = procfs.read_process(1)
+        os.write(w, pickle.dumps(rec))
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    rec = pickle.loads(data)
+    assert rec is not None and rec["pid"] == 1
+    assert rec["accessible"] is False
+    assert rec["startTicks"] > 0 and rec["name"]  # what could be read is there
+
+
+def test_parse_stat_with_hostile_comm() -> None:
+    line = b"42 (a) b (c) d) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 0 2 0 1234 9999 12 x x"
+    st = procfs.parse_stat(42, line)
+    assert st is not None
+    assert st.name == "a) b (c) d" and st.state == "S" and st.ppid == 1
+    assert st.user_ticks == 7 and st.system_ticks == 3 and st.threads == 2
+    assert st.start_ticks == 1234 and st.virtual_bytes == 9999
+    assert st.resident_bytes == 12 * procfs.PAGE_SIZE
+    assert procfs.parse_stat(1, b"garbage") is None
+    assert procfs.parse_stat(1, b"1 (x) S 1 2") is None
+
+
+def test_helpers() -> None:
+    assert procfs.tty_name(0) == ""
+    assert procfs.tty_name((136 << 8) | 3) == "pts/3"
+    assert procfs.tty_name((4 << 8) | 1) == "tty1"
+    cid = "a" * 64
+    assert procfs.container_id(f"0::/system.slice/docker-{cid}.scope") == cid[:12]
+    assert procfs.container_id("0::/user.slice") == ""
+    assert procfs._unified_cgroup(b"0::/user.slice/x\n") == "/user.slice/x"
+    assert procfs._unified_cgroup(b"4:memory:/a/b\n0::/\n") == "/a/b"
+    assert procfs.username(0) == "root"
+    assert procfs.username(4_000_000) == "4000000"
+
+
+def test_kernel_thread_is_accessible_without_exe() -> None:
+    stats = (procfs.read_stat(p) for p in procfs.list_pids())
+    kthreads = [st.pid for st in stats if st is not None and st.ppid == 2]
+    if not kthreads or os.geteuid() != 0:
+        pytest.skip("no kernel threads visible (container) or not root")
+    rec = procfs.read_process(kthreads[0])
+    assert rec is not None and rec["exePath"] == "" and rec["accessible"]
+
+
+def test_psutil_fallback_reads_the_same_process() -> None:
+    rec = procfs.read_process_psutil(os.getpid())
+    assert rec is not None
+    assert rec["pid"] == os.getpid() and rec["exePath"] == psutil.Process().exe()
+    assert rec["cmdline"] == psutil.Process().cmdline()
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert procfs.read_process_psutil(child.pid) is None
