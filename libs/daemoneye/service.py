@@ -108,7 +108,7 @@ class Service:
         self.notes: list[str] = []
         self._stopping = False
         self._stop_reason = ""
-        self._watched: dict[zmq.Socket, Callable[[], None]] = {}
+        self._watched: dict[zmq.Socket | int, Callable[[], None]] = {}
         self._poller_dirty = True
         self._timers: list[_Timer] = []
         self._process = psutil.Process()
@@ -158,11 +158,12 @@ class Service:
             )
             self.watch(sub, self._on_bus)
 
-    def watch(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
+    def watch(self, sock: zmq.Socket | int, handler: Callable[[], None]) -> None:
+        """Call `handler` when `sock` (a ZeroMQ socket or a file descriptor) is readable."""
         self._watched[sock] = handler
         self._poller_dirty = True
 
-    def unwatch(self, sock: zmq.Socket) -> None:
+    def unwatch(self, sock: zmq.Socket | int) -> None:
         self._watched.pop(sock, None)
         self._poller_dirty = True
 

@@ -1,0 +1,164 @@
+"""The kernel's netlink process connector (NETLINK_CONNECTOR, CN_IDX_PROC).
+
+Opens the socket (needs CAP_NET_ADMIN), subscribes to proc events and parses them
+into small tuples. The kernel drops events when our receive buffer is full and
+tells us with ENOBUFS on the next recv; `read` reports that as a `lost` count so
+the caller can repair with a snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = 1
+CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+PROC_CN_MCAST_IGNORE = 2
+NLMSG_DONE = 3
+NLMSG_ERROR = 2
+NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
+EVENT_HDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns (monotonic)
+HEADER_LEN = NLMSG_HDR.size + CN_MSG.size  # 36
+RCVBUF_BYTES = 8 << 20
+
+FORK = 0x00000001
+EXEC = 0x00000002
+UID = 0x00000004
+GID = 0x00000040
+COMM = 0x00000200
+EXIT = 0x80000000
+
+
+class NetlinkUnavailable(RuntimeError):
+    """The process connector cannot be used here: why (no CAP_NET_ADMIN, not Linux...)."""
+
+
+@dataclass(slots=True)
+class ProcEvent:
+    what: int
+    timestamp_ns: int
+    pid: int  # the process (tgid) the event is about; for FORK the child
+    tid: int  # the thread; for FORK the child thread
+    ppid: int = 0  # FORK: the parent tgid; EXIT: the parent tgid on kernels that give it
+    ruid: int = -1  # UID/GID events: real and effective ids
+    euid: int = -1
+    exit_code: int = 0
+    exit_signal: int = 0
+    comm: str = ""
+
+    @property
+    def is_thread(self) -> bool:
+        return self.pid != self.tid
+
+
+def parse(data: bytes) -> list[ProcEvent]:
+    """Every proc event in one datagram (usually one); malformed parts are skipped."""
+    out: list[ProcEvent] = []
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, msg_type, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size or offset + length > len(data):
+            break
+        if msg_type not in (NLMSG_ERROR,) and length >= HEADER_LEN + EVENT_HDR.size:
+            ev = _parse_event(data, offset + HEADER_LEN, offset + length)
+            if ev is not None:
+                out.append(ev)
+        offset += (length + 3) & ~3
+    return out
+
+
+def _parse_event(data: bytes, at: int, end: int) -> ProcEvent | None:
+    what, _cpu, ts = EVENT_HDR.unpack_from(data, at)
+    body = at + EVENT_HDR.size
+    room = end - body
+    if what == FORK and room >= 16:
+        ppid, ptgid, cpid, ctgid = struct.unpack_from("=4I", data, body)
+        return ProcEvent(FORK, ts, ctgid, cpid, ppid=ptgid)
+    if what == EXEC and room >= 8:
+        pid, tgid = struct.unpack_from("=2I", data, body)
+        return ProcEvent(EXEC, ts, tgid, pid)
+    if what in (UID, GID) and room >= 16:
+        pid, tgid, real, eff = struct.unpack_from("=4I", data, body)
+        return ProcEvent(what, ts, tgid, pid, ruid=real, euid=eff)
+    if what == COMM and room >= 24:
+        pid, tgid = struct.unpack_from("=2I", data, body)
+        comm = data[body + 8 : body + 24].split(b"\0", 1)[0].decode(errors="replace")
+        return ProcEvent(COMM, ts, tgid, pid, comm=comm)
+    if what == EXIT and room >= 16:
+        pid, tgid, code, sig = struct.unpack_from("=4I", data, body)
+        ppid = struct.unpack_from("=2I", data, body + 16)[1] if room >= 24 else 0
+        return ProcEvent(EXIT, ts, tgid, pid, ppid=ppid, exit_code=code, exit_signal=sig)
+    return None
+
+
+def _control_message(op: int) -> bytes:
+    payload = struct.pack("=I", op)
+    cn = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0)
+    total = NLMSG_HDR.size + len(cn) + len(payload)
+    return NLMSG_HDR.pack(total, NLMSG_DONE, 0, 0, os.getpid()) + cn + payload
+
+
+class ProcConnector:
+    """A subscribed process-connector socket."""
+
+    def __init__(self, rcvbuf: int = RCVBUF_BYTES) -> None:
+        if not hasattr(socket, "AF_NETLINK"):
+            raise NetlinkUnavailable("netlink needs Linux; running on snapshots only")
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError as exc:
+            raise NetlinkUnavailable(f"cannot open NETLINK_CONNECTOR: {exc.strerror}") from None
+        try:
+            self._grow_buffer(sock, rcvbuf)
+            sock.bind((0, CN_IDX_PROC))
+            sock.send(_control_message(PROC_CN_MCAST_LISTEN))
+        except OSError as exc:
+            sock.close()
+            why = exc.strerror or str(exc)
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                why += " (needs CAP_NET_ADMIN)"
+            raise NetlinkUnavailable(f"cannot subscribe to process events: {why}") from None
+        sock.setblocking(False)
+        self.sock = sock
+        self.lost = 0  # ENOBUFS overruns seen
+
+    @staticmethod
+    def _grow_buffer(sock: socket.socket, size: int) -> None:
+        force = getattr(socket, "SO_RCVBUFFORCE", 33)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)  # root: past rmem_max
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, limit: int = 4096) -> tuple[list[ProcEvent], int]:
+        """Events waiting now (without blocking) and how many overruns were reported."""
+        events: list[ProcEvent] = []
+        overruns = 0
+        for _ in range(limit):
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    overruns += 1
+                    self.lost += 1
+                    continue
+                raise
+            events.extend(parse(data))
+        return events, overruns
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(_control_message(PROC_CN_MCAST_IGNORE))
+        self.sock.close()

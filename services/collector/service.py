@@ -1,0 +1,445 @@
+"""The collector: sees every process start, change and stop, and publishes it.
+
+Sources: a /proc snapshot (initial, then every `scan_interval_s`) and, on Linux as
+root, the kernel's process connector read by a thread (`realtime`). Both feed one
+`Tracker`; every event it returns is appended to the WAL and then published on
+`events.process.<kind>`. Notices (degraded mode, lost events, WAL cuts) go to
+`events.collector.<id>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+from daemoneye import procfs
+from daemoneye.bus import Topics
+from daemoneye.config import describe_validation_error
+from daemoneye.rpc import REPLY_MARK, RpcResult
+from daemoneye.sections.collector import CollectorSettings
+from daemoneye.service import Request, RpcFault, Service, rpc
+
+from . import privdrop
+from .hasher import Hasher
+from .netlink import NetlinkUnavailable, ProcConnector
+from .realtime import RealtimeSource
+from .tracker import Out, Tracker
+from .wal import Wal
+
+STREAM = "events.process"
+TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
+SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
+SEVERITY_OK = {"info", "low", "medium", "high", "critical"}
+
+
+class Collector(Service):
+    name: ClassVar[str] = "collector"
+
+    def __init__(self, settings: Any, service_id: str | None = None) -> None:
+        super().__init__(settings, service_id)
+        self.cfg: CollectorSettings = settings.collector
+        self.hostname = settings.hostname
+        self.wal: Wal | None = None
+        self.hasher: Hasher | None = None
+        self.realtime: RealtimeSource | None = None
+        self.tracker: Tracker | None = None
+        self.monitoring = False
+        self.scans = 0
+        self.last_scan_s = 0.0
+        self.lost_events = 0
+        self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
+        self._next_scan = 0.0
+        self._next_sync = 0.0
+        self._next_retention = 0.0
+        self._degraded_why = ""
+
+    # --- start and stop -------------------------------------------------------
+
+    def setup(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        connector = self._open_netlink()  # needs root: before any privilege drop
+        wal_dir = self._wal_dir()
+        self.wal = Wal(
+            wal_dir,
+            self.cfg.wal_segment_bytes,
+            self.cfg.wal_max_bytes,
+            self.cfg.wal_max_age_s,
+            self.cfg.wal_fsync,
+        )
+        assert self.publisher is not None
+        self.publisher.continue_from(STREAM, self.wal.last_seq)
+        self._wait_for_bus()
+        if connector is not None:
+            # forked before the drop: it sets its real-time priority, then drops too
+            self.realtime = RealtimeSource(
+                connector, self.cfg.realtime_priority, self._child_drop if self.cfg.user else None
+            )
+            self.realtime.start()
+            self.watch(self.realtime.wake_fd, self._on_realtime)  # type: ignore[arg-type]
+        self._drop_privileges(wal_dir)
+        if self.cfg.hash_executables:
+            self.hasher = Hasher(self.cfg.hash_max_bytes, self.cfg.hash_cache_entries)
+            self.watch(self.hasher.wake_fd, self._on_hashes)  # type: ignore[arg-type]
+        self.tracker = Tracker(self.cfg.world_writable_dirs, self.cfg.shell_parents, self.hasher)
+        self.tracker.full_rescan_reads = self.realtime is None
+        for cut in self.wal.cuts:
+            self.log.warning("WAL tail cut: %s", cut)
+        self.every(TICK_S, self._tick)
+        if self.cfg.autostart:
+            self.begin()
+
+    def _announce(self) -> None:
+        """The standing notices: degraded mode and WAL cuts found at start."""
+        assert self.wal is not None
+        if self._degraded_why:
+            self.notice("degraded", self._degraded_why)
+        for cut in self.wal.cuts:
+            self.notice(
+                "wal_cut",
+                f"cut {cut.bytes_cut} bytes of {cut.segment} at {cut.offset}: {cut.reason}",
+                cut.bytes_cut,
+                vars(cut),
+            )
+
+    def _wait_for_bus(self, timeout_s: float = 3.0) -> None:
+        """Publishing before the PUB socket has connected drops messages silently. The
+        PUB and the control DEALER connect to the broker together, so a registration
+        round trip (bounded) tells the bus is up before the initial snapshot goes out."""
+        assert self.control is not None
+        self._register("register")
+        if not self.control.poll(int(timeout_s * 1000)):
+            self.log.warning("broker not reachable yet; first events may need replay")
+            return
+        frames = self.control.recv_multipart()
+        if len(frames) == 1:
+            self._on_broker_reply(frames[0])
+        elif len(frames) == 3:
+            client, _target, data = frames
+            self.control.send_multipart([REPLY_MARK, client, self.handle_request(data, client)])
+        time.sleep(0.005)  # the broker's subscription travels right behind the handshake
+
+    def _child_drop(self) -> None:
+        privdrop.drop_to(self.cfg.user)
+
+    def _open_netlink(self) -> ProcConnector | None:
+        if not self.cfg.netlink:
+            self._degrade("netlink disabled by configuration: snapshots only")
+            return None
+        try:
+            return ProcConnector(self.cfg.netlink_rcvbuf_bytes)
+        except NetlinkUnavailable as exc:
+            self._degrade(f"{exc}; snapshots only")
+            return None
+
+    def _degrade(self, why: str) -> None:
+        self.state = "degraded"
+        self.notes.append(why)
+        self.log.warning("degraded: %s", why)
+        self._degraded_why = why
+
+    def _wal_dir(self) -> Path:
+        if self.cfg.wal_dir:
+            return Path(self.cfg.wal_dir)
+        safe = self.service_id.replace("/", "_")
+        return Path(self.settings.data_dir) / "collector" / safe / "wal"
+
+    def _drop_privileges(self, wal_dir: Path) -> None:
+        if self.cfg.user:
+            try:
+                note = privdrop.drop_to(self.cfg.user, (str(wal_dir),))
+            except (privdrop.PrivilegeError, OSError) as exc:
+                raise RuntimeError(f"privilege drop failed: {exc}") from None
+            self.notes.append(note)
+            self.log.info(note)
+        else:
+            self.notes.extend(privdrop.lacking())
+
+    def begin(self) -> bool:
+        """Start monitoring: the initial snapshot; netlink items queued meanwhile follow.
+        False when already monitoring."""
+        if self.monitoring:
+            return False
+        assert self.tracker is not None
+        self.monitoring = True  # netlink items queue from here on: nothing is missed
+        self._announce()
+        t = time.perf_counter()
+        self._publish_all(self.tracker.rescan("snapshot", publish_new=self.cfg.publish_initial))
+        self.last_scan_s = time.perf_counter() - t
+        self.scans += 1
+        self._next_scan = time.monotonic() + self.cfg.scan_interval_s
+        self.log.info(
+            "monitoring",
+            extra={"processes": len(self.tracker.procs), "snapshot_s": self.last_scan_s},
+        )
+        return True
+
+    def teardown(self) -> None:
+        if self.realtime is not None:
+            self.realtime.stop()
+        if self.hasher is not None:
+            self.hasher.close()
+        if self.wal is not None:
+            self.wal.close()
+
+    # --- the loop's work ------------------------------------------------------
+
+    def _on_realtime(self) -> None:
+        assert self.realtime is not None and self.tracker is not None
+        items = self.realtime.take()
+        if self.realtime.dead:
+            self._reader_died()
+        if not self.monitoring:
+            return  # before begin_monitoring: the initial snapshot will see these
+        lost = 0
+        for item in items:
+            if item.event is None:
+                lost += item.lost
+                continue
+            self._publish_all(self.tracker.on_event(item.event, item.record))
+        if lost:
+            self.lost_events += lost
+            self.notice(
+                "lost_events",
+                f"the kernel dropped process events ({lost} overruns); repairing with a snapshot",
+                lost,
+            )
+            self.rescan(drain=False)
+
+    def _reader_died(self) -> None:
+        assert self.realtime is not None and self.tracker is not None
+        self.unwatch(self.realtime.wake_fd)  # type: ignore[arg-type]
+        self.realtime.stop()
+        self.realtime = None
+        self.tracker.full_rescan_reads = True
+        self._degrade("the netlink reader process exited; snapshots only")
+        self.notice("degraded", self._degraded_why)
+
+    def _on_hashes(self) -> None:
+        assert self.hasher is not None and self.tracker is not None
+        for res in self.hasher.results():
+            if res.error:
+                self.log.debug("hash failed: %s %s", res.key, res.error)
+            self._publish_all(self.tracker.apply_hash(res.key, res.sha256))
+
+    def _tick(self) -> None:
+        if not self.monitoring or self.tracker is None or self.wal is None:
+            return
+        now = time.monotonic()
+        if self.realtime is not None:
+            self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
+        if self.tracker.pending:
+            self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
+        if now >= self._next_scan:
+            self.rescan()
+        if self.cfg.wal_fsync == "interval" and now >= self._next_sync:
+            self.wal.sync()
+            self._next_sync = now + self.cfg.wal_fsync_interval_s
+        if now >= self._next_retention:
+            self.wal.enforce_limits()
+            self._next_retention = now + 60
+
+    def rescan(self, drain: bool = True) -> None:
+        assert self.tracker is not None
+        if drain and self.realtime is not None:
+            self._on_realtime()  # first: a queued exec must not become a snapshot start
+        t = time.perf_counter()
+        self._publish_all(self.tracker.rescan("snapshot"))
+        self.last_scan_s = time.perf_counter() - t
+        self.scans += 1
+        self._next_scan = time.monotonic() + self.cfg.scan_interval_s
+
+    # --- publishing -----------------------------------------------------------
+
+    def _publish_all(self, outs: list[Out]) -> None:
+        for out in outs:
+            self.emit(out)
+
+    def event_body(self, out: Out) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": out.kind,
+            "source": out.source,
+            "timeNs": time.time_ns(),
+            "record": out.record,
+            "changedFields": out.changed,
+            "reason": out.reason,
+            "severity": out.severity if out.severity in SEVERITY_OK else "info",
+            "runtimeNs": out.runtime_ns,
+            "exitCode": out.exit_code,
+            "hostname": self.hostname,
+        }
+        if out.previous is not None:
+            body["previous"] = out.previous
+        return body
+
+    def emit(self, out: Out) -> int:
+        """WAL first, then the bus: a crash between the two is repaired by replay."""
+        assert self.publisher is not None and self.wal is not None
+        topic = f"{Topics.PROCESS}{out.kind}"
+        seq, data = self.publisher.encode(topic, "processEvent", self.event_body(out))
+        self.wal.append(seq, topic, data)
+        self.publisher.send_encoded(topic, data)
+        self.published[out.kind] += 1
+        self.events.add()
+        return seq
+
+    def notice(self, kind: str, message: str, count: int = 0, detail: Any = None) -> None:
+        assert self.publisher is not None
+        self.publisher.publish(
+            Topics.collector_notice(self.service_id),
+            "collectorNotice",
+            {
+                "kind": kind,
+                "message": message,
+                "count": count,
+                "detailJson": json.dumps(detail or {}, default=str),
+            },
+        )
+
+    # --- status ---------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        m: dict[str, float] = {
+            "processes": len(self.tracker.procs) if self.tracker else 0,
+            "scans": self.scans,
+            "last_scan_s": self.last_scan_s,
+            "lost_events": self.lost_events,
+            "monitoring": int(self.monitoring),
+        }
+        m.update({f"published.{k}": v for k, v in self.published.items()})
+        if self.wal is not None:
+            m["wal.last_seq"] = self.wal.last_seq
+            m["wal.cuts"] = len(self.wal.cuts)
+        if self.hasher is not None:
+            m["hash.done"] = self.hasher.hashed
+            m["hash.pending"] = self.hasher.pending()
+        if self.realtime is not None:
+            m["netlink.received"] = self.realtime.received
+        return m
+
+    def queue_depth(self) -> int:
+        return self.hasher.pending() if self.hasher else 0
+
+    # --- RPC ------------------------------------------------------------------
+
+    @rpc("begin_monitoring")
+    def rpc_begin_monitoring(self, request: Request) -> dict[str, Any]:
+        started = self.begin()
+        if not started:  # a late subscriber asks again: say the standing notices again
+            self._announce()
+        return {"monitoring": True, "started_now": started, "degraded": bool(self._degraded_why)}
+
+    @rpc("adjust_interval")
+    def rpc_adjust_interval(self, request: Request) -> dict[str, Any]:
+        value = request.params.get("scan_interval_s", request.params.get("interval_s"))
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise RpcFault(
+                "bad_request", f"scan_interval_s must be a positive number, not {value!r}"
+            )
+        self.cfg = self.cfg.model_copy(update={"scan_interval_s": float(value)})
+        self._next_scan = min(self._next_scan, time.monotonic() + float(value))
+        return {"scan_interval_s": self.cfg.scan_interval_s}
+
+    @rpc("update_config")
+    def rpc_update_config(self, request: Request) -> dict[str, Any]:
+        fixed = {"netlink", "user", "wal_dir"}  # opened at start: a restart changes them
+        bad = sorted(set(request.params) & fixed)
+        if bad:
+            raise RpcFault("bad_request", f"collector.{bad[0]} cannot change at run time")
+        try:
+            cfg = CollectorSettings(**{**self.cfg.model_dump(), **request.params})
+        except ValidationError as exc:
+            text = describe_validation_error(exc).replace("invalid setting ", "collector.")
+            raise RpcFault("bad_request", text) from None
+        unknown = sorted(set(request.params) - set(CollectorSettings.model_fields))
+        if unknown:
+            raise RpcFault("bad_request", f"collector has no setting {unknown[0]!r}")
+        self.cfg = cfg
+        self._next_scan = min(self._next_scan, time.monotonic() + cfg.scan_interval_s)
+        if self.tracker is not None:
+            self.tracker.writable_places = tuple(cfg.world_writable_dirs)
+            self.tracker.shell_parents = tuple(cfg.shell_parents)
+        if self.wal is not None:
+            self.wal.segment_bytes = cfg.wal_segment_bytes
+            self.wal.max_bytes = cfg.wal_max_bytes
+            self.wal.max_age_s = cfg.wal_max_age_s
+            self.wal.fsync_policy = cfg.wal_fsync
+        self.audit("config.change", "collector", request.params)
+        return cfg.model_dump()
+
+    @rpc("snapshot")
+    def rpc_snapshot(self, request: Request) -> list[dict[str, Any]]:
+        """The current process table. Params (all optional): `fresh` (rescan first),
+        `pids` (only these), `offset` and `limit` (pages, in pid order)."""
+        if self.tracker is None:
+            raise RpcFault("failed", "collector not set up")
+        p = request.params
+        pids = p.get("pids")
+        offset, limit = p.get("offset", 0), p.get("limit")
+        if pids is not None and not (
+            isinstance(pids, list) and all(isinstance(x, int) for x in pids)
+        ):
+            raise RpcFault(
+                "bad_request", f"snapshot: pids must be a list of integers, not {pids!r}"
+            )
+        for name, value in (("offset", offset), ("limit", limit)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise RpcFault("bad_request", f"snapshot: {name} must be a non-negative integer")
+        if p.get("fresh"):
+            self.rescan()
+        rows = sorted(self.tracker.records(), key=lambda r: r["pid"])
+        if pids is not None:
+            wanted = set(pids)
+            rows = [r for r in rows if r["pid"] in wanted]
+        rows = rows[offset : None if limit is None else offset + limit]
+        return [dict(r) for r in rows]
+
+    @rpc("replay")
+    def rpc_replay(self, request: Request) -> RpcResult:
+        if self.wal is None:
+            raise RpcFault("failed", "collector not set up")
+        p = request.params
+        from_seq, to_seq = p.get("from_seq"), p.get("to_seq")
+        limit = p.get("limit", self.cfg.replay_max)
+        for name, value in (("from_seq", from_seq), ("to_seq", to_seq), ("limit", limit)):
+            if value is None and name == "to_seq":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise RpcFault(
+                    "bad_request", f"replay: {name} must be a non-negative integer, not {value!r}"
+                )
+        limit = min(limit, self.cfg.replay_max)
+        entries = self.wal.read(from_seq, to_seq, limit + 1)
+        truncated = len(entries) > limit  # more were there than one answer may carry
+        entries = entries[:limit]
+        return RpcResult(
+            {
+                "first_seq": entries[0].seq if entries else 0,
+                "last_seq": entries[-1].seq if entries else 0,
+                "topics": [e.topic for e in entries],
+                "truncated": truncated,
+                "wal_first_seq": self.wal.first_seq,
+                "wal_last_seq": self.wal.last_seq,
+            },
+            [e.data for e in entries],
+        )
+
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        out["monitoring"] = self.monitoring
+        out["netlink"] = self.realtime is not None
+        out["pid_namespace"] = _own_pid_ns()
+        return out
+
+
+def _own_pid_ns() -> int:
+    rec = os.readlink("/proc/self/ns/pid") if procfs.IS_LINUX else ""
+    return int(rec[5:-1]) if rec.startswith("pid:[") else 0
+
+
+SERVICE = Collector

@@ -1,0 +1,225 @@
+"""The collector's control verbs on real sockets: snapshot, update_config,
+adjust_interval, begin_monitoring; lost kernel events; hashes that follow a start."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemoneye.bus import Subscriber
+from daemoneye.rpc import RpcClient, RpcError
+
+from .test_collector_live import Events, needs_netlink, of_pid, start_collector
+
+SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
+TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
+TARGET = "control.collector"
+
+
+@pytest.fixture
+def events(broker: Any, subscribe: Callable[..., Subscriber]) -> Events:
+    return Events(subscribe("events."))
+
+
+def test_snapshot_update_config_and_adjust_interval(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    start_collector(start_service, rpc_client, run_env, netlink="false", scan_interval_s="60")
+    child = subprocess.Popen([SLEEP, "30"])
+    try:
+        rows = rpc_client.call(TARGET, "snapshot", {"fresh": True}).value
+        mine = [r for r in rows if r["pid"] == child.pid]
+        assert len(mine) == 1
+        assert mine[0]["cmdline"] == [SLEEP, "30"] and mine[0]["exePath"] == SLEEP
+        assert {"startTicks", "startTime", "residentBytes", "sha256", "accessible"} <= set(mine[0])
+        assert any(r["pid"] == os.getpid() for r in rows)
+        assert [r["pid"] for r in rows] == sorted(r["pid"] for r in rows)
+        only = rpc_client.call(TARGET, "snapshot", {"pids": [child.pid, 1]}).value
+        assert {r["pid"] for r in only} <= {child.pid, 1} and child.pid in {r["pid"] for r in only}
+        page = rpc_client.call(TARGET, "snapshot", {"offset": 1, "limit": 2}).value
+        assert [r["pid"] for r in page] == [r["pid"] for r in rows[1:3]]
+        with pytest.raises(RpcError, match="pids must be a list of integers"):
+            rpc_client.call(TARGET, "snapshot", {"pids": "all"})
+
+        with pytest.raises(RpcError, match=r"collector\.scan_interval_s"):
+            rpc_client.call(TARGET, "update_config", {"scan_interval_s": -1})
+        with pytest.raises(RpcError, match="no setting 'bogus'"):
+            rpc_client.call(TARGET, "update_config", {"bogus": 1})
+        with pytest.raises(RpcError, match="cannot change at run time"):
+            rpc_client.call(TARGET, "update_config", {"netlink": True})
+        cfg = rpc_client.call(TARGET, "update_config", {"hash_max_bytes": 1234}).value
+        assert cfg["hash_max_bytes"] == 1234
+
+        with pytest.raises(RpcError, match="positive number"):
+            rpc_client.call(TARGET, "adjust_interval", {"scan_interval_s": "soon"})
+        assert rpc_client.call(TARGET, "adjust_interval", {"scan_interval_s": 0.2}).value == {
+            "scan_interval_s": 0.2
+        }
+        # the new interval is in force: a process started now is found by a rescan
+        second = subprocess.Popen([SLEEP, "30"])
+        try:
+            hit = events.wait("events.process.start", of_pid(second.pid), what="by rescan")
+            assert hit["source"] == "snapshot"
+        finally:
+            second.kill()
+            second.wait()
+        stop = events.wait("events.process.stop", of_pid(second.pid), what="by rescan")
+        assert stop["source"] == "snapshot"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_begin_monitoring_when_not_autostarted(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    env = dict(
+        run_env, DAEMONEYE_COLLECTOR__AUTOSTART="false", DAEMONEYE_COLLECTOR__NETLINK="false"
+    )
+    proc = start_service("collector", env=env)
+    deadline = time.monotonic() + 20
+    health = None
+    while health is None:
+        try:
+            health = rpc_client.call(TARGET, "health", timeout_s=1).value
+        except RpcError:
+            assert time.monotonic() < deadline and proc.proc.poll() is None, proc.log()
+    assert health["monitoring"] is False
+    assert not events.find("events.process.start", lambda b: True)
+    res = rpc_client.call(TARGET, "begin_monitoring").value
+    assert res["started_now"] is True
+    events.wait("events.process.start", of_pid(os.getpid()), what="for the test runner")
+    assert rpc_client.call(TARGET, "begin_monitoring").value["started_now"] is False
+
+
+@needs_netlink
+def test_lost_kernel_events_are_reported_and_repaired(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    proc = start_collector(start_service, rpc_client, run_env, netlink_rcvbuf_bytes="4096")
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+    reader = int(out.split()[0])
+    os.kill(reader, signal.SIGSTOP)  # the reader stalls: the kernel's buffer overflows
+    try:
+        for _ in range(200):
+            subprocess.run([TRUE], check=False)
+        survivor = subprocess.Popen([SLEEP, "30"])  # started while events were being lost
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    try:
+        deadline = time.monotonic() + 10
+        notice = None
+        while notice is None and time.monotonic() < deadline:
+            events.pump()
+            found = [b for t, b in events.seen if t.startswith("events.collector.")]
+            notice = next((b for b in found if b["kind"] == "lost_events"), None)
+        assert notice is not None, "no lost_events notice"
+        assert notice["count"] >= 1
+        events.wait("events.process.start", of_pid(survivor.pid), what="for the survivor")
+        health = rpc_client.call(TARGET, "health").value
+        assert health["metrics"]["lost_events"] >= 1
+    finally:
+        survivor.kill()
+        survivor.wait()
+
+
+@needs_netlink
+def test_hash_follows_as_a_modify(
+    events: Events,
+    start_service: Callable[..., Any],
+    rpc_client: RpcClient,
+    run_env: dict,
+    tmp_path: Path,
+) -> None:
+    start_collector(start_service, rpc_client, run_env)
+    exe = tmp_path / "sleep"
+    shutil.copy(SLEEP, exe)  # a new inode: never hashed before
+    digest = hashlib.sha256(exe.read_bytes()).hexdigest()
+    child = subprocess.Popen([str(exe), "30"])
+    try:
+        start = events.wait("events.process.start", of_pid(child.pid), what="for the copy")
+        if start["record"]["sha256"]:
+            assert start["record"]["sha256"] == digest
+        else:
+            mod = events.wait(
+                "events.process.modify",
+                lambda b: of_pid(child.pid)(b) and b["changedFields"] == ["sha256"],
+                what="with the hash",
+            )
+            assert mod["record"]["sha256"] == digest and mod["previous"]["sha256"] == ""
+        second = subprocess.Popen([str(exe), "30"])  # the same binary: from the cache
+        try:
+            again = events.wait("events.process.start", of_pid(second.pid), what="cached")
+            assert again["record"]["sha256"] == digest
+        finally:
+            second.kill()
+            second.wait()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_two_collectors_with_their_own_ids(
+    broker: Any,
+    subscribe: Callable[..., Subscriber],
+    start_service: Callable[..., Any],
+    rpc_client: RpcClient,
+    run_env: dict,
+) -> None:
+    sub = subscribe("events.process.start")
+    env = dict(run_env, DAEMONEYE_COLLECTOR__NETLINK="false")
+    for cid in ("c-one", "c-two"):
+        start_service("collector", "--id", cid, env=env)
+    deadline = time.monotonic() + 20
+    healths: dict[str, Any] = {}
+    while len(healths) < 2:
+        for cid in ("c-one", "c-two"):
+            try:
+                h = rpc_client.call(f"control.collector.{cid}", "health", timeout_s=1).value
+                if h["monitoring"]:
+                    healths[cid] = h
+            except RpcError:
+                assert time.monotonic() < deadline, "both collectors must answer"
+    assert {h["service_id"] for h in healths.values()} == {"c-one", "c-two"}
+    sources: set[str] = set()
+    while sources != {"c-one", "c-two"}:  # both publish their initial snapshot
+        msg = sub.recv(200)
+        if msg is not None:
+            sources.add(msg.envelope.sourceId)
+        assert time.monotonic() < deadline, f"only {sources} published"
+    rows = rpc_client.call("control.broker", "registry").value
+    ids = {r["service_id"] for r in rows if r["service"] == "collector"}
+    assert {"c-one", "c-two"} <= ids
+
+
+@needs_netlink
+def test_reader_death_degrades_to_snapshots(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    proc = start_collector(start_service, rpc_client, run_env, scan_interval_s="0.3")
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+    os.kill(int(out.split()[0]), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    health = rpc_client.call(TARGET, "health").value
+    while health["state"] != "degraded":
+        assert time.monotonic() < deadline, "the collector did not notice its reader died"
+        events.pump()
+        health = rpc_client.call(TARGET, "health").value
+    assert not health["netlink"]
+    assert any("reader process exited" in n for n in health["notes"])
+    child = subprocess.Popen([SLEEP, "30"])  # still seen, by rescans
+    try:
+        hit = events.wait("events.process.start", of_pid(child.pid), what="after degrading")
+        assert hit["source"] == "snapshot"
+    finally:
+        child.kill()
+        child.wait()

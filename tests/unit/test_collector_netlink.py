@@ -1,0 +1,92 @@
+"""The process-connector parser on datagrams laid out as the kernel sends them, and
+the real connector where this machine allows it."""
+
+from __future__ import annotations
+
+import select
+import struct
+import subprocess
+import time
+
+import pytest
+
+from daemoneye.services.collector import netlink
+from daemoneye.services.collector.netlink import (
+    COMM,
+    EXEC,
+    EXIT,
+    FORK,
+    UID,
+    NetlinkUnavailable,
+    ProcConnector,
+    parse,
+)
+
+
+def datagram(what: int, body: bytes, ts: int = 123) -> bytes:
+    event = struct.pack("=IIQ", what, 0, ts) + body
+    cn = struct.pack("=IIIIHH", netlink.CN_IDX_PROC, netlink.CN_VAL_PROC, 0, 0, len(event), 0)
+    total = 16 + len(cn) + len(event)
+    return struct.pack("=IHHII", total, netlink.NLMSG_DONE, 0, 0, 0) + cn + event
+
+
+def test_parse_each_kind() -> None:
+    (fork,) = parse(datagram(FORK, struct.pack("=4I", 10, 10, 11, 11)))
+    assert (fork.what, fork.pid, fork.tid, fork.ppid, fork.is_thread) == (FORK, 11, 11, 10, False)
+    (thread,) = parse(datagram(FORK, struct.pack("=4I", 10, 10, 12, 10)))
+    assert thread.is_thread and thread.pid == 10
+    (ex,) = parse(datagram(EXEC, struct.pack("=2I", 11, 11), ts=999))
+    assert (ex.what, ex.pid, ex.timestamp_ns) == (EXEC, 11, 999)
+    (uid,) = parse(datagram(UID, struct.pack("=4I", 11, 11, 1000, 0)))
+    assert (uid.ruid, uid.euid) == (1000, 0)
+    (comm,) = parse(datagram(COMM, struct.pack("=2I", 11, 11) + b"kworker\0".ljust(16, b"\0")))
+    assert comm.comm == "kworker"
+    (exit_,) = parse(datagram(EXIT, struct.pack("=6I", 11, 11, 256, 17, 10, 10)))
+    assert (exit_.exit_code, exit_.exit_signal, exit_.ppid) == (256, 17, 10)
+    (old_exit,) = parse(datagram(EXIT, struct.pack("=4I", 11, 11, 0, 17)))  # older kernels
+    assert old_exit.ppid == 0
+
+
+def test_parse_survives_garbage() -> None:
+    assert parse(b"") == []
+    assert parse(b"\xff" * 7) == []
+    assert parse(datagram(EXEC, b"\x01")) == []  # body too short
+    assert parse(datagram(0x1234, b"\0" * 40)) == []  # unknown kind
+    bad_len = bytearray(datagram(EXEC, struct.pack("=2I", 1, 1)))
+    bad_len[0:4] = struct.pack("=I", 5000)
+    assert parse(bytes(bad_len)) == []
+    two = datagram(EXEC, struct.pack("=2I", 1, 1)) + datagram(EXEC, struct.pack("=2I", 2, 2))
+    assert [e.pid for e in parse(two)] == [1, 2]
+
+
+def test_real_connector_sees_fork_exec_exit() -> None:
+    try:
+        conn = ProcConnector()
+    except NetlinkUnavailable as exc:
+        pytest.skip(f"netlink process connector unavailable: {exc}")
+    try:
+        child = subprocess.Popen(["true"])
+        child.wait()
+        seen: set[int] = set()
+        deadline = time.monotonic() + 10
+        while seen != {FORK, EXEC, EXIT} and time.monotonic() < deadline:
+            select.select([conn.fileno()], [], [], 0.2)
+            events, _ = conn.read()
+            seen |= {e.what for e in events if e.pid == child.pid and not e.is_thread}
+        assert seen == {FORK, EXEC, EXIT}
+    finally:
+        conn.close()
+
+
+def test_overrun_is_reported_as_lost() -> None:
+    try:
+        conn = ProcConnector(rcvbuf=4096)  # room for a handful of events
+    except NetlinkUnavailable as exc:
+        pytest.skip(f"netlink process connector unavailable: {exc}")
+    try:
+        for _ in range(200):  # ~600 events while nobody reads
+            subprocess.run(["true"], check=False)
+        _, overruns = conn.read()
+        assert overruns >= 1 and conn.lost >= 1
+    finally:
+        conn.close()

@@ -1,0 +1,179 @@
+"""The lifecycle tracker on real processes: netlink sequences (fork, exec, exit, id
+changes), rescans, PID reuse, and no duplicate starts when both views see a process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from daemoneye import procfs
+from daemoneye.services.collector.netlink import COMM, EXEC, EXIT, FORK, UID, ProcEvent
+from daemoneye.services.collector.tracker import Tracker, decode_exit
+
+pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
+SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
+
+
+def kinds(outs: list) -> list[str]:
+    return [o.kind for o in outs]
+
+
+def for_pid(outs: list, pid: int) -> list:
+    return [o for o in outs if o.record["pid"] == pid]
+
+
+def wait_exe(pid: int, exe: str) -> dict:
+    deadline = time.monotonic() + 10
+    while True:
+        rec = procfs.read_process(pid)
+        if rec and rec["exePath"] == exe:
+            return rec
+        assert time.monotonic() < deadline, f"{pid} never ran {exe}"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def sleeper():
+    child = subprocess.Popen([SLEEP, "30"])
+    wait_exe(child.pid, SLEEP)
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_rescan_starts_and_stops(sleeper: subprocess.Popen) -> None:
+    t = Tracker()
+    first = t.rescan(publish_new=True)
+    mine = for_pid(first, sleeper.pid)
+    assert kinds(mine) == ["start"] and mine[0].source == "snapshot"
+    assert mine[0].record["cmdline"] == [SLEEP, "30"]
+    assert for_pid(t.rescan(), sleeper.pid) == [], "a known process is not started twice"
+    sleeper.kill()
+    sleeper.wait()
+    stops = for_pid(t.rescan(), sleeper.pid)
+    assert kinds(stops) == ["stop"] and stops[0].runtime_ns > 0
+
+
+def test_fork_exec_exit_sequence(sleeper: subprocess.Popen) -> None:
+    t = Tracker()
+    t.rescan(publish_new=False)
+    pid, ticks = sleeper.pid, procfs.read_stat(sleeper.pid).start_ticks
+    del t.procs[pid]  # as if it had not started yet
+    assert t.on_event(ProcEvent(FORK, 1, pid, pid, ppid=os.getpid()), None) == []
+    outs = t.on_event(ProcEvent(EXEC, 2, pid, pid), procfs.read_process(pid))
+    assert kinds(outs) == ["start"] and outs[0].source == "netlink"
+    assert outs[0].record["startTicks"] == ticks
+    # the snapshot view then sees the same (pid, ticks): no second start
+    assert for_pid(t.rescan(), pid) == []
+    # an exec in place: same identity, new program
+    new = dict(procfs.read_process(pid), exePath="/usr/bin/other", name="other", cmdline=["o"])
+    outs = t.on_event(ProcEvent(EXEC, 3, pid, pid), new)
+    assert kinds(outs) == ["modify"]
+    assert {"exePath", "cmdline", "name"} <= set(outs[0].changed)
+    assert outs[0].previous["exePath"] == SLEEP
+    outs = t.on_event(ProcEvent(EXIT, 4, pid, pid, exit_code=9), None)  # killed by SIGKILL
+    assert kinds(outs) == ["stop"] and outs[0].exit_code == -9
+    assert t.on_event(ProcEvent(EXIT, 5, pid, pid + 1), None) == []  # a thread's exit
+
+
+def test_exec_of_a_process_already_gone_keeps_what_the_kernel_gave() -> None:
+    t = Tracker()
+    t.rescan(publish_new=False)
+    child = subprocess.Popen(["true"])
+    child.wait()
+    t.on_event(ProcEvent(FORK, 10**9, child.pid, child.pid, ppid=os.getpid()), None)
+    outs = t.on_event(ProcEvent(EXEC, 10**9 + 1, child.pid, child.pid), None)
+    assert kinds(outs) == ["start"]
+    rec = outs[0].record
+    assert rec["pid"] == child.pid and rec["ppid"] == os.getpid()
+    assert rec["accessible"] is False and rec["startTicks"] > 0
+    assert rec["uid"] == os.getuid()  # from the parent
+    assert kinds(t.on_event(ProcEvent(EXIT, 2 * 10**9, child.pid, child.pid), None)) == ["stop"]
+
+
+def test_fork_without_exec_is_published_at_exit_or_after_the_delay() -> None:
+    t = Tracker()
+    t.rescan(publish_new=False)
+    outs = t.on_event(ProcEvent(FORK, 10**9, 4_000_000, 4_000_000, ppid=os.getpid()), None)
+    assert outs == []
+    outs = t.on_event(ProcEvent(EXIT, 10**9, 4_000_000, 4_000_000), None)
+    assert kinds(outs) == ["start", "stop"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked child that never execs
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        t.on_event(ProcEvent(FORK, 10**9, pid, pid, ppid=os.getpid()), None)
+        assert t.flush_pending(60) == []
+        outs = t.flush_pending(0)
+        assert kinds(outs) == ["start"] and outs[0].record["pid"] == pid
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+
+
+def test_pid_reuse_is_a_stop_and_a_start(sleeper: subprocess.Popen) -> None:
+    t = Tracker()
+    t.rescan(publish_new=False)
+    older = t.procs[sleeper.pid].record
+    older["startTicks"] -= 100  # the table holds an older process under this pid
+    t.procs[sleeper.pid].stat_raw = b"older stat"
+    outs = for_pid(t.rescan(), sleeper.pid)
+    assert kinds(outs) == ["stop", "start"]
+    assert outs[0].record["startTicks"] == older["startTicks"]
+    assert outs[1].record["startTicks"] == procfs.read_stat(sleeper.pid).start_ticks
+
+
+def test_zombie_after_exit_is_not_a_new_start() -> None:
+    t = Tracker()
+    child = subprocess.Popen([SLEEP, "0"])
+    t.rescan(publish_new=False)
+    deadline = time.monotonic() + 10
+    while (st := procfs.read_stat(child.pid)) is not None and st.state != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    if child.pid in t.procs:
+        t.on_event(ProcEvent(EXIT, 1, child.pid, child.pid), None)
+    assert for_pid(t.rescan(), child.pid) == []
+    child.wait()
+
+
+def test_uid_and_comm_changes_are_modifies(sleeper: subprocess.Popen) -> None:
+    t = Tracker()
+    t.rescan(publish_new=False)
+    pid = sleeper.pid
+    raised = dict(procfs.read_process(pid), euid=0)
+    t.procs[pid].record["euid"] = 1000
+    outs = t.on_event(ProcEvent(UID, 1, pid, pid, ruid=0, euid=0), raised)
+    assert kinds(outs) == ["modify", "suspicious"]
+    assert outs[0].changed == ["euid"] and outs[1].reason.startswith("uid_raised_to_root")
+    outs = t.on_event(ProcEvent(COMM, 2, pid, pid, comm="renamed"), None)
+    assert kinds(outs)[0] == "modify" and outs[0].changed == ["name"]
+
+
+def test_decode_exit() -> None:
+    assert decode_exit(0) == 0
+    assert decode_exit(3 << 8) == 3
+    assert decode_exit(9) == -9
+
+
+def test_fork_seen_by_a_snapshot_first_is_not_started_twice() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # forked, never execs
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        t = Tracker()
+        first = for_pid(t.rescan(publish_new=True), pid)
+        assert kinds(first) == ["start"]
+        t.on_event(ProcEvent(FORK, 1, pid, pid, ppid=os.getpid()), None)  # queued meanwhile
+        assert t.flush_pending(0) == []
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
