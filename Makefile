@@ -17,7 +17,8 @@ test-slow: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pip install --quiet atheris
-	for f in tests/fuzz/fuzz_*.py; do $(BIN)/python $$f -max_total_time=120 || exit 1; done
+	mkdir -p build/fuzz
+	for f in tests/fuzz/fuzz_*.py; do $(BIN)/python $$f -max_total_time=120 -artifact_prefix=build/fuzz/ || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
