@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,24 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.01)  # a poll interval, not a synchronisation: the condition decides
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings exactly as a service started with `env` sees them (other DAEMONEYE_*
+    variables of this process removed)."""
+    for key in [k for k in os.environ if k.startswith("DAEMONEYE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("DAEMONEYE_"):
+            monkeypatch.setenv(key, value)
+    return load_settings()
 
 
 @pytest.fixture

@@ -12,19 +12,12 @@ import pytest
 import zmq
 
 from daemoneye.bus import Publisher, SocketFactory, Subscriber, wait_for_endpoint
-from daemoneye.config import load_settings
 from daemoneye.rpc import RpcClient, RpcTimeout
 from daemoneye.security import generate_keypair
-from tests.conftest import wait_for
+from tests.conftest import free_port, settings_of, wait_for
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_run_dir_and_sockets_have_safe_modes(broker, settings) -> None:
@@ -100,17 +93,10 @@ def curve_env(run_env, tmp_path):
     return env, keys, tmp_path / "intruder-keys"
 
 
-def settings_for(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **extra: str):
-    for key, value in {**env, **extra}.items():
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.setenv(key, value)
-    return load_settings()
-
-
 def test_curve_admits_listed_keys_and_refuses_others(start_service, curve_env, monkeypatch) -> None:
     env, keys, intruder_keys = curve_env
     broker = start_service("broker", env=env)
-    trusted = settings_for(env, monkeypatch)
+    trusted = settings_of(env, monkeypatch)
     port = int(trusted.bus.control.rsplit(":", 1)[1])
     wait_for(lambda: _listening(port) or broker.proc.poll() is not None, 20, "the tcp broker")
     assert broker.proc.poll() is None, broker.log()
@@ -126,7 +112,7 @@ def test_curve_admits_listed_keys_and_refuses_others(start_service, curve_env, m
 
         # An intruder with its own client key (and even a copy of the broker's public key).
         (intruder_keys / "broker.key").write_bytes((keys / "broker.key").read_bytes())
-        intruder = settings_for(env, monkeypatch, DAEMONEYE_BUS__KEYS_DIR=str(intruder_keys))
+        intruder = settings_of(dict(env, DAEMONEYE_BUS__KEYS_DIR=str(intruder_keys)), monkeypatch)
         other = SocketFactory(intruder, zmq.Context())
         try:
             with pytest.raises(RpcTimeout):

@@ -3,23 +3,15 @@ with CurveZMQ, queueing on disk while the link is down, losing nothing."""
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 import zmq
 
 from daemoneye.bus import Publisher, SocketFactory, Subscriber, wait_for_endpoint
-from daemoneye.config import load_settings
 from daemoneye.rpc import RpcClient
 from daemoneye.security import generate_keypair
-from tests.conftest import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, settings_of, wait_for
 
 
 def listening(endpoint: str) -> bool:
@@ -52,15 +44,6 @@ def hosts(run_env, tmp_path, monkeypatch):
         DAEMONEYE_BUS__CLIENT_KEY="edge",
     )
     return central, edge
-
-
-def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
-    for key in [k for k in os.environ if k.startswith("DAEMONEYE_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.setenv(key, value)
-    return load_settings()
 
 
 def test_link_cut_and_restore_loses_nothing(start_service, hosts, monkeypatch) -> None:
