@@ -310,6 +310,8 @@ class Broker(Service):
                 self.topic_counts[topic] += 1
             elif not self._admit_topic(topic):
                 continue
+            if topic.startswith(HEARTBEAT_PREFIX):
+                self._observe_heartbeat(data)  # edge services appear in the center's status
             self.xpub.send_multipart([topic, data])
             accepted += 1
         self.forwarded += accepted

@@ -40,6 +40,7 @@ def hosts(run_env, tmp_path, monkeypatch):
         run_env,
         DAEMONEYE_BROKER__UPLINK=central["DAEMONEYE_BUS__CONTROL"],
         DAEMONEYE_BROKER__UPLINK_TIMEOUT_S="1",
+        DAEMONEYE_HOSTNAME="edge1",  # another host: its services are broker@edge1, ...
         DAEMONEYE_BUS__KEYS_DIR=str(keys),
         DAEMONEYE_BUS__CLIENT_KEY="edge",
     )
@@ -83,6 +84,16 @@ def test_link_cut_and_restore_loses_nothing(start_service, hosts, monkeypatch) -
         for i in range(200):
             edge_pub.publish("alerts.high", "alert", {"ruleId": f"r{i}", "severity": "high"})
         receive(200)
+        # The edge's heartbeats travel too: its broker is listed in the center's status.
+        center_rpc = RpcClient(central_factory, cs.endpoint("control"), "test-c", 3.0)
+        wait_for(
+            lambda: any(
+                r["service_id"] == "broker@edge1"
+                for r in center_rpc.call("control.broker", "registry").value
+            ),
+            15,
+            "the edge broker in the center's registry",
+        )
 
         central.stop()  # the link is cut
         for i in range(200, 500):
