@@ -270,6 +270,7 @@ class Message:
     topic: str
     envelope: Any  # a decoded wire.Envelope reader
     size: int
+    raw: bytes  # the envelope bytes as received (to store or forward verbatim)
 
     @property
     def kind(self) -> str:
@@ -436,7 +437,7 @@ class Subscriber:
         if not self.tracker.check(topic, envelope.sourceId, envelope.bootId, envelope.seq):
             return None
         stats.received += 1
-        return Message(topic, envelope, len(data))
+        return Message(topic, envelope, len(data), data)
 
     def count_malformed(self, reason: str) -> None:
         """A message that decoded but whose body proved malformed when read."""

@@ -130,6 +130,10 @@ class Service:
     def on_message(self, msg: Message) -> None:
         """One decoded bus message on a subscribed topic."""
 
+    def on_drained(self) -> None:
+        """After each burst of bus messages: flush what on_message staged (one write per
+        burst rather than per message)."""
+
     def on_gap(self, gap: Gap) -> None:
         """Messages of a source's stream were missed; override to repair by replay."""
 
@@ -251,16 +255,21 @@ class Service:
     def _on_bus(self) -> None:
         assert self.subscriber is not None
         deadline = time.monotonic() + self.drain_budget_s
-        for msg in self.subscriber.drain():
-            self.events.add()
-            try:
-                self.on_message(msg)
-            except wire.DecodeError as exc:
-                self.subscriber.count_malformed(f"{msg.topic} from {msg.envelope.sourceId}: {exc}")
-            except Exception:
-                self.log.exception("handling %s failed; continuing", msg.topic)
-            if time.monotonic() > deadline:
-                break  # the rest waits on the socket; the poller wakes the loop again at once
+        try:
+            for msg in self.subscriber.drain():
+                self.events.add()
+                try:
+                    self.on_message(msg)
+                except wire.DecodeError as exc:
+                    self.subscriber.count_malformed(
+                        f"{msg.topic} from {msg.envelope.sourceId}: {exc}"
+                    )
+                except Exception:
+                    self.log.exception("handling %s failed; continuing", msg.topic)
+                if time.monotonic() > deadline:
+                    break  # the rest waits on the socket; the poller wakes the loop at once
+        finally:
+            self.on_drained()
 
     def audit(self, action: str, subject: str = "", detail: dict[str, Any] | None = None) -> None:
         """Publish an `audit.<service>` record (rule loads, config changes, deliveries...)."""
