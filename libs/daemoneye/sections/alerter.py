@@ -1,9 +1,153 @@
-"""Settings of the alerter (`[alerter]`)."""
+"""Settings of the alerter (`[alerter]`) and its sinks (`[[alerter.sinks]]`).
+
+Sinks are a list of tables, each with a `kind` (stdout, file, syslog, webhook);
+several of one kind are allowed. A sink's `name` keys its delivery state in the
+alerter's store, so give sinks stable names when there are several of a kind.
+With no `sinks` configured, one file sink writes `<data_dir>/alerts.jsonl`.
+
+    [[alerter.sinks]]
+    kind = "webhook"
+    name = "soc"
+    url = "https://soc.example/hooks/daemoneye"
+    token = "..."
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
+    "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13,
+    "console": 14, "solaris-cron": 15, **{f"local{i}": 16 + i for i in range(8)},
+}  # fmt: skip
+
+
+def facility_code(value: str | int) -> int:
+    """RFC 5424 facility number of a name or number; ValueError names the known ones."""
+    if isinstance(value, int) and 0 <= value <= 23:
+        return value
+    if isinstance(value, str) and value.lower() in FACILITIES:
+        return FACILITIES[value.lower()]
+    raise ValueError(f"unknown syslog facility {value!r}; use 0-23 or {', '.join(FACILITIES)}")
+
+
+Severity = Literal["info", "low", "medium", "high", "critical"]
+SEVERITY_ORDER = ("info", "low", "medium", "high", "critical")
+
+
+class RateLimit(BaseModel):
+    """A token bucket: `rate` per second, bursts up to `burst`; rate 0 means unlimited."""
+
+    rate: float = Field(0.0, ge=0)
+    burst: int = Field(0, ge=0, description="0: the same as rate (at least 1)")
+
+    @property
+    def capacity(self) -> float:
+        return float(self.burst or max(1.0, self.rate))
+
+
+class SinkBase(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.\-]*$", max_length=64)
+    enabled: bool = True
+    min_severity: Severity = "info"
+    queue_size: int = Field(10_000, ge=1, description="in-memory queue; the rest waits in store")
+    batch_size: int = Field(500, ge=1)
+    rate_limit: RateLimit = RateLimit()
+    max_attempts: int = Field(10, ge=1, description="failed attempts before dead-letter")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+
+
+class StdoutSink(SinkBase):
+    kind: Literal["stdout"] = "stdout"
+    format: Literal["json", "human", "csv"] = "json"
+
+
+class FileSink(SinkBase):
+    kind: Literal["file"] = "file"
+    path: Path | None = None  # None: <data_dir>/alerts.jsonl
+    rotate_bytes: int = Field(64 << 20, ge=0, description="rotate past this size; 0 never")
+    rotate_age_s: float = Field(0.0, ge=0, description="rotate files older than this; 0 never")
+    keep: int = Field(5, ge=0, description="rotated files kept (alerts.jsonl.1 ...)")
+    fsync: Literal["batch", "interval", "never"] = "batch"
+    fsync_interval_s: float = Field(1.0, gt=0)
+
+
+class SyslogSink(SinkBase):
+    kind: Literal["syslog"] = "syslog"
+    transport: Literal["unix", "udp", "tcp"] = "unix"
+    address: str = "/dev/log"  # a socket path for unix, host:port for udp/tcp
+    facility: str | int = "auth"
+    app_name: str = Field("daemoneye", pattern=r"^[!-~]{1,48}$")
+    hostname: str = ""  # empty: the settings' hostname
+    timeout_s: float = Field(5.0, gt=0)
+    max_message_bytes: int = Field(8192, ge=480)
+
+    @field_validator("facility")
+    @classmethod
+    def _known_facility(cls, value: str | int) -> str | int:
+        facility_code(value)  # raises ValueError naming the known facilities
+        return value
+
+    @model_validator(mode="after")
+    def _address_fits(self) -> SyslogSink:
+        if self.transport in ("udp", "tcp"):
+            host, sep, port = self.address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"address {self.address!r} must be host:port for {self.transport}")
+        return self
+
+
+class WebhookSink(SinkBase):
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = {}
+    token: str = ""  # sent as `Authorization: Bearer <token>`
+    hmac_secret: str = ""  # signs the body: `X-DaemonEye-Signature: sha256=<hex>`
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0, description="quick retries within one attempt")
+    breaker_failures: int = Field(3, ge=1, description="failed attempts that open the breaker")
+    breaker_reset_s: float = Field(30.0, gt=0, description="open time before a trial request")
+    batch_size: int = Field(1, ge=1)  # one POST per alert
+
+
+AnySink = Annotated[StdoutSink | FileSink | SyslogSink | WebhookSink, Field(discriminator="kind")]
 
 
 class AlerterSettings(BaseModel):
-    dedup_window_s: float = Field(300.0, ge=0)
+    dedup_window_s: float = Field(300.0, ge=0, description="0 disables dedup")
+    dedup_max_keys: int = Field(100_000, ge=1)
+    rule_rate_limit: RateLimit = RateLimit(rate=100.0, burst=1000)
+    summary_interval_s: float = Field(60.0, gt=0, description="how often held-back counts report")
+    history_retention_days: float = Field(30.0, gt=0)
+    store_sync: bool = Field(
+        False, description="fsync the delivery store on every write: survives power loss, slower"
+    )
+    sinks: list[AnySink] = Field(default_factory=lambda: [FileSink()])
+
+    @model_validator(mode="after")
+    def _name_sinks(self) -> AlerterSettings:
+        """Unnamed sinks get `<kind>`, `<kind>-2`, ...; explicit names must be unique."""
+        explicit = [s.name for s in self.sinks if s.name]
+        dupes = sorted({n for n in explicit if explicit.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sink names must be unique; repeated: {', '.join(dupes)}")
+        taken = set(explicit)
+        for sink in self.sinks:
+            if sink.name:
+                continue
+            name, n = sink.kind, 1
+            while name in taken:
+                n += 1
+                name = f"{sink.kind}-{n}"
+            sink.name = name
+            taken.add(name)
+        return self

@@ -1,0 +1,1 @@
+"""The alerter: dedup, rate limits, sinks and at-least-once delivery state."""

@@ -1,0 +1,59 @@
+"""Alert records from wire alerts: the fast converter matches pycapnp's own, and the
+default dedup key is rule + exe + cmdline."""
+
+from __future__ import annotations
+
+import time
+
+from daemoneye import wire
+from daemoneye.services.alerter import model
+
+
+def reader(**fields):
+    body = {"ruleId": "r", "severity": "high", **fields}
+    data = wire.encode_envelope(wire.Header("d@h", "b", 1, time.time_ns()), "alert", body)
+    return wire.decode_envelope(data).body.alert
+
+
+FULL = {
+    "alertId": "a1", "ruleId": "r1", "ruleName": "R", "severity": "critical", "title": "t",
+    "description": "d", "rowJson": '{"pid": 3}', "dedupKey": "", "firstSeenNs": 1,
+    "lastSeenNs": 2, "count": 4, "tags": ["x", "y"], "timeNs": 5, "hostname": "h",
+    "process": {"pid": 3, "ppid": 1, "name": "sh", "exePath": "/bin/sh",
+                "cmdline": ["sh", "-c", "id"], "uid": 7, "exeDeleted": True, "onDisk": -1,
+                "startTime": 1.5, "cwd": "/tmp", "sha256": "ab" * 32, "nice": -5},
+}  # fmt: skip
+
+
+def test_converter_matches_to_dict() -> None:
+    alert = reader(**FULL)
+    fast, slow = model.Converter(model._ALERT)(alert), wire.to_dict(alert)
+    # to_dict leaves out unset text; the converter fills it with "" so every key exists
+    for key, value in slow.items():
+        if key != "process":
+            assert fast[key] == value, key
+    for key, value in slow["process"].items():
+        assert fast["process"][key] == value, key
+    assert {k for k, v in fast["process"].items() if k not in slow["process"]} == {
+        k for k, v in fast["process"].items() if v == ""
+    }
+
+
+def test_record_adds_the_alerters_fields() -> None:
+    rec = model.record_of(reader(**FULL), "detector@h", 99, carried=3)
+    assert (rec["key"], rec["type"], rec["count"], rec["repeats"]) == (99, "alert", 7, 3)
+    assert rec["sourceId"] == "detector@h" and rec["timeNs"] == 5
+    no_id = model.record_of(reader(), "d", 1)
+    assert len(no_id["alertId"]) == 16 and no_id["timeNs"] == no_id["receivedNs"]
+    assert model.json_load(model.encode(rec)) == rec
+
+
+def test_default_dedup_key_is_rule_exe_and_cmdline() -> None:
+    proc = {"exePath": "/bin/a", "cmdline": ["a", "-x"]}
+    same = model.dedup_key(reader(process=proc))
+    assert same == model.dedup_key(reader(process=dict(proc), title="other title"))
+    assert same != model.dedup_key(reader(process={**proc, "cmdline": ["a", "-y"]}))
+    assert same != model.dedup_key(reader(process={**proc, "exePath": "/bin/b"}))
+    assert same != model.dedup_key(reader(ruleId="r2", process=proc))
+    own = model.dedup_key(reader(dedupKey="user=1", process=proc))
+    assert own == model.dedup_key(reader(dedupKey="user=1", process={"exePath": "/x"}))

@@ -1,0 +1,185 @@
+"""The alerter's handlers called directly (no broker): dedup and summaries, rule limits,
+rejected frames, history and dead-letter RPCs, over a real store and file sink."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from daemoneye import config, wire
+from daemoneye.bus import Message
+from daemoneye.config import load_settings
+from daemoneye.service import Request, RpcFault
+from daemoneye.services.alerter.service import Alerter
+from tests.conftest import wait_for
+
+counter = iter(range(1, 10**9))
+
+
+@pytest.fixture(autouse=True)
+def no_host_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "none-system.toml")
+    monkeypatch.setattr(config, "USER_CONFIG", tmp_path / "none-user.toml")
+    for key in list(os.environ):
+        if key.startswith("DAEMONEYE_"):
+            monkeypatch.delenv(key)
+
+
+def make_alerter(tmp_path: Path, toml: str) -> Alerter:
+    path = tmp_path / "a.toml"
+    path.write_text(toml)
+    run_dir = Path(f"/tmp/de-u-{os.getpid()}-{tmp_path.name[-8:]}")
+    settings = load_settings(config_file=path, data_dir=tmp_path / "data", run_dir=run_dir)
+    svc = Alerter(settings)
+    svc.open_sockets()  # connects lazily; no broker needed for handlers
+    svc.setup()
+    return svc
+
+
+def close(svc: Alerter) -> None:
+    svc.teardown()
+    svc.factory.close_all(linger_ms=0)
+
+
+def msg(rule: str = "r", exe: str = "/bin/x", severity: str = "high", kind: str = "alert",
+        **body) -> Message:  # fmt: skip
+    fields = {"ruleId": rule, "severity": severity, "title": f"{rule} fired", "timeNs": 5,
+              "process": {"pid": 1, "exePath": exe, "cmdline": [exe, "-v"]}, **body}  # fmt: skip
+    header = wire.Header("detector@h", "boot", next(counter), time.time_ns())
+    data = wire.encode_envelope(header, kind, fields if kind != "empty" else None)
+    return Message(f"alerts.{severity}", wire.decode_envelope(data), len(data), data)
+
+
+def feed(svc: Alerter, *msgs: Message) -> None:
+    """What the base's bus handler does: each message, then the end-of-burst flush."""
+    for m in msgs:
+        svc.on_message(m)
+    svc.flush()
+
+
+def lines(svc: Alerter) -> list[dict]:
+    path = svc.settings.data_dir / "alerts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_identical_alerts_become_one_delivery_and_a_repeat_summary(tmp_path: Path) -> None:
+    svc = make_alerter(tmp_path, "[alerter]\ndedup_window_s = 60\n")
+    now = [1000.0]
+    svc.clock = lambda: now[0]
+    try:
+        feed(svc, *(msg() for _ in range(10_000)), msg(exe="/bin/other"))
+        assert svc.dedup.suppressed == 9_999
+        wait_for(lambda: len(lines(svc)) == 2, 5, "two distinct alerts")
+        now[0] += 59
+        svc._expire_dedup()
+        assert svc.summaries == 0  # the window is still open
+        now[0] += 1
+        svc._expire_dedup()
+        wait_for(lambda: len(lines(svc)) == 3, 5, "the summary")
+        summary = lines(svc)[-1]
+        assert summary["type"] == "repeat_summary" and summary["count"] == 9_999
+        assert summary["process"]["exePath"] == "/bin/x"
+    finally:
+        close(svc)
+
+
+def test_the_cmdline_is_part_of_the_default_dedup_key(tmp_path: Path) -> None:
+    svc = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        feed(svc, msg())
+        feed(svc, msg(process={"exePath": "/bin/x", "cmdline": ["/bin/x", "-other"]}))
+        feed(svc, msg(dedupKey="same"))  # the rule's own key replaces the default
+        feed(svc, msg(exe="/bin/y", dedupKey="same"))
+        assert svc.accepted == 3 and svc.dedup.suppressed == 1
+    finally:
+        close(svc)
+
+
+def test_rule_limit_holds_back_and_summarises(tmp_path: Path) -> None:
+    svc = make_alerter(tmp_path, "[alerter]\nrule_rate_limit = { rate = 1, burst = 3 }\n")
+    try:
+        feed(
+            svc,
+            *(msg(exe=f"/bin/{n}", severity="critical" if n == 9 else "low") for n in range(10)),
+        )
+        svc._summarise_held()
+        wait_for(lambda: len(lines(svc)) == 4, 5, "3 alerts and a summary")
+        summary = lines(svc)[-1]
+        assert summary["type"] == "rate_limit_summary" and summary["count"] == 7
+        assert summary["severity"] == "critical" and summary["heldByRule"] == {"r": 7}
+        held = svc.rpc_list(Request("alerts.list", {"limit": 100}))["alerts"]
+        assert sum(1 for a in held if a.get("heldBy") == ["rule"]) == 7
+    finally:
+        close(svc)
+
+
+def test_frames_that_are_not_usable_alerts_are_rejected(tmp_path: Path) -> None:
+    svc = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        feed(svc, msg(kind="empty"))
+        feed(svc, msg(rule=""))
+        feed(svc, msg())
+        assert (svc.received, svc.rejected, svc.accepted) == (3, 2, 1)
+    finally:
+        close(svc)
+
+
+def test_history_filters_and_bad_params(tmp_path: Path) -> None:
+    svc = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        feed(svc, msg(rule="a", severity="low"))
+        feed(svc, msg(rule="b", severity="high"))
+        feed(svc, msg(rule="c", severity="critical"))
+        wait_for(lambda: svc.workers[0].pending == 0, 5, "deliveries")
+        listed = svc.rpc_list(Request("alerts.list", {"severity": "high"}))["alerts"]
+        assert [a["ruleId"] for a in listed] == ["c", "b"]  # newest first
+        assert listed[0]["deliveries"] == {"file": "delivered"}
+        assert [a["ruleId"] for a in svc.rpc_list(Request("x", {"rule": "a"}))["alerts"]] == ["a"]
+        after = svc.rpc_list(Request("x", {"after": listed[1]["key"]}))["alerts"]
+        assert [a["ruleId"] for a in after] == ["c"]  # --follow: oldest first after a key
+        with pytest.raises(RpcFault, match="severity 'urgent'"):
+            svc.rpc_list(Request("x", {"severity": "urgent"}))
+        with pytest.raises(RpcFault, match="must be integers"):
+            svc.rpc_list(Request("x", {"limit": "many"}))
+        with pytest.raises(RpcFault, match="no sink 'nope'"):
+            svc.rpc_retry(Request("x", {"sink": "nope"}))
+    finally:
+        close(svc)
+
+
+def test_sink_limits_and_severity_floors_are_per_sink(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    toml = f"""
+[alerter]
+dedup_window_s = 0
+[[alerter.sinks]]
+kind = "file"
+name = "limited"
+path = "{a}"
+rate_limit = {{ rate = 1, burst = 2 }}
+[[alerter.sinks]]
+kind = "file"
+name = "serious"
+path = "{b}"
+min_severity = "high"
+"""
+    svc = make_alerter(tmp_path, toml)
+
+    def read(path: Path) -> list[dict]:
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    try:
+        feed(svc, *(msg(exe=f"/bin/{n}", severity="low" if n % 2 else "high") for n in range(6)))
+        svc._summarise_held()
+        wait_for(lambda: len(read(a)) == 3 and len(read(b)) == 3, 5, "both sinks")
+        assert [r["type"] for r in read(a)] == ["alert", "alert", "rate_limit_summary"]
+        assert read(a)[-1]["count"] == 4 and "sink limited" in read(a)[-1]["title"]
+        assert {r["severity"] for r in read(b)} == {"high"}  # the floor, and no summary
+        held = svc.rpc_list(Request("alerts.list", {"limit": 100}))["alerts"]
+        assert sum(1 for r in held if r.get("heldBy") == ["limited"]) == 4
+    finally:
+        close(svc)
