@@ -14,7 +14,7 @@ prints, with only the checkpoint(s) and the public key: no database needed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from daemoneye.ledger.store import (
 from daemoneye.store import be64, prefix_end, un_be64
 
 READ_AHEAD = 8 << 20
+PROGRESS_EVERY = 1 << 14  # entries between progress callbacks (a negligible cost per entry)
 
 
 @dataclass
@@ -76,20 +77,29 @@ def verify_ledger(
     verifier: Verifier | None,
     start: int = 0,
     stop: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Check entries [start, stop) (all by default) and the checkpoints inside that range."""
+    """Check entries [start, stop) (all by default) and the checkpoints inside that range.
+
+    `progress(done, total)`, if given, is called every PROGRESS_EVERY entries checked
+    and once at the end of the range."""
     size = ledger.size()
     stop = size if stop is None else min(stop, size)
     report = Report(size=size, checked_from=start, checked_to=stop)
     try:
-        _verify(ledger, verifier, start, stop, report)
+        _verify(ledger, verifier, start, stop, report, progress)
     except _Stop as exc:
         report.problem = exc.problem
     return report
 
 
 def _verify(
-    ledger: LedgerStore, verifier: Verifier | None, start: int, stop: int, report: Report
+    ledger: LedgerStore,
+    verifier: Verifier | None,
+    start: int,
+    stop: int,
+    report: Report,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     if start > stop:
         raise _Stop(Problem(None, f"--from {start} is beyond the checked end {stop}"))
@@ -196,6 +206,10 @@ def _verify(
             cp_due = next(next_cp, None)
         prev = entry_hash
         expected = seq + 1
+        if progress is not None and not expected % PROGRESS_EVERY:
+            progress(expected - start, stop - start)
+    if progress is not None:
+        progress(expected - start, stop - start)
     if expected != stop:
         raise _Stop(Problem(expected, f"missing (the ledger ends at {expected - 1})"))
     if stop == report.size and next_payload is not None:
