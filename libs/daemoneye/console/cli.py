@@ -4,19 +4,53 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
+from rich.markup import escape
+
 from daemoneye import __version__
+from daemoneye.bus import RunDirError
 from daemoneye.config import ConfigError
-from daemoneye.rpc import RpcError
+from daemoneye.ledger.entry import EntryError
+from daemoneye.ledger.note import NoteError
+from daemoneye.ledger.store import LedgerError
+from daemoneye.merkle import ProofError
+from daemoneye.rpc import RpcError, RpcTimeout
+from daemoneye.rules.model import RuleError
+from daemoneye.security import KeyFileError
+from daemoneye.store import StoreError
 
 from . import commands
-from .common import CommandError, common_options, err_console
+from .common import CommandError, UsageError, common_options, err_console
 
-EXIT_CODES = """exit codes: 0 success, 1 failure (a check failed, a peer did not answer),
-2 bad usage or invalid configuration, 130 interrupted"""
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EXIT_CODES = """exit codes (every command):
+  0    success
+  1    failure: a check failed (ledger verify, rules validate, status --check),
+       a peer did not answer or refused, a file or database could not be read
+  2    bad usage or invalid configuration (arguments, config file, environment)
+  130  interrupted (Ctrl-C)
+
+errors are one line on stderr; add --debug after the command for the traceback.
+docs/CLI.md documents every command, its flags and its --json output."""
+
+# Typed errors of the library and service layers: each is a clear message already.
+CONFIGURATION_ERRORS = (ConfigError, RunDirError, KeyFileError)
+FAILURES = (
+    CommandError,
+    RpcError,
+    StoreError,
+    LedgerError,
+    NoteError,
+    EntryError,
+    ProofError,
+    RuleError,
+    OSError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,20 +69,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """`daemoneye rules validate`, not just `daemoneye rules`, in error lines."""
+    words = [args.command]
+    for nested in ("action", "ledger_command"):
+        value = getattr(args, nested, None)
+        if isinstance(value, str) and args.command in ("rules", "ledger"):
+            words.append(value)
+    return "daemoneye " + " ".join(words)
+
+
+def error_line(name: str, message: object) -> None:
+    """One line on stderr, never wrapped (a log collector reads it whole)."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    text = text or "failed"
+    err_console.print(f"[red]{escape(name)}:[/red] {escape(text)}", soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name = command_name(args)
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.handler(args) or 0)
-    except ConfigError as exc:
-        err_console.print(f"[red]daemoneye: configuration error[/red]\n{exc}", highlight=False)
-        return 2
-    except (CommandError, RpcError) as exc:
-        if getattr(args, "debug", False):
-            raise
-        err_console.print(f"[red]daemoneye {args.command}:[/red] {exc}", highlight=False)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing more to say, and nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, CONFIGURATION_ERRORS):
+            error_line(name, f"configuration error: {exc}")
+            return EXIT_USAGE
+        if isinstance(exc, UsageError):
+            error_line(name, exc)
+            return EXIT_USAGE
+        if isinstance(exc, RpcError) and not isinstance(exc, RpcTimeout):
+            # the peer's own reason; "control.detector query:" adds nothing to the verb
+            error_line(name, str(exc).removeprefix(f"{exc.target} {exc.verb}: "))
+            return EXIT_FAILED
+        if isinstance(exc, FAILURES):
+            error_line(name, exc)
+            return EXIT_FAILED
+        error_line(name, f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

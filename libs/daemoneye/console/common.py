@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from daemoneye.bus import SocketFactory
+from daemoneye.bus import SocketFactory, endpoint_in_use
 from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcResult, RpcTimeout, call_once
 
@@ -18,6 +29,71 @@ err_console = Console(stderr=True, highlight=False)
 
 class CommandError(Exception):
     """A failure to report as one clear line (exit 1)."""
+
+
+class UsageError(CommandError):
+    """Arguments that cannot work, found after parsing (exit 2, like argparse's own)."""
+
+
+def non_negative(text: str) -> int:
+    """argparse type: an integer >= 0 (a bad one is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more, not 0")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type: a duration in seconds, >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
+
+
+# What a progress callback receives: (units done, units in all).
+ProgressFn = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressFn | None]:
+    """A Rich progress bar on stderr, fed by the work's own (done, total) callback.
+
+    Yields None (no bar, no cost) unless both stdout and stderr are terminals and the
+    caller wants it: piped or --json output stays free of escape codes."""
+    if not (enabled and console.is_terminal and err_console.is_terminal):
+        yield None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
 
 
 def common_options(repeatable: bool = False) -> argparse.ArgumentParser:
@@ -45,6 +121,26 @@ def add_command(
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def add_subcommand(
+    sub: Any, parent: argparse.ArgumentParser, name: str, summary: str, examples: str
+) -> argparse.ArgumentParser:
+    """A nested verb (`rules validate`, `ledger verify`): its own --help with examples;
+    `parent` is common_options(repeatable=True) so the common flags work after it too."""
+    return sub.add_parser(
+        name,
+        parents=[parent],
+        help=summary,
+        description=summary,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def print_json(doc: Any) -> None:
+    """--json output: one compact document on stdout, whatever the terminal."""
+    print(json.dumps(doc, default=str), flush=True)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -75,10 +171,12 @@ def call(
             timeout_s or settings.rpc_timeout_s,
         )
     except RpcTimeout as exc:
-        if target == "control.broker":
+        control = settings.endpoint("control")
+        if target == "control.broker" or (
+            control.startswith("ipc://") and not endpoint_in_use(control)
+        ):
             raise CommandError(
-                f"the broker at {settings.endpoint('control')} did not answer "
-                f"({exc}); is `daemoneye up` running?"
+                f"the broker at {control} did not answer ({exc}); is `daemoneye up` running?"
             ) from None
         raise
     finally:

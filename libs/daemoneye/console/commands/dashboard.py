@@ -79,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
                 live.update(render(model.poll(), console.size.height), refresh=True)
                 if quit_pressed(interactive, max(0.0, period - (time.monotonic() - started))):
                     break
-    except KeyboardInterrupt:
-        pass
-    finally:
+    finally:  # the Live screen is restored on the way out; Ctrl-C then exits 130
         model.close()
     return 0

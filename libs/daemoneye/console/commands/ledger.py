@@ -31,7 +31,16 @@ from daemoneye.ledger.proofs import consistency_document, inclusion_document
 from daemoneye.ledger.store import LedgerError, LedgerStore, open_store
 from daemoneye.store import StoreError
 
-from ..common import CommandError, add_command, common_options, console, settings_from
+from ..common import (
+    CommandError,
+    add_command,
+    add_subcommand,
+    common_options,
+    console,
+    non_negative,
+    progress_bar,
+    settings_from,
+)
 
 EXAMPLES = """  daemoneye ledger verify
   daemoneye ledger prove 42 --json > proof.json
@@ -52,46 +61,91 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND", required=True)
     again = common_options(repeatable=True)
 
-    def verb(name: str, summary: str, handler: Any) -> argparse.ArgumentParser:
-        v = verbs.add_parser(name, parents=[again], help=summary, description=summary)
+    def verb(name: str, summary: str, handler: Any, examples: str) -> argparse.ArgumentParser:
+        v = add_subcommand(verbs, again, name, summary, examples)
         v.set_defaults(handler=handler)
         return v
 
-    v = verb("verify", "Recompute the hash chain, the tree and every checkpoint.", run_verify)
+    v = verb(
+        "verify",
+        "Recompute the hash chain, the tree and every checkpoint; exit 1 naming the first "
+        "bad entry.",
+        run_verify,
+        "  daemoneye ledger verify\n"
+        "  daemoneye ledger verify --from 1000000 --to 1999999\n"
+        '  daemoneye ledger verify --key "$(cat ledger.pub)" --json | jq .ok\n',
+    )
     v.add_argument(
         "--from",
         dest="start",
-        type=int,
+        type=non_negative,
         default=0,
         metavar="N",
         help="first entry (starts from the stored hash of entry N-1 and stored tree nodes)",
     )
-    v.add_argument("--to", dest="stop", type=int, metavar="M", help="last entry (inclusive)")
+    v.add_argument(
+        "--to", dest="stop", type=non_negative, metavar="M", help="last entry (inclusive)"
+    )
     v.add_argument("--key", help="verifier key or file (default: the ledger's own .pub file)")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    v = verb("prove", "Print an inclusion proof of one entry.", run_prove)
-    v.add_argument("index", type=int, help="entry sequence number (leaf index)")
-    v.add_argument("--tree-size", type=int, help="tree size (default: latest checkpoint)")
+    v = verb(
+        "prove",
+        "Print an inclusion proof of one entry.",
+        run_prove,
+        "  daemoneye ledger prove 42\n  daemoneye ledger prove 42 --payload --json > proof.json\n",
+    )
+    v.add_argument("index", type=non_negative, help="entry sequence number (leaf index)")
+    v.add_argument("--tree-size", type=non_negative, help="tree size (default: latest checkpoint)")
     v.add_argument("--payload", action="store_true", help="include the payload bytes")
     v.add_argument("--json", action="store_true", help="print the proof as JSON")
 
-    v = verb("consistency", "Print a consistency proof between two tree sizes.", run_consistency)
-    v.add_argument("old", type=int, help="old tree size")
-    v.add_argument("new", type=int, help="new tree size")
+    v = verb(
+        "consistency",
+        "Print a consistency proof between two tree sizes.",
+        run_consistency,
+        "  daemoneye ledger consistency 1000 2000\n"
+        "  daemoneye ledger consistency 1000 2000 --json > consistency.json\n",
+    )
+    v.add_argument("old", type=non_negative, help="old tree size")
+    v.add_argument("new", type=non_negative, help="new tree size")
     v.add_argument("--json", action="store_true", help="print the proof as JSON")
 
-    v = verb("checkpoint", "Print the latest signed checkpoint.", run_checkpoint)
-    v.add_argument("--size", type=int, help="the checkpoint for this tree size instead")
+    v = verb(
+        "checkpoint",
+        "Print the latest signed checkpoint (a signed note).",
+        run_checkpoint,
+        "  daemoneye ledger checkpoint > head.note\n  daemoneye ledger checkpoint --size 4096\n",
+    )
+    v.add_argument("--size", type=non_negative, help="the checkpoint for this tree size instead")
 
-    v = verb("show", "List entries.", run_show)
-    v.add_argument("--from", dest="start", type=int, default=0, metavar="N", help="first entry")
-    v.add_argument("--count", type=int, default=20, metavar="K", help="how many (20)")
+    v = verb(
+        "show",
+        "List entries.",
+        run_show,
+        "  daemoneye ledger show --from 100 --count 20\n"
+        "  daemoneye ledger show --json | jq -r .action\n",
+    )
+    v.add_argument(
+        "--from", dest="start", type=non_negative, default=0, metavar="N", help="first entry"
+    )
+    v.add_argument("--count", type=non_negative, default=20, metavar="K", help="how many (20)")
     v.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    v = verb("key", "Print the ledger's public (verifier) key.", run_key)
+    v = verb(
+        "key",
+        "Print the ledger's public (verifier) key.",
+        run_key,
+        "  daemoneye ledger key > ledger.pub\n",
+    )
 
-    v = verb("verify-proof", "Check a proof file with only its checkpoint and a key.", run_vp)
+    v = verb(
+        "verify-proof",
+        "Check a proof file with only its checkpoint and a key (no database needed).",
+        run_vp,
+        '  daemoneye ledger verify-proof proof.json --key "$(cat ledger.pub)"\n'
+        "  daemoneye ledger prove 42 --json | daemoneye ledger verify-proof - --key ledger.pub\n",
+    )
     v.add_argument("file", type=Path, help="`ledger prove|consistency --json` output (- = stdin)")
     v.add_argument("--key", required=True, help="verifier key, or a file holding it")
     v.add_argument("--checkpoint", type=Path, help="signed checkpoint file, if not in the proof")
@@ -143,7 +197,8 @@ def run_verify(args: argparse.Namespace) -> int:
     ledger = _open(settings)
     try:
         stop = None if args.stop is None else args.stop + 1
-        report = verifying.verify_ledger(ledger, verifier, args.start, stop)
+        with progress_bar("verifying ledger", enabled=not args.json) as progress:
+            report = verifying.verify_ledger(ledger, verifier, args.start, stop, progress)
     finally:
         ledger.close()
     if args.json:

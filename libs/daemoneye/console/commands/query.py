@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from ..common import add_command, call, console, settings_from
+from ..common import add_command, call, console, positive, settings_from
 
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("sql", help="one SELECT (SQLite dialect)")
     p.add_argument("--json", action="store_true", help="print rows as a JSON list of objects")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many rows (1000)")
+    p.add_argument("--limit", type=positive, default=1000, help="at most this many rows (1000)")
     p.set_defaults(handler=run)
 
 

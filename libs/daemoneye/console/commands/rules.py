@@ -14,7 +14,19 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from ..common import CommandError, add_command, call, console, err_console, settings_from
+from ..common import (
+    CommandError,
+    add_command,
+    add_subcommand,
+    call,
+    common_options,
+    console,
+    err_console,
+    positive,
+    print_json,
+    progress_bar,
+    settings_from,
+)
 from .query import print_rows
 
 
@@ -31,17 +43,48 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "  daemoneye rules import-sigma sigma/rules/linux/process_creation/ --output rules/\n",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    v = actions.add_parser("validate", help="check rule files offline (exit 1 on any problem)")
+    again = common_options(repeatable=True)
+
+    def action(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+        return add_subcommand(actions, again, name, summary, examples)
+
+    v = action(
+        "validate",
+        "Check rule files offline, as the detector would (exit 1 on any problem).",
+        "  daemoneye rules validate deploy/rules/\n"
+        "  daemoneye rules validate my-rule.yml --quiet   # problems only (CI)\n"
+        "  daemoneye rules validate rules/ --json | jq '.problems[].reason'\n",
+    )
     v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="rule files or dirs")
     v.add_argument("--quiet", action="store_true", help="print problems only")
-    t = actions.add_parser("test", help="run a rule file against the live tables")
+    v.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    t = action(
+        "test",
+        "Run a rule file's SQL against the detector's live tables: what would fire now.",
+        "  daemoneye rules test my-rule.yml\n"
+        "  daemoneye rules test my-rule.yml --json --limit 10\n",
+    )
     t.add_argument("path", type=Path, metavar="RULE_FILE")
-    t.add_argument("--json", action="store_true")
-    t.add_argument("--limit", type=int, default=100)
-    lst = actions.add_parser("list", help="the detector's rules, their state and statistics")
-    lst.add_argument("--json", action="store_true")
-    actions.add_parser("reload", help="make the detector reload its rules directory")
-    s = actions.add_parser("import-sigma", help="convert Sigma process_creation rules")
+    t.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    t.add_argument("--limit", type=positive, default=100, help="at most this many rows per rule")
+    lst = action(
+        "list",
+        "The detector's loaded rules, their state and statistics.",
+        "  daemoneye rules list\n  daemoneye rules list --json | jq '.rules[].id'\n",
+    )
+    lst.add_argument("--json", action="store_true", help="print the listing as one JSON object")
+    action(
+        "reload",
+        "Make the detector reload its rules directory (exit 1 if a rule is rejected).",
+        "  daemoneye rules reload\n",
+    )
+    s = action(
+        "import-sigma",
+        "Convert Sigma process_creation rules into DaemonEye rules (exit 1 if any could "
+        "not be converted; the others are still written).",
+        "  daemoneye rules import-sigma sigma/rules/linux/process_creation/ --output rules/\n"
+        "  daemoneye rules import-sigma proc_creation_lnx_whoami.yml > whoami.yml\n",
+    )
     s.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Sigma files or dirs")
     s.add_argument("--output", type=Path, help="write one rule file per Sigma rule here")
     p.set_defaults(handler=run)
@@ -61,6 +104,18 @@ def validate(args: argparse.Namespace) -> int:
     from daemoneye.rules.validate import Validator
 
     checked, problems = Validator().load(args.paths)
+    if args.json:
+        print_json(
+            {
+                "ok": not problems,
+                "valid": [{"id": c.rule.id, "path": c.rule.path} for c in checked],
+                "problems": [
+                    {"path": p.path, "rule_id": p.rule_id, "line": p.line, "reason": p.reason}
+                    for p in problems
+                ],
+            }
+        )
+        return 1 if problems else 0
     for problem in problems:
         print(problem)
     if not args.quiet:
@@ -72,8 +127,10 @@ def validate(args: argparse.Namespace) -> int:
 def test(args: argparse.Namespace) -> int:
     try:
         text = args.path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read {args.path}: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"cannot read {args.path}: not UTF-8 text ({exc.reason})") from None
     settings = settings_from(args)
     params = {"text": text, "path": str(args.path), "limit": args.limit}
     value = call(settings, "control.detector", "rules_test", params).value
@@ -137,10 +194,13 @@ def import_sigma(args: argparse.Namespace) -> int:
             sorted(path.rglob("*.yml")) + sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
         )
     converted, problems = [], []
-    for path in files:
-        done, found = importer.convert_file(path)
-        converted += done
-        problems += found
+    with progress_bar("converting Sigma rules", enabled=len(files) > 1) as progress:
+        for n, path in enumerate(files, 1):
+            done, found = importer.convert_file(path)
+            converted += done
+            problems += found
+            if progress:
+                progress(n, len(files))
     if args.output:
         written = write_rules(converted, args.output)
         err_console.print(f"wrote {len(written)} rule file(s) to {args.output}")

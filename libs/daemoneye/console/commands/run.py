@@ -8,7 +8,7 @@ from typing import Any
 
 from daemoneye.services import available, service_class
 
-from ..common import CommandError, add_command, settings_from
+from ..common import UsageError, add_command, settings_from
 
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -17,7 +17,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "run",
         "Run one service in the foreground until SIGTERM or Ctrl-C.",
-        "  daemoneye run broker\n  daemoneye run collector --id collector-2\n",
+        "  daemoneye run broker\n  daemoneye run collector --id collector-2\n"
+        "  daemoneye run detector --rules-dir /etc/daemoneye/rules\n",
     )
     p.add_argument("service", help=f"one of: {', '.join(available())}")
     p.add_argument("--id", dest="service_id", help="service id (default: <service>@<hostname>)")
@@ -32,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         cls = service_class(args.service)
     except LookupError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     return cls(settings, args.service_id).run()

@@ -14,7 +14,7 @@ from rich.markup import escape
 from daemoneye import wire
 from daemoneye.bus import Message, SocketFactory, Subscriber
 
-from ..common import add_command, console, settings_from
+from ..common import add_command, console, non_negative, seconds, settings_from
 
 SUMMARY_CHARS = 160
 
@@ -30,8 +30,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("prefixes", nargs="*", metavar="TOPIC_PREFIX", help="topic prefixes (all)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--count", type=int, default=0, help="exit after N messages")
-    p.add_argument("--timeout", type=float, default=0, help="exit 1 if nothing arrives in S s")
+    p.add_argument("--count", type=non_negative, default=0, help="exit after N messages")
+    p.add_argument("--timeout", type=seconds, default=0, help="exit 1 if nothing arrives in S s")
     p.set_defaults(handler=run)
 
 
@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(as_json(msg)), flush=True)
             else:
                 console.print(human_line(msg), soft_wrap=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
+    finally:  # Ctrl-C goes on to cli.main: exit 130, like every verb
         factory.close_all(linger_ms=0)
     return 0
 

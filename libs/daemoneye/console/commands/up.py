@@ -10,7 +10,7 @@ from daemoneye import logs
 from daemoneye.services import available
 from daemoneye.supervisor import Supervisor
 
-from ..common import add_command, console, settings_from
+from ..common import UsageError, add_command, console, settings_from
 
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -19,7 +19,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "up",
         "Run every service as a supervised child process until Ctrl-C or SIGTERM.",
-        "  daemoneye up\n  daemoneye up --run-dir /tmp/de --data-dir /tmp/de-data\n",
+        "  daemoneye up\n  daemoneye up --run-dir /tmp/de --data-dir /tmp/de-data\n"
+        "  daemoneye up --only collector detector --rules-dir deploy/rules\n",
     )
     p.add_argument(
         "--only", nargs="+", metavar="SERVICE", help="run only these services (the broker always)"
@@ -34,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
-            raise SystemExit(f"daemoneye up: unknown service(s) {', '.join(unknown)}")
+            raise UsageError(
+                f"unknown service(s) {', '.join(unknown)} (available: {', '.join(names)})"
+            )
         names = [n for n in names if n == "broker" or n in args.only]
     logs.configure("supervisor", f"supervisor@{settings.hostname}", settings.log_level)
     console.print(
