@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from ..common import add_command, call, console, settings_from
+from ..common import add_command, call, console, positive, settings_from
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -38,7 +38,7 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=duration, help="only newer than this (30s, 15m, 2h, 7d)")
     p.add_argument("--severity", choices=SEVERITIES, help="at least this severity")
     p.add_argument("--rule", help="only this rule id")
-    p.add_argument("--limit", type=int, default=50, help="at most N alerts (default 50)")
+    p.add_argument("--limit", type=positive, default=50, help="at most N alerts (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--follow", action="store_true", help="keep printing new alerts")
     p.add_argument("--failed", action="store_true", help="list dead-lettered deliveries")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 time.sleep(FOLLOW_POLL_S)  # polling the alerter's history, nothing to block on
     except KeyboardInterrupt:
-        return 0
+        return 130  # interrupted, as every verb reports it
 
 
 def print_alerts(alerts: list[dict[str, Any]], as_json: bool, table: bool) -> None:

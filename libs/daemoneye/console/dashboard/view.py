@@ -64,9 +64,9 @@ def services_table(state: State) -> Table:
 
 def rates_table(state: State) -> Table:
     table = Table(expand=True, box=None, pad_edge=False, header_style="bold")
-    table.add_column("stream", no_wrap=True, overflow="ellipsis")
-    table.add_column("msg/s", justify="right")
-    table.add_column("history", no_wrap=True)
+    table.add_column("stream", no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("msg/s", justify="right", min_width=5, no_wrap=True)
+    table.add_column("history", no_wrap=True, overflow="crop")
     for stream in sorted(state.rates):
         history = state.rates[stream]
         table.add_row(stream, f"{history[-1]:.0f}" if history else "0", sparkline(history))
@@ -75,10 +75,11 @@ def rates_table(state: State) -> Table:
 
 def alerts_table(state: State, limit: int) -> Table:
     table = Table(expand=True, box=None, pad_edge=False, header_style="bold")
-    table.add_column("time", width=8)
-    table.add_column("severity", width=8)
-    table.add_column("rule", no_wrap=True, overflow="ellipsis")
-    table.add_column("process", no_wrap=True, overflow="ellipsis")
+    # Fixed columns keep their width; the rule text takes what is left.
+    table.add_column("time", min_width=8, no_wrap=True)
+    table.add_column("severity", min_width=8, no_wrap=True)
+    table.add_column("rule", no_wrap=True, overflow="ellipsis", ratio=3)
+    table.add_column("process", no_wrap=True, overflow="ellipsis", min_width=12, ratio=1)
     for alert in list(state.alerts)[:limit]:
         when = time.strftime("%H:%M:%S", time.localtime(alert.get("timeNs", 0) / 1e9))
         severity = str(alert.get("severity", ""))
@@ -127,7 +128,13 @@ def counters_text(state: State) -> Group:
 
 
 def render(state: State, height: int) -> Layout:
-    rows_free = max(3, (height - 12) // 2)
+    # Heights from the content: every service row shows, alerts and processes share
+    # the rest (a panel costs 3 lines of border and header).
+    top = min(max(len(state.services), 2), 10) + 3
+    rest = max(8, height - 1 - top)
+    alerts_size = rest // 2
+    rows_alerts = max(1, alerts_size - 3)
+    rows_processes = max(1, rest - alerts_size - 3)
     header = Text.assemble(
         ("DaemonEye", "bold"),
         f"  {time.strftime('%H:%M:%S', time.localtime(state.updated or time.time()))}",
@@ -138,8 +145,12 @@ def render(state: State, height: int) -> Layout:
     layout = Layout()
     layout.split_column(
         Layout(header, name="header", size=1),
-        Layout(name="top", ratio=1),
-        Layout(Panel(alerts_table(state, rows_free), title="latest alerts"), name="alerts"),
+        Layout(name="top", size=top),
+        Layout(
+            Panel(alerts_table(state, rows_alerts), title="latest alerts"),
+            name="alerts",
+            size=alerts_size,
+        ),
         Layout(name="bottom", ratio=1),
     )
     layout["top"].split_row(
@@ -147,7 +158,7 @@ def render(state: State, height: int) -> Layout:
         Layout(Panel(rates_table(state), title="event rates"), ratio=2),
     )
     layout["bottom"].split_row(
-        Layout(Panel(processes_table(state, rows_free), title="top processes"), ratio=1),
+        Layout(Panel(processes_table(state, rows_processes), title="top processes"), ratio=1),
         Layout(Panel(counters_text(state), title="bus"), ratio=1),
     )
     return layout
