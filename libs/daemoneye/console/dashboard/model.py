@@ -63,9 +63,9 @@ class DashboardModel:
 
     # --- sources --------------------------------------------------------------
 
-    def _call(self, target: str, verb: str) -> Any:
+    def _call(self, target: str, verb: str, params: dict[str, Any] | None = None) -> Any:
         try:
-            return self.rpc.call(target, verb, timeout_s=RPC_TIMEOUT_S).value
+            return self.rpc.call(target, verb, params, timeout_s=RPC_TIMEOUT_S).value
         except RpcError as exc:
             # A timed-out DEALER may hold a stale reply; a fresh socket keeps replies in step.
             self.rpc.close()
@@ -124,7 +124,9 @@ class DashboardModel:
     def _poll_processes(self) -> None:
         s = self.state
         try:
-            records = self._call("control.collector", "snapshot")
+            # fresh: the collector rescans first, so CPU times are current (cheap: one
+            # /proc/<pid>/stat read per process).
+            records = self._call("control.collector", "snapshot", {"fresh": True})
         except RpcError as exc:
             s.process_note = "no collector registered" if exc.code == "unknown_target" else str(exc)
             return
