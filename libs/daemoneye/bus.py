@@ -248,9 +248,10 @@ class Publisher:
         """Stamp the next seq of the topic's stream and encode, without sending."""
         stream = stream_of(topic)
         seq = self._seq.get(stream, 0) + 1
-        self._seq[stream] = seq
         header = wire.Header(self.source_id, self.boot_id, seq, time.time_ns())
-        return seq, wire.encode_envelope(header, body_kind, body)
+        data = wire.encode_envelope(header, body_kind, body)
+        self._seq[stream] = seq  # only once encoded: a body that fails leaves no hole
+        return seq, data
 
     def publish(self, topic: str, body_kind: str, body: Any = None) -> int:
         seq, data = self.encode(topic, body_kind, body)
@@ -363,6 +364,11 @@ class SequenceTracker:
     def last_seq(self, source_id: str, stream: str) -> int:
         state = self._streams.get((source_id, stream))
         return state.last_seq if state else 0
+
+    def resume(self, source_id: str, stream: str, boot_id: str, last_seq: int) -> None:
+        """Seed a stream's position (e.g. from a store after a restart), so the next
+        message is checked against it: what was missed while down shows as a gap."""
+        self._streams[(source_id, stream)] = _StreamState(boot_id, last_seq)
 
 
 class Subscriber:

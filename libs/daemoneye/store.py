@@ -55,9 +55,16 @@ class Store:
             self.db = Rdict(str(self.path), options, access_type=access)
         except Exception as exc:
             raise StoreError(f"cannot open RocksDB at {self.path}: {exc}") from None
+        self.sync = sync
         self._write_options = WriteOptions()
         self._write_options.sync = sync
         self.db.set_write_options(self._write_options)
+
+    def reopen(self) -> Store:
+        """A fresh handle on the same directory: RocksDB refuses every write after an
+        I/O error (a full disk) until the database is reopened."""
+        self.close()
+        return Store(self.path, sync=self.sync)
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
