@@ -8,6 +8,13 @@ commit: the busier the bus, the bigger the batch). A checkpoint is signed into t
 same batch when N entries or T seconds have passed, and published on
 `ledger.checkpoint` only after that batch is on disk, so no published tree head
 can be lost or forked by a crash.
+
+Nothing missed silently: a gap in a collector's `events.process` stream is repaired
+by a `replay` RPC to that collector (its WAL answers) before the message that
+revealed it is recorded; what no replay can supply is recorded as a `ledger.gap`
+entry. The last seq of every stream is committed with the entries (a cursor), so
+after a restart the first message of each source shows what the ledger missed
+while it was down, and that is replayed too.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any, ClassVar
 import zmq
 
 from daemoneye import wire
-from daemoneye.bus import Gap, Topics
+from daemoneye.bus import Gap, Topics, stream_of
 from daemoneye.ledger.note import Signer, load_or_create_key, public_key_path
 from daemoneye.ledger.proofs import consistency_document, inclusion_document
 from daemoneye.ledger.store import (
@@ -30,6 +37,7 @@ from daemoneye.ledger.store import (
     open_store,
     prune_payloads,
 )
+from daemoneye.rpc import RpcClient, RpcError
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
 
@@ -38,6 +46,10 @@ AUDIT_PREFIX = Topics.AUDIT
 GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger missed
 START_ACTION = "ledger.start"
 STOP_ACTION = "ledger.stop"
+REPLAY_STREAM = "events.process"  # the stream whose source (a collector) answers replay
+REPLAY_CHUNK = 1000  # envelopes asked for per replay call
+REPLAY_TIMEOUT_S = 5.0
+ROUTING_ERRORS = {"unknown_target", "unreachable"}  # a restarted broker relearns in a beat
 
 
 class Ledger(Service):
@@ -55,6 +67,12 @@ class Ledger(Service):
         self.checkpoints_published = 0
         self.write_errors = 0
         self.gaps_recorded = 0
+        self.missing_recorded = 0
+        self.replays = 0
+        self.replayed = 0
+        self.rpc_client: RpcClient | None = None
+        self._cursors: dict[tuple[str, str], tuple[str, int]] = {}  # not yet committed
+        self._known: set[tuple[str, str]] = set()  # streams with a recorded position
         self._last_checkpoint_t = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -85,6 +103,10 @@ class Ledger(Service):
             },
         )
         self.writer.commit()
+        self._resume_cursors()
+        self.rpc_client = RpcClient(
+            self.factory, self.settings.endpoint("control"), self.service_id, REPLAY_TIMEOUT_S
+        )
         self.every(min(1.0, self.cfg.checkpoint_every_s), self._timed_checkpoint)
         if self.cfg.payload_retention_days > 0:
             self.every(self.cfg.retention_interval_s, self._retention)
@@ -115,6 +137,7 @@ class Ledger(Service):
                 continue
             self.events.add()
             try:
+                self._first_of_stream(msg.topic, msg.envelope)
                 self.record(msg.topic, msg.envelope, frames[1])
             except Exception:
                 self.log.exception("recording %s failed; continuing", msg.topic)
@@ -129,7 +152,32 @@ class Ledger(Service):
             action = envelope.body.auditRecord.action or topic
         seq = self.writer.append(envelope.sourceId, action, data)
         self.appended += 1
+        self._cursors[(envelope.sourceId, stream_of(topic))] = (envelope.bootId, envelope.seq)
         return seq
+
+    def _first_of_stream(self, topic: str, envelope: Any) -> None:
+        """A collector stream never seen before that does not start at 1 (the ledger
+        joined late, or is new): fetch its beginning from the WAL as a gap."""
+        key = (envelope.sourceId, stream_of(topic))
+        if key in self._known:
+            return
+        self._known.add(key)
+        if key[1] == REPLAY_STREAM and envelope.seq > 1:
+            self.on_gap(Gap(key[0], key[1], 1, envelope.seq - 1))
+
+    def _resume_cursors(self) -> None:
+        """Seed sequence checking with what is on disk, so messages sent while the
+        ledger was down show up as a gap on the first message after them."""
+        assert self.ledger is not None
+        if self.subscriber is None:  # unit tests run setup() without sockets
+            return
+        resumed = 0
+        for source, stream, boot_id, seq in self.ledger.cursors():
+            self.subscriber.tracker.resume(source, stream, boot_id, seq)
+            self._known.add((source, stream))
+            resumed += 1
+        if resumed:
+            self.log.info("resumed sequence checking of %d streams", resumed)
 
     def _record_own(self, action: str, detail: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -137,15 +185,69 @@ class Ledger(Service):
         self.writer.append(self.service_id, action, json.dumps(body, sort_keys=True).encode())
 
     def on_gap(self, gap: Gap) -> None:
-        """Missed bus messages become an entry too: the audit trail shows what it lacks."""
+        """Missed bus messages: replayed from the collector's WAL where it can; what it
+        cannot supply becomes a `ledger.gap` entry, so the trail shows what it lacks."""
+        if gap.stream != REPLAY_STREAM or self.rpc_client is None:
+            self._record_gap(gap.source_id, gap.stream, gap.first_missing, gap.last_missing)
+            return
+        self.replays += 1
+        expected = gap.first_missing
+        try:
+            while expected <= gap.last_missing:
+                expected, got = self._replay_chunk(gap, expected)
+                if not got:
+                    break
+        except RpcError as exc:
+            self.log.warning("replay from %s failed: %s", gap.source_id, exc)
+        if expected <= gap.last_missing:
+            self._record_gap(gap.source_id, gap.stream, expected, gap.last_missing)
+        else:
+            self.log.info(
+                "gap %d-%d of %s repaired by replay",
+                gap.first_missing,
+                gap.last_missing,
+                gap.source_id,
+            )
+
+    def _replay_chunk(self, gap: Gap, expected: int) -> tuple[int, int]:
+        """Record one replay answer; (next seq wanted, envelopes recorded)."""
+        assert self.rpc_client is not None
+        params = {"from_seq": expected, "to_seq": gap.last_missing, "limit": REPLAY_CHUNK}
+        target = f"control.collector.{gap.source_id}"
+        deadline = time.monotonic() + REPLAY_TIMEOUT_S
+        while True:
+            try:
+                result = self.rpc_client.call(target, "replay", params)
+                break
+            except RpcError as exc:
+                if exc.code not in ROUTING_ERRORS or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # the collector re-registers on its next heartbeat
+        topics = result.value.get("topics", []) if isinstance(result.value, dict) else []
+        got = 0
+        for topic, data in zip(topics, result.payloads, strict=False):
+            try:
+                envelope = wire.decode_envelope(data)
+            except wire.DecodeError as exc:
+                self.log.warning("replayed envelope undecodable: %s", exc)
+                continue
+            seq = envelope.seq
+            if envelope.sourceId != gap.source_id or not expected <= seq <= gap.last_missing:
+                continue  # not what was asked for: never record it
+            if seq > expected:  # the WAL no longer holds these (retention or a cut tail)
+                self._record_gap(gap.source_id, gap.stream, expected, seq - 1)
+            self.record(topic, envelope, data)
+            self.replayed += 1
+            got += 1
+            expected = seq + 1
+        return expected, got
+
+    def _record_gap(self, source: str, stream: str, first: int, last: int) -> None:
         assert self.writer is not None
-        detail = {
-            "stream": gap.stream,
-            "first_missing": gap.first_missing,
-            "last_missing": gap.last_missing,
-        }
-        self.writer.append(gap.source_id, GAP_ACTION, json.dumps(detail).encode())
+        detail = {"stream": stream, "first_missing": first, "last_missing": last}
+        self.writer.append(source, GAP_ACTION, json.dumps(detail).encode())
         self.gaps_recorded += 1
+        self.missing_recorded += last - first + 1
 
     def _safe_flush(self) -> None:
         try:
@@ -153,7 +255,16 @@ class Ledger(Service):
         except StoreError as exc:
             self.write_errors += 1
             self.state = "degraded"
-            self.log.error("ledger write failed; pending entries dropped: %s", exc)
+            if self.write_errors == 1 or self.write_errors % 100 == 0:
+                self.log.error(
+                    "ledger write failed (%d times); %d entries kept pending: %s",
+                    self.write_errors,
+                    self.writer.pending if self.writer else 0,
+                    exc,
+                )
+            note = f"ledger writes failing: {exc}"
+            self.notes = [n for n in self.notes if not n.startswith("ledger writes failing")]
+            self.notes.append(note[:200])
 
     def flush(self, force_checkpoint: bool = False) -> int:
         """Commit pending entries (with a checkpoint when due); publish it once durable."""
@@ -163,9 +274,17 @@ class Ledger(Service):
         signed = None
         if (due or force_checkpoint) and writer.size > writer.last_checkpoint_size:
             signed = writer.sign_checkpoint(self.signer, self.origin)
-        size = writer.commit()
+        cursors, self._cursors = self._cursors, {}
+        for (source, stream), (boot_id, seq) in cursors.items():
+            writer.put_cursor(source, stream, boot_id, seq)
+        try:
+            size = writer.commit()
+        except StoreError:
+            self._cursors = {**cursors, **self._cursors}  # kept pending with their entries
+            raise
         if self.state == "degraded" and self.write_errors:
             self.state = "running"
+            self.notes = [n for n in self.notes if not n.startswith("ledger writes failing")]
         if signed is not None:
             self._publish_checkpoint(*signed)
         return size
@@ -213,6 +332,9 @@ class Ledger(Service):
             "ledger.checkpoints": self.checkpoints_published,
             "ledger.write_errors": self.write_errors,
             "ledger.gaps_recorded": self.gaps_recorded,
+            "ledger.missing_recorded": self.missing_recorded,
+            "ledger.replays": self.replays,
+            "ledger.replayed": self.replayed,
         }
 
     def queue_depth(self) -> int:

@@ -7,6 +7,7 @@ Keys (be64 = 8-byte big-endian, so keys sort by number):
     n + level + be64(index)       Merkle node, levels >= MIN_STORED_LEVEL, complete subtrees
     c + be64(tree size)           checkpoint: be64(time_ns) || signed note text
     m/payload_floor               be64: payloads below this seq were dropped by retention
+    m/cursor/ + source 0x00 stream  be64(last bus seq recorded) || boot id: where to resume
 
 Levels 0 and 1 of the tree are not stored separately: a level-0 node is
 H(0x00 || entry hash) of one entry record, a level-1 node two of them, so any
@@ -18,6 +19,7 @@ crash leaves the ledger at the end of the last durable batch, never in between.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ PAYLOAD = b"p"
 NODE = b"n"
 CHECKPOINT = b"c"
 PAYLOAD_FLOOR = b"m/payload_floor"
+CURSOR = b"m/cursor/"
 MIN_STORED_LEVEL = 2
 HASHER = merkle.BLAKE3  # the append path below inlines BLAKE3 leaf/node hashing
 
@@ -106,6 +109,12 @@ class LedgerStore:
                 return
             yield seq, value
 
+    def cursors(self) -> Iterator[tuple[str, str, str, int]]:
+        """(source id, stream, boot id, last seq) of every bus stream recorded so far."""
+        for key, value in self.store.scan(CURSOR):
+            source, _, stream = key[len(CURSOR) :].partition(b"\x00")
+            yield source.decode(), stream.decode(), value[8:].decode(), un_be64(value[:8])
+
     # --- the tree --------------------------------------------------------------
 
     def node(self, level: int, index: int) -> bytes:
@@ -158,6 +167,19 @@ class LedgerStore:
     def close(self) -> None:
         self.store.close()
 
+    def reopen(self) -> None:
+        """Close and open the database again: after an I/O error (a full disk) RocksDB
+        refuses every write until it is reopened."""
+        self.store = self.store.reopen()
+        self.db = self.store.db
+
+    def has_space(self, need: int = 1 << 20) -> bool:
+        try:
+            st = os.statvfs(self.store.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= need
+
 
 class LedgerWriter:
     """The append path: hash chain, tree frontier and one atomic batch per commit."""
@@ -174,9 +196,10 @@ class LedgerWriter:
         self.durable_size = size
         self.prev_hash = self.ledger.entry_hash(size - 1) if size else entries.GENESIS_PREV
         self.frontier = self.ledger.frontier(size)
-        self._batch = self.store.batch()
+        self._puts: list[tuple[bytes, bytes]] = []  # the pending batch, kept until durable
         self._pending = 0
         self._dirty = False
+        self.failed = ""  # why the last commit failed; the next one reopens and retries
         self.last_checkpoint_size = 0
         latest = self.ledger.latest_checkpoint()
         if latest is not None:
@@ -205,10 +228,10 @@ class LedgerWriter:
             self.prev_hash,
         )
         entry_hash = b3(encoding).digest()
-        put = self._batch.put
+        puts = self._puts
         key = be64(seq)
-        put(ENTRY + key, entry_hash + encoding)
-        put(PAYLOAD + key, payload)
+        puts.append((ENTRY + key, entry_hash + encoding))
+        puts.append((PAYLOAD + key, payload))
         # Frontier.append inlined (BLAKE3 leaf and nodes): the append path's hot loop
         stack = frontier.hashes
         h = b3(b"\x00" + entry_hash).digest()
@@ -218,7 +241,7 @@ class LedgerWriter:
             index >>= 1
             level += 1
             if level >= MIN_STORED_LEVEL:
-                put(NODE + bytes((level,)) + be64(index), h)
+                puts.append((NODE + bytes((level,)) + be64(index), h))
         stack.append(h)
         frontier.size = seq + 1
         self.prev_hash = entry_hash
@@ -229,26 +252,47 @@ class LedgerWriter:
     def root(self) -> bytes:
         return self.frontier.root()
 
+    def put_cursor(self, source: str, stream: str, boot_id: str, seq: int) -> None:
+        """Note, in the pending batch, the last bus seq of a stream: committed together
+        with the entries it covers, so a restart resumes exactly where the disk is."""
+        key = CURSOR + source.encode() + b"\x00" + stream.encode()
+        self._puts.append((key, be64(seq) + boot_id.encode()))
+        self._dirty = True
+
     def sign_checkpoint(self, signer: Signer, origin: str) -> tuple[Checkpoint, str, int]:
         """Sign the head as it will be after the next commit and add it to the batch."""
         cp = Checkpoint(origin, self.frontier.size, self.frontier.root())
         note = signer.sign(cp.text())
         now = time.time_ns()
-        self._batch.put(checkpoint_key(cp.size), be64(now) + note.encode())
+        self._puts.append((checkpoint_key(cp.size), be64(now) + note.encode()))
         self._dirty = True
         self.last_checkpoint_size = cp.size
         return cp, note, now
 
     def commit(self) -> int:
-        """Write the pending batch atomically (durably when `sync`); returns the size."""
+        """Write the pending batch atomically (durably when `sync`); returns the size.
+
+        A failed write (a full disk, say) keeps everything pending in memory: the next
+        commit reopens the database once there is space again and writes it all, so a
+        transient failure loses nothing and the chain continues where it was."""
         if not self._dirty:
             return self.durable_size
-        batch, self._batch = self._batch, self.store.batch()
+        if self.failed:
+            if not self.ledger.has_space():
+                raise StoreError(f"still no space for the ledger ({self.failed})")
+            self.ledger.reopen()
+            self.store = self.ledger.store
+        batch = self.store.batch()
+        put = batch.put
+        for key, value in self._puts:
+            put(key, value)
         try:
             self.store.write(batch, sync=self.sync)
-        except StoreError:
-            self.reload()  # what is in memory never reached the disk
+        except StoreError as exc:
+            self.failed = str(exc)
             raise
+        self.failed = ""
+        self._puts = []
         self._pending = 0
         self._dirty = False
         self.durable_size = self.frontier.size
