@@ -58,6 +58,11 @@ class Collector(Service):
         self._next_sync = 0.0
         self._next_retention = 0.0
         self._degraded_why = ""
+        self._wal_failing = ""  # why WAL appends fail now ('' when they work)
+        self.unlogged = 0  # events published without a WAL record (cannot be replayed)
+        self._batch: list[Out] = []  # batching: events waiting for their envelope
+        self._batch_since = 0.0
+        self._holding = False  # batching: a handler is still producing events
 
     # --- start and stop -------------------------------------------------------
 
@@ -197,11 +202,16 @@ class Collector(Service):
         if not self.monitoring:
             return  # before begin_monitoring: the initial snapshot will see these
         lost = 0
-        for item in items:
-            if item.event is None:
-                lost += item.lost
-                continue
-            self._publish_all(self.tracker.on_event(item.event, item.record))
+        self._holding = True  # batching: one read of the kernel's events, few envelopes
+        try:
+            for item in items:
+                if item.event is None:
+                    lost += item.lost
+                    continue
+                self._publish_all(self.tracker.on_event(item.event, item.record))
+        finally:
+            self._holding = False
+            self._send_batch()
         if lost:
             self.lost_events += lost
             self.notice(
@@ -257,8 +267,48 @@ class Collector(Service):
     # --- publishing -----------------------------------------------------------
 
     def _publish_all(self, outs: list[Out]) -> None:
+        if self.cfg.publish_batch_max <= 1:
+            for out in outs:
+                self.emit(out)
+            return
+        # batching: consecutive events of one kind share an envelope on their usual topic
+        # (order is kept exactly); a batch goes out when full, when the kind changes,
+        # when its first event has waited publish_batch_ms, and when the handler is done
+        limit, wait_s = self.cfg.publish_batch_max, self.cfg.publish_batch_ms / 1000
         for out in outs:
-            self.emit(out)
+            batch = self._batch
+            if batch and (
+                batch[0].kind != out.kind or time.monotonic() - self._batch_since >= wait_s
+            ):
+                self._send_batch()
+            if not self._batch:
+                self._batch_since = time.monotonic()
+            self._batch.append(out)
+            if len(self._batch) >= limit:
+                self._send_batch()
+        if not self._holding:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        """One processEventBatch envelope: one seq, one WAL entry (WAL first, as emit)."""
+        outs, self._batch = self._batch, []
+        if len(outs) <= 1:
+            for out in outs:
+                self.emit(out)
+            return
+        assert self.publisher is not None and self.wal is not None
+        topic = f"{Topics.PROCESS}{outs[0].kind}"
+        body = {"events": [self.event_body(out) for out in outs]}
+        seq, data = self.publisher.encode(topic, "processEventBatch", body)
+        try:  # as emit: a failing WAL degrades replay, never the live stream
+            self.wal.append(seq, topic, data)
+            if self._wal_failing:
+                self._wal_recovered()
+        except OSError as exc:
+            self._wal_failed(exc)
+        self.publisher.send_encoded(topic, data)
+        self.published[outs[0].kind] += len(outs)
+        self.events.add(len(outs))
 
     def event_body(self, out: Out) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -282,11 +332,36 @@ class Collector(Service):
         assert self.publisher is not None and self.wal is not None
         topic = f"{Topics.PROCESS}{out.kind}"
         seq, data = self.publisher.encode(topic, "processEvent", self.event_body(out))
-        self.wal.append(seq, topic, data)
+        try:
+            self.wal.append(seq, topic, data)
+            if self._wal_failing:
+                self._wal_recovered()
+        except OSError as exc:
+            self._wal_failed(exc)  # still published: live subscribers lose nothing
         self.publisher.send_encoded(topic, data)
         self.published[out.kind] += 1
         self.events.add()
         return seq
+
+    def _wal_failed(self, exc: OSError) -> None:
+        self.unlogged += 1
+        if self._wal_failing:
+            return
+        self._wal_failing = f"WAL writes failing ({exc.strerror or exc}): events are published "
+        self._wal_failing += "but cannot be replayed"
+        self.state = "degraded"
+        self.notes.append(self._wal_failing)
+        self.log.error("%s", self._wal_failing)
+        self.notice("wal_error", self._wal_failing, 1, {"errno": exc.errno})
+
+    def _wal_recovered(self) -> None:
+        message = f"WAL writes work again; {self.unlogged} events were not logged"
+        self.notes = [n for n in self.notes if n != self._wal_failing]
+        self._wal_failing = ""
+        if not self._degraded_why:
+            self.state = "running"
+        self.log.warning("%s", message)
+        self.notice("wal_ok", message, self.unlogged)
 
     def notice(self, kind: str, message: str, count: int = 0, detail: Any = None) -> None:
         assert self.publisher is not None
@@ -315,6 +390,9 @@ class Collector(Service):
         if self.wal is not None:
             m["wal.last_seq"] = self.wal.last_seq
             m["wal.cuts"] = len(self.wal.cuts)
+            m["wal.write_errors"] = self.wal.write_errors
+            m["wal.unlogged"] = self.unlogged
+            m["wal.bytes"] = self.wal.size_bytes()
         if self.hasher is not None:
             m["hash.done"] = self.hasher.hashed
             m["hash.pending"] = self.hasher.pending()
@@ -417,6 +495,14 @@ class Collector(Service):
         entries = self.wal.read(from_seq, to_seq, limit + 1)
         truncated = len(entries) > limit  # more were there than one answer may carry
         entries = entries[:limit]
+        # An answer above the bus's frame limit would be refused by the broker (and its
+        # connection to us dropped): cut it by bytes too, at half the limit for headroom.
+        budget, used = self.settings.bus.max_message_bytes // 2, 0
+        for i, e in enumerate(entries):
+            used += len(e.data) + len(e.topic) + 16
+            if used > budget and i > 0:
+                entries, truncated = entries[:i], True
+                break
         return RpcResult(
             {
                 "first_seq": entries[0].seq if entries else 0,

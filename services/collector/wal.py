@@ -9,6 +9,7 @@ never fatal. Old segments go when the log passes its size or age limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -90,6 +91,7 @@ class Wal:
         self.fsync_policy = fsync
         self.cuts: list[CutReport] = []
         self.appended = 0
+        self.write_errors = 0
         self.removed_segments = 0
         self.last_seq = 0
         self._dirty = False
@@ -139,6 +141,7 @@ class Wal:
     def _open_segment(self, path: Path) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # a failed open below must not leave a closed fd in use
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._size = os.fstat(self._fd).st_size
 
@@ -150,9 +153,20 @@ class Wal:
         t = topic.encode()
         payload = PAYLOAD_HDR.pack(seq, len(t)) + t + data
         record = RECORD_HDR.pack(len(payload), crc32c.crc32c(payload)) + payload
-        if self._fd < 0 or (self._size + len(record) > self.segment_bytes and self._size > 0):
-            self._rotate(seq)
-        os.write(self._fd, record)
+        try:
+            if self._fd < 0 or (self._size + len(record) > self.segment_bytes and self._size > 0):
+                self._rotate(seq)
+            written = os.write(self._fd, record)
+            if written != len(record):
+                raise OSError(28, f"short WAL write ({written} of {len(record)} bytes)")
+        except OSError:
+            # A full disk: cut what part of the record got out, so the log stays readable
+            # past this point and later appends (when space returns) are good records.
+            self.write_errors += 1
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+            raise
         self._size += len(record)
         self.last_seq = seq
         self.appended += 1
@@ -164,8 +178,8 @@ class Wal:
     def _rotate(self, first_seq: int) -> None:
         if self._fd >= 0:
             os.fsync(self._fd)
+        self.enforce_limits(reserve=self.segment_bytes)  # room for the new one first
         self._open_segment(self.path / _segment_name(first_seq))
-        self.enforce_limits()
 
     def sync(self) -> None:
         """The `interval` policy's periodic fsync."""
@@ -173,14 +187,16 @@ class Wal:
             os.fsync(self._fd)
             self._dirty = False
 
-    def enforce_limits(self, now: float | None = None) -> int:
-        """Remove the oldest sealed segments past the size or age limit; how many went."""
+    def enforce_limits(self, now: float | None = None, reserve: int = 0) -> int:
+        """Remove the oldest sealed segments past the size or age limit (counting
+        `reserve` bytes about to be written); how many went."""
         now = time.time() if now is None else now
         segs = self.segments()
         sizes = {p: p.stat().st_size for _, p in segs}
-        total = sum(sizes.values())
+        total = sum(sizes.values()) + reserve
         removed = 0
-        for _, path in segs[:-1]:  # never the segment being written
+        sealed = segs if reserve else segs[:-1]  # while rotating, the last one is sealed too
+        for _, path in sealed:  # never the segment being written
             too_big = total > self.max_bytes
             too_old = now - path.stat().st_mtime > self.max_age_s
             if not (too_big or too_old):
@@ -196,6 +212,14 @@ class Wal:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+    def size_bytes(self) -> int:
+        """Bytes on disk now (what the size limit bounds)."""
+        total = 0
+        for _, path in self.segments():
+            with contextlib.suppress(FileNotFoundError):  # retention may remove it meanwhile
+                total += path.stat().st_size
+        return total
 
     # --- reading --------------------------------------------------------------
 

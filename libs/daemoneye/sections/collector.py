@@ -31,6 +31,16 @@ class CollectorSettings(BaseModel):
     wal_fsync: Literal["always", "interval", "never"] = "interval"
     wal_fsync_interval_s: float = Field(1.0, gt=0)
     replay_max: int = Field(10_000, ge=1, description="most envelopes one replay answers")
+    publish_batch_max: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="events per envelope: >1 sends consecutive events of one kind as one "
+        "processEventBatch (one WAL entry and one seq per envelope); 1: one processEvent each",
+    )
+    publish_batch_ms: float = Field(
+        2.0, ge=0, description="batching: the first event of a batch waits at most this long"
+    )
     user: str = Field("", description="drop to this user after opening netlink (root only)")
     shell_parents: list[str] = Field(
         default_factory=lambda: [
