@@ -73,7 +73,7 @@ def test_short_lived_process_started_and_stopped_in_one_batch_still_fires() -> N
     r = rec(200, "/tmp/blink")
     firings, _ = engine.apply([EventIn("start", r), EventIn("stop", r)])
     assert [f.row["pid"] for f in firings] == [200]
-    assert engine.tables.by_pid.get(200) is None
+    assert engine.tables.find(200) is None
 
 
 def test_cost_follows_changed_rows_not_table_size() -> None:

@@ -161,6 +161,8 @@ class Engine:
                     proc.fired.add(active.rule.id)
                     record = proc.record
                     key = f"{record['pid']}:{record['startTicks']}"
+                    if record["pidNamespace"]:  # the same pid and start in two containers
+                        key += f"@{record['pidNamespace']}"
                 else:
                     ev, _proc = batch.events.get(ident, (None, None))
                     record = ev.record if ev else None
@@ -220,8 +222,7 @@ class Engine:
         for name in ("pid", "p0_pid", "child_pid", "parent"):
             pid = row.get(name)
             if isinstance(pid, int):
-                key = self.tables.by_pid.get(pid)
-                proc: Proc | None = self.tables.live.get(key) if key else None
+                proc: Proc | None = self.tables.find(pid)
                 if proc is not None:
                     return proc.record
         return None

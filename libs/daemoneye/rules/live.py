@@ -1,8 +1,14 @@
 """The live tables: process events in, rows of `processes`, `process_events`, `hash`
 and `file` out, plus the change tables incremental rules read.
 
-Process identity is (pid, startTicks). A record arrives as the dict form of a
-ProcessRecord (camelCase field names, as on the wire).
+Process identity is (pid namespace, pid, startTicks): collectors in different pid
+namespaces (containers) report the same pid numbers for different processes, and
+must not overwrite each other; two collectors on one host report a process with
+the same identity, so it is one row (whichever reported it last is its `collector`).
+The namespace is the record's `pidNamespace` (the inode of the process's pid
+namespace; 0 when the collector could not read it). A record of a process first seen
+with namespace 0 and later with its namespace (or the reverse) is the same process.
+A record arrives as the dict form of a ProcessRecord (camelCase names, as on the wire).
 """
 
 from __future__ import annotations
@@ -124,13 +130,21 @@ def process_row(
     )
 
 
+Key = tuple[int, int, int]  # (pid namespace, pid, startTicks)
+
+
+def key_of(rec: dict[str, Any]) -> Key:
+    return (rec["pidNamespace"], rec["pid"], rec["startTicks"])
+
+
 class LiveTables:
     def __init__(self, sandbox: Sandbox, window_s: float, window_rows: int) -> None:
         self.sandbox = sandbox
         self.window_s = window_s
         self.window_rows = window_rows
-        self.live: dict[tuple[int, int], Proc] = {}
-        self.by_pid: dict[int, tuple[int, int]] = {}
+        self.live: dict[Key, Proc] = {}
+        self.by_pid: dict[tuple[int, int], Key] = {}  # (namespace, pid) -> its process
+        self.latest: dict[int, Key] = {}  # pid -> the process last seen with it, any namespace
         self._next_rowid = 1
         self.next_eid = 1
         self._hashed: dict[str, str] = {}
@@ -139,10 +153,36 @@ class LiveTables:
 
     # --- processes -------------------------------------------------------------
 
-    def parent_of(self, rec: dict[str, Any]) -> dict[str, Any] | None:
-        key = self.by_pid.get(rec["ppid"])
-        proc = self.live.get(key) if key else None
+    def parent_of(self, rec: dict[str, Any], collector: str = "") -> dict[str, Any] | None:
+        """The parent in the same namespace; else (a container's first process, whose
+        parent lives outside it) the process with that pid the same collector reported."""
+        ppid = rec["ppid"]
+        key = self.by_pid.get((rec["pidNamespace"], ppid))
+        if key is None:
+            key = self.latest.get(ppid)
+            proc = self.live.get(key) if key else None
+            return proc.record if proc is not None and proc.collector == collector else None
+        proc = self.live.get(key)
         return proc.record if proc else None
+
+    def find(self, pid: int) -> Proc | None:
+        """The live process last seen with `pid` (any namespace)."""
+        key = self.latest.get(pid)
+        return self.live.get(key) if key else None
+
+    def _resolve(self, key: Key) -> Key:
+        """The key the process is known under: the same pid and start seen with namespace 0
+        (unreadable at first) and now with its namespace, or the reverse."""
+        ns, pid, ticks = key
+        if ns:
+            other = (0, pid, ticks)
+            if other in self.live:
+                return other
+        else:
+            known = self.latest.get(pid)
+            if known is not None and known[2] == ticks:
+                return known
+        return key
 
     def apply(self, events: list[EventIn], record_events: bool = True) -> Batch:
         """Write events to every table. Each process that changed gets a new rowid, so
@@ -159,16 +199,19 @@ class LiveTables:
         live, by_pid, procs = self.live, self.by_pid, batch.procs
         for ev in events:
             rec = ev.record = normalise(ev.record)
-            pid = rec["pid"]
-            key = (pid, rec["startTicks"])
+            key = key_of(rec)
             proc = live.get(key)
+            if proc is None:
+                key = self._resolve(key)
+                proc = live.get(key)
             if ev.kind == "stop":
                 if proc is not None:
                     self._forget(key)
                     batch.stopped.append((proc.rowid,))
-                row = process_row(rec, self.parent_of(rec), ev.collector, now, now)
+                row = process_row(rec, self.parent_of(rec, ev.collector), ev.collector, now, now)
             else:
-                old = by_pid.get(pid)
+                slot = (key[0], key[1])
+                old = by_pid.get(slot)
                 if old is not None and old != key:  # pid reuse: the old process is gone
                     gone = live[old]
                     self._forget(old)
@@ -178,7 +221,8 @@ class LiveTables:
                 if proc is None:
                     proc = Proc(rowid, rec, (), now)
                     live[key] = proc
-                    by_pid[pid] = key
+                    by_pid[slot] = key
+                    self.latest[key[1]] = key
                 else:  # a new version replaces the old row
                     if pending.pop(proc.rowid, None) is None:
                         deletes.append((proc.rowid,))
@@ -187,7 +231,7 @@ class LiveTables:
                 proc.record = rec
                 proc.collector = ev.collector
                 row = proc.row = process_row(
-                    rec, self.parent_of(rec), ev.collector, proc.first_seen, now
+                    rec, self.parent_of(rec, ev.collector), ev.collector, proc.first_seen, now
                 )
                 pending[rowid] = row
                 procs[rowid] = proc
@@ -233,10 +277,13 @@ class LiveTables:
             with self.sandbox.trusted() as c:
                 c.executemany("DELETE FROM processes WHERE rowid = ?", batch.stopped)
 
-    def _forget(self, key: tuple[int, int]) -> None:
+    def _forget(self, key: Key) -> None:
         self.live.pop(key, None)
-        if self.by_pid.get(key[0]) == key:
-            del self.by_pid[key[0]]
+        slot = (key[0], key[1])
+        if self.by_pid.get(slot) == key:
+            del self.by_pid[slot]
+        if self.latest.get(key[1]) == key:
+            del self.latest[key[1]]
 
     def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int) -> tuple:
         info = self._files.get(rec["exePath"])
@@ -334,7 +381,7 @@ class LiveTables:
         """Replace what `collector` reported with its snapshot (other collectors' processes
         stay); process_events is untouched. The batch holds what is new or changed."""
         records = [normalise(r) for r in records]
-        identities = {(r["pid"], r["startTicks"]) for r in records}
+        identities = {self._resolve(key_of(r)) for r in records}
         stale = [
             EventIn("stop", p.record, collector=collector)
             for k, p in self.live.items()
