@@ -1,0 +1,146 @@
+"""Disk full: the data dir is a small tmpfs the test fills while events flow. The
+collector reports it, keeps publishing and keeps its WAL bounded; the ledger reports
+it and keeps what it received pending; when space returns both resume, nothing the
+collector published is missing from the ledger and the ledger still verifies."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.faults.harness import Outcome, Storm, World, needs_realtime
+
+pytestmark = needs_realtime()
+
+RATE = 40
+SEGMENT = 64 << 10
+WAL_MAX = 256 << 10
+TMPFS = "32m"
+
+
+def mount_tmpfs(path: Path) -> str:
+    """Mount a small tmpfs at `path`; '' on success, else why not."""
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs"
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS},mode=0750", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    return "" if done.returncode == 0 else f"cannot mount a tmpfs: {done.stderr.strip()}"
+
+
+def fill(path: Path) -> Path:
+    """Write a file until the filesystem is full."""
+    filler = path / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * (64 << 10))
+    return filler
+
+
+@pytest.fixture(scope="module")
+def disk_full(tmp_path_factory) -> Iterator[tuple[Outcome, dict]]:
+    base = tmp_path_factory.mktemp("diskfull")
+    data = base / "data"
+    why = mount_tmpfs(data)
+    if why:
+        pytest.skip(why)
+    try:
+        yield from _scenario(base, data)
+    finally:  # whatever happened in it, the tmpfs goes
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
+    seen: dict = {}
+    world = World(
+        base,
+        {
+            "DAEMONEYE_COLLECTOR__WAL_SEGMENT_BYTES": str(SEGMENT),
+            "DAEMONEYE_COLLECTOR__WAL_MAX_BYTES": str(WAL_MAX),
+        },
+    )
+    system = world.system
+    storm = Storm(RATE, f"fault-disk-{uuid.uuid4().hex[:6]}")
+    try:
+        system.start_all()
+        storm.start()
+        wait_for(lambda: len(system.ledger_seqs()) > 0, 20, "events to reach the ledger")
+        filler = fill(data)
+        storm.wait_more(RATE)
+
+        def reported(name: str, text: str) -> dict | None:
+            health = system.health(name)
+            return health if any(text in n for n in health["notes"]) else None
+
+        seen["collector_full"] = wait_for(
+            lambda: reported("collector", "WAL writes failing"), 20, "the collector to report"
+        )
+        seen["ledger_full"] = wait_for(
+            lambda: reported("ledger", "ledger writes failing"), 20, "the ledger to report"
+        )
+        storm.wait_more(RATE)  # a second more on a full disk
+        seen["wal_bytes_full"] = system.health("collector")["metrics"]["wal.bytes"]
+        filler.unlink()
+        wait_for(lambda: not reported("collector", "WAL writes failing"), 20, "collector ok")
+        wait_for(lambda: not reported("ledger", "ledger writes failing"), 20, "ledger ok")
+        storm.wait_more(RATE)
+        storm.stop()
+        # the detector's history never recovers (see the xfail below): do not wait for it
+        yield system.finish(wait_detector=False), seen
+    finally:
+        storm.stop()
+        world.close()
+
+
+def test_services_report_a_full_disk(disk_full) -> None:
+    _, seen = disk_full
+    assert seen["collector_full"]["state"] == "degraded"
+    assert seen["ledger_full"]["state"] == "degraded"
+
+
+def test_wal_stays_bounded(disk_full) -> None:
+    out, seen = disk_full
+    assert seen["wal_bytes_full"] <= WAL_MAX + SEGMENT
+    assert out.metrics["collector"]["wal.bytes"] <= WAL_MAX + SEGMENT
+
+
+def test_ledger_has_every_published_event_once(disk_full) -> None:
+    out, _ = disk_full
+    unlogged = int(out.metrics["collector"]["wal.unlogged"])
+    assert unlogged > 0, "the disk never filled under the collector"
+    # every seq up to the last was published: logged (the WAL keeps the newest, bounded),
+    # or counted as unlogged while the disk was full; the WAL reads back whole
+    assert len(out.wal) + unlogged <= out.last_seq
+    assert max(out.wal) == out.last_seq
+    assert set(out.ledger_seqs) == set(range(1, out.last_seq + 1)), out.ledger_problems()
+    assert max(out.ledger_seqs.values()) == 1
+    assert out.ledger_gaps == []
+
+
+def test_ledger_verifies_after_a_full_disk(disk_full) -> None:
+    out, _ = disk_full
+    assert out.metrics["ledger"]["ledger.write_errors"] > 0
+    assert out.verify_rc == 0, out.verify_out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="detector bug: after one ENOSPC its RocksDB history stays in RocksDB's "
+    "background-error state ('IO error: No space left on device' on every write) until "
+    "the store is reopened; History never reopens it, so every later event is missing "
+    "from history until the detector restarts",
+)
+def test_detector_history_resumes_after_a_full_disk(disk_full) -> None:
+    out, _ = disk_full
+    after = max(out.wal)  # the last event, logged once the disk had room again
+    assert out.detector_times[out.wal[after][-1]] == 1, out.detector_problems()

@@ -1,0 +1,54 @@
+"""A subscriber stopped (SIGSTOP) while events flow, with small high-water marks:
+the broker drops what overflows, the subscriber sees a gap when it runs again and
+repairs it by replay from the collector's WAL. The ledger is the subscriber here
+(the detector's missing replay is shown in test_kill's broker case)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.faults.harness import Storm, World, needs_realtime
+
+pytestmark = needs_realtime()
+
+RATE = 60
+HWM = "100"
+
+
+@pytest.mark.parametrize(
+    "stopped_s", [pytest.param(3, id="3s"), pytest.param(10, id="10s", marks=pytest.mark.slow)]
+)
+def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> None:
+    world = World(tmp_path)
+    system = world.system
+    small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}
+    storm = Storm(RATE, f"fault-hwm-{uuid.uuid4().hex[:6]}")
+    try:
+        system.start("broker", env=small)
+        system.start("ledger", env=small)
+        system.start("detector")
+        system.start("collector")
+        storm.start()
+        wait_for(lambda: len(system.ledger_seqs()) > 0, 20, "events to reach the ledger")
+        before = system.collector_last_seq()
+        system.sigstop("ledger")
+        storm.wait_more(int(RATE * stopped_s), timeout=stopped_s * 3 + 10)
+        sent_meanwhile = system.collector_last_seq() - before
+        system.sigcont("ledger")
+        storm.wait_more(RATE)
+        storm.stop()
+        out = system.finish()
+    finally:
+        storm.stop()
+        world.close()
+    assert sent_meanwhile > 3 * int(HWM), f"too few events to overflow: {sent_meanwhile}"
+    ledger = out.metrics["ledger"]
+    assert ledger["bus.gaps"] >= 1, f"no overflow seen as a gap: {ledger}"
+    assert ledger["ledger.replayed"] >= ledger["bus.missing"] > 0, ledger
+    problems = out.ledger_problems()
+    assert not problems, problems
+    assert out.ledger_gaps == []
+    assert out.verify_rc == 0, out.verify_out
