@@ -102,6 +102,7 @@ def test_malformed_and_oversized_frames_are_dropped_and_counted(
     pub_sock.send_multipart([b"events.process.start", b"not capnp at all"])
     pub_sock.send_multipart([b"events.process.start", b"\x00" * 16])
     pub_sock.send_multipart([b"a", b"b", b"c"])
+    pub_sock.send(b"events.lonely-topic-frame")  # one frame: no envelope at all
     pub_sock.send_multipart(
         [b"\xff\xfe", wire.encode_envelope(wire.Header("x", "b", 1, 0), "empty")]
     )
@@ -115,7 +116,7 @@ def test_malformed_and_oversized_frames_are_dropped_and_counted(
     msg = wait_for(after_drops, 15, "the valid message after the bad ones")
     assert msg.body.record.pid == 4242  # the broker kept forwarding
     stats = rpc_client.call("control.broker", "stats").value
-    assert stats["dropped"] == {"shape": 1, "oversize": 1, "malformed": 3, "rpc": 0}
+    assert stats["dropped"] == {"shape": 2, "oversize": 1, "malformed": 3, "rpc": 0}
     assert sub.stats.dropped_malformed == 0  # nothing bad reached the subscriber
     assert rpc_client.call("control.broker", "health").value["state"] == "running"
 
