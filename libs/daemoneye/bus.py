@@ -30,6 +30,8 @@ log = logging.getLogger("daemoneye.bus")
 
 RUN_DIR_MODE = 0o750
 SOCKET_MODE = 0o660
+# plain ints on the hot path: pyzmq converts its IntEnum flags on every call
+_NOBLOCK, _RCVMORE, _SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 class Topics:
@@ -259,7 +261,10 @@ class Publisher:
         return seq
 
     def send_encoded(self, topic: str, data: bytes) -> None:
-        self.sock.send_multipart([topic.encode(), data])
+        # Two sends, not send_multipart: its Python layer costs more than the sends.
+        send = self.sock.send
+        send(topic.encode(), _SNDMORE)
+        send(data)
         self.sent += 1
 
 
@@ -397,33 +402,44 @@ class Subscriber:
         """The next valid message, or None when none arrives in time."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
+            frames = self._recv_frames()  # what already waits needs no poll
+            if frames is not None:
+                msg = self.accept(frames)
+                if msg is not None:
+                    return msg
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not self.sock.poll(wait):
-                return None
-            msg = self.recv_ready()
-            if msg is not None:
-                return msg
-            if deadline is not None and time.monotonic() >= deadline:
                 return None
 
     def recv_ready(self) -> Message | None:
         """Read one waiting frame without blocking; None when it was dropped or none waits."""
-        try:
-            frames = self.sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
-        return self.accept(frames)
+        frames = self._recv_frames()
+        return None if frames is None else self.accept(frames)
 
     def drain(self, limit: int = 1000) -> Iterable[Message]:
         """Every message waiting now (up to `limit` frames), without blocking."""
         for _ in range(limit):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = self._recv_frames()
+            if frames is None:
                 return
             msg = self.accept(frames)
             if msg is not None:
                 yield msg
+
+    def _recv_frames(self) -> list[bytes] | None:
+        """One whole waiting message, or None. Like recv_multipart, at about half its cost
+        (int flags; no per-call keyword handling)."""
+        sock = self.sock
+        try:
+            frames = [sock.recv(_NOBLOCK)]
+        except zmq.Again:
+            return None
+        while sock.getsockopt(_RCVMORE):
+            frames.append(sock.recv())  # the rest of a multipart message is already here
+        return frames
 
     def accept(self, frames: list[bytes]) -> Message | None:
         stats = self.tracker.stats
