@@ -63,7 +63,7 @@ def quick(run_env: dict[str, str]) -> dict[str, str]:
     ],
 )
 def test_no_broker(quick: dict[str, str], argv: list[str]) -> None:
-    line = one_line(cli(quick, *argv), 1, "did not answer", "daemoneye up")
+    line = one_line(cli(quick, *argv), 1, "no broker socket at", "daemoneye up")
     verb = " ".join(argv[:2]) if argv[0] == "rules" else argv[0]
     assert line.startswith(f"daemoneye {verb}: "), line
 

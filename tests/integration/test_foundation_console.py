@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,19 @@ def test_up_restarts_a_crashed_child(run_env, settings: Settings, tmp_path: Path
 
 
 def test_status_without_a_broker_is_one_clear_line(run_env) -> None:
+    out = daemoneye("status", env=dict(run_env, DAEMONEYE_RPC_TIMEOUT_S="60"))
+    assert out.returncode == 1  # at once: the RPC timeout is longer than the 30 s run limit
+    assert "no broker socket at" in out.stderr and "daemoneye up" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_status_with_a_stale_socket_file_times_out_clearly(run_env, settings) -> None:
+    """A broker killed -9 leaves its socket file: the RPC deadline says it is dead."""
+    path = settings.run_dir / "control"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays; nothing listens
     out = daemoneye("status", env=dict(run_env, DAEMONEYE_RPC_TIMEOUT_S="0.3"))
     assert out.returncode == 1
     assert "did not answer" in out.stderr and "daemoneye up" in out.stderr

@@ -35,7 +35,7 @@ EXIT_CODES = """exit codes (every command):
   2    bad usage or invalid configuration (arguments, config file, environment)
   130  interrupted (Ctrl-C)
 
-errors are one line on stderr; add --debug after the command for the traceback.
+errors are one line on stderr; add --debug for the traceback.
 docs/CLI.md documents every command, its flags and its --json output."""
 
 # Typed errors of the library and service layers: each is a clear message already.
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"daemoneye {__version__}")
+    # also accepted before the command (its own dest: the command's --debug default
+    # would otherwise overwrite it)
+    parser.add_argument("--debug", dest="debug_first", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parent = common_options()
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -89,7 +92,7 @@ def error_line(name: str, message: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     name = command_name(args)
-    debug = bool(getattr(args, "debug", False))
+    debug = bool(getattr(args, "debug", False) or getattr(args, "debug_first", False))
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from daemoneye.bus import SocketFactory, endpoint_in_use
+from daemoneye.bus import SocketFactory, endpoint_in_use, ipc_path
 from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcResult, RpcTimeout, call_once
 
@@ -160,6 +160,11 @@ def call(
     timeout_s: float | None = None,
 ) -> RpcResult:
     """One RPC through the broker; an unreachable broker is one clear error."""
+    control = settings.endpoint("control")
+    socket_path = ipc_path(control)
+    if socket_path is not None and not socket_path.exists():
+        # no broker ever bound it: say so now rather than after the whole RPC timeout
+        raise CommandError(f"no broker socket at {socket_path}; is `daemoneye up` running?")
     factory = SocketFactory(settings)
     try:
         return call_once(
@@ -171,7 +176,6 @@ def call(
             timeout_s or settings.rpc_timeout_s,
         )
     except RpcTimeout as exc:
-        control = settings.endpoint("control")
         if target == "control.broker" or (
             control.startswith("ipc://") and not endpoint_in_use(control)
         ):
