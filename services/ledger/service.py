@@ -37,7 +37,8 @@ from daemoneye.ledger.store import (
     open_store,
     prune_payloads,
 )
-from daemoneye.rpc import RpcClient, RpcError
+from daemoneye.replay import Replayer, StreamCursors
+from daemoneye.rpc import RpcClient
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
 
@@ -47,9 +48,7 @@ GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger
 START_ACTION = "ledger.start"
 STOP_ACTION = "ledger.stop"
 REPLAY_STREAM = "events.process"  # the stream whose source (a collector) answers replay
-REPLAY_CHUNK = 1000  # envelopes asked for per replay call
 REPLAY_TIMEOUT_S = 5.0
-ROUTING_ERRORS = {"unknown_target", "unreachable"}  # a restarted broker relearns in a beat
 
 
 class Ledger(Service):
@@ -68,11 +67,8 @@ class Ledger(Service):
         self.write_errors = 0
         self.gaps_recorded = 0
         self.missing_recorded = 0
-        self.replays = 0
-        self.replayed = 0
-        self.rpc_client: RpcClient | None = None
-        self._cursors: dict[tuple[str, str], tuple[str, int]] = {}  # not yet committed
-        self._known: set[tuple[str, str]] = set()  # streams with a recorded position
+        self.replayer: Replayer | None = None
+        self.cursors = StreamCursors(lambda stream: True)  # every stream's, for the trail
         self._last_checkpoint_t = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -104,9 +100,10 @@ class Ledger(Service):
         )
         self.writer.commit()
         self._resume_cursors()
-        self.rpc_client = RpcClient(
+        client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, REPLAY_TIMEOUT_S
         )
+        self.replayer = Replayer(client, self.log, routing_wait_s=REPLAY_TIMEOUT_S)
         self.every(min(1.0, self.cfg.checkpoint_every_s), self._timed_checkpoint)
         if self.cfg.payload_retention_days > 0:
             self.every(self.cfg.retention_interval_s, self._retention)
@@ -152,18 +149,16 @@ class Ledger(Service):
             action = envelope.body.auditRecord.action or topic
         seq = self.writer.append(envelope.sourceId, action, data)
         self.appended += 1
-        self._cursors[(envelope.sourceId, stream_of(topic))] = (envelope.bootId, envelope.seq)
+        self.cursors.note(topic, envelope)
         return seq
 
     def _first_of_stream(self, topic: str, envelope: Any) -> None:
         """A collector stream never seen before that does not start at 1 (the ledger
         joined late, or is new): fetch its beginning from the WAL as a gap."""
-        key = (envelope.sourceId, stream_of(topic))
-        if key in self._known:
-            return
-        self._known.add(key)
-        if key[1] == REPLAY_STREAM and envelope.seq > 1:
-            self.on_gap(Gap(key[0], key[1], 1, envelope.seq - 1))
+        if stream_of(topic) == REPLAY_STREAM:
+            gap = self.cursors.first_gap(topic, envelope)
+            if gap is not None:
+                self.on_gap(gap)
 
     def _resume_cursors(self) -> None:
         """Seed sequence checking with what is on disk, so messages sent while the
@@ -171,11 +166,7 @@ class Ledger(Service):
         assert self.ledger is not None
         if self.subscriber is None:  # unit tests run setup() without sockets
             return
-        resumed = 0
-        for source, stream, boot_id, seq in self.ledger.cursors():
-            self.subscriber.tracker.resume(source, stream, boot_id, seq)
-            self._known.add((source, stream))
-            resumed += 1
+        resumed = self.cursors.resume(self.subscriber.tracker, self.ledger.cursors())
         if resumed:
             self.log.info("resumed sequence checking of %d streams", resumed)
 
@@ -187,60 +178,15 @@ class Ledger(Service):
     def on_gap(self, gap: Gap) -> None:
         """Missed bus messages: replayed from the collector's WAL where it can; what it
         cannot supply becomes a `ledger.gap` entry, so the trail shows what it lacks."""
-        if gap.stream != REPLAY_STREAM or self.rpc_client is None:
-            self._record_gap(gap.source_id, gap.stream, gap.first_missing, gap.last_missing)
+        source, stream = gap.source_id, gap.stream
+        if stream != REPLAY_STREAM or self.replayer is None:
+            self._record_gap(source, stream, gap.first_missing, gap.last_missing)
             return
-        self.replays += 1
-        expected = gap.first_missing
-        try:
-            while expected <= gap.last_missing:
-                expected, got = self._replay_chunk(gap, expected)
-                if not got:
-                    break
-        except RpcError as exc:
-            self.log.warning("replay from %s failed: %s", gap.source_id, exc)
-        if expected <= gap.last_missing:
-            self._record_gap(gap.source_id, gap.stream, expected, gap.last_missing)
-        else:
-            self.log.info(
-                "gap %d-%d of %s repaired by replay",
-                gap.first_missing,
-                gap.last_missing,
-                gap.source_id,
-            )
-
-    def _replay_chunk(self, gap: Gap, expected: int) -> tuple[int, int]:
-        """Record one replay answer; (next seq wanted, envelopes recorded)."""
-        assert self.rpc_client is not None
-        params = {"from_seq": expected, "to_seq": gap.last_missing, "limit": REPLAY_CHUNK}
-        target = f"control.collector.{gap.source_id}"
-        deadline = time.monotonic() + REPLAY_TIMEOUT_S
-        while True:
-            try:
-                result = self.rpc_client.call(target, "replay", params)
-                break
-            except RpcError as exc:
-                if exc.code not in ROUTING_ERRORS or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)  # the collector re-registers on its next heartbeat
-        topics = result.value.get("topics", []) if isinstance(result.value, dict) else []
-        got = 0
-        for topic, data in zip(topics, result.payloads, strict=False):
-            try:
-                envelope = wire.decode_envelope(data)
-            except wire.DecodeError as exc:
-                self.log.warning("replayed envelope undecodable: %s", exc)
-                continue
-            seq = envelope.seq
-            if envelope.sourceId != gap.source_id or not expected <= seq <= gap.last_missing:
-                continue  # not what was asked for: never record it
-            if seq > expected:  # the WAL no longer holds these (retention or a cut tail)
-                self._record_gap(gap.source_id, gap.stream, expected, seq - 1)
-            self.record(topic, envelope, data)
-            self.replayed += 1
-            got += 1
-            expected = seq + 1
-        return expected, got
+        self.replayer.repair(
+            gap,
+            lambda topic, envelope, data: self.record(topic, envelope, data),
+            lambda first, last: self._record_gap(source, stream, first, last),
+        )
 
     def _record_gap(self, source: str, stream: str, first: int, last: int) -> None:
         assert self.writer is not None
@@ -274,13 +220,13 @@ class Ledger(Service):
         signed = None
         if (due or force_checkpoint) and writer.size > writer.last_checkpoint_size:
             signed = writer.sign_checkpoint(self.signer, self.origin)
-        cursors, self._cursors = self._cursors, {}
+        cursors = self.cursors.take()
         for (source, stream), (boot_id, seq) in cursors.items():
             writer.put_cursor(source, stream, boot_id, seq)
         try:
             size = writer.commit()
         except StoreError:
-            self._cursors = {**cursors, **self._cursors}  # kept pending with their entries
+            self.cursors.restore(cursors)  # kept pending with their entries
             raise
         if self.state == "degraded" and self.write_errors:
             self.state = "running"
@@ -333,8 +279,8 @@ class Ledger(Service):
             "ledger.write_errors": self.write_errors,
             "ledger.gaps_recorded": self.gaps_recorded,
             "ledger.missing_recorded": self.missing_recorded,
-            "ledger.replays": self.replays,
-            "ledger.replayed": self.replayed,
+            "ledger.replays": self.replayer.replays if self.replayer else 0,
+            "ledger.replayed": self.replayer.replayed if self.replayer else 0,
         }
 
     def queue_depth(self) -> int:
