@@ -5,6 +5,12 @@ and `p/` + be32(pid) + be64(time_ns) + be64(eid) -> the `t/` key (a scan by pid)
 One batched write per applied batch; retention drops whole time ranges. Values are
 a version byte and the row in `marshal` format: ten times cheaper than JSON on the hot
 path, and only ever read back by this module from the detector's own database.
+
+Each write also carries the cursors (last seq taken in per collector stream) of the
+events it holds, so after a restart the detector replays exactly what it lacks. A
+write that fails (a full disk) keeps its rows and cursors pending, up to a bound, and
+they go out with the next write that succeeds: the keys are the same whatever the
+attempt, so a retry never duplicates a row.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import marshal
 import time
 from typing import Any
 
+from daemoneye.replay import Cursor, StreamKey, load_cursors, put_cursors
 from daemoneye.rules.tables import PROCESS_EVENTS
-from daemoneye.store import Store, be32, be64, un_be64
+from daemoneye.store import Store, StoreError, be32, be64, un_be64
 
 COLUMNS = PROCESS_EVENTS.column_names
 _TIME_NS = COLUMNS.index("time_ns")
@@ -29,22 +36,55 @@ def _row(value: bytes) -> dict[str, Any]:
 
 
 class History:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_pending: int = 200_000) -> None:
         self.store = store
+        self.max_pending = max_pending  # rows held while writes fail; the oldest go first
         self.written = 0
+        self.write_errors = 0
+        self.dropped = 0  # rows given up while writes failed for too long
+        self.error = ""  # the last write error while writes are failing, else ""
+        self._rows: list[tuple] = []
+        self._cursors: dict[StreamKey, Cursor] = {}
 
-    def add(self, rows: list[tuple]) -> None:
-        """Rows in process_events column order, rowid (eid) first."""
-        if not rows:
-            return
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def add(self, rows: list[tuple], cursors: dict[StreamKey, Cursor] | None = None) -> bool:
+        """Rows in process_events column order, rowid (eid) first, with the cursors of
+        their events. False when the write failed (they stay pending; see `error`)."""
+        self._rows.extend(rows)
+        if cursors:
+            self._cursors.update(cursors)
+        return self.commit()
+
+    def commit(self) -> bool:
+        """Write what is pending; True when nothing is left pending."""
+        if not self._rows and not self._cursors:
+            return True
         batch = self.store.batch()
-        for row in rows:
+        for row in self._rows:
             eid, values = row[0], row[1:]
             tkey = b"t/" + be64(values[_TIME_NS]) + be64(eid)
             batch.put(tkey, VERSION + marshal.dumps(values))
             batch.put(b"p/" + be32(values[_PID]) + tkey[2:], tkey)
-        self.store.write(batch)
-        self.written += len(rows)
+        put_cursors(batch, self._cursors)
+        try:
+            self.store.write(batch)
+        except StoreError as exc:
+            self.write_errors += 1
+            self.error = str(exc)
+            overflow = len(self._rows) - self.max_pending
+            if overflow > 0:
+                del self._rows[:overflow]
+                self.dropped += overflow
+            return False
+        self.written += len(self._rows)
+        self._rows, self._cursors, self.error = [], {}, ""
+        return True
+
+    def cursors(self) -> list[tuple[str, str, str, int]]:
+        return list(load_cursors(self.store))
 
     def by_time(self, since_ns: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         out = []

@@ -5,6 +5,17 @@ Events are applied in batches: messages accumulate while more are waiting on the
 socket, and a batch is applied (and the incremental rules run once over it) when
 the socket is momentarily empty or the batch is full. Aggregate rules run on their
 own cadence. Rule loads, reloads and disables are audited on `audit.detector`.
+
+No event missed silently: a gap in a collector's `events.process` stream is filled by
+a `replay` RPC to that collector (its WAL answers) before the message that revealed
+it is applied; the last seq taken in per collector (a cursor) is written with the
+history rows, so after a restart the detector replays what it missed while down. Each
+collector event is thus applied, judged by the rules and kept in history once. Only
+what no replay can supply falls back to rebuilding the live table from a snapshot.
+
+Alerts are written to an alert log (same RocksDB) before they are sent, and the
+`replay` verb answers for them by `alerts.<severity>` stream and seq, so the alerter
+can fetch what it missed.
 """
 
 from __future__ import annotations
@@ -19,18 +30,30 @@ from typing import Any, ClassVar
 
 import daemoneye
 from daemoneye import wire
-from daemoneye.bus import Gap, Message, Topics
-from daemoneye.rpc import RpcClient, RpcError
+from daemoneye.bus import Gap, Message, Topics, stream_of
+from daemoneye.replay import (
+    Replayer,
+    ReplayRequestError,
+    StreamCursors,
+    answer,
+    parse_request,
+)
+from daemoneye.rpc import RpcClient, RpcError, RpcResult
 from daemoneye.rules.engine import Engine, Firing
 from daemoneye.rules.live import RECORD_DEFAULTS, EventIn
 from daemoneye.rules.model import Problem, Rule, parse_rules_text
 from daemoneye.rules.sandbox import BudgetExceeded
 from daemoneye.service import Request, RpcFault, Service, rpc
-from daemoneye.store import StoreError, service_store
+from daemoneye.store import StoreError
 
+from .alertlog import AlertLog
 from .history import History
+from .storage import DetectorStore, open_store
 
 RECORD_FIELDS = tuple(RECORD_DEFAULTS)
+PROCESS_STREAM = "events.process"
+EVENT_KINDS = ("processEvent", "processEventBatch")
+STORE_NOTE = "history writes failing"
 PS_COLUMNS = (
     "pid, parent, name, path, cmdline, username, uid, euid, state, threads, "
     "resident_size, start_time, cwd, sha256, collector"
@@ -114,8 +137,14 @@ class Detector(Service):
         super().__init__(settings, service_id)
         self.cfg = settings.detector
         self.engine: Engine | None = None
+        self.store: DetectorStore | None = None
         self.history: History | None = None
+        self.alert_log: AlertLog | None = None
         self.rpc_client: RpcClient | None = None
+        self.replayer: Replayer | None = None
+        self.cursors = StreamCursors(lambda stream: stream == PROCESS_STREAM)
+        self.alerts_unlogged = 0  # sent without an alert log record (cannot be replayed)
+        self.store_errors = 0
         self.pending: list[EventIn] = []
         self.alerts_sent = 0
         self.rules_problems: list[Problem] = []
@@ -142,19 +171,27 @@ class Detector(Service):
         )
         if cfg.persist:
             try:
-                self.history = History(service_store(self.settings.data_dir, "detector"))
+                self.store = open_store(self.settings.data_dir)
             except StoreError as exc:
                 self.notes.append(f"history disabled: {exc}")
                 self.state = "degraded"
+            else:
+                self.history = History(self.store, cfg.history_max_pending)
+                self.alert_log = AlertLog(self.store, cfg.alert_log_max, cfg.alert_log_days * 86400)
+                self._resume()
         self.load_rules("load")
         self.rpc_client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, cfg.snapshot_timeout_s
+        )
+        self.replayer = Replayer(
+            self.rpc_client, self.log, routing_wait_s=cfg.replay_routing_wait_s
         )
         self.every(0.05, self.flush)
         self.every(0.1, self.run_scheduled)
         self.every(1.0, self._trim)
         self.every(300.0, self.engine.tables.refresh_users, first_in_s=300.0)
         self.every(3600.0, self._expire, first_in_s=60.0)
+        self.every(cfg.store_retry_s, self._retry_store, first_in_s=cfg.store_retry_s)
         self.request_snapshot("control.collector", "")
         # what exists now lives as long as the service: keep it out of GC passes, which
         # otherwise rescan it on every full collection (latency spikes under load)
@@ -167,8 +204,23 @@ class Detector(Service):
 
     def teardown(self) -> None:
         self.flush()
-        if self.history is not None:
-            self.history.store.close()
+        if self.history is not None and self.history.pending:
+            self._retry_store()  # a last try: space may be back
+        if self.store is not None:
+            self.store.close()
+
+    def _resume(self) -> None:
+        """Continue where the last run stopped: alert seqs go on from the alert log (a
+        seq names one alert for as long as it is kept), and sequence checking of each
+        collector from the history's cursors, so what was missed while down is a gap."""
+        assert self.history is not None and self.alert_log is not None
+        if self.publisher is not None:
+            for stream, (_first, last) in self.alert_log.streams().items():
+                self.publisher.continue_from(stream, last)
+        tracker = self.subscriber.tracker if self.subscriber is not None else None
+        resumed = self.cursors.resume(tracker, self.history.cursors())
+        if resumed:
+            self.log.info("resumed sequence checking of %d collector streams", resumed)
 
     def on_reload(self) -> None:
         self.load_rules("reload")
@@ -211,14 +263,25 @@ class Detector(Service):
     def on_message(self, msg: Message) -> None:
         envelope = msg.envelope
         kind = wire.body_kind(envelope)
+        if kind in EVENT_KINDS:
+            if self.cfg.catch_up_new_streams:
+                gap = self.cursors.first_gap(msg.topic, envelope)
+                if gap is not None:  # joined mid-stream: its beginning first
+                    self._replay(gap, routing_wait_s=0.0)
+            self.take(msg.topic, envelope, kind)
+        elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
+            self._on_lifecycle(msg.body)
+
+    def take(self, topic: str, envelope: Any, kind: str) -> None:
+        """Queue a collector envelope's events for the next batch, with its cursor."""
         if kind == "processEvent":
             self.pending.append(event_in(envelope.body.processEvent, envelope.sourceId))
         elif kind == "processEventBatch":
             source = envelope.sourceId
             self.pending.extend(event_in(e, source) for e in envelope.body.processEventBatch.events)
-        elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
-            self._on_lifecycle(msg.body)
+        else:
             return
+        self.cursors.note(topic, envelope)
         if len(self.pending) >= self.cfg.max_batch:
             self.flush()
 
@@ -233,14 +296,12 @@ class Detector(Service):
         if not self.pending or self.engine is None:
             return
         events, self.pending = self.pending, []
+        cursors = self.cursors.take()
         firings, batch = self.engine.apply(events)
         self.batches += 1
         self.publish_alerts(firings)
-        if self.history is not None:
-            try:
-                self.history.add(batch.event_rows)
-            except StoreError as exc:
-                self.log.error("history write failed: %s", exc)
+        if self.history is not None and not self.history.add(batch.event_rows, cursors):
+            self._store_failed(self.history.error)
 
     def run_scheduled(self) -> None:
         if self.engine is not None:
@@ -248,11 +309,69 @@ class Detector(Service):
             self.publish_alerts(self.engine.run_due())
 
     def publish_alerts(self, firings: list[Firing]) -> None:
+        """Encode, log (so the alerter can replay them), then send: a crash between the
+        two leaves an alert the log holds and the bus never carried, never the reverse."""
+        if not firings:
+            return
         assert self.publisher is not None
+        out = []
         for firing in firings:
             body = alert_body(firing, self.service_id, self.settings.hostname)
-            self.publisher.publish(Topics.alert(firing.rule.severity), "alert", body)
-            self.alerts_sent += 1
+            topic = Topics.alert(firing.rule.severity)
+            seq, data = self.publisher.encode(topic, "alert", body)
+            out.append((topic, seq, data))
+        if self.alert_log is not None:
+            try:
+                self.alert_log.append(out)
+            except StoreError as exc:  # as the collector's WAL: never hold back the live stream
+                self.alerts_unlogged += len(out)
+                self._store_failed(str(exc))
+        for topic, _seq, data in out:
+            self.publisher.send_encoded(topic, data)
+        self.alerts_sent += len(out)
+
+    # --- a failing store -----------------------------------------------------------
+
+    def _store_failed(self, error: str) -> None:
+        self.store_errors += 1
+        if self.store_errors == 1 or self.store_errors % 100 == 0:
+            self.log.error(
+                "%s (%d times); %d rows kept pending: %s",
+                STORE_NOTE,
+                self.store_errors,
+                self.history.pending if self.history else 0,
+                error,
+            )
+        self.state = "degraded"
+        self.notes = [n for n in self.notes if not n.startswith(STORE_NOTE)]
+        self.notes.append(f"{STORE_NOTE}: {error}"[:200])
+
+    def _retry_store(self) -> None:
+        """While writes fail: reopen the store (RocksDB refuses every write after an I/O
+        error until reopened) and write what is pending; once it succeeds, say so."""
+        history = self.history
+        if (
+            self.store is None
+            or history is None
+            or not any(n.startswith(STORE_NOTE) for n in self.notes)
+        ):
+            return
+        try:
+            self.store.reopen_in_place()
+        except StoreError as exc:
+            self._store_failed(str(exc))
+            return
+        if not history.commit():
+            self._store_failed(history.error)
+            return
+        self.notes = [n for n in self.notes if not n.startswith(STORE_NOTE)]
+        if not any(n.startswith("history disabled") for n in self.notes):
+            self.state = "running"
+        self.log.info(
+            "history writes resumed after %d errors (%d rows dropped meanwhile)",
+            self.store_errors,
+            history.dropped,
+        )
 
     def _trim(self) -> None:
         if self.engine is not None:
@@ -261,20 +380,33 @@ class Detector(Service):
     def _expire(self) -> None:
         if self.history is not None:
             self.history.expire(self.cfg.retention_days)
+        if self.alert_log is not None:
+            self.alert_log.trim()
 
     # --- the collector's snapshot ------------------------------------------------------
 
     def on_gap(self, gap: Gap) -> None:
-        """Missed process events: the live table may be wrong; resynchronise it from that
-        collector's snapshot (the events themselves stay missing from process_events)."""
-        if gap.stream == "events.process":
+        """Missed process events: fetched from the collector's WAL and applied in order
+        before the message that revealed the gap. What it no longer holds leaves the live
+        table possibly wrong: then it is resynchronised from that collector's snapshot."""
+        if gap.stream != PROCESS_STREAM:
+            return
+        if not self._replay(gap):
             self.log.warning(
-                "missed %d process events from %s; rebuilding from its snapshot",
-                gap.count,
+                "missed process events from %s beyond replay; rebuilding from its snapshot",
                 gap.source_id,
             )
             self.flush()
             self.request_snapshot(f"control.collector.{gap.source_id}", gap.source_id)
+
+    def _replay(self, gap: Gap, routing_wait_s: float | None = None) -> bool:
+        if self.replayer is None:
+            return False
+        return self.replayer.repair(
+            gap,
+            lambda topic, envelope, _data: self.take(topic, envelope, wire.body_kind(envelope)),
+            routing_wait_s=routing_wait_s,
+        )
 
     def _on_lifecycle(self, reg: Any) -> None:
         if reg.service != "collector" or str(reg.action) != "register":
@@ -316,6 +448,16 @@ class Detector(Service):
             "detector.rules": sum(1 for a in rules if a.rule.enabled and not a.disabled),
             "detector.rules_disabled": sum(1 for a in rules if a.disabled),
             "detector.batches": self.batches,
+            "detector.replays": self.replayer.replays if self.replayer else 0,
+            "detector.replayed": self.replayer.replayed if self.replayer else 0,
+            "detector.replay_missing": self.replayer.missing if self.replayer else 0,
+            "detector.history_written": self.history.written if self.history else 0,
+            "detector.history_pending": self.history.pending if self.history else 0,
+            "detector.history_dropped": self.history.dropped if self.history else 0,
+            "detector.store_errors": self.store_errors,
+            "detector.store_reopens": self.store.reopens if self.store else 0,
+            "detector.alerts_logged": self.alert_log.logged if self.alert_log else 0,
+            "detector.alerts_unlogged": self.alerts_unlogged,
         }
 
     def queue_depth(self) -> int:
@@ -381,6 +523,28 @@ class Detector(Service):
                 continue
             results.append({"id": rule.id, "name": rule.name, "severity": rule.severity, **result})
         return {"results": results, "problems": [str(p) for p in problems]}
+
+    @rpc("replay")
+    def rpc_replay(self, request: Request) -> RpcResult:
+        """Published alerts of one `alerts.<severity>` stream from the alert log."""
+        try:
+            req = parse_request(request.params, self.cfg.replay_max)
+        except ReplayRequestError as exc:
+            raise RpcFault("bad_request", str(exc)) from None
+        if not req.stream.startswith(Topics.ALERTS) or stream_of(req.stream) != req.stream:
+            raise RpcFault(
+                "bad_request",
+                f"replay: stream must be an alerts.<severity> stream, not {req.stream!r}",
+            )
+        if self.alert_log is None:
+            raise RpcFault("failed", "replay: the alert log is disabled (detector.persist)")
+        try:
+            entries = self.alert_log.read(req.stream, req.from_seq, req.to_seq, req.limit + 1)
+            first, last = self.alert_log.streams().get(req.stream, (0, 0))
+        except Exception as exc:  # a store closed by a failed reopen (disk still full)
+            raise RpcFault("failed", f"replay: alert log unreadable: {exc}") from None
+        budget = self.settings.bus.max_message_bytes // 2
+        return answer(entries, req.limit, budget, first, last)
 
     @rpc("history")
     def rpc_history(self, request: Request) -> list[dict[str, Any]]:

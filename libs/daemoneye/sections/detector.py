@@ -26,3 +26,20 @@ class DetectorSettings(BaseModel):
     retention_days: float = Field(7.0, gt=0, description="process history kept in RocksDB")
     persist: bool = Field(True, description="keep process history in <data_dir>/detector")
     snapshot_timeout_s: float = Field(3.0, gt=0, description="collector snapshot RPC deadline")
+    history_max_pending: int = Field(
+        200_000, ge=0, description="history rows held in memory while writes fail (disk full)"
+    )
+    store_retry_s: float = Field(
+        1.0, gt=0, description="while history writes fail: how often to reopen and retry"
+    )
+    catch_up_new_streams: bool = Field(
+        True, description="replay a collector's events from seq 1 when first seen mid-stream"
+    )
+    replay_routing_wait_s: float = Field(
+        5.0, ge=0, description="how long a replay waits for a source to re-register"
+    )
+    alert_log_max: int = Field(
+        100_000, ge=1, description="published alerts kept per alerts.<severity> for replay"
+    )
+    alert_log_days: float = Field(7.0, gt=0, description="published alerts kept this long")
+    replay_max: int = Field(1000, ge=1, description="alerts one replay answer carries at most")
