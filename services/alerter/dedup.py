@@ -8,7 +8,7 @@ Entries sit in a dict in window-start order, so expiry pops from the front.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 
@@ -22,9 +22,15 @@ class Window:
 
 
 class Deduper:
-    def __init__(self, window_s: float, max_keys: int) -> None:
+    def __init__(
+        self,
+        window_s: float,
+        max_keys: int,
+        on_close: Callable[[Hashable], None] | None = None,
+    ) -> None:
         self.window_s = window_s
         self.max_keys = max_keys
+        self.on_close = on_close  # told of every window that ends (a stored copy goes)
         self.windows: dict[Hashable, Window] = {}
         self.suppressed = 0
 
@@ -60,6 +66,13 @@ class Deduper:
             if window.ends > now and len(self.windows) <= self.max_keys:
                 break
             del self.windows[key]
+            if self.on_close is not None:
+                self.on_close(key)
             if window.repeats:
                 ended.append((key, window))
         return ended
+
+    def restore(self, key: Hashable, ends: float, record_key: int) -> None:
+        """A window stored by an earlier run (call in order of `ends`)."""
+        if self.window_s > 0:
+            self.windows[key] = Window(ends=ends, record_key=record_key)

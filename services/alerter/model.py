@@ -7,6 +7,7 @@ rate_limit_summary), `repeats` (dedup repeats carried), `sourceId`, `receivedNs`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -79,9 +80,10 @@ class Converter:
 def dedup_key(alert: Any) -> tuple[str, ...]:
     """Rule id plus the rule's own dedup fields, else exe path and a hash of the cmdline.
 
-    Keys live only in this process's memory, so Python's own (randomised per process)
-    hash is as good as a digest here, and several times cheaper. This runs on every
-    alert, repeats included, so fields are read by their schema objects."""
+    Keys outlive the process (open windows are stored, so a restart does not deliver
+    a repeat again), so the cmdline is digested with a stable hash (BLAKE2b, 64 bits),
+    not Python's per-process one. This runs on every alert, repeats included, so
+    fields are read by their schema objects."""
     get = getattr(alert, "_get_by_field", None)
     if get is None:
         process = alert.process
@@ -94,7 +96,8 @@ def dedup_key(alert: Any) -> tuple[str, ...]:
             exe, argv = pget(_EXE_PATH), pget(_CMDLINE)
     if own:
         return (rule, own)
-    return (rule, exe, str(hash(tuple(argv))))
+    digest = hashlib.blake2b("\0".join(argv).encode(errors="replace"), digest_size=8)
+    return (rule, exe, digest.hexdigest())
 
 
 _ALERT = wire.Envelope.schema.fields["body"].schema.fields["alert"].schema

@@ -8,10 +8,17 @@ are the alerts queued to the sinks. Workers report deliveries and failures back
 through a queue that the main thread turns into `audit.alerter` records (the bus
 sockets are not shared with threads).
 
-Dedup state lives in memory: after a restart the first repeat of a key is
-delivered again. What was stored pending is delivered after a restart; an alert
-read from the bus but not yet written (microseconds, within one burst) is lost
-with the process, like frames still queued in ZeroMQ.
+Nothing published is lost to the alerter: each write also records the last seq
+taken in per detector `alerts.<severity>` stream (a cursor). A gap in a stream (the
+bus dropped frames, or the alerter was down: after a restart the cursors seed
+sequence checking) is filled by a `replay` RPC to the detector, whose alert log
+answers, before the alert that revealed it. An alert read but not yet written when
+the process dies is not covered by a cursor, so it is replayed too.
+
+Exactly once at a sink that confirmed: an alert is taken in once (the cursor goes in
+the same write as its record), and dedup windows opened by delivered alerts are
+stored with them, so a repeat after a restart is still a repeat. (Repeat counts of
+open windows live in memory: a crash loses those counts, never an alert.)
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import time
 from collections import defaultdict
 from typing import Any, ClassVar
 
-from daemoneye.bus import Message
+from daemoneye.bus import Gap, Message, Topics
+from daemoneye.replay import Replayer, StreamCursors
+from daemoneye.rpc import RpcClient
 from daemoneye.sections.alerter import SEVERITY_ORDER
 from daemoneye.service import Request, RpcFault, Service, rpc
 
@@ -52,7 +61,7 @@ class Alerter(Service):
         super().__init__(settings, service_id)
         cfg = settings.alerter
         self.cfg = cfg
-        self.dedup = Deduper(cfg.dedup_window_s, cfg.dedup_max_keys)
+        self.dedup = Deduper(cfg.dedup_window_s, cfg.dedup_max_keys, self._window_closed)
         self.rule_limiter = Limiter(cfg.rule_rate_limit.rate, cfg.rule_rate_limit.capacity)
         self.sink_limiters: dict[str, Limiter] = {}
         self.workers: list[SinkWorker] = []
@@ -68,6 +77,10 @@ class Alerter(Service):
         self._gc_started = 0.0
         self.clock = time.monotonic  # dedup windows and buckets run on this (tests set it)
         self._staged: list[tuple[dict[str, Any], bytes, list[SinkWorker]]] = []
+        self.cursors = StreamCursors(lambda stream: stream.startswith(Topics.ALERTS))
+        self.replayer: Replayer | None = None
+        self._windows_opened: dict[tuple, tuple[int, int]] = {}  # to store with the next write
+        self._windows_closed: set[tuple] = set()
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -88,6 +101,12 @@ class Alerter(Service):
 
     def setup(self) -> None:
         self.store = DeliveryStore(self.settings.data_dir, sync=self.cfg.store_sync)
+        self._resume()
+        client = RpcClient(
+            self.factory, self.settings.endpoint("control"), self.service_id,
+            self.cfg.replay_timeout_s,
+        )  # fmt: skip
+        self.replayer = Replayer(client, self.log, routing_wait_s=self.cfg.replay_routing_wait_s)
         for cfg in self.cfg.sinks:
             if not cfg.enabled:
                 continue
@@ -109,6 +128,27 @@ class Alerter(Service):
             "sinks ready",
             extra={"sinks": ",".join(f"{w.sink.name}:{w.sink.kind}" for w in self.workers)},
         )
+
+    def _resume(self) -> None:
+        """Cursors seed sequence checking (what was published while down is a gap);
+        stored dedup windows that have not ended yet are open again."""
+        assert self.store is not None
+        tracker = self.subscriber.tracker if self.subscriber is not None else None
+        resumed = self.cursors.resume(tracker, self.store.cursors())
+        wall, now = time.time_ns(), self.clock()
+        restored = 0
+        for dkey, ends_ns, record_key in self.store.windows():
+            if ends_ns <= wall:
+                self._windows_closed.add(dkey)  # ended while down
+                continue
+            self.dedup.restore(dkey, now + (ends_ns - wall) / 1e9, record_key)
+            restored += 1
+        if resumed or restored:
+            self.log.info(
+                "resumed sequence checking of %d alert streams, %d dedup windows",
+                resumed,
+                restored,
+            )
 
     def _orphaned_sinks(self, configured: set[str]) -> list[str]:
         assert self.store is not None
@@ -147,19 +187,50 @@ class Alerter(Service):
         self.flush()
 
     def on_message(self, msg: Message) -> None:
+        if self.cfg.catch_up_new_streams:
+            gap = self.cursors.first_gap(msg.topic, msg.envelope)
+            if gap is not None:  # joined mid-stream: its beginning first
+                self._replay(gap, routing_wait_s=0.0)
+        self.take(msg.topic, msg.envelope)
+
+    def take(self, topic: str, envelope: Any) -> None:
+        """One alert envelope from the bus or a replay: its cursor, then the alert."""
         self.received += 1
-        body = msg.envelope.body  # read the union once: each access costs microseconds
+        self.cursors.note(topic, envelope)
+        body = envelope.body  # read the union once: each access costs microseconds
         kind = str(body.which())
         if kind != "alert":
-            self._reject(msg.topic, f"body is {kind}, not alert")
+            self._reject(topic, f"body is {kind}, not alert")
             return
         alert = body.alert
         try:
             model.check(alert)
         except model.BadAlert as exc:
-            self._reject(msg.topic, str(exc))
+            self._reject(topic, str(exc))
             return
-        self.ingest(alert, msg.envelope.sourceId)
+        self.ingest(alert, envelope.sourceId)
+
+    def on_gap(self, gap: Gap) -> None:
+        """Missed alerts: fetched from their source's alert log, in order, before the
+        alert that revealed the gap."""
+        if gap.stream.startswith(Topics.ALERTS):
+            self._replay(gap)
+
+    def _replay(self, gap: Gap, routing_wait_s: float | None = None) -> bool:
+        if self.replayer is None:
+            return False
+        return self.replayer.repair(
+            gap,
+            lambda topic, envelope, _data: self.take(topic, envelope),
+            lambda first, last: self.log.warning(
+                "alerts %d-%d of %s %s are lost: no replay holds them",
+                first,
+                last,
+                gap.source_id,
+                gap.stream,
+            ),
+            routing_wait_s=routing_wait_s,
+        )
 
     def ingest(self, alert: Any, source_id: str) -> int | None:
         """Dedup, limit and stage one alert; its store key, or None if a repeat."""
@@ -172,6 +243,10 @@ class Alerter(Service):
         self.accepted += 1
         key = self.store.next_key()
         self.dedup.opened_by(dkey, key)
+        if self.dedup.window_s > 0:
+            ends_ns = time.time_ns() + int(self.dedup.window_s * 1e9)
+            self._windows_opened[dkey] = (ends_ns, key)
+            self._windows_closed.discard(dkey)
         record = model.record_of(alert, source_id, key, carried)
         rule_ok = self.rule_limiter.allow(
             record["ruleId"], now, record["timeNs"], record["severity"], record["ruleId"]
@@ -214,13 +289,33 @@ class Alerter(Service):
         if len(self._staged) >= STAGE_MAX:
             self.flush()
 
+    def _window_closed(self, dkey: Any) -> None:
+        self._windows_opened.pop(dkey, None)
+        self._windows_closed.add(dkey)
+
     def flush(self) -> None:
-        """Write staged records (one atomic batch, pending per sink), then queue them.
-        Batching a burst into one store write is what keeps up with 10,000 alerts/s."""
-        if not self._staged or self.store is None:
+        """Write staged records (one atomic batch, pending per sink, with the cursors
+        and dedup windows), then queue them. Batching a burst into one store write is
+        what keeps up with 10,000 alerts/s."""
+        if self.store is None:
+            return
+        if not (self._staged or self.cursors.pending or self._windows_closed):
             return
         staged, self._staged = self._staged, []
-        self.store.add([(r["key"], data, r["sinks"]) for r, data, _ in staged])
+        cursors = self.cursors.take()
+        opened, self._windows_opened = self._windows_opened, {}
+        closed, self._windows_closed = self._windows_closed, set()
+        try:
+            self.store.add(
+                [(r["key"], data, r["sinks"]) for r, data, _ in staged], cursors, opened, closed
+            )
+        except Exception:
+            # kept for the next write: nothing read is lost while the store refuses
+            self._staged = staged + self._staged
+            self.cursors.restore(cursors)
+            self._windows_opened = {**opened, **self._windows_opened}
+            self._windows_closed |= closed
+            raise
         per_worker: dict[SinkWorker, list[Delivery]] = defaultdict(list)
         for record, data, targets in staged:
             for worker in targets:
@@ -324,6 +419,9 @@ class Alerter(Service):
             "alerts.sink_limited": sum(lim.total_held for lim in self.sink_limiters.values()),
             "alerts.summaries": self.summaries,
             "dedup.keys": len(self.dedup.windows),
+            "alerts.replays": self.replayer.replays if self.replayer else 0,
+            "alerts.replayed": self.replayer.replayed if self.replayer else 0,
+            "alerts.replay_missing": self.replayer.missing if self.replayer else 0,
             "gc.max_pause_ms": self.gc_max_pause_ms,
         }
         for worker in self.workers:

@@ -4,25 +4,44 @@ Keys (n: the alerter's record key, a unique, increasing wall-clock ns):
   h/<be64 n>                 the alert record as delivered (JSON)
   p/<sink>\\0<be64 n>          pending delivery to a sink: {"attempts", "error"}
   f/<sink>\\0<be64 n>          dead letter: retries exhausted or refused for good
+  d/<digest of dedup key>     an open dedup window: be64 ends_ns, be64 record key, key
+  c/<source>\\0<stream>        the last seq taken in from each alert stream (a cursor)
 A delivery is pending from before it is first tried until it is confirmed (the
 pending key is deleted) or dead-lettered (moved to f/). Records are written with
-their pending keys in one batch, so a crash never leaves a record without them.
+their pending keys in one batch, so a crash never leaves a record without them;
+the same batch carries the cursors of the alerts it holds and the dedup windows they
+opened, so after a restart the alerter asks the detector for exactly what it missed,
+and a repeat of an alert it delivered before the crash is still a repeat.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from daemoneye.replay import Cursor, StreamKey, load_cursors, put_cursors
 from daemoneye.store import Store, be64, service_store, un_be64
 
 HISTORY = b"h/"
 PENDING = b"p/"
 FAILED = b"f/"
+DEDUP = b"d/"
+
+
+_WINDOW = struct.Struct(">QQ")  # ends_ns, record key; then the dedup key's parts
+
+
+def _window_item(dkey: tuple, ends_ns: int, record_key: int) -> tuple[bytes, bytes]:
+    """Store key and value of an open dedup window (cheap: one per alert delivered)."""
+    parts = "\0".join(dkey).encode(errors="surrogatepass")
+    key = DEDUP + hashlib.blake2b(parts, digest_size=16).digest()
+    return key, _WINDOW.pack(ends_ns, record_key) + parts
 
 
 def _sink_prefix(table: bytes, sink: str) -> bytes:
@@ -43,13 +62,27 @@ class DeliveryStore:
 
     # --- writes ---------------------------------------------------------------
 
-    def add(self, records: list[tuple[int, bytes, list[str]]]) -> None:
-        """Store records, each pending for its sinks, in one atomic batch."""
+    def add(
+        self,
+        records: list[tuple[int, bytes, list[str]]],
+        cursors: dict[StreamKey, Cursor] | None = None,
+        windows: dict[tuple, tuple[int, int]] | None = None,
+        closed: set[tuple] | None = None,
+    ) -> None:
+        """Store records, each pending for its sinks, with the cursors of the alerts
+        read and the dedup windows opened (dedup key -> (ends_ns, record key)) or closed
+        since the last write, in one atomic batch."""
         batch = self.store.batch()
         for key, data, sinks in records:
             batch.put(HISTORY + be64(key), data)
             for sink in sinks:
                 batch.put(_sink_prefix(PENDING, sink) + be64(key), b"{}")
+        if cursors:
+            put_cursors(batch, cursors)
+        for dkey in closed or ():
+            batch.delete(_window_item(dkey, 0, 0)[0])
+        for dkey, (ends_ns, record_key) in (windows or {}).items():
+            batch.put(*_window_item(dkey, ends_ns, record_key))
         self.store.write(batch)
 
     def delivered(self, sink: str, keys: list[int]) -> None:
@@ -101,6 +134,20 @@ class DeliveryStore:
 
     # --- reads ----------------------------------------------------------------
 
+    def cursors(self) -> list[tuple[str, str, str, int]]:
+        return list(load_cursors(self.store))
+
+    def windows(self) -> list[tuple[tuple, int, int]]:
+        """(dedup key, ends_ns, record key) of stored windows, soonest end first."""
+        out = []
+        for _, value in self.store.scan(DEDUP):
+            if len(value) < _WINDOW.size:
+                continue  # a damaged window: that key's next alert is delivered
+            ends_ns, record_key = _WINDOW.unpack_from(value)
+            parts = value[_WINDOW.size :].decode(errors="surrogatepass").split("\0")
+            out.append((tuple(parts), ends_ns, record_key))
+        return sorted(out, key=lambda w: w[1])
+
     def record(self, key: int) -> bytes | None:
         return self.store.get(HISTORY + be64(key))
 
@@ -119,7 +166,8 @@ class DeliveryStore:
     def failed(self, sink: str | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
         prefix = _sink_prefix(FAILED, sink) if sink else FAILED
         for k, v in self.store.scan(prefix):
-            name, _, raw = k[len(FAILED) :].rpartition(b"\0")
+            # <sink>\0<be64 key>: the key's bytes may hold a 0, so cut by length
+            name, raw = k[len(FAILED) : -9], k[-8:]
             yield name.decode(), un_be64(raw), json.loads(v)
 
     def status(self, key: int, sinks: list[str]) -> dict[str, str]:

@@ -7,6 +7,9 @@ when the line is full the item is simply left in the store and the worker reload
 it once it catches up (and, at start, whatever an earlier run left pending). An
 item can then be both queued and reloaded; before sending anything at or below
 the highest reloaded key the worker checks it is still pending, so it goes out once.
+What an earlier run left pending is first shown to the sink: a crash between a send
+and its confirmation leaves the last batch pending though sent, and a sink that can
+tell (a file) confirms those instead of receiving them twice.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class SinkWorker(threading.Thread):
         self._reload_after = 0
         self._reload_asks = 0  # bumped by each request to reread the store
         self._dupe_horizon = 0  # keys at or below this may be queued twice
+        self._crash_checked = False  # the first reload asks the sink what it already holds
         self.breaker: CircuitBreaker | None = None
         if self.config.kind == "webhook":
             self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_reset_s)
@@ -168,6 +172,12 @@ class SinkWorker(threading.Thread):
                 gone.append(key)
                 continue
             loaded.append(Delivery(key, data, json_load(data), int(meta.get("attempts", 0))))
+        if not self._crash_checked:
+            self._crash_checked = True
+            held = self._held_by_sink(loaded)
+            if held:
+                loaded = [d for d in loaded if d.key not in held]
+                gone.extend(held)
         if gone:
             self.store.delivered(self.sink.name, gone)
         full = len(loaded) >= self.config.queue_size
@@ -178,6 +188,20 @@ class SinkWorker(threading.Thread):
             self._reload_after = last if full and self._reload_asks == asks else 0
             self._dupe_horizon = max(self._dupe_horizon, last)
             self.items.extendleft(reversed(loaded))  # older than anything queued meanwhile
+
+    def _held_by_sink(self, loaded: list[Delivery]) -> set[int]:
+        try:
+            held = self.sink.already_sent(loaded)
+        except Exception:  # a sink bug must not stop the worker: then they go again
+            log.exception("sink %s could not tell what it already holds", self.sink.name)
+            return set()
+        if held:
+            log.info(
+                "sink %s already holds %d pending alerts (sent before a crash): confirmed",
+                self.sink.name,
+                len(held),
+            )
+        return held
 
     def _send(self, batch: list[Delivery]) -> None:
         try:

@@ -34,6 +34,8 @@ def make_alerter(tmp_path: Path, toml: str) -> Alerter:
     path.write_text(toml)
     run_dir = Path(f"/tmp/de-u-{os.getpid()}-{tmp_path.name[-8:]}")
     settings = load_settings(config_file=path, data_dir=tmp_path / "data", run_dir=run_dir)
+    # messages fed by hand start mid-stream, and no broker runs to replay from
+    settings.alerter.catch_up_new_streams = False
     svc = Alerter(settings)
     svc.open_sockets()  # connects lazily; no broker needed for handlers
     svc.setup()

@@ -132,6 +132,13 @@ class AlerterSettings(BaseModel):
         False, description="fsync the delivery store on every write: survives power loss, slower"
     )
     sinks: list[AnySink] = Field(default_factory=lambda: [FileSink()])
+    catch_up_new_streams: bool = Field(
+        True, description="replay a detector's alerts from seq 1 when first seen mid-stream"
+    )
+    replay_timeout_s: float = Field(5.0, gt=0, description="deadline of one replay RPC")
+    replay_routing_wait_s: float = Field(
+        5.0, ge=0, description="how long a replay waits for a source to re-register"
+    )
 
     @model_validator(mode="after")
     def _name_sinks(self) -> AlerterSettings:

@@ -47,6 +47,12 @@ class Sink:
     def flush(self) -> None:
         """Called when the worker is idle (e.g. a pending fsync)."""
 
+    def already_sent(self, batch: list[Delivery]) -> set[int]:
+        """Keys of `batch` this sink can tell it already holds: sent by an earlier run
+        that died before it recorded the confirmation. None by default (a remote sink
+        cannot be asked); a local file can."""
+        return set()
+
     def close(self) -> None:
         """Release files and sockets; the worker calls it once on the way out."""
 

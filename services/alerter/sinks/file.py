@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
 from typing import BinaryIO
 
 from .base import Delivery, Sink, SinkError
+
+TAIL_BYTES = 1 << 20  # far more than one unconfirmed batch (the most a crash leaves)
 
 
 class FileSink(Sink):
@@ -86,6 +89,27 @@ class FileSink(Sink):
         self.lines += len(batch)
         if self.config.fsync == "interval":
             self.flush()
+
+    def already_sent(self, batch: list[Delivery]) -> set[int]:
+        """Keys of `batch` in the file's last lines: a crash between the write and the
+        store's confirmation leaves at most the last batch written but still pending."""
+        wanted = {d.key for d in batch}
+        found: set[int] = set()
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - TAIL_BYTES))
+                tail = f.read()
+        except OSError:
+            return found  # no file yet: nothing was sent
+        for line in tail.splitlines():
+            try:
+                key = json.loads(line).get("key")
+            except (ValueError, AttributeError):
+                continue  # the cut first line, or a torn last one
+            if key in wanted:
+                found.add(key)
+        return found
 
     def _sync(self) -> None:
         if self._fh is not None and self._dirty:
