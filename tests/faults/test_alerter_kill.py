@@ -1,5 +1,6 @@
 """kill -9 of the alerter during an exec storm whose every process matches a rule,
-then a restart: every alert the detector published is in the file sink, and none
+then a restart: every alert the detector published is in the file sink (those sent
+while the alerter was down are replayed from the detector's alert log), and none
 twice. Skipped while services/alerter is not committed."""
 
 from __future__ import annotations
@@ -94,12 +95,6 @@ def test_no_alert_delivered_twice(outcome) -> None:
     assert not dups, f"{len(dups)} alerts written twice to the file sink"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alerter bug: alerts published while the alerter is down are lost; nothing "
-    "asks the detector for them again (no cursor, and the detector answers no replay of "
-    "alerts.*), so a crashed alerter silently drops every alert of its downtime",
-)
 def test_every_published_alert_reaches_the_sink(outcome) -> None:
     published, sink = outcome
     missing = set(published) - set(sink)

@@ -1,7 +1,8 @@
 """Disk full: the data dir is a small tmpfs the test fills while events flow. The
-collector reports it, keeps publishing and keeps its WAL bounded; the ledger reports
-it and keeps what it received pending; when space returns both resume, nothing the
-collector published is missing from the ledger and the ledger still verifies."""
+collector reports it, keeps publishing and keeps its WAL bounded; the ledger and the
+detector report it and keep what they received pending; when space returns all
+resume, nothing the collector published is missing from the ledger or the detector's
+history, and the ledger still verifies."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,15 +90,18 @@ def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
         seen["ledger_full"] = wait_for(
             lambda: reported("ledger", "ledger writes failing"), 20, "the ledger to report"
         )
+        seen["detector_full"] = wait_for(
+            lambda: reported("detector", "history writes failing"), 20, "the detector to report"
+        )
         storm.wait_more(RATE)  # a second more on a full disk
         seen["wal_bytes_full"] = system.health("collector")["metrics"]["wal.bytes"]
         filler.unlink()
         wait_for(lambda: not reported("collector", "WAL writes failing"), 20, "collector ok")
         wait_for(lambda: not reported("ledger", "ledger writes failing"), 20, "ledger ok")
+        wait_for(lambda: not reported("detector", "history writes failing"), 20, "detector ok")
         storm.wait_more(RATE)
         storm.stop()
-        # the detector's history never recovers (see the xfail below): do not wait for it
-        yield system.finish(wait_detector=False), seen
+        yield system.finish(), seen
     finally:
         storm.stop()
         world.close()
@@ -106,6 +111,7 @@ def test_services_report_a_full_disk(disk_full) -> None:
     _, seen = disk_full
     assert seen["collector_full"]["state"] == "degraded"
     assert seen["ledger_full"]["state"] == "degraded"
+    assert seen["detector_full"]["state"] == "degraded"
 
 
 def test_wal_stays_bounded(disk_full) -> None:
@@ -133,14 +139,16 @@ def test_ledger_verifies_after_a_full_disk(disk_full) -> None:
     assert out.verify_rc == 0, out.verify_out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detector bug: after one ENOSPC its RocksDB history stays in RocksDB's "
-    "background-error state ('IO error: No space left on device' on every write) until "
-    "the store is reopened; History never reopens it, so every later event is missing "
-    "from history until the detector restarts",
-)
 def test_detector_history_resumes_after_a_full_disk(disk_full) -> None:
     out, _ = disk_full
     after = max(out.wal)  # the last event, logged once the disk had room again
     assert out.detector_times[out.wal[after][-1]] == 1, out.detector_problems()
+    metrics = out.metrics["detector"]
+    assert metrics["detector.store_errors"] > 0 and metrics["detector.store_reopens"] > 0
+    assert metrics["detector.history_dropped"] == 0 and metrics["detector.history_pending"] == 0
+    # every event the WAL holds (the disk-full stretch is unlogged there) is in history once;
+    # what was held in memory while the disk was full was written when space returned
+    want = Counter(t for times in out.wal.values() for t in times)
+    missing = want - out.detector_times
+    assert not missing, f"history lacks {sum(missing.values())} of the WAL's events"
+    assert all(out.detector_times[t] == 1 for t in want), "an event is in history twice"
