@@ -4,6 +4,10 @@
 `run_due()` runs the scheduled rules whose interval has passed. Both return
 `Firing`s (one per new matching row). A rule that errors or exceeds its time budget
 is disabled and reported through `on_disable`; the others keep running.
+
+Per batch, an incremental rule's own statement runs only when its screen (screen.py)
+says some changed row could match: most rules are skipped after a set lookup or one
+shared SQLite pass over the batch, instead of one statement execution each.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from .live import Batch, EventIn, LiveTables, Proc
 from .model import Problem, Rule
 from .plan import IDENTITY, Plan, make_plan
 from .sandbox import BudgetExceeded, Sandbox
+from .screen import Screening, screening_sql
+from .tables import INCREMENTAL_TABLES
 from .validate import Checked, Validator
 
 log = logging.getLogger("daemoneye.rules")
@@ -35,6 +41,15 @@ class Firing:
 
 
 @dataclass
+class Lane:
+    """The incremental rules that follow one table, as each batch needs them."""
+
+    rules: list[Active]
+    always: list[Active]  # nothing to screen (or a screen that failed): they always run
+    screening: Screening | None  # the others
+
+
+@dataclass
 class Active:
     rule: Rule
     plan: Plan
@@ -45,6 +60,8 @@ class Active:
     seconds: float = 0.0
     due: float = 0.0
     previous: set[str] = field(default_factory=set)  # scheduled: identities last matched
+    screen_failed: bool = False  # its screen errored on its own: the rule always runs
+    order: int = 0  # position in the rule set: rules run (and fire) in this order
 
     def summary(self) -> dict[str, Any]:
         r = self.rule
@@ -76,6 +93,7 @@ class Engine:
         default_interval_s: float = 2.0,
         max_rows: int = 1000,
         on_disable: Callable[[Rule, str], None] | None = None,
+        screening: bool = True,
     ) -> None:
         self.sandbox = Sandbox()
         self.validator = Validator(self.sandbox)
@@ -86,6 +104,9 @@ class Engine:
         self.max_rows = max_rows
         self.on_disable = on_disable or (lambda rule, why: None)
         self.rules: dict[str, Active] = {}
+        self._lanes: dict[str, Lane] | None = None  # rebuilt after a load or a disable
+        self.screening = screening  # False: every rule runs on every batch (tests compare)
+        self.screened_out = 0  # rule runs skipped because their screen held for no row
         self.tables.refresh_users()
 
     # --- rules -------------------------------------------------------------------
@@ -106,6 +127,9 @@ class Engine:
             self.rules[rule.id] = Active(rule, make_plan(item.tree, rule.sql), tables)
             changes["changed" if prev else "added"].append(rule.id)
         changes["removed"] = sorted(set(old) - set(self.rules))
+        for order, active in enumerate(self.rules.values()):
+            active.order = order
+        self._lanes = None
         return changes
 
     def load_paths(self, paths: Iterable[Any]) -> tuple[dict[str, list[str]], list[Problem]]:
@@ -141,12 +165,20 @@ class Engine:
     def _run_incremental(self, batch: Batch, drivers: tuple[str, ...] = ()) -> list[Firing]:
         firings: list[Firing] = []
         has = {"processes": bool(batch.procs), "process_events": bool(batch.events)}
-        for active in self.enabled("incremental"):
-            driver = active.plan.driver
+        bounds = {"processes": batch.first_rowid, "process_events": batch.first_eid}
+        actives: list[Active] = []
+        for driver, lane in self.lanes().items():
             if not has[driver] or (drivers and driver not in drivers):
                 continue
-            bound = batch.first_rowid if driver == "processes" else batch.first_eid
-            result = self._run(active, self.budget_s, (bound,))
+            actives += lane.always
+            if lane.screening is not None:
+                actives += self._screened_in(lane.screening, batch, bounds[driver])
+            self.screened_out += len(lane.rules)
+        self.screened_out -= len(actives)
+        actives.sort(key=_order)
+        for active in actives:
+            driver = active.plan.driver
+            result = self._run(active, self.budget_s, (bounds[driver],))
             if result is None:
                 continue
             columns, rows = result
@@ -170,6 +202,60 @@ class Engine:
                 active.matches += 1
                 firings.append(Firing(active.rule, data, record, key))
         return firings
+
+    # --- screening (screen.py) ---------------------------------------------------------
+
+    def lanes(self) -> dict[str, Lane]:
+        """The enabled incremental rules by the table they follow (cached)."""
+        if self._lanes is None:
+            lanes: dict[str, Lane] = {}
+            for driver in INCREMENTAL_TABLES:
+                rules = [a for a in self.enabled("incremental") if a.plan.driver == driver]
+                screened = [a for a in rules if self._screens(a)]
+                always = [a for a in rules if not self._screens(a)]
+                screening = Screening(driver, screened) if screened else None
+                lanes[driver] = Lane(rules, always, screening)
+            self._lanes = lanes
+        return self._lanes
+
+    def _screens(self, active: Active) -> bool:
+        return self.screening and bool(active.plan.screen) and not active.screen_failed
+
+    def _screened_in(self, screening: Screening, batch: Batch, bound: int) -> list[Active]:
+        """The screened rules that could match the batch's rows: every need met by some
+        row, and the screen held for some row. The others' statements need not run."""
+        if screening.table == "processes":
+            rows = [proc.row for proc in batch.procs.values()]
+        else:
+            rows = batch.event_rows
+        passed: list[Active] = []
+        for sql, chunk in screening.statements(screening.candidates(rows)):
+            verdicts = self._judge(sql, bound)
+            if verdicts is None:  # no verdict: judge each screen alone
+                verdicts = [self._judge_alone(active, bound) for active in chunk]
+            passed += [a for a, held in zip(chunk, verdicts, strict=True) if held]
+        return passed
+
+    def _judge(self, sql: str, bound: int) -> tuple | None:
+        """One 0/1 (or NULL: no rows) per screen; None when the statement failed."""
+        try:
+            _, rows = self.sandbox.run(sql, self.budget_s, 1, (bound,))
+        except (BudgetExceeded, sqlite3.Error, ValueError, OverflowError):
+            return None
+        return rows[0] if rows else None
+
+    def _judge_alone(self, active: Active, bound: int) -> bool:
+        """True (run the rule) unless the screen alone says no row can match; a screen
+        that fails alone is dropped, and the rule's own run decides (and disables it
+        if that fails too)."""
+        ((sql, _),) = screening_sql(active.plan.driver, [active.plan.screen or ""])
+        verdict = self._judge(sql, bound)
+        if verdict is None:
+            active.screen_failed = True
+            self._lanes = None
+            log.info("rule %s: its screen failed; it runs on every batch", active.rule.id)
+            return True
+        return bool(verdict[0])
 
     def run_due(self, now: float | None = None, force: bool = False) -> list[Firing]:
         now = time.monotonic() if now is None else now
@@ -214,6 +300,7 @@ class Engine:
 
     def disable(self, active: Active, why: str) -> None:
         active.disabled = why
+        self._lanes = None
         log.error("rule %s (%s) disabled: %s", active.rule.id, active.rule.path, why)
         self.on_disable(active.rule, why)
 
@@ -237,6 +324,10 @@ class Engine:
         if "process_open_sockets" in sql.lower():
             self.tables.refresh_sockets()
         return self.sandbox.run(sql, budget_s, max_rows)
+
+
+def _order(active: Active) -> int:
+    return active.order
 
 
 def _tables_of(tree: Any) -> list[Any]:

@@ -8,6 +8,8 @@ each run costs in proportion to the rows that changed; and the rowid is selected
 a hidden identity column so a row fires once. Everything else is
 *scheduled*: run over the full tables every `interval` seconds, firing for result
 rows whose identity (the non-aggregate output columns) was not in the last result.
+An incremental plan also carries its screen and needs (screen.py): what the engine
+checks first to skip the rule for a batch no row of which could match.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from .screen import Need, screen_of
 from .tables import INCREMENTAL_TABLES
 
 IDENTITY = "__de_identity"
@@ -27,6 +30,8 @@ class Plan:
     sql: str  # what actually runs
     driver: str = ""  # the table an incremental rule follows
     identity_columns: list[str] | None = None  # scheduled: None = the whole row
+    screen: str | None = None  # incremental: see screen.py; None = nothing to screen in SQL
+    needs: tuple[Need, ...] = ()  # incremental: values some changed row must hold
 
 
 def _has_outer(select: exp.Select, kinds: tuple[type[exp.Expression], ...]) -> bool:
@@ -63,7 +68,9 @@ def _incremental(tree: exp.Expression) -> Plan | None:
     bound = exp.GTE(this=exp.column("rowid", table=alias), expression=exp.Placeholder())
     rewritten.where(bound, append=True, copy=False)
     rewritten.select(exp.column("rowid", table=alias).as_(IDENTITY), copy=False)
-    return Plan("incremental", rewritten.sql(dialect="sqlite"), driver=base)
+    screen, needs = screen_of(tree, base, alias)
+    sql = rewritten.sql(dialect="sqlite")
+    return Plan("incremental", sql, driver=base, screen=screen, needs=needs)
 
 
 def _identity_columns(tree: exp.Expression) -> list[str] | None:

@@ -1,0 +1,307 @@
+"""Screening: which incremental rules could match a batch, judged without running them.
+
+Running every incremental rule's own statement on every batch costs a statement
+execution per rule (~10 us each, with its Python round trip) however few rows
+changed, and almost every run finds nothing. Instead, each rule has a *screen*: the
+conjuncts of its WHERE that can be judged on the driving row alone. Two judges, the
+cheap one first:
+
+1. needs, in Python, from the batch's distinct values per column: `col = 'text'` and
+   `col IN (...)` on a TEXT column need one of those values in some row (a set lookup
+   per distinct value finds every rule that wants it); LIKE needs each literal piece of
+   its pattern in the column's values (ASCII case folded, as SQLite folds); AND and OR
+   of those combine. A rule whose needs no row meets is skipped.
+2. the screen itself, by SQLite, for every remaining rule at once in one statement:
+
+    SELECT max(CASE WHEN (screen 1) THEN 1 ELSE 0 END), ... FROM processes WHERE rowid >= ?
+
+A rule's own statement runs only when its screen held for some row. The screen is the
+rule's own expression, judged by SQLite with the same column affinities and
+truthiness, and a need is a consequence of it, so skipping a rule never hides a
+match: a rule returns rows only for driving rows where every conjunct of its WHERE
+holds. Dropping a conjunct we cannot judge alone (a subquery, another table's column,
+'now', random()) only weakens the screen; a rule with nothing to screen always runs.
+
+A screen that errors (or overruns the budget) gives no verdict: the engine judges
+each screen of that statement alone, drops those that fail, and their rules' own
+statements decide exactly as before (disabling a rule that fails). One difference
+remains, by design: a rule's run-time error (say an overflow in `abs()`) is seen only
+on batches where the rule runs, so a rule failing only on rows it could never match
+is no longer disabled for them.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any
+
+from sqlglot import exp
+
+from .tables import TABLES
+
+ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
+# calls whose value may differ between two statements (judged on the generated SQL: a
+# false alarm in a string literal only weakens a screen)
+_UNSTABLE = re.compile(
+    r"\b(date|time|datetime|julianday|unixepoch|strftime|timediff|random|randomblob|"
+    r"changes|total_changes)\s*\(|\bcurrent_(date|time|timestamp)\b|'now'",
+    re.IGNORECASE,
+)
+CHUNK_RULES = 200  # rules per screening statement: short SQL, narrow result rows
+CHUNK_SQL = 64 * 1024  # and well inside SQLITE_LIMIT_SQL_LENGTH
+# Checking needs other than `in` costs a few microseconds a rule in Python whatever the
+# batch's size, the screening statement ~0.05 us a rule and row: below this many rows, the
+# statement alone is the cheaper judge
+CHECK_MIN_ROWS = 32
+
+
+def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return _conjuncts(node.this) + _conjuncts(node.expression)
+    return [node]
+
+
+def _stable(node: exp.Expression) -> bool:
+    """Judged the same in any statement: no subquery, parameter, aggregate or window, and
+    no 'now' (SQLite's date and time functions default to it) or random()."""
+    unstable = (exp.Subquery, exp.Select, exp.Exists, exp.Placeholder, exp.Parameter)
+    if node.find(*unstable, exp.AggFunc, exp.Window) is not None:
+        return False
+    return _UNSTABLE.search(node.sql(dialect="sqlite")) is None
+
+
+# A need: what some row of a batch must hold for a conjunct to be true on any row.
+#   ("in", column, frozenset of str)    the column holds one of these texts (= or IN)
+#   ("like", column, tuple of str)      every literal piece of a LIKE pattern occurs in the
+#                                       column (pieces and values folded as SQLite folds)
+#   ("any", "", tuple of needs)         one of them (OR)
+#   ("all", "", tuple of needs)         each of them (AND; maybe on different rows: weaker)
+Need = tuple[str, str, Any]
+_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold(text: str) -> str:
+    """SQLite's LIKE ignores case for ASCII letters only."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_FOLD)
+
+
+def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tuple[Need, ...]]:
+    """The screen of an incremental rule over `table` (its FROM, known as `alias`): SQL over
+    the bare table with unqualified columns (None when nothing can be screened), and the
+    needs of its conjuncts, which the engine checks against the batch's distinct values
+    before any SQL runs."""
+    where = tree.args.get("where")
+    if where is None:
+        return None, ()
+    columns = set(TABLES[table].column_names) | ROWID_NAMES
+    text = {c.name for c in TABLES[table].columns if c.type == "TEXT"}
+    single = not tree.args.get("joins")
+    own = {alias.lower(), table} if single else {alias.lower()}
+    kept: list[str] = []
+    needs: list[Need] = []
+    for conjunct in _conjuncts(where.this):
+        if not _stable(conjunct):
+            continue
+        refs = list(conjunct.find_all(exp.Column))
+        # unqualified names are unambiguous only with a single table; a name that is not
+        # a column may be SQLite's double-quoted string literal: leave those to the rule
+        if not all(_own_column(col, own, single, columns) for col in refs):
+            continue
+        need = _need(conjunct, text)
+        if need is not None:
+            needs.append(need)
+        bare = conjunct.copy()
+        for col in bare.find_all(exp.Column):
+            col.set("table", None)
+        kept.append(f"({bare.sql(dialect='sqlite')})")
+    return (" AND ".join(kept) if kept else None), tuple(needs)
+
+
+def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
+    """The need of a condition whose columns are all the driving row's; None when there is
+    nothing to check (anything else: NOT, <, IS, GLOB, functions...). Exact reasoning:
+    TEXT columns hold text as given (NULL matches nothing), `=` and IN compare with binary
+    collation, and a LIKE that matches contains each literal piece of its pattern."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And | exp.Or):
+        parts = [_need(node.this, text_columns), _need(node.expression, text_columns)]
+        if isinstance(node, exp.Or):
+            return None if None in parts else ("any", "", tuple(parts))
+        known = tuple(p for p in parts if p is not None)
+        return ("all", "", known) if len(known) > 1 else (known[0] if known else None)
+    if any(node.args.get(k) for k in ("negate", "query", "unnest", "field", "is_global")):
+        return None
+    if isinstance(node, exp.Like):
+        col, pattern = node.this, node.expression
+        if not _text_column(col, text_columns) or not _is_text(pattern):
+            return None
+        pieces = tuple(fold(p) for p in re.split("[%_]", pattern.this) if p)
+        return ("like", col.name.lower(), pieces) if pieces else None
+    if isinstance(node, exp.EQ):
+        col, lit = node.this, node.expression
+        if isinstance(lit, exp.Column):
+            col, lit = lit, col
+        literals = [lit]
+    elif isinstance(node, exp.In):
+        col, literals = node.this, node.expressions
+    else:
+        return None
+    if not _text_column(col, text_columns) or not literals:
+        return None
+    if not all(_is_text(v) for v in literals):
+        return None
+    return "in", col.name.lower(), frozenset(v.this for v in literals)
+
+
+def _text_column(node: exp.Expression, text_columns: set[str]) -> bool:
+    return isinstance(node, exp.Column) and node.name.lower() in text_columns
+
+
+def _is_text(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Literal) and node.is_string
+
+
+def _own_column(col: exp.Column, own: set[str], single: bool, columns: set[str]) -> bool:
+    qualifier = col.table.lower()
+    mine = qualifier in own if qualifier else single
+    return mine and col.name.lower() in columns
+
+
+def screening_sql(table: str, screens: list[str]) -> list[tuple[str, int]]:
+    """Statements judging `screens` over the rows of `table` from a rowid on: one result
+    row of 0/1 per screen, in order. Returns (sql, how many screens it judges)."""
+    out: list[tuple[str, int]] = []
+    chunk: list[str] = []
+    size = 0
+    for screen in screens:
+        term = f"max(CASE WHEN {screen} THEN 1 ELSE 0 END)"
+        if chunk and (len(chunk) >= CHUNK_RULES or size + len(term) > CHUNK_SQL):
+            out.append((_statement(table, chunk), len(chunk)))
+            chunk, size = [], 0
+        chunk.append(term)
+        size += len(term) + 2
+    if chunk:
+        out.append((_statement(table, chunk), len(chunk)))
+    return out
+
+
+def _statement(table: str, terms: list[str]) -> str:
+    return f"SELECT {', '.join(terms)} FROM {table} WHERE rowid >= ?"
+
+
+class Screening:
+    """The screens of the incremental rules that follow one table, indexed by their needs.
+
+    `rules` are the engine's Active objects (anything with .rule.id, .order and .plan, all
+    of them with a screen)."""
+
+    def __init__(self, table: str, rules: list[Any]) -> None:
+        self.table = table
+        names = TABLES[table].column_names
+        offset = 1 if table == "process_events" else 0  # event rows start with the eid
+        self.position = {name: names.index(name) + offset for name in names}
+        # a rule with an `in` need is indexed under its smallest: a set lookup per distinct
+        # value of the batch finds it; its other needs are checked after
+        self.index: dict[int, dict[str, list[Any]]] = {}
+        self.rest: dict[str, list[Need]] = {}
+        self.checked: list[tuple[Any, list[Need]]] = []  # rules with needs but no `in`
+        self.free: list[Any] = []  # rules without needs: their screen decides
+        for active in rules:
+            needs = [self._at(n) for n in active.plan.needs]
+            ins = sorted((n for n in needs if n[0] == "in"), key=lambda n: len(n[2]))
+            if ins:
+                by_value = self.index.setdefault(ins[0][1], {})
+                for value in ins[0][2]:
+                    by_value.setdefault(value, []).append(active)
+                self.rest[active.rule.id] = [n for n in needs if n is not ins[0]]
+            elif needs:
+                self.checked.append((active, needs))
+            else:
+                self.free.append(active)
+        self._statements: dict[tuple[int, ...], list[tuple[str, list[Any]]]] = {}
+
+    def _at(self, need: Need) -> Need:
+        """The need with its column name replaced by the column's position in a row."""
+        kind, column, arg = need
+        if kind in ("any", "all"):
+            return kind, -1, tuple(self._at(n) for n in arg)
+        return kind, self.position[column], arg
+
+    def candidates(self, rows: list[tuple]) -> list[Any]:
+        """The rules with needs that some row of `rows` meets (those without needs are
+        always candidates: `statements` adds them)."""
+        batch = _BatchValues(rows)
+        met: dict[str, Any] = {}
+        for pos, by_value in self.index.items():
+            seen = batch.values(pos)
+            if seen is None:
+                met.update((a.rule.id, a) for group in by_value.values() for a in group)
+                continue
+            for value in seen:
+                group = by_value.get(value)
+                if group is not None:
+                    met.update((a.rule.id, a) for a in group)
+        if len(rows) < CHECK_MIN_ROWS:  # the screening statement judges the rest
+            return [*met.values(), *(a for a, _ in self.checked)]
+        holds = batch.holds
+        out = [a for rule_id, a in met.items() if all(map(holds, self.rest[rule_id]))]
+        out += [a for a, needs in self.checked if all(map(holds, needs))]
+        return out
+
+    def statements(self, met: list[Any]) -> list[tuple[str, list[Any]]]:
+        """The screening statements for the rules without needs and `met` (cached)."""
+        key = tuple(sorted(a.order for a in met))
+        cached = self._statements.get(key)
+        if cached is None:
+            if len(self._statements) >= 256:  # a bounded cache of the subsets seen
+                self._statements.clear()
+            judged = sorted(self.free + met, key=lambda a: a.order)
+            cached, at = [], 0
+            for sql, count in screening_sql(self.table, [a.plan.screen for a in judged]):
+                cached.append((sql, judged[at : at + count]))
+                at += count
+            self._statements[key] = cached
+        return cached
+
+
+class _BatchValues:
+    """A batch's distinct values per column, computed when first asked for."""
+
+    def __init__(self, rows: list[tuple]) -> None:
+        self.rows = rows
+        self._values: dict[int, set[Any] | None] = {}
+        self._text: dict[int, str | None] = {}
+
+    def values(self, pos: int) -> set[str] | None:
+        """The distinct non-NULL values at `pos` (NULL equals and is LIKE nothing); None
+        when one is not text (SQLite would compare it after a conversion: no verdict)."""
+        if pos not in self._values:
+            seen = {row[pos] for row in self.rows}
+            seen.discard(None)
+            self._values[pos] = seen if all(type(v) is str for v in seen) else None
+        return self._values[pos]
+
+    def text(self, pos: int) -> str | None:
+        """All the values at `pos` as one folded text, for LIKE pieces to be looked for in
+        (a piece found across two values is a false alarm: harmless)."""
+        if pos not in self._text:
+            seen = self.values(pos)
+            self._text[pos] = None if seen is None else fold("\n".join(seen))
+        return self._text[pos]
+
+    def holds(self, need: Need) -> bool:
+        """False only when no row can meet `need`."""
+        kind, pos, arg = need
+        if kind == "in":
+            seen = self.values(pos)
+            return seen is None or not seen.isdisjoint(arg)
+        if kind == "like":
+            text = self.text(pos)
+            return text is None or all(piece in text for piece in arg)
+        if kind == "any":
+            return any(map(self.holds, arg))
+        return all(map(self.holds, arg))
