@@ -12,7 +12,7 @@ import pytest
 
 from daemoneye import procfs
 from daemoneye.services.collector.netlink import COMM, EXEC, EXIT, FORK, UID, ProcEvent
-from daemoneye.services.collector.tracker import Tracker, decode_exit
+from daemoneye.services.collector.tracker import RecentExits, Tracker, decode_exit
 
 pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
@@ -177,3 +177,29 @@ def test_fork_seen_by_a_snapshot_first_is_not_started_twice() -> None:
     finally:
         os.write(w, b"x")
         os.waitpid(pid, 0)
+
+
+def test_cold_scan_with_forked_readers_matches_one_reader(
+    sleeper: subprocess.Popen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(procfs, "PARALLEL_MIN", 1)
+    wait_exe(sleeper.pid, SLEEP)
+    one, two = Tracker(), Tracker()
+    two.read_workers = 2
+    one.rescan(publish_new=False)
+    outs = two.rescan()
+    mine = [o for o in outs if o.kind == "start" and o.record["pid"] == sleeper.pid]
+    assert len(mine) == 1 and mine[0].record["exePath"] == SLEEP
+    assert mine[0].record["cmdline"] == one.procs[sleeper.pid].record["cmdline"]
+    assert two.procs[sleeper.pid].stat_raw  # kept: the next rescan compares bytes
+    again = two.rescan()  # known now: no second start (other host processes may come and go)
+    assert not [o for o in again if o.kind == "start" and o.record["pid"] == sleeper.pid]
+
+
+def test_recent_exits_are_bounded() -> None:
+    exits = RecentExits(generation=100)
+    for pid in range(1000, 1350):
+        exits.add(pid, pid * 7)
+    assert len(exits) <= 200
+    assert (1349, 1349 * 7) in exits and (1300, 1300 * 7) in exits
+    assert (1000, 7000) not in exits and (1349, 1) not in exits
