@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -29,9 +30,10 @@ from pathlib import Path
 
 import zmq
 
-from daemoneye.bus import SocketFactory, Subscriber, wait_for_endpoint
+from daemoneye.bus import Message, SocketFactory, Subscriber, wait_for_endpoint
 from daemoneye.config import load_settings
 from daemoneye.rpc import RpcClient
+from daemoneye.sections.collector import CollectorSettings
 from daemoneye.services.collector.tracker import Tracker
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
@@ -52,14 +54,28 @@ def reap(pids: list[int]) -> None:
             os.waitpid(pid, 0)
 
 
-def bench_snapshot(n: int) -> None:
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the forked /proc readers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bench_snapshot(n: int, workers: int) -> None:
     pids = spawn_sleepers(n)
     try:
         total = len(os.listdir("/proc"))
+        # cold means first: the kernel builds /proc's inodes on a pid's first lookup, so a
+        # second walk is cheaper (compare readers with separate runs: --workers 1)
         t = Tracker(hasher=None)
+        t.read_workers = workers
+        cpu0 = _cpu_s()
         t0 = time.perf_counter()
         t.rescan(publish_new=False)
         cold = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
         known = len(t.procs)
         rescans = []
         for _ in range(5):
@@ -70,7 +86,7 @@ def bench_snapshot(n: int) -> None:
         print(
             f"N={n:>6}: {known} processes on the host ({total} /proc entries)\n"
             f"  cold full snapshot      {cold:7.3f} s  {cold / known * 1e6:6.1f} µs/process"
-            f"   (budget ≤ 1 s for 10,000; target 5 s)\n"
+            f" with {workers} readers, {cpu:.2f} CPU s   (budget ≤ 1 s for 10,000; target 5 s)\n"
             f"  rescan of known         {rescan:7.3f} s  {rescan / known * 1e6:6.1f} µs/process"
             f"   (budget ≤ 0.2 s for 10,000)"
         )
@@ -139,6 +155,24 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def process_events(msg: Message) -> list:
+    """The events of a processEvent or processEventBatch message (the collector batches)."""
+    return list(msg.body.events) if msg.kind == "processEventBatch" else [msg.body]
+
+
+def count_storm(msg: Message, counts: dict[str, int], storm_lat: list[float]) -> None:
+    kind = msg.topic.rsplit(".", 1)[1]
+    if kind not in counts:
+        return
+    for event in process_events(msg):
+        counts[kind] += 1
+        argv = list(event.record.cmdline)
+        if kind == "start" and len(argv) == 3 and argv[1].startswith("storm-"):
+            counts["with_argv"] += 1
+            storm_lat.append((msg.envelope.sentNs - int(argv[2])) / 1e6)
+    counts["envelopes"] += 1
+
+
 def bench_live(storm_s: float, idle_s: float) -> None:
     svc = Services()
     ctx = zmq.Context()
@@ -172,7 +206,8 @@ def bench_live(storm_s: float, idle_s: float) -> None:
             limit = time.monotonic() + 2
             while got is None and time.monotonic() < limit:
                 msg = sub.recv(500)
-                if msg is not None and msg.topic.endswith("start") and msg.body.record.pid == pid:
+                starts = process_events(msg) if msg and msg.topic.endswith("start") else []
+                if any(e.record.pid == pid for e in starts):
                     got = msg
             os.waitpid(pid, 0)
             if got is not None:
@@ -191,46 +226,52 @@ def bench_live(storm_s: float, idle_s: float) -> None:
 
         def storm(slot: int) -> None:
             while not stop.is_set():
-                pid = os.posix_spawn(TRUE, ["true", f"storm-{slot}-{spawned[slot]}"], os.environ)
+                argv = ["true", f"storm-{slot}-{spawned[slot]}", str(time.time_ns())]
+                pid = os.posix_spawn(TRUE, argv, os.environ)
                 os.waitpid(pid, 0)
                 spawned[slot] += 1
 
-        counts = {"start": 0, "stop": 0, "with_argv": 0}
+        counts = {"start": 0, "stop": 0, "with_argv": 0, "envelopes": 0}
+        storm_lat: list[float] = []
         threads = [threading.Thread(target=storm, args=(i,)) for i in range(2)]
+        own = [collector.pid, *children(collector.pid)]
+        c0 = sum(cpu_ticks(p) for p in own)
         t0 = time.monotonic()
         for th in threads:
             th.start()
         while time.monotonic() - t0 < storm_s:
             msg = sub.recv(100)
-            if msg is None:
-                continue
-            kind = msg.topic.rsplit(".", 1)[1]
-            if kind in counts:
-                counts[kind] += 1
-                if kind == "start" and any(a.startswith("storm-") for a in msg.body.record.cmdline):
-                    counts["with_argv"] += 1
+            if msg is not None:
+                count_storm(msg, counts, storm_lat)
         stop.set()
         for th in threads:
             th.join()
         elapsed = time.monotonic() - t0
+        storm_cpu = (sum(cpu_ticks(p) for p in own) - c0) / CLK
         tail = time.monotonic() + 5
         while time.monotonic() < tail:
             msg = sub.recv(300)
             if msg is None:
                 break
-            kind = msg.topic.rsplit(".", 1)[1]
-            if kind in counts:
-                counts[kind] += 1
-                if kind == "start" and any(a.startswith("storm-") for a in msg.body.record.cmdline):
-                    counts["with_argv"] += 1
+            count_storm(msg, counts, storm_lat)
         total = sum(spawned)
         events = counts["start"] + counts["stop"]
         print(
             f"fork/exec storm {elapsed:.1f} s: {total} processes ({total / elapsed:.0f}/s), "
             f"{events / elapsed:.0f} events/s published (start+stop), "
             f"{counts['with_argv'] / max(total, 1) * 100:.2f} % seen with argv "
-            f"(budget ≥ 99.5 %)"
+            f"(budget ≥ 99.5 %); collector + reader CPU {storm_cpu / elapsed * 100:.0f} % "
+            f"of one core, {storm_cpu / max(events, 1) * 1e6:.0f} µs/event"
         )
+        storm_lat.sort()
+        if storm_lat:
+            print(
+                f"  exec->publish during the storm ({len(storm_lat)} starts in "
+                f"{counts['envelopes']} envelopes, batch max "
+                f"{svc.settings.collector.publish_batch_max}): "
+                f"p50 {storm_lat[len(storm_lat) // 2]:.2f} ms, "
+                f"p99 {storm_lat[int(len(storm_lat) * 0.99) - 1]:.2f} ms   (budget p99 ≤ 10 ms)"
+            )
 
         # idle cost with ~500 processes on the host
         extra = max(0, 500 - len(os.listdir("/proc")))
@@ -269,11 +310,17 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000", help="N values, comma separated")
     ap.add_argument("--storm-s", type=float, default=5.0)
     ap.add_argument("--idle-s", type=float, default=30.0)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=CollectorSettings().read_workers(),
+        help="/proc readers for the cold snapshot (default: the collector's)",
+    )
     ap.add_argument("--skip-live", action="store_true", help="only the snapshot figures")
     args = ap.parse_args()
     print(f"collector bench on {os.cpu_count()} cores, euid {os.geteuid()}")
     for n in (int(x) for x in args.sizes.split(",")):
-        bench_snapshot(n)
+        bench_snapshot(n, args.workers)
     if not args.skip_live:
         bench_live(args.storm_s, args.idle_s)
 

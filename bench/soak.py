@@ -410,13 +410,18 @@ def run(system: System, names: list[str], marker: str, seconds: float, args) -> 
 
 def seen_storm(msg: Any, marker: str, seen: set[int], lat: list[float]) -> None:
     """Note a storm process's event; for its start, the spawn -> event latency."""
-    if msg.kind != "processEvent":
+    if msg.kind == "processEventBatch":  # the collector batches events produced together
+        events = list(msg.body.events)
+    elif msg.kind == "processEvent":
+        events = [msg.body]
+    else:
         return
-    argv = list(msg.body.record.cmdline)
-    if len(argv) >= 4 and argv[1] == marker:
-        seen.add(int(argv[2]))
-        if msg.topic == "events.process.start":
-            lat.append((time.time_ns() - int(argv[3])) / 1e6)
+    for event in events:
+        argv = list(event.record.cmdline)
+        if len(argv) >= 4 and argv[1] == marker:
+            seen.add(int(argv[2]))
+            if msg.topic == "events.process.start":
+                lat.append((time.time_ns() - int(argv[3])) / 1e6)
 
 
 def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, storm_seen, args):

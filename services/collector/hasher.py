@@ -18,6 +18,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from . import priority
+
 Key = tuple[int, int, int, int]
 CHUNK = 1 << 20
 
@@ -90,6 +92,7 @@ class Hasher:
         return len(self._queued)
 
     def _work(self) -> None:
+        priority.background()  # hashing may wait: events may not
         while True:
             job = self._jobs.get()
             if job is None:

@@ -25,7 +25,7 @@ from daemoneye.rpc import REPLY_MARK, RpcResult
 from daemoneye.sections.collector import CollectorSettings
 from daemoneye.service import Request, RpcFault, Service, rpc
 
-from . import privdrop
+from . import lean, priority, privdrop
 from .hasher import Hasher
 from .netlink import NetlinkUnavailable, ProcConnector
 from .realtime import RealtimeSource
@@ -62,12 +62,22 @@ class Collector(Service):
         self.unlogged = 0  # events published without a WAL record (cannot be replayed)
         self._batch: list[Out] = []  # batching: events waiting for their envelope
         self._batch_since = 0.0
+        self._batch_bytes = 0  # batching: an estimate of the batch's encoded size
         self._holding = False  # batching: a handler is still producing events
 
     # --- start and stop -------------------------------------------------------
 
+    def run(self) -> int:
+        if lean.heavy_start():  # started through the console: shed its imports first
+            lean.reexec(self.settings, self.service_id)
+        return super().run()
+
     def setup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        why = priority.boost(self.cfg.nice)  # as root, before the drop: it needs the cap
+        if why:
+            self.notes.append(why)
+            self.log.info("%s", why)
         connector = self._open_netlink()  # needs root: before any privilege drop
         wal_dir = self._wal_dir()
         self.wal = Wal(
@@ -93,6 +103,7 @@ class Collector(Service):
             self.watch(self.hasher.wake_fd, self._on_hashes)  # type: ignore[arg-type]
         self.tracker = Tracker(self.cfg.world_writable_dirs, self.cfg.shell_parents, self.hasher)
         self.tracker.full_rescan_reads = self.realtime is None
+        self.tracker.read_workers = self.cfg.read_workers()
         for cut in self.wal.cuts:
             self.log.warning("WAL tail cut: %s", cut)
         self.every(TICK_S, self._tick)
@@ -272,18 +283,25 @@ class Collector(Service):
                 self.emit(out)
             return
         # batching: consecutive events of one kind share an envelope on their usual topic
-        # (order is kept exactly); a batch goes out when full, when the kind changes,
+        # (order is kept exactly); a batch goes out when full (by count, or by size: an
+        # envelope above the bus's event limit would be dropped), when the kind changes,
         # when its first event has waited publish_batch_ms, and when the handler is done
         limit, wait_s = self.cfg.publish_batch_max, self.cfg.publish_batch_ms / 1000
+        max_bytes = self.settings.bus.max_event_bytes // 2
         for out in outs:
+            size = _approx_bytes(out)
             batch = self._batch
             if batch and (
-                batch[0].kind != out.kind or time.monotonic() - self._batch_since >= wait_s
+                batch[0].kind != out.kind
+                or self._batch_bytes + size > max_bytes
+                or time.monotonic() - self._batch_since >= wait_s
             ):
                 self._send_batch()
             if not self._batch:
                 self._batch_since = time.monotonic()
+                self._batch_bytes = 0
             self._batch.append(out)
+            self._batch_bytes += size
             if len(self._batch) >= limit:
                 self._send_batch()
         if not self._holding:
@@ -425,7 +443,7 @@ class Collector(Service):
 
     @rpc("update_config")
     def rpc_update_config(self, request: Request) -> dict[str, Any]:
-        fixed = {"netlink", "user", "wal_dir"}  # opened at start: a restart changes them
+        fixed = {"netlink", "user", "wal_dir", "nice"}  # set at start: a restart changes them
         bad = sorted(set(request.params) & fixed)
         if bad:
             raise RpcFault("bad_request", f"collector.{bad[0]} cannot change at run time")
@@ -442,6 +460,7 @@ class Collector(Service):
         if self.tracker is not None:
             self.tracker.writable_places = tuple(cfg.world_writable_dirs)
             self.tracker.shell_parents = tuple(cfg.shell_parents)
+            self.tracker.read_workers = cfg.read_workers()
         if self.wal is not None:
             self.wal.segment_bytes = cfg.wal_segment_bytes
             self.wal.max_bytes = cfg.wal_max_bytes
@@ -521,6 +540,17 @@ class Collector(Service):
         out["netlink"] = self.realtime is not None
         out["pid_namespace"] = _own_pid_ns()
         return out
+
+
+def _approx_bytes(out: Out) -> int:
+    """An upper estimate of an event's encoded size: fixed fields plus its strings."""
+    total = 0
+    for rec in (out.record, out.previous):
+        if rec:
+            total += 1024 + sum(len(a) + 8 for a in rec.get("cmdline", ()))
+            total += len(rec.get("exePath", "")) + len(rec.get("cwd", ""))
+            total += len(rec.get("cgroupPath", "")) + len(rec.get("root", ""))
+    return total + len(out.reason) + 8 * len(out.changed)
 
 
 def _own_pid_ns() -> int:

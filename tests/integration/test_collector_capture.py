@@ -17,7 +17,7 @@ from daemoneye.bus import Subscriber
 from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
 
-from .test_collector_live import start_collector
+from .test_collector_live import process_events, start_collector
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 REQUIRED = 0.995
@@ -54,12 +54,13 @@ def captured(sub: Subscriber, marker: str, count: int, timeout: float) -> tuple[
         msg = sub.recv(200)
         if msg is None or msg.topic != "events.process.start":
             continue
-        argv = list(msg.body.record.cmdline)
-        if len(argv) == 2 and argv[1].startswith(marker):
-            seen.add(argv[1])
-            quiet_until = time.monotonic() + 5
-        elif not argv and msg.body.record.ppid == os.getpid():
-            bare += 1
+        for event in process_events(msg):
+            argv = list(event.record.cmdline)
+            if len(argv) == 2 and argv[1].startswith(marker):
+                seen.add(argv[1])
+                quiet_until = time.monotonic() + 5
+            elif not argv and event.record.ppid == os.getpid():
+                bare += 1
     return seen, bare
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from daemoneye import wire
-from daemoneye.bus import Subscriber
+from daemoneye.bus import Message, Subscriber
 from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
 
@@ -37,19 +37,35 @@ needs_netlink = pytest.mark.skipif(
 )
 
 
+def process_events(msg: Message) -> list[Any]:
+    """The ProcessEvent readers of a message: one, or those of a processEventBatch."""
+    if msg.kind == "processEventBatch":
+        return list(msg.body.events)
+    return [msg.body]
+
+
 class Events:
-    """Everything the subscriber has delivered so far, as dicts, searchable by pid."""
+    """Everything the subscriber has delivered so far, as dicts, searchable by pid.
+    `seen` has one entry per event (a batch envelope's events one by one), `headers`
+    and `envelopes` one per message."""
 
     def __init__(self, sub: Subscriber) -> None:
         self.sub = sub
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[tuple[str, int, str]] = []  # (topic, seq, boot id) per message
+        self.envelopes: list[tuple[str, int, str, dict[str, Any]]] = []  # ... and the body
 
     def pump(self, ms: int = 50) -> None:
         msg = self.sub.recv(ms)
         while msg is not None:
-            self.seen.append((msg.topic, wire.to_dict(msg.body)))
-            self.headers.append((msg.topic, msg.envelope.seq, msg.envelope.bootId))
+            body = wire.to_dict(msg.body)
+            header = (msg.topic, msg.envelope.seq, msg.envelope.bootId)
+            self.headers.append(header)
+            self.envelopes.append((*header, body))
+            if msg.kind == "processEventBatch":
+                self.seen.extend((msg.topic, event) for event in body["events"])
+            else:
+                self.seen.append((msg.topic, body))
             msg = self.sub.recv(0)
 
     def find(self, topic: str, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from daemoneye import procfs
 from daemoneye.bus import Subscriber
 from daemoneye.rpc import RpcClient, RpcError
+from tests.conftest import wait_for
 
 from .test_collector_live import Events, needs_netlink, of_pid, start_collector
 
@@ -36,6 +38,9 @@ def test_snapshot_update_config_and_adjust_interval(
     start_collector(start_service, rpc_client, run_env, netlink="false", scan_interval_s="60")
     child = subprocess.Popen([SLEEP, "30"])
     try:
+        # Popen returns once exec began; argv is set a moment later (the kernel's
+        # load_elf_binary): before it, /proc shows the pre-exec process
+        wait_for(lambda: procfs.read_cmdline(child.pid) == [SLEEP, "30"], 10, "the exec")
         rows = rpc_client.call(TARGET, "snapshot", {"fresh": True}).value
         mine = [r for r in rows if r["pid"] == child.pid]
         assert len(mine) == 1

@@ -109,7 +109,7 @@ def test_kill_9_restart_continues_seq_and_replay_repairs(
     # What the live subscriber saw before the kill is exactly what the WAL gives back.
     live = {
         seq: body
-        for (topic, seq, boot), (_, body) in zip(events.headers, events.seen, strict=True)
+        for topic, seq, boot, body in events.envelopes
         if topic.startswith(STREAM_PREFIX) and boot == boot_before
     }
     for seq, body in live.items():

@@ -1,0 +1,3 @@
+from .lean import main
+
+raise SystemExit(main())
