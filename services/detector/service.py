@@ -448,6 +448,7 @@ class Detector(Service):
             "detector.rules": sum(1 for a in rules if a.rule.enabled and not a.disabled),
             "detector.rules_disabled": sum(1 for a in rules if a.disabled),
             "detector.batches": self.batches,
+            "detector.rule_runs_screened_out": self.engine.screened_out,
             "detector.replays": self.replayer.replays if self.replayer else 0,
             "detector.replayed": self.replayer.replayed if self.replayer else 0,
             "detector.replay_missing": self.replayer.missing if self.replayer else 0,
