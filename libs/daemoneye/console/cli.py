@@ -14,12 +14,7 @@ from rich.markup import escape
 from daemoneye import __version__
 from daemoneye.bus import RunDirError
 from daemoneye.config import ConfigError
-from daemoneye.ledger.entry import EntryError
-from daemoneye.ledger.note import NoteError
-from daemoneye.ledger.store import LedgerError
-from daemoneye.merkle import ProofError
 from daemoneye.rpc import RpcError, RpcTimeout
-from daemoneye.rules.model import RuleError
 from daemoneye.security import KeyFileError
 from daemoneye.store import StoreError
 
@@ -40,20 +35,39 @@ docs/CLI.md documents every command, its flags and its --json output."""
 
 # Typed errors of the library and service layers: each is a clear message already.
 CONFIGURATION_ERRORS = (ConfigError, RunDirError, KeyFileError)
-FAILURES = (
-    CommandError,
-    RpcError,
-    StoreError,
-    LedgerError,
-    NoteError,
-    EntryError,
-    ProofError,
-    RuleError,
-    OSError,
-)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def failure_types() -> tuple[type[Exception], ...]:
+    """Imported only when an error is being reported: `daemoneye run <service>` must not
+    carry the ledger and rules modules (and their memory) just to name their errors."""
+    from daemoneye.ledger.entry import EntryError
+    from daemoneye.ledger.note import NoteError
+    from daemoneye.ledger.store import LedgerError
+    from daemoneye.merkle import ProofError
+    from daemoneye.rules.model import RuleError
+
+    return (
+        CommandError,
+        RpcError,
+        StoreError,
+        LedgerError,
+        NoteError,
+        EntryError,
+        ProofError,
+        RuleError,
+        OSError,
+    )
+
+
+def command_modules(argv: Sequence[str]) -> list[str]:
+    """The verb's module alone when argv names one (each service started by `daemoneye
+    run` then loads only what it uses); every verb otherwise, for help and usage."""
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    return [verb] if verb in names else names
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="daemoneye",
         description="DaemonEye: an offline-first endpoint process monitor.",
@@ -66,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", dest="debug_first", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parent = common_options()
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    names = command_modules(argv) if argv is not None else command_modules([])
+    for name in names:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         module.add_parser(sub, parent)
     return parser
 
@@ -90,7 +105,8 @@ def error_line(name: str, message: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     name = command_name(args)
     debug = bool(getattr(args, "debug", False) or getattr(args, "debug_first", False))
     try:
@@ -114,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the peer's own reason; "control.detector query:" adds nothing to the verb
             error_line(name, str(exc).removeprefix(f"{exc.target} {exc.verb}: "))
             return EXIT_FAILED
-        if isinstance(exc, FAILURES):
+        if isinstance(exc, failure_types()):
             error_line(name, exc)
             return EXIT_FAILED
         error_line(name, f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)")
