@@ -7,9 +7,10 @@ Figures:
      how many incremental rule runs screening skipped (rules/screen.py)
   2. through the bus: pre-encoded ProcessEvents published into a real broker, consumed
      by a real detector; events/s until the detector has applied them all, one event
-     per envelope (the collector's default) and in ProcessEventBatch envelopes of 16
-     (`collector.publish_batch_max`) and 100; with the detector's own CPU time per
-     event (what one core sustains: steadier than wall time on a shared 2-core box)
+     per envelope (what the collector sends for a lone event) and in ProcessEventBatch
+     envelopes of 16 and 100 (it batches up to `collector.publish_batch_max`, 64); with
+     the detector's own CPU time per event (what one core sustains: steadier than wall
+     time on a shared 2-core box)
   3. event-to-alert: a matching ProcessEvent stamped at send time -> alert received
   4. exec-to-alert (root with netlink): a real process spawned -> alert received,
      through the real collector, publishing one event per envelope and batching
@@ -374,8 +375,8 @@ def main() -> None:
             )
         lat: list[float] = []
         for batch, what in (
-            (1, "one ProcessEvent per envelope: the collector's default"),
-            (16, "ProcessEventBatch of 16: collector.publish_batch_max"),
+            (1, "one ProcessEvent per envelope: the collector's lone events"),
+            (16, "ProcessEventBatch of 16"),
             (100, "ProcessEventBatch of 100"),
         ):
             with bench_env(DAEMONEYE_DETECTOR__RULES_DIR=str(rules)) as (settings, env):
