@@ -160,3 +160,18 @@ def subscribe(factory: SocketFactory, settings: Settings) -> Callable[..., Subsc
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"python {sys.version.split()[0]}, euid {os.geteuid()}"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs, unmounted afterwards; skips without root or mount."""
+    from tests.tmpfs import mount_tmpfs, unmount
+
+    mnt = tmp_path / "fs"
+    why = mount_tmpfs(mnt)
+    if why:
+        pytest.skip(why)
+    try:
+        yield mnt
+    finally:
+        unmount(mnt)

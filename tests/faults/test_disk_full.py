@@ -6,9 +6,6 @@ history, and the ledger still verifies."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.faults.harness import Outcome, Storm, World, needs_realtime
+from tests.tmpfs import fill, mount_tmpfs, unmount
 
 pytestmark = needs_realtime()
 
@@ -27,39 +25,17 @@ WAL_MAX = 256 << 10
 TMPFS = "32m"
 
 
-def mount_tmpfs(path: Path) -> str:
-    """Mount a small tmpfs at `path`; '' on success, else why not."""
-    if os.geteuid() != 0:
-        return "needs root to mount a tmpfs"
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS},mode=0750", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    return "" if done.returncode == 0 else f"cannot mount a tmpfs: {done.stderr.strip()}"
-
-
-def fill(path: Path) -> Path:
-    """Write a file until the filesystem is full."""
-    filler = path / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
-        while True:
-            f.write(b"\0" * (64 << 10))
-    return filler
-
-
 @pytest.fixture(scope="module")
 def disk_full(tmp_path_factory) -> Iterator[tuple[Outcome, dict]]:
     base = tmp_path_factory.mktemp("diskfull")
     data = base / "data"
-    why = mount_tmpfs(data)
+    why = mount_tmpfs(data, TMPFS)
     if why:
         pytest.skip(why)
     try:
         yield from _scenario(base, data)
     finally:  # whatever happened in it, the tmpfs goes
-        subprocess.run(["umount", "-l", str(data)], check=False)
+        unmount(data)
 
 
 def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
@@ -77,7 +53,7 @@ def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
         system.start_all()
         storm.start()
         wait_for(lambda: len(system.ledger_seqs()) > 0, 20, "events to reach the ledger")
-        filler = fill(data)
+        filler = fill(data, 64 << 10)
         storm.wait_more(RATE)
 
         def reported(name: str, text: str) -> dict | None:

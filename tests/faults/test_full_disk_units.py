@@ -5,10 +5,7 @@ every pending entry and writes them all, chain intact, once there is room)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,34 +14,12 @@ from daemoneye.ledger.store import LedgerStore, LedgerWriter, open_store
 from daemoneye.ledger.verify import verify_ledger
 from daemoneye.services.collector.wal import Wal
 from daemoneye.store import StoreError
+from tests.tmpfs import fill
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs"),
 ]
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(mnt: Path) -> Path:
-    filler = mnt / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
-        while True:
-            f.write(b"\0" * 4096)
-    return filler
 
 
 def test_wal_append_on_a_full_disk_leaves_no_partial_record(small_fs: Path) -> None:

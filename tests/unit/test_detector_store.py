@@ -4,11 +4,7 @@ disk on a tmpfs where root can mount one), and the alert log it replays from."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from daemoneye.rules.tables import PROCESS_EVENTS
 from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.services.detector.history import History
 from daemoneye.services.detector.storage import DetectorStore, open_store
+from tests.tmpfs import fill
 
 COLS = PROCESS_EVENTS.column_names
 CURSOR = {("collector@h", "events.process"): ("boot", 7)}
@@ -86,32 +83,12 @@ def test_alert_log_reads_ranges_per_stream_and_trims(tmp_path: Path) -> None:
 # --- a real full disk ------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.mark.root
 def test_history_survives_a_full_disk(small_fs: Path) -> None:
     store = open_store(small_fs)
     history = History(store)
     assert history.add([row(1, 1, 1)], CURSOR)
-    filler = small_fs / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
-        while True:
-            f.write(b"\0" * 4096)
+    filler = fill(small_fs)
     eid, failed = 2, False
     for _ in range(200):  # until RocksDB runs out of room (its WAL is buffered)
         failed = not history.add([row(eid, eid, eid, "x" * 2000)], {})
