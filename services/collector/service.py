@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from daemoneye import procfs
 from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
+from daemoneye.replay import ReplayRequestError, answer, parse_request
 from daemoneye.rpc import REPLY_MARK, RpcResult
 from daemoneye.sections.collector import CollectorSettings
 from daemoneye.service import Request, RpcFault, Service, rpc
@@ -500,38 +501,19 @@ class Collector(Service):
     def rpc_replay(self, request: Request) -> RpcResult:
         if self.wal is None:
             raise RpcFault("failed", "collector not set up")
-        p = request.params
-        from_seq, to_seq = p.get("from_seq"), p.get("to_seq")
-        limit = p.get("limit", self.cfg.replay_max)
-        for name, value in (("from_seq", from_seq), ("to_seq", to_seq), ("limit", limit)):
-            if value is None and name == "to_seq":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise RpcFault(
-                    "bad_request", f"replay: {name} must be a non-negative integer, not {value!r}"
-                )
-        limit = min(limit, self.cfg.replay_max)
-        entries = self.wal.read(from_seq, to_seq, limit + 1)
-        truncated = len(entries) > limit  # more were there than one answer may carry
-        entries = entries[:limit]
+        try:
+            req = parse_request(request.params, self.cfg.replay_max)
+        except ReplayRequestError as exc:
+            raise RpcFault("bad_request", str(exc)) from None
+        entries = self.wal.read(req.from_seq, req.to_seq, req.limit + 1)
         # An answer above the bus's frame limit would be refused by the broker (and its
-        # connection to us dropped): cut it by bytes too, at half the limit for headroom.
-        budget, used = self.settings.bus.max_message_bytes // 2, 0
-        for i, e in enumerate(entries):
-            used += len(e.data) + len(e.topic) + 16
-            if used > budget and i > 0:
-                entries, truncated = entries[:i], True
-                break
-        return RpcResult(
-            {
-                "first_seq": entries[0].seq if entries else 0,
-                "last_seq": entries[-1].seq if entries else 0,
-                "topics": [e.topic for e in entries],
-                "truncated": truncated,
-                "wal_first_seq": self.wal.first_seq,
-                "wal_last_seq": self.wal.last_seq,
-            },
-            [e.data for e in entries],
+        # connection to us dropped): cut by bytes too, at half the limit for headroom.
+        return answer(
+            [(e.seq, e.topic, e.data) for e in entries],
+            req.limit,
+            self.settings.bus.max_message_bytes // 2,
+            self.wal.first_seq,
+            self.wal.last_seq,
         )
 
     def health(self) -> dict[str, Any]:
