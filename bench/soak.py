@@ -36,16 +36,13 @@ import psutil
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.stored
 from _harness import percentile, verdict
 
-from daemoneye import wire
 from daemoneye.bus import SocketFactory, Subscriber, wait_for_endpoint
 from daemoneye.config import Settings, load_settings
-from daemoneye.ledger import entry as entries
-from daemoneye.ledger.store import LedgerStore, open_store
 from daemoneye.rpc import RpcClient, RpcError
-from daemoneye.services.collector.wal import Wal
-from daemoneye.store import Store
+from tests.stored import read_history, read_ledger, read_wal
 
 TRUE = "/bin/true" if os.path.exists("/bin/true") else "/usr/bin/true"
 ORDER = ("broker", "ledger", "alerter", "detector", "collector")  # consumers first
@@ -179,57 +176,6 @@ class System:
 
 
 # --- reading each side's stores --------------------------------------------------------
-
-
-def read_wal(settings: Settings, collector_id: str) -> tuple[set[int], Counter]:
-    """(seqs, event timeNs counts) of the process envelopes the WAL still holds
-    (retention may have cut its oldest segments; a batch envelope is one seq)."""
-    path = Path(settings.data_dir) / "collector" / collector_id.replace("/", "_") / "wal"
-    wal = Wal(path)
-    seqs: set[int] = set()
-    times: Counter = Counter()
-    try:
-        for e in wal.read(0, None, 10**9):
-            if not e.topic.startswith("events.process."):
-                continue
-            seqs.add(e.seq)
-            env = wire.decode_envelope(e.data)
-            if wire.body_kind(env) == "processEventBatch":
-                times.update(ev.timeNs for ev in env.body.processEventBatch.events)
-            else:
-                times[env.body.processEvent.timeNs] += 1
-    finally:
-        wal.close()
-    return seqs, times
-
-
-def read_ledger(settings: Settings, collector_id: str) -> tuple[Counter, int]:
-    ledger = LedgerStore(open_store(settings.ledger.db_path(settings.data_dir), read_only=True))
-    seqs: Counter = Counter()
-    gaps = 0
-    try:
-        for seq, value in ledger.entries():
-            e = entries.parse_record(value)
-            if e.actor != collector_id:
-                continue
-            if e.action == "ledger.gap":
-                gaps += 1
-            elif e.action.startswith("events.process."):
-                seqs[wire.decode_envelope(ledger.payload(seq)).seq] += 1
-    finally:
-        ledger.close()
-    return seqs, gaps
-
-
-def read_history(settings: Settings, collector_id: str) -> Counter:
-    from daemoneye.services.detector.history import History
-
-    store = Store(Path(settings.data_dir) / "detector", read_only=True)
-    try:
-        rows = History(store).by_time(0, 10**9)
-    finally:
-        store.close()
-    return Counter(r["time_ns"] for r in rows if r.get("collector") == collector_id)
 
 
 # --- sampling and plotting -----------------------------------------------------------
@@ -430,7 +376,8 @@ def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, 
     broker_stats = system.rpc.call("control.broker", "stats").value
     system.stop("collector")
     settings, cid = system.settings, system.collector_id
-    wal, wal_times = read_wal(settings, cid)
+    wal_events = read_wal(settings, cid)
+    wal, wal_times = set(wal_events), Counter(t for ts in wal_events.values() for t in ts)
     last = max(wal, default=0)
     deadline = time.monotonic() + 120
     ledger_seqs, ledger_gaps = read_ledger(settings, cid)
@@ -493,7 +440,7 @@ def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, 
     )
     print(
         f"ledger: {len(want) - len(missing_ledger):,} of {len(want):,} "
-        f"(missing {len(missing_ledger)}, duplicated {dup_ledger}, gap entries {ledger_gaps})"
+        f"(missing {len(missing_ledger)}, duplicated {dup_ledger}, gap entries {len(ledger_gaps)})"
     )
     print(
         f"detector history: {det_total:,} rows; of the {sum(wal_times.values()):,} events "

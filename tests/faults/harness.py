@@ -22,19 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemoneye import wire
 from daemoneye.config import Settings
-from daemoneye.ledger import entry as entries
-from daemoneye.ledger.store import LedgerStore, open_store
 from daemoneye.rpc import RpcClient, RpcError
-from daemoneye.services.collector.wal import Wal
-from daemoneye.services.detector.history import History
-from daemoneye.store import Store
 from tests.conftest import ServiceProcess, wait_for
+from tests.stored import read_history, read_ledger, read_wal
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 CORE = ("broker", "ledger", "detector", "collector")  # consumers before producers
-PROCESS_PREFIX = "events.process."
 
 
 def realtime_reason() -> str:
@@ -287,56 +281,6 @@ class System:
         except RpcError:
             return False
         return any(r.get("time_ns") == time_ns for r in rows)
-
-
-def read_wal(settings: Settings, collector_id: str) -> dict[int, tuple[int, ...]]:
-    """seq -> events' timeNs of every process envelope in a (stopped) collector's WAL."""
-    path = Path(settings.data_dir) / "collector" / collector_id.replace("/", "_") / "wal"
-    wal = Wal(path)
-    try:
-        out = {}
-        for e in wal.read(0, None, 10**9):
-            if e.topic.startswith(PROCESS_PREFIX):
-                out[e.seq] = event_times(wire.decode_envelope(e.data))
-        return out
-    finally:
-        wal.close()
-
-
-def event_times(envelope: Any) -> tuple[int, ...]:
-    """timeNs of the event(s) of a processEvent or processEventBatch envelope."""
-    if wire.body_kind(envelope) == "processEventBatch":
-        return tuple(e.timeNs for e in envelope.body.processEventBatch.events)
-    return (envelope.body.processEvent.timeNs,)
-
-
-def read_ledger(settings: Settings, collector_id: str) -> tuple[Counter, list[str]]:
-    """(collector seq -> entries holding it, ledger.gap payloads)."""
-    ledger = LedgerStore(open_store(settings.ledger.db_path(settings.data_dir), read_only=True))
-    seqs: Counter = Counter()
-    gaps: list[str] = []
-    try:
-        for seq, value in ledger.entries():
-            e = entries.parse_record(value)
-            if e.actor != collector_id:
-                continue
-            if e.action == "ledger.gap":
-                gaps.append((ledger.payload(seq) or b"").decode())
-            elif e.action.startswith(PROCESS_PREFIX):
-                seqs[wire.decode_envelope(ledger.payload(seq)).seq] += 1
-    finally:
-        ledger.close()
-    return seqs, gaps
-
-
-def read_history(settings: Settings, collector_id: str) -> Counter:
-    """event time_ns -> rows in a (stopped) detector's history, for one collector."""
-    store = Store(Path(settings.data_dir) / "detector", read_only=True)
-    try:
-        rows = History(store).by_time(0, 10**9)
-    finally:
-        store.close()
-    return Counter(r["time_ns"] for r in rows if r.get("collector") == collector_id)
 
 
 class World:

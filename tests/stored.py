@@ -1,0 +1,71 @@
+"""What a stopped system holds, read from its stores: the collector's WAL (the ground
+truth: every event is logged before it is published), the ledger and the detector's
+history. Used by the fault suite and by bench/soak.py, so both count the same way;
+no pytest here, so a bench script can import it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from daemoneye import wire
+from daemoneye.config import Settings
+from daemoneye.ledger import entry as entries
+from daemoneye.ledger.store import LedgerStore, open_store
+from daemoneye.services.collector.wal import Wal
+from daemoneye.services.detector.history import History
+from daemoneye.store import Store
+
+PROCESS_PREFIX = "events.process."
+
+
+def read_wal(settings: Settings, collector_id: str) -> dict[int, tuple[int, ...]]:
+    """seq -> events' timeNs of every process envelope the collector's WAL still holds
+    (retention may have cut its oldest segments; a batch envelope is one seq)."""
+    path = Path(settings.data_dir) / "collector" / collector_id.replace("/", "_") / "wal"
+    wal = Wal(path)
+    try:
+        out = {}
+        for e in wal.read(0, None, 10**9):
+            if e.topic.startswith(PROCESS_PREFIX):
+                out[e.seq] = event_times(wire.decode_envelope(e.data))
+        return out
+    finally:
+        wal.close()
+
+
+def event_times(envelope: Any) -> tuple[int, ...]:
+    """timeNs of the event(s) of a processEvent or processEventBatch envelope."""
+    if wire.body_kind(envelope) == "processEventBatch":
+        return tuple(e.timeNs for e in envelope.body.processEventBatch.events)
+    return (envelope.body.processEvent.timeNs,)
+
+
+def read_ledger(settings: Settings, collector_id: str) -> tuple[Counter, list[str]]:
+    """(collector seq -> entries holding it, ledger.gap payloads)."""
+    ledger = LedgerStore(open_store(settings.ledger.db_path(settings.data_dir), read_only=True))
+    seqs: Counter = Counter()
+    gaps: list[str] = []
+    try:
+        for seq, value in ledger.entries():
+            e = entries.parse_record(value)
+            if e.actor != collector_id:
+                continue
+            if e.action == "ledger.gap":
+                gaps.append((ledger.payload(seq) or b"").decode())
+            elif e.action.startswith(PROCESS_PREFIX):
+                seqs[wire.decode_envelope(ledger.payload(seq)).seq] += 1
+    finally:
+        ledger.close()
+    return seqs, gaps
+
+
+def read_history(settings: Settings, collector_id: str) -> Counter:
+    """event time_ns -> rows in a (stopped) detector's history, for one collector."""
+    store = Store(Path(settings.data_dir) / "detector", read_only=True)
+    try:
+        rows = History(store).by_time(0, 10**9)
+    finally:
+        store.close()
+    return Counter(r["time_ns"] for r in rows if r.get("collector") == collector_id)
