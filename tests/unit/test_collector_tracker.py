@@ -26,11 +26,13 @@ def for_pid(outs: list, pid: int) -> list:
     return [o for o in outs if o.record["pid"] == pid]
 
 
-def wait_exe(pid: int, exe: str) -> dict:
+def wait_exe(pid: int, exe: str, argv: list[str] | None = None) -> dict:
+    """Until `pid` runs `exe` (and shows `argv`: the kernel switches the exe link at
+    exec a moment before the new argv is in place)."""
     deadline = time.monotonic() + 10
     while True:
         rec = procfs.read_process(pid)
-        if rec and rec["exePath"] == exe:
+        if rec and rec["exePath"] == exe and (argv is None or rec["cmdline"] == argv):
             return rec
         assert time.monotonic() < deadline, f"{pid} never ran {exe}"
         time.sleep(0.005)
@@ -39,7 +41,7 @@ def wait_exe(pid: int, exe: str) -> dict:
 @pytest.fixture
 def sleeper():
     child = subprocess.Popen([SLEEP, "30"])
-    wait_exe(child.pid, SLEEP)
+    wait_exe(child.pid, SLEEP, [SLEEP, "30"])
     yield child
     child.kill()
     child.wait()
