@@ -68,6 +68,21 @@ def test_fires_once_per_process_and_again_for_a_new_one() -> None:
     assert [f.row["pid"] for f in reused] == [100]
 
 
+def test_an_exec_is_judged_afresh_even_when_its_fork_fired() -> None:
+    """A fork seen before its exec carries its parent's argv; if that matched, the
+    program it then execs must still be judged on its own argv."""
+    engine, _ = engine_with(TMP_RULE)
+    fork = rec(300, "/tmp/launcher", argv=["/tmp/launcher", "--spawn"])
+    firings, _ = engine.apply([EventIn("start", fork)])
+    assert [f.record["cmdline"] for f in firings] == [["/tmp/launcher", "--spawn"]]
+    exec_ = {**fork, "exePath": "/tmp/payload", "name": "payload", "cmdline": ["/tmp/payload"]}
+    firings, _ = engine.apply([EventIn("modify", exec_)])
+    assert [f.record["cmdline"] for f in firings] == [["/tmp/payload"]]
+    # the same image changing in other ways still does not re-fire
+    again, _ = engine.apply([EventIn("modify", {**exec_, "threads": 3})])
+    assert again == []
+
+
 def test_short_lived_process_started_and_stopped_in_one_batch_still_fires() -> None:
     engine, _ = engine_with(TMP_RULE)
     r = rec(200, "/tmp/blink")

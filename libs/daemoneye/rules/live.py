@@ -225,6 +225,11 @@ class LiveTables:
                     by_pid[slot] = key
                     self.latest[key[1]] = key
                 else:  # a new version replaces the old row
+                    old_rec = proc.record
+                    if rec["exePath"] != old_rec["exePath"] or rec["cmdline"] != old_rec["cmdline"]:
+                        # a new program image (an exec, or a fork seen before its exec):
+                        # the rules judge it afresh, as osquery's "added" would
+                        proc.fired.clear()
                     if pending.pop(proc.rowid, None) is None:
                         deletes.append((proc.rowid,))
                     procs.pop(proc.rowid, None)
