@@ -59,7 +59,7 @@ def rpc(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 @dataclass
 class _Timer:
-    interval_s: float
+    interval_s: float | None  # None: runs once
     fn: Callable[[], None]
     due: float = 0.0
 
@@ -174,6 +174,11 @@ class Service:
     def every(self, interval_s: float, fn: Callable[[], None], first_in_s: float = 0.0) -> None:
         self._timers.append(_Timer(interval_s, fn, time.monotonic() + first_in_s))
 
+    def once(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Call `fn` once, `delay_s` from now, unless it is already waiting to run."""
+        if not any(t.interval_s is None and t.fn == fn for t in self._timers):
+            self._timers.append(_Timer(None, fn, time.monotonic() + delay_s))
+
     def stop(self, reason: str = "requested") -> None:
         if not self._stopping:
             self._stopping = True
@@ -241,9 +246,12 @@ class Service:
 
     def _run_timers(self) -> None:
         now = time.monotonic()
-        for timer in self._timers:
+        for timer in list(self._timers):
             if timer.due <= now:
-                timer.due = now + timer.interval_s
+                if timer.interval_s is None:
+                    self._timers.remove(timer)
+                else:
+                    timer.due = now + timer.interval_s
                 self._safely(timer.fn)
 
     def _safely(self, fn: Callable[[], None]) -> None:
