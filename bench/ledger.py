@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import zmq
 
 from daemoneye import wire
@@ -111,13 +112,14 @@ def bench_proofs_and_verify(tmp: Path, n: int) -> None:
     ledger.close()
 
 
-def bench_bus(rate: int, seconds: float) -> None:
+def bench_bus(rate: int, seconds: float, budget: bool = True) -> None:
     count = int(rate * seconds)
     with (
         bench_env(DAEMONEYE_HEARTBEAT_INTERVAL_S="1") as (settings, env),
         service("broker", settings, env),
-        service("ledger", settings, env),
+        service("ledger", settings, env) as ledger_proc,
     ):
+        ledger_ps = psutil.Process(ledger_proc.pid)
         factory = SocketFactory(settings)
         sock = factory.connect(zmq.PUB, settings.endpoint("events-in"))
         pub = Publisher(sock, "collector@bench")
@@ -139,6 +141,7 @@ def bench_bus(rate: int, seconds: float) -> None:
             body = {"kind": "start", "timeNs": time.time_ns(), "record": dict(RECORD, pid=i)}
             frames.append(pub.encode("events.process.start", "processEvent", body)[1])
         topic = b"events.process.start"
+        cpu0 = sum(ledger_ps.cpu_times()[:2])
         t0 = time.perf_counter()
         for i, frame in enumerate(frames):  # paced: `rate` frames per second
             ahead = t0 + i / rate - time.perf_counter()
@@ -151,15 +154,23 @@ def bench_bus(rate: int, seconds: float) -> None:
         while (size := head()) < target and time.monotonic() < deadline:
             time.sleep(0.05)
         done_s = time.perf_counter() - t0
+        cpu_s = sum(ledger_ps.cpu_times()[:2]) - cpu0
         metrics = client.call("control.ledger", "health").value["metrics"]
         factory.close_all(linger_ms=0)
     recorded = size - start
     achieved = recorded / done_s
     lag = done_s - sent_s
+    cost = (
+        f"; the ledger's CPU {cpu_s / done_s * 100:.0f} % of a core, "
+        f"{cpu_s / max(recorded, 1) * 1e6:.0f} µs an entry"
+    )
+    if not budget:  # a trickle, as in the soak: what it costs, against no budget
+        print(f"bus -> ledger service at {rate:,}/s: recorded {recorded:,} of {count:,}{cost}")
+        return
     print(
         f"bus -> ledger service: sent {count:,} at {count / sent_s:,.0f}/s, recorded "
         f"{recorded:,} durable in {done_s:.2f} s ({achieved:,.0f}/s, {lag * 1000:.0f} ms behind "
-        f"at the end; gaps {metrics.get('bus.missing', 0):.0f})  budget keep up with "
+        f"at the end; gaps {metrics.get('bus.missing', 0):.0f}{cost})  budget keep up with "
         f"20,000/s  {verdict(1 if recorded == count and lag < 1.0 else 0, 1)}"
     )
 
@@ -170,11 +181,18 @@ def main() -> None:
     parser.add_argument("--verify-entries", type=int, default=1_000_000)
     parser.add_argument("--bus-rate", type=int, default=20_000)
     parser.add_argument("--bus-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--trickle-rate", type=int, default=2000, help="the soak's rate (0 skips it)"
+    )
+    parser.add_argument("--only-bus", action="store_true", help="skip append/proof/verify")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="de-ledger-bench-") as tmp:
-        bench_append(Path(tmp), args.entries)
-        bench_proofs_and_verify(Path(tmp), args.verify_entries)
+    if not args.only_bus:
+        with tempfile.TemporaryDirectory(prefix="de-ledger-bench-") as tmp:
+            bench_append(Path(tmp), args.entries)
+            bench_proofs_and_verify(Path(tmp), args.verify_entries)
     bench_bus(args.bus_rate, args.bus_seconds)
+    if args.trickle_rate:
+        bench_bus(args.trickle_rate, 10.0, budget=False)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,27 @@ def test_actor_action_and_payload(service: Ledger) -> None:
     assert service.ledger.payload(base + 1) == event_bytes
 
 
+def test_group_commit_waits_for_the_interval_then_writes(service: Ledger) -> None:
+    durable = service.writer.durable_size
+    event, event_bytes = envelope("processEvent", {"kind": "start", "record": {"pid": 5}})
+    service.record("events.process.start", event, event_bytes)
+    service._commit_soon()
+    service._commit_soon()  # a second read of the bus joins the same commit
+    waiting = [t for t in service._timers if t.interval_s is None]
+    assert len(waiting) == 1 and service.writer.durable_size == durable
+    waiting[0].due = 0.0
+    service._run_timers()
+    assert service.writer.durable_size == durable + 1 and service.writer.pending == 0
+
+
+def test_commit_interval_zero_commits_at_once(service: Ledger) -> None:
+    service.cfg.commit_interval_ms = 0
+    event, event_bytes = envelope("processEvent", {"kind": "start", "record": {"pid": 5}})
+    size = service.record("events.process.start", event, event_bytes) + 1
+    service._commit_soon()
+    assert service.writer.durable_size == size
+
+
 def test_checkpoint_every_n_entries_and_on_timer(service: Ledger) -> None:
     base = service.writer.size
     event, data = envelope("processEvent", {"kind": "stop"})

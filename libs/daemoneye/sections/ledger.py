@@ -23,6 +23,13 @@ class LedgerSettings(BaseModel):
     origin: str = Field("", description="checkpoint origin line (<hostname>/daemoneye/ledger)")
     batch_max_entries: int = Field(5000, gt=0, description="entries per durable write at most")
     sync: bool = Field(True, description="fsync each batch before it counts as appended")
+    commit_interval_ms: float = Field(
+        10.0,
+        ge=0,
+        description="group commit: entries wait at most this long for others to share their "
+        "durable write (0 commits after every read of the bus); collector events that a "
+        "crash catches uncommitted are replayed from its WAL",
+    )
     payload_retention_days: float = Field(
         0.0, ge=0, description="drop payloads (never entries) older than this; 0 keeps all"
     )
