@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -109,7 +108,7 @@ def alert_body(firing: Firing, source_id: str, hostname: str) -> dict[str, Any]:
     what = rec.get("exePath") or rec.get("name") or firing.row.get("path") or ""
     pid = rec.get("pid", firing.row.get("pid", ""))
     body: dict[str, Any] = {
-        "alertId": uuid.uuid4().hex,
+        "alertId": os.urandom(16).hex(),  # as random as uuid4().hex, a quarter the cost
         "ruleId": rule.id,
         "ruleName": rule.name,
         "severity": rule.severity,
@@ -286,11 +285,15 @@ class Detector(Service):
             self.flush()
 
     def on_drained(self) -> None:
-        """Apply what one drain of the socket brought as one batch: the batch is as large
-        as what was waiting (the rules' fixed cost per run is shared by more events), and
-        an event that arrives alone is applied at once. (Asking the socket after every
-        message whether more waits cost ~2 us a message.)"""
-        self.flush()
+        """Apply what arrived as one batch, once its first event has waited
+        `batch_wait_ms` (or at `max_batch`): the rules' fixed cost per run (~250 us with
+        100 rules) and the history write are shared by every event of a trickle instead
+        of paid per message. (Asking the socket after every message whether more waits
+        cost ~2 us a message.)"""
+        if self.cfg.batch_wait_ms <= 0:
+            self.flush()
+        elif self.pending:
+            self.once(self.cfg.batch_wait_ms / 1000, self.flush)
 
     def flush(self) -> None:
         if not self.pending or self.engine is None:

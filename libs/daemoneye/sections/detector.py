@@ -23,6 +23,12 @@ class DetectorSettings(BaseModel):
     schedule_interval_s: float = Field(2.0, gt=0, description="default cadence of aggregates")
     max_rows: int = Field(1000, ge=1, description="result rows read per rule run")
     max_batch: int = Field(2000, ge=1, description="events applied per batch at most")
+    batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="an event waits at most this long for others to share its run of the "
+        "rules and its history write (0: apply what each read of the bus brought at once)",
+    )
     retention_days: float = Field(7.0, gt=0, description="process history kept in RocksDB")
     persist: bool = Field(True, description="keep process history in <data_dir>/detector")
     snapshot_timeout_s: float = Field(3.0, gt=0, description="collector snapshot RPC deadline")
