@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -53,20 +54,56 @@ SPARK = " ▁▂▃▄▅▆▇█"
 # --- the storm (a child process, so its forks do not share our GIL) -----------------
 
 
+STORM_WORKERS = 2  # posix_spawn blocks until the child has exec'd (~0.5 ms here, longer
+# under contention): one spawner alone falls behind its pace on a busy machine
+
+
 def storm(rate: float, seconds: float, marker: str) -> None:
-    period, n, t0 = 1.0 / rate, 0, time.monotonic()
-    end = t0 + seconds
-    live = 0
+    """STORM_WORKERS forked spawners, each paced at rate / STORM_WORKERS; storm number n
+    comes from worker n % STORM_WORKERS. Prints what they spawned and their CPU."""
+    t0 = time.monotonic()
+    counts_r, counts_w = os.pipe()
+    workers = []
+    for slot in range(STORM_WORKERS):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                k = spawn_paced(rate / STORM_WORKERS, t0, t0 + seconds, marker, slot)
+                os.write(counts_w, f"{k}\n".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    os.close(counts_w)
+    for pid in workers:
+        os.waitpid(pid, 0)
+    with os.fdopen(counts_r) as counts:
+        spawned = sum(int(line) for line in counts if line.strip())
+    took = time.monotonic() - t0
+    cpu = sum(
+        r.ru_utime + r.ru_stime
+        for r in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+    print(json.dumps({"spawned": spawned, "seconds": took, "cpu_pct": cpu / took * 100}))
+
+
+def spawn_paced(rate: float, t0: float, end: float, marker: str, slot: int) -> int:
+    period, k, live = 1.0 / rate, 0, 0
     while True:
         now = time.monotonic()
         if now >= end:
             break
-        due = t0 + n * period
+        due = t0 + k * period
         if now < due:
             time.sleep(min(due - now, 0.01))  # pacing the storm, not synchronising
         else:
+            n = k * STORM_WORKERS + slot
             os.posix_spawn(TRUE, [TRUE, marker, str(n), str(time.time_ns())], {})
-            n += 1
+            k += 1
             live += 1
         while live:  # reap whatever has exited
             try:
@@ -83,7 +120,7 @@ def storm(rate: float, seconds: float, marker: str) -> None:
         except ChildProcessError:
             break
         live -= 1
-    print(json.dumps({"spawned": n, "seconds": time.monotonic() - t0}), flush=True)
+    return k
 
 
 # --- the system ------------------------------------------------------------------------
@@ -188,9 +225,23 @@ class Sampler:
         self.ps = {n: psutil.Process(p.pid) for n, p in procs.items()}
         for p in self.ps.values():
             p.cpu_percent()
+        self.cpu0 = {n: self._cpu_s(p) for n, p in self.ps.items()}
+        self.cpu_used: dict[str, float] = {}
         self.t: list[float] = []
         self.cpu: dict[str, list[float]] = {n: [] for n in self.ps}
         self.rss: dict[str, list[float]] = {n: [] for n in self.ps}
+
+    @staticmethod
+    def _cpu_s(p: psutil.Process) -> float:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system + times.children_user + times.children_system
+
+    def settle(self) -> None:
+        """CPU seconds each service used since the start (call before stopping them)."""
+        self.cpu_used = {n: self._cpu_s(p) - self.cpu0[n] for n, p in self.ps.items()}
 
     def sample(self, t: float) -> None:
         self.t.append(t)
@@ -217,7 +268,8 @@ def plot(s: Sampler, png: str | None) -> None:
     print("\nper-service CPU % and RSS MB over time (min..max, one mark per interval):")
     for n in s.ps:
         cpu, rss = s.cpu[n], s.rss[n]
-        print(f"  {n:9s} cpu {min(cpu):5.1f}..{max(cpu):5.1f} % {spark(cpu)}")
+        mean = sum(cpu) / len(cpu) if cpu else 0.0
+        print(f"  {n:9s} cpu {min(cpu):5.1f}..{max(cpu):5.1f} % (mean {mean:4.1f}) {spark(cpu)}")
         print(f"  {'':9s} rss {min(rss):5.1f}..{max(rss):5.1f} MB {spark(rss)}")
     if png:
         try:
@@ -326,7 +378,8 @@ def run(system: System, names: list[str], marker: str, seconds: float, args) -> 
                 f"  t={now - t0:5.0f}s events/s {rate:8,.0f}  alerts {sum(alerted.values()):8,}"
                 f"  p99 exec->alert {p99:7.1f} ms  bus gaps {sub.stats.gaps}"
             )
-    spawned = json.loads(storm_proc.stdout.read() or "{}").get("spawned", 0)
+    storm_report = json.loads(storm_proc.stdout.read() or "{}")
+    spawned = storm_report.get("spawned", 0)
     elapsed = time.monotonic() - t0
     # drain what is still on its way (the detector may be behind): until 5 s pass
     # without an alert, at most 5 minutes
@@ -344,6 +397,12 @@ def run(system: System, names: list[str], marker: str, seconds: float, args) -> 
         else:
             events += 1
             seen_storm(msg, marker, storm_seen, event_lat)
+    probe = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        f"CPU outside the services: the storm (its {spawned:,} children included) "
+        f"{storm_report.get('cpu_pct', 0):.0f} %, this probe (decoding every event) "
+        f"{(probe.ru_utime + probe.ru_stime) / elapsed * 100:.0f} % of one core"
+    )
     if event_lat:
         print(
             f"exec -> start event on the bus: p50 {percentile(event_lat, 50):.1f} ms, "
@@ -371,6 +430,7 @@ def seen_storm(msg: Any, marker: str, seen: set[int], lat: list[float]) -> None:
 
 
 def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, storm_seen, args):
+    sampler.settle()
     health = {n: system.health(n) for n in names}
     m = {n: h.get("metrics", {}) for n, h in health.items()}
     broker_stats = system.rpc.call("control.broker", "stats").value
@@ -416,6 +476,12 @@ def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, 
             f"max {max(lat):.1f} ms  budget p99 <= 50 ms  {verdict(p99, 50, False)}"
         )
     plot(sampler, args.png)
+    if spawned:  # comparable across runs and machine load, unlike CPU %
+        print(
+            "CPU per storm exec (both its events and its alert): "
+            + ", ".join(f"{n} {cpu / spawned * 1e6:.0f} µs" for n, cpu in sampler.cpu_used.items())
+            + f"; services together {sum(sampler.cpu_used.values()) / spawned * 1e6:.0f} µs"
+        )
     growth = rss_growth(sampler)
     print(
         "RSS growth after warm-up: "
