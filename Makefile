@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test test-slow fuzz lint format bench install clean
+.PHONY: up test test-slow fuzz lint format bench soak install clean
 
 up: $(STAMP)
 	$(BIN)/daemoneye up
@@ -28,8 +28,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# every benchmark but the soak (10 minutes, root; `make soak`) and the shared helpers
 bench: $(STAMP)
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/[!_]*.py; do [ $$b = bench/soak.py ] || $(BIN)/python $$b || exit 1; done
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 10 --rate 1000
 
 install: $(STAMP)
 
