@@ -505,13 +505,14 @@ class Collector(Service):
             req = parse_request(request.params, self.cfg.replay_max)
         except ReplayRequestError as exc:
             raise RpcFault("bad_request", str(exc)) from None
-        entries = self.wal.read(req.from_seq, req.to_seq, req.limit + 1)
         # An answer above the bus's frame limit would be refused by the broker (and its
         # connection to us dropped): cut by bytes too, at half the limit for headroom.
+        max_bytes = self.settings.bus.max_message_bytes // 2
+        entries = self.wal.read(req.from_seq, req.to_seq, req.limit + 1, max_bytes)
         return answer(
             [(e.seq, e.topic, e.data) for e in entries],
             req.limit,
-            self.settings.bus.max_message_bytes // 2,
+            max_bytes,
             self.wal.first_seq,
             self.wal.last_seq,
         )

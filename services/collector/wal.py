@@ -228,9 +228,19 @@ class Wal:
         segs = self.segments()
         return segs[0][0] if segs else 0
 
-    def read(self, from_seq: int, to_seq: int | None = None, limit: int = 10_000) -> list[Entry]:
-        """Entries with from_seq <= seq <= to_seq, oldest first, at most `limit`."""
+    def read(
+        self,
+        from_seq: int,
+        to_seq: int | None = None,
+        limit: int = 10_000,
+        max_bytes: int | None = None,
+    ) -> list[Entry]:
+        """Entries with from_seq <= seq <= to_seq, oldest first, at most `limit`; with
+        `max_bytes`, it stops one entry after their sizes (envelope + topic + 16, as a
+        replay answer counts them) pass it, so an answer cut there knows more followed
+        without every later entry being read and copied."""
         segs = self.segments()
+        used, past = 0, 0
         start = 0
         for i, (first, _) in enumerate(segs):
             if first <= from_seq:
@@ -251,4 +261,9 @@ class Wal:
                 out.append(entry)
                 if len(out) >= limit:
                     return out
+                if max_bytes is not None:
+                    used += len(entry.data) + len(entry.topic) + 16
+                    past += used > max_bytes
+                    if past >= 2:
+                        return out
         return out

@@ -36,6 +36,35 @@ def test_append_read_and_reopen_continues(tmp_path: Path) -> None:
     assert again.read(300)[-1].seq == 305
 
 
+def test_read_by_bytes_stops_one_entry_past_the_budget(tmp_path: Path) -> None:
+    """A replay answer is cut by bytes; reading stops just after, so a huge WAL is not
+    read and copied whole for an answer of a few entries, and the cut still shows."""
+    from daemoneye.replay import answer
+
+    wal = Wal(tmp_path, segment_bytes=1 << 20)
+    for seq in range(1, 201):
+        wal.append(seq, "events.process.start", bytes([seq % 251]) * 10_000)
+    size = 10_000 + len("events.process.start") + 16
+    entries = wal.read(1, limit=1000, max_bytes=5 * size)
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6, 7]  # the 6th passes it, then one
+    result = answer([(e.seq, e.topic, e.data) for e in entries], 1000, 5 * size, 1, 200)
+    assert result.value["truncated"] is True and result.value["last_seq"] == 5
+    # one entry larger than the budget alone: served, and the answer says more follow
+    big = wal.read(7, limit=1000, max_bytes=100)
+    result = answer([(e.seq, e.topic, e.data) for e in big], 1000, 100, 1, 200)
+    assert len(big) == 2 and result.value["truncated"] is True and result.value["last_seq"] == 7
+    # paging by the answers' own bounds gets every entry once
+    seqs, from_seq = [], 1
+    while True:
+        page = wal.read(from_seq, limit=1000, max_bytes=7 * size)
+        result = answer([(e.seq, e.topic, e.data) for e in page], 1000, 7 * size, 1, 200)
+        seqs += range(result.value["first_seq"], result.value["last_seq"] + 1)
+        if not result.value["truncated"]:
+            break
+        from_seq = result.value["last_seq"] + 1
+    assert seqs == list(range(1, 201))
+
+
 def test_seq_must_grow(tmp_path: Path) -> None:
     wal = Wal(tmp_path)
     fill(wal, 1, 3)
