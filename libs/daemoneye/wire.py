@@ -17,7 +17,7 @@ from typing import Any
 
 import capnp
 
-from daemoneye.wirecheck import StructureError, check_message
+from daemoneye.wirecheck import StructureError, check_words, segment_words
 
 SCHEMA_FILE = "daemoneye.capnp"
 TRAVERSAL_LIMIT_WORDS = 1 << 26  # what pycapnp may read in total, summed over every pass
@@ -44,6 +44,44 @@ ProcessRecord = _schema.ProcessRecord
 ProcessEvent = _schema.ProcessEvent
 SCHEMA_VERSION: int = _schema.schemaVersion
 BODY_KINDS: tuple[str, ...] = tuple(Envelope.new_message().body.schema.union_fields)
+_SEGMENT_HEAD = struct.Struct("<II")  # segment count - 1, first segment's size in words
+
+
+def _envelope_layout() -> tuple[int, int, int, int, int, int, int, int, dict[int, str]]:
+    """Where the Envelope header sits in its struct, from the schema (not hard-coded):
+    (word, shift) of schemaVersion and of the body discriminant, the word of seq, the
+    pointer slots of sourceId and bootId, and the body kind of each discriminant."""
+    node = Envelope.schema.node.struct
+    slots = {f.name: f.slot for f in node.fields if f.which() == "slot"}
+    body = Envelope.new_message().body.schema.node.struct
+    kinds = {f.discriminantValue: f.name for f in body.fields}
+    assert slots["schemaVersion"].type.which() == "uint16" and slots["seq"].type.which() == "uint64"
+    version, disc = slots["schemaVersion"].offset, body.discriminantOffset  # in 16-bit units
+    return (
+        version // 4,
+        version % 4 * 16,
+        disc // 4,
+        disc % 4 * 16,
+        slots["seq"].offset,
+        slots["sourceId"].offset,
+        slots["bootId"].offset,
+        max(slots["sourceId"].offset, slots["bootId"].offset) + 1,
+        kinds,
+    )
+
+
+(
+    _VERSION_WORD,
+    _VERSION_SHIFT,
+    _KIND_WORD,
+    _KIND_SHIFT,
+    _SEQ_WORD,
+    _SOURCE_SLOT,
+    _BOOT_SLOT,
+    _TEXT_SLOTS,
+    _KIND_OF,
+) = _envelope_layout()
+_HEADER_WORDS = max(_VERSION_WORD, _KIND_WORD, _SEQ_WORD) + 1
 
 
 class DecodeError(ValueError):
@@ -67,7 +105,8 @@ def encode_envelope(header: Header, body_kind: str, body: dict[str, Any] | None 
     """Build one Envelope. `body` is a dict of the body's fields (None for `empty`)."""
     if body_kind not in BODY_KINDS:
         raise ValueError(f"unknown envelope body {body_kind!r}")
-    msg = Envelope.new_message()
+    words = _first_segment_words(body_kind, body)
+    msg = Envelope.new_message(num_first_segment_words=words) if words else Envelope.new_message()
     msg.schemaVersion = SCHEMA_VERSION
     msg.sourceId = header.source_id
     msg.bootId = header.boot_id
@@ -79,7 +118,39 @@ def encode_envelope(header: Header, body_kind: str, body: dict[str, Any] | None 
         raise ValueError(f"envelope body {body_kind!r} needs a value")
     else:
         _fill(msg.body.init(body_kind), body)
-    return msg.to_bytes()
+    data = msg.to_bytes()
+    if words and data[0] | data[1] | data[2] | data[3]:  # spilled into more segments
+        _learn_batch_words(body_kind, body, len(data) // 8)
+    return data
+
+
+# Messages are built in one segment where we can size it: a reader follows far pointers
+# between segments much more slowly (two per event in a batch otherwise), and so does
+# wirecheck. pycapnp starts with 1024 words, enough for all but batches and RPC payloads.
+_words_per_event = 192  # grows when a batch spills over; what one event takes, with room
+MAX_FIRST_SEGMENT_WORDS = 1 << 17  # 1 MiB: bigger messages may take several segments
+MAX_WORDS_PER_EVENT = 2048  # one outsized event must not make every later batch huge
+
+
+def _first_segment_words(body_kind: str, body: dict[str, Any] | None) -> int | None:
+    if not body:
+        return None
+    if body_kind == "processEventBatch":
+        words = 64 + _words_per_event * len(body.get("events") or ())
+    elif body_kind in ("rpcRequest", "rpcReply"):
+        payloads = body.get("payloads") or ()
+        texts = sum(len(v) for v in body.values() if isinstance(v, str | bytes))
+        words = 128 + (texts + sum(len(p) + 15 for p in payloads)) // 8
+    else:
+        return None
+    return min(words, MAX_FIRST_SEGMENT_WORDS) if words > 1024 else None
+
+
+def _learn_batch_words(body_kind: str, body: dict[str, Any] | None, words: int) -> None:
+    global _words_per_event
+    if body_kind == "processEventBatch" and body and body.get("events"):
+        grown = words * 5 // 4 // len(body["events"]) + 1
+        _words_per_event = min(max(_words_per_event, grown), MAX_WORDS_PER_EVENT)
 
 
 def _fill(builder: Any, values: dict[str, Any]) -> None:
@@ -134,29 +205,99 @@ def decode_envelope(data: bytes | memoryview) -> Any:
     wrong type or with invalid UTF-8 still raises on access: readers of a body catch
     that as a malformed message (Subscriber does for the services).
     """
-    segments = [bytes(s) for s in split_segments(data)]
+    return decode_parts(data)[0]
+
+
+def decode_parts(data: bytes | memoryview) -> tuple[Any, str, str, str, int]:
+    """decode_envelope, also returning the header it read on the way:
+    (reader, body kind, sourceId, bootId, seq). Raises DecodeError."""
+    if type(data) is not bytes:
+        data = bytes(data)  # the reader keeps the bytes: they must not change under it
     size = len(data)
+    count_minus_one, first_words = _SEGMENT_HEAD.unpack_from(data) if size >= 8 else (1, 0)
+    if count_minus_one == 0 and first_words * 8 + 8 == size and size >= 16:
+        # One segment, as nearly every message: no table to walk, nothing copied.
+        views = [memoryview(data)[8:]]
+        base = 8
+    else:
+        views = split_segments(data)
+        base = size - sum(len(v) for v in views)  # where the first segment starts
+    segments = [segment_words(v) for v in views]
     try:
-        check_message(segments, CHECK_LIMIT_WORDS, NESTING_LIMIT)
+        check_words(segments, CHECK_LIMIT_WORDS, NESTING_LIMIT)
     except StructureError as exc:
         raise DecodeError(f"malformed message: {exc}", size) from None
     try:
         reader = Envelope.from_segments(
-            segments, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS, nesting_limit=NESTING_LIMIT
+            views, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS, nesting_limit=NESTING_LIMIT
         )
+    except Exception as exc:  # not expected once checked; kept typed all the same
+        raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}", size) from None
+    header = _read_header(segments[0], data, base, size)
+    if header is None:  # an unusual layout (a far root, far texts): pycapnp reads it
+        header = _read_header_slowly(reader, size)
+    return (reader, *header)
+
+
+def _read_header(words: Any, data: bytes, base: int, size: int) -> tuple[str, str, str, int] | None:
+    """The header straight from the checked words, where the root is a near struct and
+    its texts near lists; None otherwise. Same values and errors as pycapnp's reads."""
+    root = words[0]
+    if root & 0x80000003:  # not a struct, or at a negative offset
+        return None
+    at = 1 + ((root & 0xFFFFFFFF) >> 2)
+    data_words = (root >> 32) & 0xFFFF
+    pointers = root >> 48
+    if data_words < _HEADER_WORDS or pointers < _TEXT_SLOTS:
+        return None  # fields past the section read as defaults: leave that to pycapnp
+    version = (words[at + _VERSION_WORD] >> _VERSION_SHIFT) & 0xFFFF
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"schema version {version} is not the supported {SCHEMA_VERSION}", size)
+    discriminant = (words[at + _KIND_WORD] >> _KIND_SHIFT) & 0xFFFF
+    kind = _KIND_OF.get(discriminant)
+    if kind is None:
+        raise DecodeError(f"unknown body kind {discriminant!r}", size)
+    source = _text(words, at + data_words + _SOURCE_SLOT, data, base, size)
+    boot = _text(words, at + data_words + _BOOT_SLOT, data, base, size)
+    if source is None or boot is None:
+        return None
+    return kind, source, boot, words[at + _SEQ_WORD]
+
+
+def _text(words: Any, slot: int, data: bytes, base: int, size: int) -> str | None:
+    """A Text field at a pointer slot of the first segment (bounds already checked);
+    None when it is not a near pointer, for pycapnp to read."""
+    value = words[slot]
+    if not value:
+        return ""
+    if value & 0x7_8000_0003 != 0x2_0000_0001:
+        return None  # a far pointer, or not a byte list: pycapnp reads it, or says why not
+    length = value >> 35
+    start = base + (slot + 1 + ((value & 0xFFFFFFFF) >> 2)) * 8
+    if not length or data[start + length - 1]:
+        raise DecodeError(
+            "malformed message: Message contains text that is not NUL-terminated", size
+        )
+    try:
+        return data[start : start + length - 1].decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"malformed message: UnicodeDecodeError: {exc}", size) from None
+
+
+def _read_header_slowly(reader: Any, size: int) -> tuple[str, str, str, int]:
+    try:
         kind = reader.body.which()
-        _ = (reader.sourceId, reader.bootId)  # header texts must be valid UTF-8
+        source, boot = reader.sourceId, reader.bootId  # header texts must be valid UTF-8
+        version, seq = reader.schemaVersion, reader.seq
     except capnp.KjException as exc:
         raise DecodeError(f"malformed message: {_kj_reason(exc)}", size) from None
     except Exception as exc:  # pycapnp raises assorted types for hostile input
         raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}", size) from None
-    if reader.schemaVersion != SCHEMA_VERSION:
-        raise DecodeError(
-            f"schema version {reader.schemaVersion} is not the supported {SCHEMA_VERSION}", size
-        )
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"schema version {version} is not the supported {SCHEMA_VERSION}", size)
     if kind not in BODY_KINDS:
         raise DecodeError(f"unknown body kind {kind!r}", size)
-    return reader
+    return str(kind), source, boot, seq
 
 
 def _kj_reason(exc: Exception) -> str:

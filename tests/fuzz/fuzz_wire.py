@@ -4,8 +4,9 @@
     .venv/bin/python tests/fuzz/fuzz_wire.py -max_total_time=600 corpus_dir/
 
 Every input either decodes or raises DecodeError; an accepted message must survive
-everything a service may do with it (measure, copy, convert). Any other exception, an
-abort or a hang is a finding (libFuzzer saves the input as crash-*).
+everything a service may do with it (measure, copy, convert), and the header decoding
+read from the words must be what pycapnp reads. Any other exception, a differing header,
+an abort or a hang is a finding (libFuzzer saves the input as crash-*).
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ def seeds() -> list[bytes]:
         wire.encode_envelope(header, "heartbeat", {"service": "s", "metrics": [{"name": "a"}]}),
         wire.encode_envelope(header, "rpcReply", wire.rpc_reply(1, result=[1], payloads=[b"x"])),
         wire.encode_envelope(header, "empty"),
+        wire.encode_envelope(header, "processEventBatch", {"events": [{"record": record}] * 3}),
     ]
 
 
 def one_input(data: bytes) -> None:
     try:
-        env = wire.decode_envelope(data)
+        env, kind, source, boot, seq = wire.decode_parts(data)
     except wire.DecodeError:
         return
+    read = (str(env.body.which()), env.sourceId, env.bootId, env.seq)
+    if read != (kind, source, boot, seq):
+        raise AssertionError(f"header {(kind, source, boot, seq)!r} but pycapnp reads {read!r}")
     _ = env.total_size
     env.as_builder().to_bytes()
     with contextlib.suppress(wire.DecodeError):
