@@ -1,20 +1,24 @@
 """Bus throughput and RPC latency through a real broker on ipc:// sockets.
 
-Prints: frames/s forwarded by the broker; ProcessEvents/s built at a publisher,
-forwarded and decoded at a subscriber (one per message and batched) with the loss
-count; RPC round trip p50/p99. Budgets from DESIGN.md.
+Prints: CPU per message of `Subscriber.accept` (decode, validation, sequence checks)
+on real encoded frames, from process CPU time and so steady on a busy machine; frames/s
+forwarded by the broker; ProcessEvents/s built at a publisher, forwarded and decoded at
+a subscriber (one per message and batched) with the loss count; RPC round trip p50/p99.
+Budgets from DESIGN.md.
 
-    .venv/bin/python bench/bus.py [--events 50000]
+    .venv/bin/python bench/bus.py [--events 50000] [--accept-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import textwrap
 import time
 
+import psutil
 import zmq
 
 from daemoneye.bus import SocketFactory, Subscriber
@@ -130,6 +134,131 @@ def run_stream(settings, env, mode: str, count: int, batch: int = 1) -> tuple[fl
     return received / max(elapsed, 1e-9), received, count - received
 
 
+RECORD = {  # a record as the collector fills it from /proc
+    "pid": 26683,
+    "ppid": 26680,
+    "startTicks": 2110745,
+    "startTime": 1795560471.45,
+    "name": "python3.11",
+    "exePath": "/root/.pyenv/versions/3.11.7/bin/python3.11",
+    "cmdline": ["/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", "8080"],
+    "cwd": "/home/user/project",
+    "root": "/",
+    "uid": 1000,
+    "gid": 1000,
+    "euid": 1000,
+    "egid": 1000,
+    "suid": 1000,
+    "sgid": 1000,
+    "loginUid": 1000,
+    "username": "user",
+    "state": "S",
+    "threads": 4,
+    "nice": 0,
+    "pgroup": 26680,
+    "sessionId": 25032,
+    "userTimeMs": 20,
+    "systemTimeMs": 3,
+    "residentBytes": 13819904,
+    "virtualBytes": 16846848,
+    "diskReadBytes": 4096,
+    "diskWriteBytes": 0,
+    "sha256": "ab" * 32,
+    "onDisk": 1,
+    "exeDevice": 65024,
+    "exeInode": 26723,
+    "exeSize": 17584,
+    "exeMtimeNs": 1778312132 * 10**9,
+    "cgroupPath": "/user.slice/user-1000.slice/session-2.scope",
+    "pidNamespace": 4026531836,
+    "accessible": True,
+    "tty": "pts/0",
+}
+
+
+def accept_frames(kind: str, count: int) -> tuple[bytes, list[bytes], int]:
+    """(topic, `count` frames with consecutive seqs, events per frame) of one kind."""
+    from daemoneye.bus import Publisher
+
+    class Null:
+        def send(self, *_: object) -> None:
+            pass
+
+    pub = Publisher(Null(), "collector@bench")  # type: ignore[arg-type]
+    event = {
+        "kind": "start",
+        "source": "netlink",
+        "timeNs": 1,
+        "record": RECORD,
+        "hostname": "host-1",
+    }
+    if kind == "event":
+        topic, body_kind, body, per = "events.process.start", "processEvent", event, 1
+    elif kind == "batch":
+        events = [dict(event, record=dict(RECORD, pid=i)) for i in range(64)]
+        topic, body_kind, body, per = (
+            "events.process.batch",
+            "processEventBatch",
+            {"events": events},
+            64,
+        )
+    else:
+        topic, body_kind, per = "alerts.high", "alert", 1
+        body = {
+            "alertId": "a" * 32,
+            "ruleId": "suspicious_shell",
+            "ruleName": "Shell from web",
+            "severity": "high",
+            "title": "python3.11 spawned a shell",
+            "description": "A web server process started an interactive shell.",
+            "process": RECORD,
+            "rowJson": '{"pid": 26683, "name": "python3.11"}',
+            "dedupKey": "suspicious_shell:26683",
+            "firstSeenNs": 1,
+            "lastSeenNs": 2,
+            "count": 1,
+            "tags": ["attack.execution", "attack.t1059"],
+            "timeNs": 3,
+            "hostname": "host-1",
+        }
+    frames = [pub.encode(topic, body_kind, body)[1] for _ in range(count)]
+    return topic.encode(), frames, per
+
+
+def accept_cpu(kind: str, count: int, rounds: int = 7) -> tuple[float, float, int]:
+    """(best, median) CPU microseconds per accepted frame, and the frame size. A fresh
+    Subscriber each round, so every frame is new to its sequence tracker."""
+    topic, frames, _ = accept_frames(kind, count)
+    context = zmq.Context()
+    samples = []
+    for _ in range(rounds):
+        sock = context.socket(zmq.SUB)
+        sub = Subscriber(sock, ["events.", "alerts."], 1 << 24)
+        accept = sub.accept
+        started = time.process_time()
+        for data in frames:
+            if accept([topic, data]) is None:
+                raise RuntimeError(f"frame dropped: {sub.stats.last_drop_reason}")
+        samples.append((time.process_time() - started) / count * 1e6)
+        sock.close(0)
+    context.term()
+    samples.sort()
+    return samples[0], samples[len(samples) // 2], len(frames[0])
+
+
+def print_accept_cpu() -> None:
+    load = os.getloadavg()[0]
+    print(f"Subscriber.accept CPU per frame (best / median of 7 rounds; load {load:.2f}):")
+    for kind, count, label in (
+        ("event", 4000, "ProcessEvent"),
+        ("batch", 200, "ProcessEventBatch of 64"),
+        ("alert", 4000, "Alert"),
+    ):
+        best, median, size = accept_cpu(kind, count)
+        per_event = f"  ({best / 64:5.2f} us/event)" if kind == "batch" else ""
+        print(f"  {label:<25} {size:6} B  {best:8.2f} / {median:8.2f} us{per_event}")
+
+
 def rpc_latency(settings, calls: int) -> tuple[float, float]:
     factory = SocketFactory(settings, zmq.Context())
     client = RpcClient(factory, settings.endpoint("control"), "bench", 2.0)
@@ -148,17 +277,27 @@ def rpc_latency(settings, calls: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--accept-only", action="store_true", help="only the accept() CPU")
     args = parser.parse_args()
     n = args.events
+    print_accept_cpu()
+    if args.accept_only:
+        return
     # Unbounded queues for the measurement: PUB/SUB drops at a full HWM by design, and
     # here we measure how fast frames move, not how a burst overflows a queue.
     unbounded = {"DAEMONEYE_BUS__SEND_HWM": "0", "DAEMONEYE_BUS__RECV_HWM": "0"}
-    with bench_env(**unbounded) as (settings, env), service("broker", settings, env):
+    with bench_env(**unbounded) as (settings, env), service("broker", settings, env) as broker:
         print(f"bus benchmark, {n} messages per run, broker on {settings.endpoint('events-in')}")
-        rate, _, lost = run_stream(settings, env, "raw", n * 4)
+        print(f"load average {os.getloadavg()[0]:.2f} (2 cores: wall-clock rates below are noisy)")
+        broker_cpu = psutil.Process(broker.pid).cpu_times
+        before = broker_cpu()
+        rate, received, lost = run_stream(settings, env, "raw", n * 4)
+        after = broker_cpu()
+        cpu_us = (after.user + after.system - before.user - before.system) / received * 1e6
         print(
             f"broker forwarding (raw frames):     {rate:10,.0f} frames/s  lost {lost}"
             f"   budget >= 150,000  {verdict(rate, 150_000)}"
+            f"   (broker CPU {cpu_us:.2f} us/frame)"
         )
         rate, _, lost = run_stream(settings, env, "event", n)
         print(
