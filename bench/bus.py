@@ -1,12 +1,13 @@
 """Bus throughput and RPC latency through a real broker on ipc:// sockets.
 
-Prints: CPU per message of `Subscriber.accept` (decode, validation, sequence checks)
-on real encoded frames, from process CPU time and so steady on a busy machine; frames/s
+Prints: CPU per message of `wire.encode_envelope` on bodies as the services build them,
+and of `Subscriber.accept` (decode, validation, sequence checks) on real encoded frames,
+both from process CPU time and so steady on a busy machine; frames/s
 forwarded by the broker; ProcessEvents/s built at a publisher, forwarded and decoded at
 a subscriber (one per message and batched) with the loss count; RPC round trip p50/p99.
 Budgets from DESIGN.md.
 
-    .venv/bin/python bench/bus.py [--events 50000] [--accept-only]
+    .venv/bin/python bench/bus.py [--events 50000] [--encode-only | --accept-only]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import psutil
 import zmq
 
+from daemoneye import wire
 from daemoneye.bus import SocketFactory, Subscriber
 from daemoneye.rpc import RpcClient
 
@@ -40,6 +42,7 @@ PUBLISHER = textwrap.dedent(
     while not select.select([sys.stdin], [], [], 0.02)[0]:
         pub.publish("probe.ready", "empty")
     sys.stdin.readline()
+    cpu = time.process_time()
     record = {"pid": 1, "ppid": 1, "name": "bash", "exePath": "/usr/bin/bash",
               "cmdline": ["bash", "-c", "echo hello"], "cwd": "/root", "uid": 0,
               "username": "root", "state": "S", "startTime": 1.7e9, "startTicks": 123456}
@@ -60,7 +63,10 @@ PUBLISHER = textwrap.dedent(
                                "record": dict(record, pid=i)})
             pub.publish("events.process.start", "processEventBatch", {"events": events})
     pub.publish("bench.done", "empty")
-    factory.close_all()
+    print((time.process_time() - cpu) / count * 1e6, flush=True)  # publisher CPU us/event
+    # Wait for the broker to take the backlog: the default linger (1 s) discards what a
+    # fast publisher has queued beyond that, bench.done included, and counts it as lost.
+    factory.close_all(linger_ms=60_000)
     """
 )
 
@@ -81,8 +87,11 @@ def _drain_raw(sock: zmq.Socket) -> tuple[bool, int]:
             return True, received
 
 
-def run_stream(settings, env, mode: str, count: int, batch: int = 1) -> tuple[float, int, int]:
-    """(per second, received, lost) for one publisher -> broker -> subscriber run."""
+def run_stream(
+    settings, env, mode: str, count: int, batch: int = 1
+) -> tuple[float, int, int, float]:
+    """(per second, received, lost, publisher CPU us per event: building, encoding and
+    sending) for one publisher -> broker -> subscriber run."""
     factory = SocketFactory(settings, zmq.Context())
     sock = factory.connect(zmq.SUB, settings.endpoint("events-out"))
     sub = Subscriber(sock, ["events.", "probe.", "bench."], settings.bus.max_event_bytes)
@@ -90,6 +99,7 @@ def run_stream(settings, env, mode: str, count: int, batch: int = 1) -> tuple[fl
         [sys.executable, "-c", PUBLISHER, mode, str(count), str(batch)],
         env=env,
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
     )
     while (m := sub.recv(10_000)) is None or m.topic != "probe.ready":
@@ -128,10 +138,12 @@ def run_stream(settings, env, mode: str, count: int, batch: int = 1) -> tuple[fl
             _ = (record.pid, record.name, record.cmdline[0])
             received += 1
     elapsed = last - (started or last)
-    proc.wait(30)
+    publisher_cpu = float(proc.communicate(timeout=30)[0])
+    if count != received:  # say where they went: the subscriber's counts tell
+        print(f"  ({mode}: {count - received} lost; subscriber {sub.stats})")
     factory.close_all(linger_ms=0)
     factory.context.term()
-    return received / max(elapsed, 1e-9), received, count - received
+    return received / max(elapsed, 1e-9), received, count - received, publisher_cpu
 
 
 RECORD = {  # a record as the collector fills it from /proc
@@ -176,6 +188,77 @@ RECORD = {  # a record as the collector fills it from /proc
 }
 
 
+FULL_RECORD = dict(RECORD, exeDeleted=False, exeChangedAfterExec=False, containerId="")
+
+
+def encode_bodies() -> list[tuple[str, str, dict, int]]:
+    """(label, body kind, body, events) as the services build them: the collector's
+    event_body (every field, defaults included), a batch of 64 of those, and the
+    detector's alert_body (a process record with every field, as record_of reads it)."""
+    event = {
+        "kind": "start",
+        "source": "netlink",
+        "timeNs": 1_795_560_471_450_000_000,
+        "record": FULL_RECORD,
+        "changedFields": [],
+        "reason": "",
+        "severity": "info",
+        "runtimeNs": 0,
+        "exitCode": 0,
+        "hostname": "host-1",
+    }
+    events = [dict(event, record=dict(FULL_RECORD, pid=i)) for i in range(64)]
+    alert = dict(alert_body(), process=FULL_RECORD)
+    return [
+        ("ProcessEvent", "processEvent", event, 1),
+        ("ProcessEventBatch of 64", "processEventBatch", {"events": events}, 64),
+        ("Alert", "alert", alert, 1),
+    ]
+
+
+def encode_cpu(kind: str, body: dict, count: int, rounds: int = 7) -> tuple[float, float, int]:
+    """(best, median) CPU microseconds per `wire.encode_envelope`, and the frame size."""
+    header = wire.Header("collector@bench", "boot-1", 1, 1)
+    encode = wire.encode_envelope
+    samples = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(count):
+            data = encode(header, kind, body)
+        samples.append((time.process_time() - started) / count * 1e6)
+    samples.sort()
+    return samples[0], samples[len(samples) // 2], len(data)
+
+
+def print_encode_cpu() -> None:
+    load = os.getloadavg()[0]
+    print(f"wire.encode_envelope CPU per message (best / median of 7 rounds; load {load:.2f}):")
+    for label, kind, body, events in encode_bodies():
+        best, median, size = encode_cpu(kind, body, 4000 // events)
+        per_event = f"  ({best / events:5.2f} us/event)" if events > 1 else ""
+        print(f"  {label:<25} {size:6} B  {best:8.2f} / {median:8.2f} us{per_event}")
+
+
+def alert_body() -> dict:
+    return {
+        "alertId": "a" * 32,
+        "ruleId": "suspicious_shell",
+        "ruleName": "Shell from web",
+        "severity": "high",
+        "title": "python3.11 spawned a shell",
+        "description": "A web server process started an interactive shell.",
+        "process": RECORD,
+        "rowJson": '{"pid": 26683, "name": "python3.11"}',
+        "dedupKey": "suspicious_shell:26683",
+        "firstSeenNs": 1,
+        "lastSeenNs": 2,
+        "count": 1,
+        "tags": ["attack.execution", "attack.t1059"],
+        "timeNs": 3,
+        "hostname": "host-1",
+    }
+
+
 def accept_frames(kind: str, count: int) -> tuple[bytes, list[bytes], int]:
     """(topic, `count` frames with consecutive seqs, events per frame) of one kind."""
     from daemoneye.bus import Publisher
@@ -203,24 +286,7 @@ def accept_frames(kind: str, count: int) -> tuple[bytes, list[bytes], int]:
             64,
         )
     else:
-        topic, body_kind, per = "alerts.high", "alert", 1
-        body = {
-            "alertId": "a" * 32,
-            "ruleId": "suspicious_shell",
-            "ruleName": "Shell from web",
-            "severity": "high",
-            "title": "python3.11 spawned a shell",
-            "description": "A web server process started an interactive shell.",
-            "process": RECORD,
-            "rowJson": '{"pid": 26683, "name": "python3.11"}',
-            "dedupKey": "suspicious_shell:26683",
-            "firstSeenNs": 1,
-            "lastSeenNs": 2,
-            "count": 1,
-            "tags": ["attack.execution", "attack.t1059"],
-            "timeNs": 3,
-            "hostname": "host-1",
-        }
+        topic, body_kind, body, per = "alerts.high", "alert", alert_body(), 1
     frames = [pub.encode(topic, body_kind, body)[1] for _ in range(count)]
     return topic.encode(), frames, per
 
@@ -278,8 +344,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--accept-only", action="store_true", help="only the accept() CPU")
+    parser.add_argument("--encode-only", action="store_true", help="only the encode CPU")
     args = parser.parse_args()
     n = args.events
+    print_encode_cpu()
+    if args.encode_only:
+        return
     print_accept_cpu()
     if args.accept_only:
         return
@@ -291,7 +361,7 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.2f} (2 cores: wall-clock rates below are noisy)")
         broker_cpu = psutil.Process(broker.pid).cpu_times
         before = broker_cpu()
-        rate, received, lost = run_stream(settings, env, "raw", n * 4)
+        rate, received, lost, _ = run_stream(settings, env, "raw", n * 4)
         after = broker_cpu()
         cpu_us = (after.user + after.system - before.user - before.system) / received * 1e6
         print(
@@ -299,15 +369,17 @@ def main() -> None:
             f"   budget >= 150,000  {verdict(rate, 150_000)}"
             f"   (broker CPU {cpu_us:.2f} us/frame)"
         )
-        rate, _, lost = run_stream(settings, env, "event", n)
+        rate, _, lost, pub_us = run_stream(settings, env, "event", n)
         print(
             f"ProcessEvents, one per message:     {rate:10,.0f} events/s  lost {lost}"
             f"   budget >= 25,000   {verdict(rate, 25_000) if not lost else 'LOSS'}"
+            f"   (publisher CPU {pub_us:.2f} us/event)"
         )
-        rate, _, lost = run_stream(settings, env, "batch", n, 64)
+        rate, _, lost, pub_us = run_stream(settings, env, "batch", n, 64)
         print(
             f"ProcessEvents, batches of 64:       {rate:10,.0f} events/s  lost {lost}"
             f"   budget >= 25,000   {verdict(rate, 25_000) if not lost else 'LOSS'}"
+            f"   (publisher CPU {pub_us:.2f} us/event)"
         )
         p50, p99 = rpc_latency(settings, 2000)
         print(
