@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import psutil
 import zmq
 
-from daemoneye import logs, wire
+from daemoneye import logs, memory, wire
 from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
 from daemoneye.config import Settings
 from daemoneye.rpc import REPLY_MARK, RpcResult
@@ -192,6 +192,7 @@ class Service:
     # --- running --------------------------------------------------------------
 
     def run(self) -> int:
+        memory.tune()  # first: open_sockets() starts ZeroMQ's thread, setup() RocksDB's
         logs.configure(self.name, self.service_id, self.settings.log_level)
         self._install_signals()
         try:
@@ -202,6 +203,8 @@ class Service:
             self.factory.close_all(linger_ms=0)
             return 1
         self.every(self.settings.heartbeat_interval_s, self.heartbeat)
+        # freed heap pages back to the kernel now and then (see daemoneye.memory)
+        self.every(memory.TRIM_INTERVAL_S, memory.trim, memory.TRIM_INTERVAL_S)
         self.log.info("started", extra={"pid": os.getpid(), "boot_id": self.boot_id})
         try:
             self._loop()
