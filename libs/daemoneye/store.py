@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rocksdict import (
     AccessType,
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     Options,
@@ -58,23 +59,38 @@ MEMTABLES = 2
 BLOCK_CACHE_BYTES = 8 << 20
 
 
-def _options() -> Options:
+def _options(memtable_bytes: int = MEMTABLE_BYTES) -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_max_background_jobs(2)
     options.increase_parallelism(2)
-    options.set_write_buffer_size(MEMTABLE_BYTES)
+    options.set_write_buffer_size(memtable_bytes)
     options.set_max_write_buffer_number(MEMTABLES)
     table = BlockBasedOptions()
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    # Index blocks bounded too: by default each SST file's whole index stays in memory
+    # outside the cache (rocksdb.estimate-table-readers-mem), ~3.7 KB per 1,000 ledger
+    # entries for ever: +7 MB in a 10-minute soak at 2,000 entries/s. A partitioned
+    # index pins only its small top level; the partitions share the block cache.
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_top_level_index_and_filter(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options.set_block_based_table_factory(table)
     return options
 
 
 class Store:
-    def __init__(self, path: Path, sync: bool = False, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sync: bool = False,
+        read_only: bool = False,
+        memtable_bytes: int = MEMTABLE_BYTES,
+    ) -> None:
         self.path = Path(path)
-        options = _options()
+        self.memtable_bytes = memtable_bytes
+        options = _options(memtable_bytes)
         try:
             if not read_only:
                 self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -91,7 +107,7 @@ class Store:
         """A fresh handle on the same directory: RocksDB refuses every write after an
         I/O error (a full disk) until the database is reopened."""
         self.close()
-        return Store(self.path, sync=self.sync)
+        return Store(self.path, sync=self.sync, memtable_bytes=self.memtable_bytes)
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
@@ -154,7 +170,9 @@ class Store:
             self.db.close()
 
 
-def service_store(data_dir: Path, service: str, sync: bool = False) -> Store:
+def service_store(
+    data_dir: Path, service: str, sync: bool = False, memtable_bytes: int = MEMTABLE_BYTES
+) -> Store:
     path = Path(data_dir) / service
     os.makedirs(path.parent, mode=0o750, exist_ok=True)
-    return Store(path, sync=sync)
+    return Store(path, sync=sync, memtable_bytes=memtable_bytes)
