@@ -3,76 +3,87 @@
 A key's window starts with the alert that goes out. Repeats inside it only add to
 a count; when the window ends the count is reported by a summary (`expire`), or,
 if a new alert of the key arrives before the sweep saw the end, carried on it.
-Entries sit in a dict in window-start order, so expiry pops from the front.
+
+Memory is the point here: a storm of distinct alerts keeps `max_keys` windows open
+(100,000 by default), so an open window costs one dict entry (key -> end time, both
+small objects the caller supplies: the alerter's keys are 64-bit digests) plus two
+pointers in the queues that order windows by start. The repeat count, and when it
+happened, exist only for windows that had repeats. Everything else about a window
+(the record that opened it) lives in the alerter's store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
 @dataclass(slots=True)
-class Window:
-    ends: float  # monotonic
-    repeats: int = 0
+class Repeats:
+    count: int = 0
     first_ns: int = 0  # first and last repeat, wall clock
     last_ns: int = 0
-    record_key: int = 0  # the store key of the alert that opened the window
 
 
 class Deduper:
-    def __init__(
-        self,
-        window_s: float,
-        max_keys: int,
-        on_close: Callable[[Hashable], None] | None = None,
-    ) -> None:
+    def __init__(self, window_s: float, max_keys: int) -> None:
         self.window_s = window_s
         self.max_keys = max_keys
-        self.on_close = on_close  # told of every window that ends (a stored copy goes)
-        self.windows: dict[Hashable, Window] = {}
+        self.windows: dict[Hashable, float] = {}  # key -> end (monotonic)
+        self.repeats: dict[Hashable, Repeats] = {}  # open windows that had repeats
+        # Window-start order, for expiry from the front. Popping the front of a dict is
+        # O(deleted entries before it) in CPython, so order is kept here instead; an
+        # entry whose key was reopened since (its end is not the key's) is skipped.
+        self._keys: deque[Hashable] = deque()
+        self._ends: deque[float] = deque()
         self.suppressed = 0
 
     def check(self, key: Hashable, now: float, time_ns: int) -> tuple[bool, int]:
         """(deliver?, repeats carried from an ended window not yet summarised)."""
         if self.window_s <= 0:
             return True, 0
-        window = self.windows.get(key)
-        if window is not None and now < window.ends:
-            window.repeats += 1
-            window.first_ns = window.first_ns or time_ns
-            window.last_ns = time_ns
+        ends = self.windows.get(key)
+        if ends is not None and now < ends:
+            seen = self.repeats.get(key)
+            if seen is None:
+                seen = self.repeats[key] = Repeats(first_ns=time_ns)
+            seen.count += 1
+            seen.last_ns = time_ns
             self.suppressed += 1
             return False, 0
         carried = 0
-        if window is not None:
-            carried = window.repeats
-            del self.windows[key]  # re-insert at the back: keeps window-start order
-        self.windows[key] = Window(ends=now + self.window_s)
+        if ends is not None:  # ended, not swept yet: its queue entry is now stale
+            seen = self.repeats.pop(key, None)
+            carried = seen.count if seen is not None else 0
+        self._open(key, now + self.window_s)
         return True, carried
 
-    def opened_by(self, key: Hashable, record_key: int) -> None:
-        """Remember which stored record opened the window: the summary repeats it."""
-        window = self.windows.get(key)
-        if window is not None:
-            window.record_key = record_key
+    def _open(self, key: Hashable, ends: float) -> None:
+        self.windows[key] = ends
+        self._keys.append(key)
+        self._ends.append(ends)
 
-    def expire(self, now: float) -> list[tuple[Hashable, Window]]:
-        """Windows that ended (or were evicted to stay under max_keys) and had repeats."""
-        ended: list[tuple[Hashable, Window]] = []
-        while self.windows:
-            key, window = next(iter(self.windows.items()))
-            if window.ends > now and len(self.windows) <= self.max_keys:
+    def expire(self, now: float) -> list[tuple[Hashable, Repeats | None]]:
+        """Every window that ended (or was evicted to stay under max_keys), oldest
+        first, with its repeats (None if it had none)."""
+        closed: list[tuple[Hashable, Repeats | None]] = []
+        windows, keys, ends_q = self.windows, self._keys, self._ends
+        while keys:
+            key, ends = keys[0], ends_q[0]
+            if windows.get(key) is not ends:  # reopened since: a stale entry
+                keys.popleft()
+                ends_q.popleft()
+                continue
+            if ends > now and len(windows) <= self.max_keys:
                 break
-            del self.windows[key]
-            if self.on_close is not None:
-                self.on_close(key)
-            if window.repeats:
-                ended.append((key, window))
-        return ended
+            keys.popleft()
+            ends_q.popleft()
+            del windows[key]
+            closed.append((key, self.repeats.pop(key, None)))
+        return closed
 
-    def restore(self, key: Hashable, ends: float, record_key: int) -> None:
+    def restore(self, key: Hashable, ends: float) -> None:
         """A window stored by an earlier run (call in order of `ends`)."""
         if self.window_s > 0:
-            self.windows[key] = Window(ends=ends, record_key=record_key)
+            self._open(key, ends)

@@ -38,7 +38,7 @@ from daemoneye.sections.alerter import SEVERITY_ORDER
 from daemoneye.service import Request, RpcFault, Service, rpc
 
 from . import model
-from .dedup import Deduper
+from .dedup import Deduper, Repeats
 from .ratelimit import Limiter
 from .sinks import Delivery, build_sink
 from .state import PENDING, DeliveryStore
@@ -61,7 +61,7 @@ class Alerter(Service):
         super().__init__(settings, service_id)
         cfg = settings.alerter
         self.cfg = cfg
-        self.dedup = Deduper(cfg.dedup_window_s, cfg.dedup_max_keys, self._window_closed)
+        self.dedup = Deduper(cfg.dedup_window_s, cfg.dedup_max_keys)
         self.rule_limiter = Limiter(cfg.rule_rate_limit.rate, cfg.rule_rate_limit.capacity)
         self.sink_limiters: dict[str, Limiter] = {}
         self.workers: list[SinkWorker] = []
@@ -76,11 +76,14 @@ class Alerter(Service):
         self.gc_max_pause_ms = 0.0
         self._gc_started = 0.0
         self.clock = time.monotonic  # dedup windows and buckets run on this (tests set it)
-        self._staged: list[tuple[dict[str, Any], bytes, list[SinkWorker]]] = []
+        # (store key, JSON, sinks, alert id): the record dict itself is not kept
+        self._staged: list[tuple[int, bytes, list[SinkWorker], str]] = []
         self.cursors = StreamCursors(lambda stream: stream.startswith(Topics.ALERTS))
         self.replayer: Replayer | None = None
-        self._windows_opened: dict[tuple, tuple[int, int]] = {}  # to store with the next write
-        self._windows_closed: set[tuple] = set()
+        self._windows_opened: dict[int, tuple[int, int]] = {}  # to store with the next write
+        self._windows_closed: set[int] = set()
+        self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
+        self._flush_timer = False
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -137,11 +140,11 @@ class Alerter(Service):
         resumed = self.cursors.resume(tracker, self.store.cursors())
         wall, now = time.time_ns(), self.clock()
         restored = 0
-        for dkey, ends_ns, record_key in self.store.windows():
+        for dkey, ends_ns, _record_key in self.store.windows():
             if ends_ns <= wall:
                 self._windows_closed.add(dkey)  # ended while down
                 continue
-            self.dedup.restore(dkey, now + (ends_ns - wall) / 1e9, record_key)
+            self.dedup.restore(dkey, now + (ends_ns - wall) / 1e9)
             restored += 1
         if resumed or restored:
             self.log.info(
@@ -183,7 +186,20 @@ class Alerter(Service):
 
     def on_drained(self) -> None:
         """Write what the burst staged: one store write per burst, not per alert, is what
-        keeps up with 10,000/s."""
+        keeps up with 10,000/s. At low rates a burst is one alert, and each write, sink
+        wake-up and fsync costs as much as the alert itself: so within `coalesce_s` of
+        the last write the burst waits (on a timer) to go with the next ones."""
+        if not (self._staged or self.cursors.pending):
+            return
+        since = time.monotonic() - self._flushed_at
+        if since >= self.cfg.coalesce_s:
+            self.flush()
+        elif not self._flush_timer:
+            self._flush_timer = True
+            self.once(self.cfg.coalesce_s - since, self._coalesced_flush)
+
+    def _coalesced_flush(self) -> None:
+        self._flush_timer = False
         self.flush()
 
     def on_message(self, msg: Message) -> None:
@@ -242,10 +258,8 @@ class Alerter(Service):
             return None
         self.accepted += 1
         key = self.store.next_key()
-        self.dedup.opened_by(dkey, key)
-        if self.dedup.window_s > 0:
-            ends_ns = time.time_ns() + int(self.dedup.window_s * 1e9)
-            self._windows_opened[dkey] = (ends_ns, key)
+        if self.dedup.window_s > 0:  # the key is wall-clock ns: the window ends from it
+            self._windows_opened[dkey] = (key + int(self.dedup.window_s * 1e9), key)
             self._windows_closed.discard(dkey)
         record = model.record_of(alert, source_id, key, carried)
         rule_ok = self.rule_limiter.allow(
@@ -285,13 +299,9 @@ class Alerter(Service):
         if held:
             record["heldBy"] = held
         record["sinks"] = [w.sink.name for w in targets]
-        self._staged.append((record, model.encode(record), targets))
+        self._staged.append((record["key"], model.encode(record), targets, record["alertId"]))
         if len(self._staged) >= STAGE_MAX:
             self.flush()
-
-    def _window_closed(self, dkey: Any) -> None:
-        self._windows_opened.pop(dkey, None)
-        self._windows_closed.add(dkey)
 
     def flush(self) -> None:
         """Write staged records (one atomic batch, pending per sink, with the cursors
@@ -301,13 +311,17 @@ class Alerter(Service):
             return
         if not (self._staged or self.cursors.pending or self._windows_closed):
             return
+        self._flushed_at = time.monotonic()
         staged, self._staged = self._staged, []
         cursors = self.cursors.take()
         opened, self._windows_opened = self._windows_opened, {}
         closed, self._windows_closed = self._windows_closed, set()
         try:
             self.store.add(
-                [(r["key"], data, r["sinks"]) for r, data, _ in staged], cursors, opened, closed
+                [(key, data, [w.sink.name for w in targets]) for key, data, targets, _ in staged],
+                cursors,
+                opened,
+                closed,
             )
         except Exception:
             # kept for the next write: nothing read is lost while the store refuses
@@ -317,9 +331,9 @@ class Alerter(Service):
             self._windows_closed |= closed
             raise
         per_worker: dict[SinkWorker, list[Delivery]] = defaultdict(list)
-        for record, data, targets in staged:
+        for key, data, targets, alert_id in staged:
             for worker in targets:
-                per_worker[worker].append(Delivery(record["key"], data, record))
+                per_worker[worker].append(Delivery(key, data, alert_id=alert_id))
         for worker, items in per_worker.items():
             worker.submit(items)
 
@@ -336,17 +350,28 @@ class Alerter(Service):
 
     def _expire_dedup(self) -> None:
         assert self.store is not None
+        self.flush()  # a window's opening record is in the store before its summary
         now = self.clock()
-        for dkey, window in self.dedup.expire(now):
-            data = self.store.record(window.record_key)
-            first = model.json_load(data) if data else {"ruleId": str(dkey[0]), "process": {}}
-            key = self.store.next_key()
-            summary = model.repeat_summary(
-                first, key, window.repeats, window.first_ns, window.last_ns, self.dedup.window_s
-            )
-            self.summaries += 1
-            self.fan_out(summary, now, limits=False)
+        for dkey, repeats in self.dedup.expire(now):
+            if repeats is not None:
+                self._repeat_summary(dkey, repeats, now)
+            self._windows_opened.pop(dkey, None)
+            self._windows_closed.add(dkey)
         self.flush()
+
+    def _repeat_summary(self, dkey: int, repeats: Repeats, now: float) -> None:
+        """Told with the fields of the alert that opened the window (read back from the
+        store: memory holds only the window's key and end)."""
+        assert self.store is not None
+        stored = self._windows_opened.get(dkey) or self.store.window(dkey)
+        data = self.store.record(stored[1]) if stored else None
+        first = model.json_load(data) if data else {"ruleId": "unknown", "process": {}}
+        key = self.store.next_key()
+        summary = model.repeat_summary(
+            first, key, repeats.count, repeats.first_ns, repeats.last_ns, self.dedup.window_s
+        )
+        self.summaries += 1
+        self.fan_out(summary, now, limits=False)
 
     def _summarise_held(self) -> None:
         """Report what the rate limits held back since the last summary."""

@@ -21,7 +21,6 @@ from collections import deque
 from typing import Any, Protocol
 
 from .breaker import CircuitBreaker
-from .model import json_load
 from .sinks import Delivery, Sink, SinkError
 from .state import DeliveryStore
 
@@ -171,7 +170,7 @@ class SinkWorker(threading.Thread):
             if data is None:  # its record was pruned: nothing left to send
                 gone.append(key)
                 continue
-            loaded.append(Delivery(key, data, json_load(data), int(meta.get("attempts", 0))))
+            loaded.append(Delivery(key, data, None, int(meta.get("attempts", 0))))
         if not self._crash_checked:
             self._crash_checked = True
             held = self._held_by_sink(loaded)
@@ -229,7 +228,7 @@ class SinkWorker(threading.Thread):
         self.report(
             "alert.delivered",
             self.sink.name,
-            {"keys": [d.key for d in items], "alert_ids": [d.record.get("alertId") for d in items]},
+            {"keys": [d.key for d in items], "alert_ids": [d.alert_id for d in items]},
         )
 
     def _failed(self, items: list[Delivery], error: str, retryable: bool) -> None:

@@ -10,17 +10,15 @@ from daemoneye.services.alerter.ratelimit import Limiter, TokenBucket
 def test_first_alert_goes_out_and_repeats_are_counted() -> None:
     d = Deduper(window_s=10, max_keys=100)
     assert d.check("k", 0.0, 1) == (True, 0)
-    d.opened_by("k", 77)
     for i in range(9_999):
         assert d.check("k", 1.0 + i / 10_000, 2 + i) == (False, 0)
     assert d.check("other", 2.0, 5) == (True, 0)
     assert d.suppressed == 9_999
     assert d.expire(9.9) == []
     ended = d.expire(10.0)
-    assert [(k, w.repeats, w.first_ns, w.last_ns, w.record_key) for k, w in ended] == [
-        ("k", 9_999, 2, 10_000, 77)
-    ]
-    assert list(d.windows) == ["other"]
+    assert [(k, r.count, r.first_ns, r.last_ns) for k, r in ended if r] == [("k", 9_999, 2, 10_000)]
+    assert list(d.windows) == ["other"] and list(d.repeats) == []
+    assert [(k, r) for k, r in d.expire(12.0)] == [("other", None)]  # ended, no repeats
 
 
 def test_repeats_not_yet_summarised_are_carried_on_the_next_alert() -> None:
@@ -30,6 +28,9 @@ def test_repeats_not_yet_summarised_are_carried_on_the_next_alert() -> None:
     d.check("k", 2.0, 3)
     assert d.check("k", 6.0, 4) == (True, 2)  # window over, no sweep ran yet
     assert d.expire(7.0) == []  # the carried repeats are not reported twice
+    assert d.check("k", 8.0, 5) == (False, 0)  # the reopened window is open until 11
+    assert [(k, r.count if r else 0) for k, r in d.expire(11.0)] == [("k", 1)]
+    assert d.windows == {} and d.repeats == {}
 
 
 def test_max_keys_evicts_the_oldest_with_its_repeats() -> None:
@@ -39,8 +40,23 @@ def test_max_keys_evicts_the_oldest_with_its_repeats() -> None:
     d.check("b", 0.2, 3)
     d.check("c", 0.3, 4)
     ended = d.expire(1.0)
-    assert [(k, w.repeats) for k, w in ended] == [("a", 1)]
+    assert [(k, r.count if r else 0) for k, r in ended] == [("a", 1)]
     assert list(d.windows) == ["b", "c"]
+
+
+def test_reopened_keys_keep_window_start_order() -> None:
+    """A key reopened after its window ended is expired by its new window, not the old
+    place in line (which is skipped), and memory is not kept for ended windows."""
+    d = Deduper(window_s=10, max_keys=1000)
+    for n in range(5):
+        d.check(n, float(n), n)  # windows 0..4 end at 10..14
+    assert d.check(0, 10.5, 1) == (True, 0)  # ended, not swept: reopened until 20.5
+    assert [k for k, _ in d.expire(12.0)] == [1, 2]
+    assert 0 in d.windows
+    assert [k for k, _ in d.expire(20.4)] == [3, 4]
+    assert [k for k, _ in d.expire(20.5)] == [0]
+    d.expire(1000.0)
+    assert d.windows == {} and not d._keys and not d._ends
 
 
 def test_window_zero_disables_dedup() -> None:

@@ -5,7 +5,9 @@ confirms what it wrote before a crash instead of writing it twice."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from daemoneye import wire
 from daemoneye.bus import Gap, Message
 from daemoneye.sections.alerter import FileSink as FileCfg
+from daemoneye.services.alerter.model import key_digest
 from daemoneye.services.alerter.sinks.file import FileSink
 from daemoneye.services.alerter.state import DeliveryStore
 from daemoneye.services.alerter.worker import SinkWorker
@@ -93,14 +96,36 @@ def test_ended_windows_are_dropped_from_the_store(tmp_path: Path) -> None:
 def test_windows_that_ended_while_down_are_not_restored(tmp_path: Path) -> None:
     store = DeliveryStore(tmp_path / "data")
     past, future = time.time_ns() - 10**9, time.time_ns() + 60 * 10**9
-    store.add([], windows={("r", "/bin/old", "x"): (past, 1), ("r", "/bin/new", "y"): (future, 2)})
+    old, new = key_digest(("r", "/bin/old", "x")), key_digest(("r", "/bin/new", "y"))
+    store.add([], windows={old: (past, 1), new: (future, 2)})
     store.close()
     svc = make_alerter(tmp_path, "[alerter]\n")
     try:
-        assert list(svc.dedup.windows) == [("r", "/bin/new", "y")]
+        assert list(svc.dedup.windows) == [new]
         svc.flush()  # the ended one goes from the store with the next write
         assert svc.store is not None
-        assert [w[0] for w in svc.store.windows()] == [("r", "/bin/new", "y")]
+        assert [w[0] for w in svc.store.windows()] == [new]
+    finally:
+        close(svc)
+
+
+def test_windows_in_the_older_store_layout_are_read_and_rewritten(tmp_path: Path) -> None:
+    """Windows stored by an alerter before keys were 64-bit digests (d/<16-byte digest>,
+    the key's parts in the value) still hold back repeats after an upgrade."""
+    store = DeliveryStore(tmp_path / "data")
+    parts = ("r", "/bin/a", hashlib.blake2b(b"/bin/a", digest_size=8).hexdigest())
+    joined = "\0".join(parts).encode()
+    old_key = b"d/" + hashlib.blake2b(joined, digest_size=16).digest()
+    ends = time.time_ns() + 60 * 10**9
+    store.store.put(old_key, struct.pack(">QQ", ends, 7) + joined)
+    store.close()
+    svc = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        assert svc.store is not None
+        assert svc.store.windows() == [(key_digest(parts), ends, 7)]
+        assert svc.store.store.get(old_key) is None  # rewritten in the new layout
+        feed(svc, alert(1, "/bin/a"))  # the same key as the stored window: a repeat
+        assert svc.dedup.suppressed == 1 and svc.accepted == 0
     finally:
         close(svc)
 

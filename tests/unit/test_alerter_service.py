@@ -185,3 +185,29 @@ min_severity = "high"
         assert sum(1 for r in held if r.get("heldBy") == ["limited"]) == 4
     finally:
         close(svc)
+
+
+def test_a_steady_trickle_is_written_in_batches_a_first_alert_at_once(tmp_path: Path) -> None:
+    """At low rates each bus burst is one alert: within `coalesce_s` of the last store
+    write a burst waits for the timer, so writes, sink wake-ups and fsyncs go per batch;
+    after a quiet spell the first alert is written (and delivered) at once."""
+    svc = make_alerter(tmp_path, "[alerter]\ncoalesce_s = 1\n")  # long: a loaded CI
+    try:
+        svc.on_message(msg(exe="/bin/first"))
+        svc.on_drained()
+        assert not svc._staged  # the first after a quiet spell: written at once
+        for n in range(3):
+            svc.on_message(msg(exe=f"/bin/trickle{n}"))
+            svc.on_drained()
+        assert len(svc._staged) == 3  # waiting for the timer, with their cursors
+        assert svc.store is not None and sum(1 for _ in svc.store.history()) == 1
+
+        def timers_ran() -> bool:
+            svc._run_timers()  # what the service loop does after each poll
+            return not svc._staged
+
+        wait_for(timers_ran, 5, "the coalesced write")
+        assert sum(1 for _ in svc.store.history()) == 4
+        wait_for(lambda: len(lines(svc)) == 4, 5, "all four delivered")
+    finally:
+        close(svc)

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..model import json_load
 
-@dataclass(slots=True)
+
 class Delivery:
-    """One alert on its way to one sink: its store key, its JSON line and its fields."""
+    """One alert on its way to one sink: its store key, its JSON line and, read from
+    that line only when a sink asks (stdout, syslog), its fields. Thousands can wait in
+    a sink's queue, so an item holds the bytes, not the parsed dict as well."""
 
-    key: int
-    data: bytes  # the alert record as one JSON object (no newline)
-    record: dict[str, Any]
-    attempts: int = 0
+    __slots__ = ("_record", "alert_id", "attempts", "data", "key")
+
+    def __init__(
+        self,
+        key: int,
+        data: bytes,
+        record: dict[str, Any] | None = None,
+        attempts: int = 0,
+        alert_id: str | None = None,
+    ) -> None:
+        self.key = key
+        self.data = data  # the alert record as one JSON object (no newline)
+        self.attempts = attempts
+        self._record = record
+        self.alert_id = alert_id if alert_id is not None else (record or {}).get("alertId")
+
+    @property
+    def record(self) -> dict[str, Any]:
+        if self._record is None:
+            self._record = json_load(self.data)
+        return self._record
 
 
 class SinkError(Exception):
