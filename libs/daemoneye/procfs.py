@@ -402,7 +402,7 @@ def _collect_reader(child: int, rfd: int, share: list[tuple[int, bytes | None]])
 
     parts = []
     try:
-        while chunk := os.read(rfd, 1 << 20):
+        while chunk := os.read(rfd, 1 << 16):  # a pipe's size: a bigger read only allocates more
             parts.append(chunk)
     except OSError:
         parts = []

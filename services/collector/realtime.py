@@ -30,6 +30,7 @@ from daemoneye import procfs
 from .netlink import EXEC, GID, UID, ProcConnector, ProcEvent
 
 FRAME = struct.Struct("<I")
+READ_BYTES = 1 << 20
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031
 PR_SET_PDEATHSIG = 1
@@ -86,6 +87,10 @@ class RealtimeSource:
         self.received = 0
         self._rfd = -1
         self._buf = bytearray()
+        # read into one reused buffer: os.read(fd, 1 MB) allocates (mmaps) 1 MB a call,
+        # twice per wake-up, which cost ~45 % of the service loop in a storm
+        self._chunk = bytearray(READ_BYTES)
+        self._chunk_view = memoryview(self._chunk)
         self.dead = False  # the reader exited: the service falls back to snapshots
 
     @property
@@ -148,13 +153,15 @@ class RealtimeSource:
         """Every item the reader has sent so far (without blocking)."""
         while True:
             try:
-                chunk = os.read(self._rfd, 1 << 20)
+                n = os.readv(self._rfd, [self._chunk])
             except BlockingIOError:
                 break
-            if not chunk:
+            if not n:
                 self.dead = True
                 break
-            self._buf += chunk
+            self._buf += self._chunk_view[:n]
+            if n < READ_BYTES:
+                break  # drained: asking again would only raise EAGAIN
         out: list[Item] = []
         buf = self._buf
         at = 0
