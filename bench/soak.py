@@ -518,7 +518,8 @@ def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, 
         f"gaps: detector {m['detector'].get('bus.gaps', 0):.0f} "
         f"({m['detector'].get('bus.missing', 0):.0f} missing), "
         f"ledger {m['ledger'].get('bus.gaps', 0):.0f} "
-        f"({m['ledger'].get('bus.missing', 0):.0f} missing)"
+        f"({m['ledger'].get('bus.missing', 0):.0f} missing), this probe's alert streams "
+        f"{sub.stats.gaps} ({sub.stats.missing} missing: alerts it cannot count)"
     )
     print(
         f"replays: ledger {m['ledger'].get('ledger.replays', 0):.0f} "
