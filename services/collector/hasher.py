@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from . import priority
+from daemoneye import priority
 
 Key = tuple[int, int, int, int]
 CHUNK = 1 << 20

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from daemoneye import procfs
+from daemoneye import priority, procfs
 from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
 from daemoneye.replay import ReplayRequestError, answer, parse_request
@@ -26,7 +26,7 @@ from daemoneye.rpc import REPLY_MARK, RpcResult
 from daemoneye.sections.collector import CollectorSettings
 from daemoneye.service import Request, RpcFault, Service, rpc
 
-from . import lean, priority, privdrop
+from . import lean, privdrop
 from .hasher import Hasher
 from .netlink import NetlinkUnavailable, ProcConnector
 from .realtime import RealtimeSource

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -230,3 +231,15 @@ def test_query_ps_rules_rpc_and_console(detector, rpc_client, run_env, tmp_path)
     (rules / "broken.yml").write_text("id: broken\nname: b\nsql: DROP TABLE processes\n")
     out = cli("rules", "reload")
     assert out.returncode == 1 and "broken.yml" in out.stderr and "only a SELECT" in out.stderr
+
+
+def test_runs_at_the_configured_priority(detector) -> None:
+    """As the collector: a fork storm that saturates the CPU must not starve the rules
+    (every thread, the bus's I/O threads included)."""
+    if os.geteuid() != 0:
+        pytest.skip("raising the priority needs root (CAP_SYS_NICE)")
+    proc, _, _ = detector
+    tids = os.listdir(f"/proc/{proc.pid}/task")
+    stats = [Path(f"/proc/{proc.pid}/task/{t}/stat").read_text() for t in tids]
+    nice = {int(stat.rsplit(")", 1)[1].split()[16]) for stat in stats}  # field 19: nice
+    assert nice == {-10}, f"threads' niceness {nice}"

@@ -15,7 +15,7 @@ import pytest
 
 CHILD = """
 import json, os, threading
-from daemoneye.services.collector import priority
+from daemoneye import priority
 
 def nice_of(tid):
     stat = open(f"/proc/self/task/{tid}/stat").read()

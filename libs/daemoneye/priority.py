@@ -1,6 +1,7 @@
-"""Scheduling priority of the collector: a monitor that falls behind a fork storm
-reports late, so its loop runs at a raised priority (as auditd's `priority_boost`),
-the netlink reader at real-time priority (realtime.py), background work at normal."""
+"""Scheduling priority of the detection path: a monitor that falls behind a fork storm
+reports late (or, when a storm saturates the CPU, minutes late), so the collector's
+and the detector's loops run at a raised priority (as auditd's `priority_boost`), the
+collector's netlink reader at real-time priority, background work at normal."""
 
 from __future__ import annotations
 
