@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import psutil
 import zmq
 
-from daemoneye import logs, memory, wire
+from daemoneye import logs, memory, priority, wire
 from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
 from daemoneye.config import Settings
 from daemoneye.rpc import REPLY_MARK, RpcResult
@@ -178,6 +178,14 @@ class Service:
         """Call `fn` once, `delay_s` from now, unless it is already waiting to run."""
         if not any(t.interval_s is None and t.fn == fn for t in self._timers):
             self._timers.append(_Timer(None, fn, time.monotonic() + delay_s))
+
+    def raise_priority(self, nice: int) -> None:
+        """Every thread, now and later, at niceness `nice` (daemoneye.priority); without
+        the right to raise it, a note in the status instead."""
+        why = priority.boost(nice)
+        if why:
+            self.notes.append(why)
+            self.log.info("%s", why)
 
     def stop(self, reason: str = "requested") -> None:
         if not self._stopping:

@@ -83,7 +83,6 @@ class Alerter(Service):
         self._windows_opened: dict[int, tuple[int, int]] = {}  # to store with the next write
         self._windows_closed: set[int] = set()
         self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
-        self._flush_timer = False
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -194,13 +193,8 @@ class Alerter(Service):
         since = time.monotonic() - self._flushed_at
         if since >= self.cfg.coalesce_s:
             self.flush()
-        elif not self._flush_timer:
-            self._flush_timer = True
-            self.once(self.cfg.coalesce_s - since, self._coalesced_flush)
-
-    def _coalesced_flush(self) -> None:
-        self._flush_timer = False
-        self.flush()
+        else:  # `once` does not schedule it twice
+            self.once(self.cfg.coalesce_s - since, self.flush)
 
     def on_message(self, msg: Message) -> None:
         if self.cfg.catch_up_new_streams:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from daemoneye import priority, procfs
+from daemoneye import procfs
 from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
 from daemoneye.replay import ReplayRequestError, answer, parse_request
@@ -75,10 +75,7 @@ class Collector(Service):
 
     def setup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        why = priority.boost(self.cfg.nice)  # as root, before the drop: it needs the cap
-        if why:
-            self.notes.append(why)
-            self.log.info("%s", why)
+        self.raise_priority(self.cfg.nice)  # as root, before the drop: it needs the cap
         connector = self._open_netlink()  # needs root: before any privilege drop
         wal_dir = self._wal_dir()
         self.wal = Wal(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import daemoneye
-from daemoneye import priority, wire
+from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics, stream_of
 from daemoneye.replay import (
     Replayer,
@@ -159,10 +159,7 @@ class Detector(Service):
 
     def setup(self) -> None:
         cfg = self.cfg
-        why = priority.boost(cfg.nice)  # every thread so far (the bus's) and those to come
-        if why:
-            self.notes.append(why)
-            self.log.info("%s", why)
+        self.raise_priority(cfg.nice)  # every thread so far (the bus's) and those to come
         self.engine = Engine(
             window_s=cfg.events_window_s,
             window_rows=cfg.events_window_rows,
