@@ -226,6 +226,15 @@ class SocketFactory:
             self.authenticator.stop()
             self.authenticator = None
 
+    def shutdown(self, linger_ms: int | None = None) -> None:
+        """The process's last word on the bus: close every socket and end the context,
+        which waits up to the linger time for queued messages to leave. Closing sockets
+        alone does not: libzmq's I/O thread dies with the process, and what it still
+        held (a fast publisher's last thousands of messages) was lost."""
+        self.close_all(linger_ms)
+        linger = self.settings.bus.linger_ms if linger_ms is None else linger_ms
+        self.context.destroy(linger=linger)  # bounded: a socket made elsewhere cannot hang it
+
 
 # --- publishing --------------------------------------------------------------
 

@@ -222,7 +222,7 @@ class Service:
                 self.teardown()
             finally:
                 self._deregister()
-                self.factory.close_all()
+                self.factory.shutdown()
         self.log.info("stopped")
         return 0
 

@@ -38,7 +38,7 @@ PUBLISHER_SCRIPT = textwrap.dedent(
             pub.continue_from("events.process", pub.last_seq("events.process") + skip)
         record = {"pid": i, "name": "n%d" % i, "cmdline": ["a", str(i)]}
         pub.publish("events.process.start", "processEvent", {"kind": "start", "record": record})
-    factory.close_all()
+    factory.shutdown()
     """
 )
 
@@ -148,3 +148,43 @@ def test_a_foreign_subscriber_decodes_every_message(broker, settings: Settings, 
     messages = json.loads(out.stdout)
     assert all(m["kind"] == "heartbeat" and m["service"] == "broker" for m in messages)
     assert all(m["topic"].startswith("control.health.heartbeat.broker@") for m in messages)
+
+
+SEND_AND_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, zmq
+    from daemoneye.bus import SocketFactory
+    from daemoneye.config import load_settings
+    settings = load_settings()
+    factory = SocketFactory(settings)
+    sock = factory.connect(zmq.PUSH, sys.argv[1])  # nobody there yet: all of it is queued
+    for i in range(int(sys.argv[2])):
+        sock.send(b"%d" % i)
+    print("sent", flush=True)
+    getattr(factory, sys.argv[3])()
+    """
+)
+
+
+def test_a_process_that_exits_right_after_sending_delivers_everything(
+    settings: Settings, factory: SocketFactory, run_env
+) -> None:
+    """SocketFactory.shutdown waits (up to the linger time) for queued messages to leave;
+    closing the sockets alone lost what libzmq's I/O thread still held at exit."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = f"ipc://{settings.run_dir}/exit-flush"
+    count = 50_000
+    sender = subprocess.Popen(
+        [sys.executable, "-c", SEND_AND_EXIT_SCRIPT, endpoint, str(count), "shutdown"],
+        env={**run_env, "DAEMONEYE_BUS__SEND_HWM": "0", "DAEMONEYE_BUS__LINGER_MS": "60000"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sender.stdout.readline() == "sent\n"
+    pull = factory.bind(zmq.PULL, endpoint)  # the receiver appears as the sender closes
+    received = 0
+    while received < count and pull.poll(10_000):
+        assert pull.recv() == b"%d" % received
+        received += 1
+    assert received == count
+    assert sender.wait(30) == 0
