@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,21 +37,26 @@ def exe_deleted(rec: Record) -> str | None:
     return None
 
 
-_dir_modes: dict[str, bool] = {}
+# directory -> (world-writable, when to look again): a storm of execs from one directory
+# stats it once, and a directory made world-writable later is seen within the TTL
+_dir_modes: dict[str, tuple[bool, float]] = {}
+DIR_MODE_TTL_S = 5.0
+_clock = time.monotonic
 
 
 def _world_writable(directory: str) -> bool:
+    now = _clock()
     known = _dir_modes.get(directory)
-    if known is None:
-        try:
-            mode = os.stat(directory).st_mode
-            known = bool(mode & stat.S_IWOTH)
-        except OSError:
-            known = False
-        if len(_dir_modes) > 4096:
-            _dir_modes.clear()
-        _dir_modes[directory] = known
-    return known
+    if known is not None and now < known[1]:
+        return known[0]
+    try:
+        writable = bool(os.stat(directory).st_mode & stat.S_IWOTH)
+    except OSError:
+        writable = False
+    if len(_dir_modes) > 4096:
+        _dir_modes.clear()
+    _dir_modes[directory] = (writable, now + DIR_MODE_TTL_S)
+    return writable
 
 
 def exe_in_writable_dir(rec: Record, places: Iterable[str]) -> str | None:

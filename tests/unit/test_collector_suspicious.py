@@ -51,6 +51,19 @@ def test_exe_in_world_writable_places(tmp_path: Path) -> None:
     assert suspicious.exe_in_writable_dir(rec(exePath=f"{closed}/sleep"), ()) is None
 
 
+def test_a_directory_made_world_writable_later_is_seen(tmp_path: Path, monkeypatch) -> None:
+    """The mode is cached for a storm of execs, but not for ever."""
+    later = tmp_path / "later"
+    later.mkdir(mode=0o755)
+    exe = rec(exePath=f"{later}/sleep")
+    assert suspicious.exe_in_writable_dir(exe, ()) is None
+    later.chmod(0o777)
+    assert suspicious.exe_in_writable_dir(exe, ()) is None  # within the TTL: cached
+    later_clock = suspicious._clock() + suspicious.DIR_MODE_TTL_S + 1
+    monkeypatch.setattr(suspicious, "_clock", lambda: later_clock)
+    assert suspicious.exe_in_writable_dir(exe, ()) is not None  # after it: looked at again
+
+
 def test_masquerade() -> None:
     assert "masquerade" in reasons(rec(name="kworker"))
     assert "masquerade" not in reasons(rec(name="sleep"))
