@@ -453,6 +453,7 @@ class Detector(Service):
             "detector.rules_disabled": sum(1 for a in rules if a.disabled),
             "detector.batches": self.batches,
             "detector.rule_runs_screened_out": self.engine.screened_out,
+            "detector.rule_results_cut": self.engine.rows_cut,
             "detector.replays": self.replayer.replays if self.replayer else 0,
             "detector.replayed": self.replayer.replayed if self.replayer else 0,
             "detector.replay_missing": self.replayer.missing if self.replayer else 0,

@@ -8,6 +8,12 @@ is disabled and reported through `on_disable`; the others keep running.
 Per batch, an incremental rule's own statement runs only when its screen (screen.py)
 says some changed row could match: most rules are skipped after a set lookup or one
 shared SQLite pass over the batch, instead of one statement execution each.
+
+Result rows read per run are bounded (memory), by `max_rows` for a scheduled rule and
+by `max_rows` plus the batch's changed rows for an incremental one: a batch of a
+backlog or a replay (up to the detector's `max_batch` events) can hold more matching
+processes than `max_rows`, and each must fire. A result cut at its bound is counted
+(`rows_cut`) and logged, never silent.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Active:
     previous: set[str] = field(default_factory=set)  # scheduled: identities last matched
     screen_failed: bool = False  # its screen errored on its own: the rule always runs
     order: int = 0  # position in the rule set: rules run (and fire) in this order
+    rows_cut: int = 0  # runs whose result was cut at its row bound
 
     def summary(self) -> dict[str, Any]:
         r = self.rule
@@ -107,6 +114,7 @@ class Engine:
         self._lanes: dict[str, Lane] | None = None  # rebuilt after a load or a disable
         self.screening = screening  # False: every rule runs on every batch (tests compare)
         self.screened_out = 0  # rule runs skipped because their screen held for no row
+        self.rows_cut = 0  # rule runs whose result was cut at its row bound
         self.tables.refresh_users()
 
     # --- rules -------------------------------------------------------------------
@@ -176,9 +184,12 @@ class Engine:
             self.screened_out += len(lane.rules)
         self.screened_out -= len(actives)
         actives.sort(key=_order)
+        # every changed row may match once: the bound grows with the batch
+        changed = {"processes": len(batch.procs), "process_events": len(batch.events)}
         for active in actives:
             driver = active.plan.driver
-            result = self._run(active, self.budget_s, (bounds[driver],))
+            limit = self.max_rows + changed[driver]
+            result = self._run(active, self.budget_s, (bounds[driver],), limit)
             if result is None:
                 continue
             columns, rows = result
@@ -282,11 +293,15 @@ class Engine:
         return firings
 
     def _run(
-        self, active: Active, budget_s: float, params: tuple = ()
+        self, active: Active, budget_s: float, params: tuple = (), max_rows: int = 0
     ) -> tuple[list[str], list[tuple]] | None:
+        """The rule's columns and rows (at most `max_rows`, default the engine's), or
+        None when it failed (then it is disabled)."""
+        limit = max_rows or self.max_rows
         started = time.perf_counter()
         try:
-            result = self.sandbox.run(active.plan.sql, budget_s, self.max_rows, params)
+            # one row more than the bound tells a cut result from one that fits
+            columns, rows = self.sandbox.run(active.plan.sql, budget_s, limit + 1, params)
         except BudgetExceeded as exc:
             self.disable(active, str(exc))
             return None
@@ -296,7 +311,22 @@ class Engine:
         finally:
             active.runs += 1
             active.seconds += time.perf_counter() - started
-        return result
+        if len(rows) > limit:
+            del rows[limit:]
+            self._cut(active, limit)
+        return columns, rows
+
+    def _cut(self, active: Active, limit: int) -> None:
+        active.rows_cut += 1
+        self.rows_cut += 1
+        if active.rows_cut == 1 or active.rows_cut % 100 == 0:  # said, not flooded
+            log.warning(
+                "rule %s (%s): result cut at %d rows (%d times); rows beyond did not fire",
+                active.rule.id,
+                active.rule.path,
+                limit,
+                active.rows_cut,
+            )
 
     def disable(self, active: Active, why: str) -> None:
         active.disabled = why
