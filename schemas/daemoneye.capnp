@@ -123,6 +123,13 @@ struct Metric {
   value @1 :Float64;
 }
 
+# The last seq a source published on one of its streams: a subscriber whose own last
+# seq of that stream is lower lost the stream's tail (no later message will show it).
+struct StreamPosition {
+  stream @0 :Text;            # "events.process", "alerts.high", ...
+  lastSeq @1 :UInt64;
+}
+
 struct Heartbeat {
   service @0 :Text;           # "broker", "collector", ...
   serviceId @1 :Text;
@@ -137,6 +144,7 @@ struct Heartbeat {
   cpuPercent @10 :Float64;
   metrics @11 :List(Metric);
   notes @12 :List(Text);      # e.g. why a service is degraded
+  streams @13 :List(StreamPosition);  # every stream this boot has sent on
 }
 
 enum RegistrationAction {

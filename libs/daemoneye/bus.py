@@ -247,10 +247,17 @@ class Publisher:
         self.source_id = source_id
         self.boot_id = boot_id or new_boot_id()
         self._seq: dict[str, int] = {}
+        self._sent_on: dict[str, int] = {}  # stream -> last seq sent (RPC frames never are)
         self.sent = 0
 
     def last_seq(self, stream: str) -> int:
         return self._seq.get(stream, 0)
+
+    def positions(self) -> dict[str, int]:
+        """The last seq sent on each stream this boot (heartbeats carry them, so a
+        subscriber that lost a stream's tail learns it without waiting for a next message).
+        A message is encoded and sent before the next one of its stream is encoded."""
+        return dict(self._sent_on)
 
     def continue_from(self, stream: str, last_seq: int) -> None:
         """Resume a stream after a restart (e.g. from a WAL) so no seq is reused."""
@@ -276,6 +283,8 @@ class Publisher:
         send(topic.encode(), _SNDMORE)
         send(data)
         self.sent += 1
+        stream = stream_of(topic)
+        self._sent_on[stream] = self._seq.get(stream, 0)
 
 
 # --- subscribing -------------------------------------------------------------
@@ -332,6 +341,7 @@ class SubscriberStats:
     dropped_oversize: int = 0
     gaps: int = 0
     missing: int = 0
+    tail_gaps: int = 0  # of the gaps: found by a source's heartbeat, not by a next message
     restarts: int = 0
     duplicates: int = 0
     last_drop_reason: str = ""
@@ -387,20 +397,35 @@ class SequenceTracker:
             self.stats.duplicates += 1
             return False
         if seq > state.last_seq + 1:
-            gap = Gap(source_id, stream, state.last_seq + 1, seq - 1)
-            self.stats.gaps += 1
-            self.stats.missing += gap.count
-            log.warning(
-                "gap source=%s stream=%s missing=%d-%d",
-                source_id,
-                stream,
-                gap.first_missing,
-                gap.last_missing,
-            )
-            if self.on_gap:
-                self.on_gap(gap)
+            self._gap(Gap(source_id, stream, state.last_seq + 1, seq - 1))
         state.last_seq = seq
         return True
+
+    def check_tail(self, stream: str, source_id: str, boot_id: str, last_sent: int) -> None:
+        """A source says (in a heartbeat) it sent `last_sent` on a stream: if this
+        subscriber holds less of that boot's stream, the tail was lost; it is a gap like
+        any other, and the stream moves on to `last_sent` (the repair delivers the rest).
+        Only streams already tracked: a heartbeat cannot make the tracker grow."""
+        state = self._streams.get((source_id, stream))
+        if state is None or state.boot_id != boot_id or last_sent <= state.last_seq:
+            return
+        self.stats.tail_gaps += 1
+        first = state.last_seq + 1
+        state.last_seq = last_sent  # before the repair: what it delivers is not a new gap
+        self._gap(Gap(source_id, stream, first, last_sent))
+
+    def _gap(self, gap: Gap) -> None:
+        self.stats.gaps += 1
+        self.stats.missing += gap.count
+        log.warning(
+            "gap source=%s stream=%s missing=%d-%d",
+            gap.source_id,
+            gap.stream,
+            gap.first_missing,
+            gap.last_missing,
+        )
+        if self.on_gap:
+            self.on_gap(gap)
 
     def last_seq(self, source_id: str, stream: str) -> int:
         state = self._streams.get((source_id, stream))
@@ -412,6 +437,9 @@ class SequenceTracker:
         self._streams[(source_id, stream)] = _StreamState(boot_id, last_seq)
 
 
+_TAILS_ONLY, _TAILS_AND_DELIVERED = 1, 2  # a heartbeat topic's role for a Subscriber
+
+
 class Subscriber:
     """A SUB socket with decoding, size limits and sequence checking."""
 
@@ -421,15 +449,23 @@ class Subscriber:
         prefixes: Iterable[str],
         max_event_bytes: int,
         on_gap: Callable[[Gap], None] | None = None,
+        watch_tails: bool = False,
     ) -> None:
         self.sock = sock
         self.prefixes = tuple(prefixes) or ("",)
         self.max_event_bytes = max_event_bytes
         self.tracker = SequenceTracker(self.prefixes, on_gap)
         self._drop_logged_at = 0.0
-        # topic bytes -> (topic, its checked stream or None): decoded and classified once
-        self._topics: dict[bytes, tuple[str, str | None]] = {}
-        for prefix in self.prefixes:
+        # topic bytes -> (topic, its checked stream or None, heartbeat role): decoded and
+        # classified once
+        self._topics: dict[bytes, tuple[str, str | None, int]] = {}
+        # watch_tails: every source's heartbeats are read for the positions of its
+        # streams (a lost tail shows as a gap); delivered only if the prefixes want them
+        self.watch_tails = watch_tails
+        wanted = self.prefixes
+        if watch_tails and not covers(self.prefixes, Topics.HEARTBEAT):
+            wanted += (Topics.HEARTBEAT,)
+        for prefix in wanted:
             sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
 
     @property
@@ -499,19 +535,33 @@ class Subscriber:
             envelope, kind, source_id, boot_id, seq = wire.decode_parts(data)
         except wire.DecodeError as exc:
             return self._drop(f"topic {topic_bytes[:80]!r}: {exc}")
-        topic, stream = known
+        topic, stream, heartbeat = known
         tracker = self.tracker
         if stream is not None and not tracker.check_stream(stream, source_id, boot_id, seq):
             return None
+        if heartbeat:
+            if kind == "heartbeat":
+                self._check_tails(envelope.body.heartbeat, source_id, boot_id)
+            if heartbeat == _TAILS_ONLY:
+                return None
         tracker.stats.received += 1
         return Message(topic, envelope, size, data, kind, (source_id, boot_id, seq))
 
-    def _learn_topic(self, topic_bytes: bytes) -> tuple[str, str | None]:
+    def _learn_topic(self, topic_bytes: bytes) -> tuple[str, str | None, int]:
         topic = topic_bytes.decode()
-        known = (topic, self.tracker.checked_stream(topic))
+        heartbeat = 0
+        if self.watch_tails and topic.startswith(Topics.HEARTBEAT):
+            wanted = any(topic.startswith(p) for p in self.prefixes)
+            heartbeat = _TAILS_AND_DELIVERED if wanted else _TAILS_ONLY
+        known = (topic, self.tracker.checked_stream(topic), heartbeat)
         if len(self._topics) < MAX_KNOWN_TOPICS:  # bounded: a publisher may invent topics
             self._topics[topic_bytes] = known
         return known
+
+    def _check_tails(self, heartbeat: Any, source_id: str, boot_id: str) -> None:
+        check = self.tracker.check_tail
+        for position in heartbeat.streams:
+            check(position.stream, source_id, boot_id, position.lastSeq)
 
     def count_malformed(self, reason: str) -> None:
         """A message that decoded but whose body proved malformed when read."""

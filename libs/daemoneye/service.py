@@ -158,7 +158,7 @@ class Service:
         if self.subscriptions:
             sub = self.factory.connect(zmq.SUB, settings.endpoint("events-out"))
             self.subscriber = Subscriber(
-                sub, self.subscriptions, settings.bus.max_event_bytes, self.on_gap
+                sub, self.subscriptions, settings.bus.max_event_bytes, self.on_gap, watch_tails=True
             )
             self.watch(sub, self._on_bus)
 
@@ -334,6 +334,10 @@ class Service:
             "cpuPercent": cpu,
             "metrics": [{"name": k, "value": float(v)} for k, v in metrics.items()],
             "notes": list(self.notes),
+            "streams": [
+                {"stream": stream, "lastSeq": seq}
+                for stream, seq in (self.publisher.positions() if self.publisher else {}).items()
+            ],
         }
 
     def _bus_metrics(self) -> dict[str, float]:
@@ -345,6 +349,7 @@ class Service:
             "bus.dropped": s.dropped_malformed,
             "bus.gaps": s.gaps,
             "bus.missing": s.missing,
+            "bus.tail_gaps": s.tail_gaps,
             "bus.restarts": s.restarts,
         }
 

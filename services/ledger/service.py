@@ -48,6 +48,14 @@ GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger
 START_ACTION = "ledger.start"
 STOP_ACTION = "ledger.stop"
 REPLAY_STREAM = "events.process"  # the stream whose source (a collector) answers replay
+
+
+def replayable(stream: str) -> bool:
+    """Streams whose source answers `replay`: a collector's process events (its WAL) and
+    a detector's alerts (its alert log). Audit records are not kept for replay."""
+    return stream == REPLAY_STREAM or stream.startswith(Topics.ALERTS)
+
+
 REPLAY_TIMEOUT_S = 5.0
 
 
@@ -184,10 +192,11 @@ class Ledger(Service):
         self.writer.append(self.service_id, action, json.dumps(body, sort_keys=True).encode())
 
     def on_gap(self, gap: Gap) -> None:
-        """Missed bus messages: replayed from the collector's WAL where it can; what it
-        cannot supply becomes a `ledger.gap` entry, so the trail shows what it lacks."""
+        """Missed bus messages: replayed from the collector's WAL or the detector's alert
+        log where it can; what they cannot supply becomes a `ledger.gap` entry, so the
+        trail shows what it lacks."""
         source, stream = gap.source_id, gap.stream
-        if stream != REPLAY_STREAM or self.replayer is None:
+        if not replayable(stream) or self.replayer is None:
             self._record_gap(source, stream, gap.first_missing, gap.last_missing)
             return
         self.replayer.repair(

@@ -47,7 +47,7 @@ def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> N
     assert sent_meanwhile > 3 * int(HWM), f"too few events to overflow: {sent_meanwhile}"
     ledger = out.metrics["ledger"]
     assert ledger["bus.gaps"] >= 1, f"no overflow seen as a gap: {ledger}"
-    assert ledger["ledger.replayed"] >= ledger["bus.missing"] > 0, ledger
+    assert ledger["ledger.replayed"] >= ledger["bus.missing"] > 0, str(ledger)
     problems = out.ledger_problems()
     assert not problems, problems
     assert out.ledger_gaps == []

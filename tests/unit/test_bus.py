@@ -76,3 +76,30 @@ def test_partially_subscribed_streams_are_not_gap_checked() -> None:
     tracker.check("events.process.start", "c1", "b", 1)
     tracker.check("events.process.start", "c1", "b", 5)  # 2-4 were stops: not ours to see
     assert tracker.stats.gaps == 0
+
+
+def test_a_lost_tail_shows_as_a_gap_when_the_source_says_how_far_it_sent() -> None:
+    gaps: list[Gap] = []
+    tracker = SequenceTracker(["events."], gaps.append)
+    for seq in (1, 2, 3):
+        tracker.check("events.process.start", "c1", "boot", seq)
+    tracker.check_tail("events.process", "c1", "boot", 3)  # all there
+    assert gaps == []
+    tracker.check_tail("events.process", "c1", "boot", 6)
+    assert gaps == [Gap("c1", "events.process", 4, 6)]
+    assert (tracker.stats.gaps, tracker.stats.missing, tracker.stats.tail_gaps) == (1, 3, 1)
+    tracker.check_tail("events.process", "c1", "boot", 6)  # repaired: not twice
+    assert tracker.check("events.process.stop", "c1", "boot", 7)  # and the next is in order
+    assert len(gaps) == 1
+
+
+def test_a_tail_is_checked_only_for_a_tracked_stream_of_the_same_boot() -> None:
+    gaps: list[Gap] = []
+    tracker = SequenceTracker(["events."], gaps.append)
+    tracker.check("events.process.start", "c1", "boot", 5)
+    tracker.check_tail("events.process", "c1", "old-boot", 9)  # another boot's numbering
+    tracker.check_tail("events.process", "c2", "boot", 9)  # a source never heard from
+    tracker.check_tail("alerts.high", "c1", "boot", 9)  # a stream not subscribed
+    tracker.check_tail("invented.stream", "c1", "boot", 9)
+    assert gaps == [] and tracker.stats.tail_gaps == 0
+    assert tracker.last_seq("c2", "events.process") == 0  # nothing learnt from heartbeats

@@ -117,3 +117,50 @@ def test_the_topic_memory_is_bounded(make_subscriber, monkeypatch) -> None:
     assert len(sub._topics) == 3
     assert sub.accept([b"events.t9.x", frame(2, source="s9")]) is not None  # still checked
     assert sub.accept([b"events.t9.x", frame(2, source="s9")]) is None  # duplicate
+
+
+def heartbeat(seq: int, positions: dict[str, int], source: str = "c@h", boot: str = "b1"):
+    body = {"service": "collector", "serviceId": source}
+    body["streams"] = [{"stream": s, "lastSeq": n} for s, n in positions.items()]
+    return [
+        f"control.health.heartbeat.{source}".encode(),
+        wire.encode_envelope(wire.Header(source, boot, seq, 1), "heartbeat", body),
+    ]
+
+
+def test_a_heartbeat_reveals_a_lost_tail(context: zmq.Context) -> None:
+    gaps: list[Gap] = []
+    sock = context.socket(zmq.SUB)
+    try:
+        sub = Subscriber(sock, ["events."], 1 << 20, gaps.append, watch_tails=True)
+        for seq in (1, 2):
+            assert sub.accept([b"events.process.start", frame(seq)]) is not None
+        # the heartbeat is read for its positions, not handed on (events. only)
+        assert sub.accept(heartbeat(1, {"events.process": 2, "control.rpc": 4})) is None
+        assert gaps == []
+        assert sub.accept(heartbeat(2, {"events.process": 5})) is None
+        assert gaps == [Gap("c@h", "events.process", 3, 5)]
+        assert sub.stats.tail_gaps == 1 and sub.stats.received == 2
+    finally:
+        sock.close(0)
+
+
+def test_heartbeats_the_prefixes_want_are_still_handed_on(context: zmq.Context) -> None:
+    gaps: list[Gap] = []
+    sock = context.socket(zmq.SUB)
+    try:
+        sub = Subscriber(sock, ["events.", "control."], 1 << 20, gaps.append, watch_tails=True)
+        assert sub.accept([b"events.process.start", frame(1)]) is not None
+        msg = sub.accept(heartbeat(1, {"events.process": 3}))
+        assert msg is not None and msg.kind == "heartbeat"
+        assert gaps == [Gap("c@h", "events.process", 2, 3)]
+    finally:
+        sock.close(0)
+
+
+def test_without_watch_tails_heartbeats_are_plain_messages(make_subscriber) -> None:
+    gaps: list[Gap] = []
+    sub = make_subscriber([""], gaps)
+    assert sub.accept([b"events.process.start", frame(1)]) is not None
+    assert sub.accept(heartbeat(1, {"events.process": 3})) is not None
+    assert gaps == []

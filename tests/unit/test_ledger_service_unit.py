@@ -13,7 +13,7 @@ from daemoneye.config import Settings
 from daemoneye.ledger.note import open_checkpoint
 from daemoneye.ledger.verify import verify_ledger
 from daemoneye.service import Request, RpcFault
-from daemoneye.services.ledger.service import Ledger
+from daemoneye.services.ledger.service import Ledger, replayable
 
 
 def envelope(kind: str, body: dict, source: str = "src@h") -> tuple[object, bytes]:
@@ -145,3 +145,11 @@ def test_retention_drops_old_payloads_keeps_entries(service: Ledger) -> None:
     service._retention()
     assert service.ledger.payload(last) is None and service.ledger.entry(last).seq == last
     assert verify_ledger(service.ledger, service.signer.verifier).ok
+
+
+def test_process_events_and_alerts_are_replayed_audit_records_are_not() -> None:
+    """A collector answers replay from its WAL, a detector from its alert log."""
+    assert replayable("events.process")
+    assert replayable("alerts.high") and replayable("alerts.low")
+    assert not replayable("audit.detector")
+    assert not replayable("events.collector")
