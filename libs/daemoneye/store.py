@@ -57,6 +57,12 @@ def prefix_end(prefix: bytes) -> bytes:
 MEMTABLE_BYTES = 8 << 20
 MEMTABLES = 2
 BLOCK_CACHE_BYTES = 8 << 20
+# Blocks of SST files that compaction deleted are erased from the block cache at once
+# instead of ageing out of it: a compaction that rewrites a whole file (the alerter's
+# windows and pending keys span it) otherwise leaves a dead index the size of the
+# live one in the cache each time (alerter: ~2.7 MB of RSS growth in 10 minutes at
+# 100 alerts/s). 300 is RocksDB's suggested value; a mutable option (RocksDB >= 9.8).
+UNCACHE_AGGRESSIVENESS = 300
 
 
 def _options(memtable_bytes: int = MEMTABLE_BYTES) -> Options:
@@ -102,6 +108,10 @@ class Store:
         self._write_options = WriteOptions()
         self._write_options.sync = sync
         self.db.set_write_options(self._write_options)
+        if not read_only and UNCACHE_AGGRESSIVENESS:
+            # rocksdict's Options has no setter; a build without it keeps plain LRU
+            with contextlib.suppress(Exception):
+                self.db.set_options({"uncache_aggressiveness": str(UNCACHE_AGGRESSIVENESS)})
 
     def reopen(self) -> Store:
         """A fresh handle on the same directory: RocksDB refuses every write after an

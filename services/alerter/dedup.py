@@ -10,10 +10,16 @@ small objects the caller supplies: the alerter's keys are 64-bit digests) plus t
 pointers in the queues that order windows by start. The repeat count, and when it
 happened, exist only for windows that had repeats. Everything else about a window
 (the record that opened it) lives in the alerter's store.
+
+Measured (bench/alerter_memory.py): ~160 bytes an open window with 30,000 open (a
+storm at 100 alerts/s, 300 s windows), of which the dict's table was half: keys
+going in and out make CPython resize it for three times its live keys, twice what
+a copy needs. After each such resize a copy replaces it (`_shrink`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -38,6 +44,7 @@ class Deduper:
         self._keys: deque[Hashable] = deque()
         self._ends: deque[float] = deque()
         self.suppressed = 0
+        self._table_bytes = sys.getsizeof(self.windows)  # the dict's size after _shrink
 
     def check(self, key: Hashable, now: float, time_ns: int) -> tuple[bool, int]:
         """(deliver?, repeats carried from an ended window not yet summarised)."""
@@ -81,7 +88,21 @@ class Deduper:
             ends_q.popleft()
             del windows[key]
             closed.append((key, self.repeats.pop(key, None)))
+        self._shrink()
         return closed
+
+    def _shrink(self) -> None:
+        """If CPython resized the dict since the last call, a copy (sized for the live
+        keys, 1.5x) takes its place when smaller: 1.25 MB instead of 2.5 for 30,000
+        windows, 5 MB instead of 10 for 100,000. O(n) only after CPython itself spent
+        O(n) resizing, and cheap to check (every sweep)."""
+        size = sys.getsizeof(self.windows)
+        if size <= self._table_bytes:
+            return
+        copy = dict(self.windows)  # same order, same value objects (see expire)
+        if sys.getsizeof(copy) < size:
+            self.windows = copy
+        self._table_bytes = sys.getsizeof(self.windows)
 
     def restore(self, key: Hashable, ends: float) -> None:
         """A window stored by an earlier run (call in order of `ends`)."""
