@@ -21,7 +21,12 @@ class DetectorSettings(BaseModel):
     )
     query_budget_ms: float = Field(2000.0, gt=0, description="CPU time budget of a console query")
     schedule_interval_s: float = Field(2.0, gt=0, description="default cadence of aggregates")
-    max_rows: int = Field(1000, ge=1, description="result rows read per rule run")
+    max_rows: int = Field(
+        1000,
+        ge=1,
+        description="result rows read per scheduled rule run; an incremental run reads up "
+        "to this plus its batch's changed rows",
+    )
     max_batch: int = Field(2000, ge=1, description="events applied per batch at most")
     nice: int = Field(
         -10,
