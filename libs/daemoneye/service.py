@@ -147,6 +147,10 @@ class Service:
     def queue_depth(self) -> int:
         return 0
 
+    def niceness(self) -> int | None:
+        """The niceness `run` gives every thread of this service (None: as started)."""
+        return None
+
     # --- wiring ---------------------------------------------------------------
 
     def open_sockets(self) -> None:
@@ -203,6 +207,9 @@ class Service:
         memory.tune()  # first: open_sockets() starts ZeroMQ's thread, setup() RocksDB's
         logs.configure(self.name, self.service_id, self.settings.log_level)
         self._install_signals()
+        nice = self.niceness()
+        if nice is not None:  # in run, not setup: a unit test's setup() leaves pytest alone
+            self.raise_priority(nice)
         try:
             self.open_sockets()
             self.setup()

@@ -101,6 +101,9 @@ class Alerter(Service):
         finally:
             gc.callbacks.remove(self._gc_timer)
 
+    def niceness(self) -> int:
+        return self.cfg.nice
+
     def setup(self) -> None:
         self.store = DeliveryStore(self.settings.data_dir, sync=self.cfg.store_sync)
         self._resume()

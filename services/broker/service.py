@@ -82,6 +82,9 @@ class Broker(Service):
         # call); the forwarding path sends plain bytes, so it calls the Cython send.
         self._send_frame = partial(zmq.backend.Socket.send, self.xpub)
 
+    def niceness(self) -> int:
+        return self.settings.broker.nice
+
     def setup(self) -> None:
         self.registry.register(self.registration(), route=None)
         self.every(min(1.0, self.settings.heartbeat_interval_s), self._sweep)

@@ -157,9 +157,11 @@ class Detector(Service):
 
     # --- lifecycle -------------------------------------------------------------
 
+    def niceness(self) -> int:
+        return self.cfg.nice
+
     def setup(self) -> None:
         cfg = self.cfg
-        self.raise_priority(cfg.nice)  # every thread so far (the bus's) and those to come
         self.engine = Engine(
             window_s=cfg.events_window_s,
             window_rows=cfg.events_window_rows,

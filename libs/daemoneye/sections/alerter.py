@@ -123,6 +123,14 @@ AnySink = Annotated[StdoutSink | FileSink | SyslogSink | WebhookSink, Field(disc
 
 
 class AlerterSettings(BaseModel):
+    nice: int = Field(
+        -10,
+        ge=-20,
+        le=19,
+        description="niceness of the alerter's threads, as the collector's and the "
+        "detector's: the last step from exec to alert must not wait behind a storm "
+        "saturating the CPU; raising needs root or CAP_SYS_NICE, else it stays as started",
+    )
     dedup_window_s: float = Field(300.0, ge=0, description="0 disables dedup")
     dedup_max_keys: int = Field(100_000, ge=1)
     rule_rate_limit: RateLimit = RateLimit(rate=100.0, burst=1000)
