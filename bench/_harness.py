@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from daemoneye.bus import wait_for_endpoint
+from daemoneye.bus import SocketFactory, wait_for_endpoint
 from daemoneye.config import Settings, load_settings
+from daemoneye.rpc import RpcError, call_once
 
 
 @contextmanager
@@ -56,3 +57,14 @@ def percentile(values: list[float], p: float) -> float:
 def verdict(value: float, budget: float, higher_is_better: bool = True) -> str:
     ok = value >= budget if higher_is_better else value <= budget
     return "OK" if ok else "OVER BUDGET"
+
+
+def alerts_received(factory: SocketFactory, settings: Settings) -> float:
+    """The alerter's `alerts.received`, or -1 while it does not answer."""
+    try:
+        value = call_once(
+            factory, settings.endpoint("control"), "control.alerter", "health", timeout_s=1
+        ).value
+    except RpcError:
+        return -1
+    return value["metrics"].get("alerts.received", -1)

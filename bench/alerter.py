@@ -22,10 +22,11 @@ from pathlib import Path
 
 import psutil
 import zmq
+from _harness import alerts_received
 
 from daemoneye.bus import Publisher, SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
-from daemoneye.rpc import RpcError, call_once
+from daemoneye.rpc import call_once
 
 
 def alert(n: int, tag: str) -> dict:
@@ -163,13 +164,7 @@ rotate_bytes = 0
         pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), "bench@host")
 
         def received() -> float:
-            try:
-                value = call_once(
-                    factory, settings.endpoint("control"), "control.alerter", "health", timeout_s=1
-                ).value
-            except RpcError:
-                return -1
-            return value["metrics"].get("alerts.received", -1)
+            return alerts_received(factory, settings)
 
         def live() -> bool:
             pub.publish("alerts.probe", "empty")

@@ -40,12 +40,11 @@ from typing import Any
 
 import psutil
 import zmq
-from _harness import bench_env
+from _harness import alerts_received, bench_env
 
 from daemoneye import memory, wire
 from daemoneye.bus import Message, Publisher, SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
-from daemoneye.rpc import RpcError, call_once
 from daemoneye.services.alerter.service import Alerter
 
 MB = 2**20
@@ -221,13 +220,7 @@ def live(args: argparse.Namespace) -> int:
         pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), "detector@bench")
 
         def received() -> float:
-            try:
-                value = call_once(
-                    factory, settings.endpoint("control"), "control.alerter", "health", timeout_s=1
-                ).value
-            except RpcError:
-                return -1
-            return value["metrics"].get("alerts.received", -1)
+            return alerts_received(factory, settings)
 
         def subscribed() -> bool:
             pub.publish("alerts.probe", "empty")

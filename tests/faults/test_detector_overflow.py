@@ -135,6 +135,20 @@ def write_rule(rules: Path, marker: str) -> None:
     )
 
 
+def alert_storm_world(tmp_path: Path, marker: str, **env: str) -> World:
+    """The whole system with one rule every storm process matches and no rate limit
+    on its alerts (each one delivered, none summarised: counts are exact)."""
+    write_rule(tmp_path / "rules", marker)
+    return World(
+        tmp_path,
+        {
+            "DAEMONEYE_RULES_DIR": str(tmp_path / "rules"),
+            "DAEMONEYE_ALERTER__RULE_RATE_LIMIT__RATE": "0",
+            **env,
+        },
+    )
+
+
 @pytest.mark.parametrize(
     ("stopped_s", "max_rows"),
     [
@@ -148,16 +162,7 @@ def write_rule(rules: Path, marker: str) -> None:
 )
 def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: int) -> None:
     marker = f"fault-ovf-{uuid.uuid4().hex[:6]}"
-    write_rule(tmp_path / "rules", marker)
-    world = World(
-        tmp_path,
-        {
-            "DAEMONEYE_RULES_DIR": str(tmp_path / "rules"),
-            # every alert delivered, none summarised: the count is exact
-            "DAEMONEYE_ALERTER__RULE_RATE_LIMIT__RATE": "0",
-            "DAEMONEYE_DETECTOR__MAX_ROWS": str(max_rows),
-        },
-    )
+    world = alert_storm_world(tmp_path, marker, DAEMONEYE_DETECTOR__MAX_ROWS=str(max_rows))
     system = world.system
     data = Path(world.settings.data_dir)
     small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}

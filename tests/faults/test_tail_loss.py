@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, alerter_reason, needs_realtime
-from tests.faults.test_detector_overflow import settle, sink_alerts, wal_execs, write_rule
+from tests.faults.harness import Storm, alerter_reason, needs_realtime
+from tests.faults.test_detector_overflow import (
+    alert_storm_world,
+    settle,
+    sink_alerts,
+    wal_execs,
+)
 
 pytestmark = [
     *needs_realtime(),
@@ -29,14 +34,7 @@ WHILE_STOPPED = 600  # storm processes run while the alerter is stopped: alerts 
 
 def test_a_lost_tail_of_alerts_is_repaired_without_a_later_alert(tmp_path: Path) -> None:
     marker = f"fault-tail-{uuid.uuid4().hex[:6]}"
-    write_rule(tmp_path / "rules", marker)
-    world = World(
-        tmp_path,
-        {
-            "DAEMONEYE_RULES_DIR": str(tmp_path / "rules"),
-            "DAEMONEYE_ALERTER__RULE_RATE_LIMIT__RATE": "0",  # every alert delivered
-        },
-    )
+    world = alert_storm_world(tmp_path, marker)
     system = world.system
     data = Path(world.settings.data_dir)
     small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}
