@@ -73,9 +73,11 @@ class Collector(Service):
             lean.reexec(self.settings, self.service_id)
         return super().run()
 
+    def niceness(self) -> int:
+        return self.cfg.nice  # applied by run() as root, before setup() drops privileges
+
     def setup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self.raise_priority(self.cfg.nice)  # as root, before the drop: it needs the cap
         connector = self._open_netlink()  # needs root: before any privilege drop
         wal_dir = self._wal_dir()
         self.wal = Wal(
