@@ -33,8 +33,8 @@ import zmq
 from daemoneye.bus import Message, SocketFactory, Subscriber, wait_for_endpoint
 from daemoneye.config import load_settings
 from daemoneye.rpc import RpcClient
-from daemoneye.sections.collector import CollectorSettings
 from daemoneye.services.collector.tracker import Tracker
+from daemoneye.settings.collector import CollectorSettings
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")

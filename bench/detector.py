@@ -4,7 +4,7 @@ generated ones), and exec-to-alert latency end to end on the bus.
 Figures:
   1. engine alone (no bus): events/s through Engine.apply with 100 rules, per batch size,
      from the CPU time of this thread (steadier than wall time on a shared machine), and
-     how many incremental rule runs screening skipped (rules/screen.py)
+     how many incremental rule runs screening skipped (rules/prefilter.py)
   2. through the bus: pre-encoded ProcessEvents published into a real broker, consumed
      by a real detector; events/s until the detector has applied them all, one event
      per envelope (what the collector sends for a lone event) and in ProcessEventBatch

@@ -21,10 +21,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from daemoneye.sections.alerter import AlerterSettings
-from daemoneye.sections.collector import CollectorSettings
-from daemoneye.sections.detector import DetectorSettings
-from daemoneye.sections.ledger import LedgerSettings
+from daemoneye.settings.alerter import AlerterSettings
+from daemoneye.settings.collector import CollectorSettings
+from daemoneye.settings.detector import DetectorSettings
+from daemoneye.settings.ledger import LedgerSettings
 
 SYSTEM_CONFIG = Path("/etc/daemoneye/daemoneye.toml")
 USER_CONFIG = Path("~/.config/daemoneye/daemoneye.toml").expanduser()

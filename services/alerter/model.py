@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from daemoneye import wire
-from daemoneye.sections.alerter import SEVERITY_ORDER
+from daemoneye.settings.alerter import SEVERITY_ORDER
 
 try:  # optional: a JSON encoder ~5x faster than json's, for the 10,000 alerts/s path
     import orjson

@@ -34,14 +34,14 @@ from typing import Any, ClassVar
 from daemoneye.bus import Gap, Message, Topics
 from daemoneye.replay import Replayer, StreamCursors
 from daemoneye.rpc import RpcClient
-from daemoneye.sections.alerter import SEVERITY_ORDER
 from daemoneye.service import Request, RpcFault, Service, rpc
+from daemoneye.settings.alerter import SEVERITY_ORDER
 
 from . import model
 from .dedup import Deduper, Repeats
+from .delivery_db import PENDING, DeliveryStore
 from .ratelimit import Limiter
 from .sinks import Delivery, build_sink
-from .state import PENDING, DeliveryStore
 from .worker import SinkWorker
 
 REPORT_EVERY_S = 0.25

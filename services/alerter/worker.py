@@ -21,8 +21,8 @@ from collections import deque
 from typing import Any, Protocol
 
 from .breaker import CircuitBreaker
+from .delivery_db import DeliveryStore
 from .sinks import Delivery, Sink, SinkError
-from .state import DeliveryStore
 
 IDLE_WAIT_S = 0.5
 log = logging.getLogger("daemoneye.alerter")

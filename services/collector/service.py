@@ -23,8 +23,8 @@ from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
 from daemoneye.replay import ReplayRequestError, answer, parse_request
 from daemoneye.rpc import REPLY_MARK, RpcResult
-from daemoneye.sections.collector import CollectorSettings
 from daemoneye.service import Request, RpcFault, Service, rpc
+from daemoneye.settings.collector import CollectorSettings
 
 from . import lean, privdrop
 from .hasher import Hasher

@@ -47,7 +47,7 @@ from daemoneye.store import StoreError
 
 from .alertlog import AlertLog
 from .history import History
-from .storage import DetectorStore, open_store
+from .history_db import DetectorStore, open_store
 
 RECORD_FIELDS = tuple(RECORD_DEFAULTS)
 PROCESS_STREAM = "events.process"

@@ -9,7 +9,7 @@ import pytest
 
 from daemoneye import config
 from daemoneye.config import ConfigError, load_settings
-from daemoneye.sections.alerter import AlerterSettings, facility_code
+from daemoneye.settings.alerter import AlerterSettings, facility_code
 
 
 @pytest.fixture(autouse=True)

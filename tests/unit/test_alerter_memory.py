@@ -19,8 +19,8 @@ from daemoneye import store as store_module
 from daemoneye.bus import Message
 from daemoneye.config import load_settings
 from daemoneye.services.alerter.dedup import Deduper
+from daemoneye.services.alerter.delivery_db import DEDUP, DeliveryStore
 from daemoneye.services.alerter.service import Alerter
-from daemoneye.services.alerter.state import DEDUP, DeliveryStore
 
 RECORD = b'{"ruleId":"r","process":{"exePath":"/usr/bin/true","cmdline":["%d"]}}' + b" " * 900
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from daemoneye import wire
 from daemoneye.bus import Gap, Message
-from daemoneye.sections.alerter import FileSink as FileCfg
+from daemoneye.services.alerter.delivery_db import DeliveryStore
 from daemoneye.services.alerter.model import key_digest
 from daemoneye.services.alerter.sinks.file import FileSink
-from daemoneye.services.alerter.state import DeliveryStore
 from daemoneye.services.alerter.worker import SinkWorker
+from daemoneye.settings.alerter import FileSink as FileCfg
 from tests.conftest import wait_for
 from tests.unit.test_alerter_service import close, feed, lines, make_alerter
 

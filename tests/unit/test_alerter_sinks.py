@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from daemoneye.sections.alerter import FileSink as FileCfg
-from daemoneye.sections.alerter import StdoutSink as StdoutCfg
-from daemoneye.sections.alerter import facility_code
 from daemoneye.services.alerter.sinks import Delivery, SinkError, build_sink
 from daemoneye.services.alerter.sinks.syslog import format_rfc5424
 from daemoneye.services.alerter.sinks.webhook import backoff_delay
+from daemoneye.settings.alerter import FileSink as FileCfg
+from daemoneye.settings.alerter import StdoutSink as StdoutCfg
+from daemoneye.settings.alerter import facility_code
 
 
 def record(n: int = 1, **extra) -> dict:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from daemoneye.sections.alerter import FileSink as FileCfg
+from daemoneye.services.alerter.delivery_db import DeliveryStore
 from daemoneye.services.alerter.sinks import Delivery, Sink, SinkError
-from daemoneye.services.alerter.state import DeliveryStore
 from daemoneye.services.alerter.worker import SinkWorker
+from daemoneye.settings.alerter import FileSink as FileCfg
 from tests.conftest import wait_for
 
 

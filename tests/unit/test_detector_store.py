@@ -13,7 +13,7 @@ from daemoneye import wire
 from daemoneye.rules.tables import PROCESS_EVENTS
 from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.services.detector.history import History
-from daemoneye.services.detector.storage import DetectorStore, open_store
+from daemoneye.services.detector.history_db import DetectorStore, open_store
 from tests.tmpfs import fill
 
 COLS = PROCESS_EVENTS.column_names

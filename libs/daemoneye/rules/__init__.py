@@ -3,6 +3,7 @@
 model (YAML rules) · tables (schema and its docs) · functions (allowed SQL functions,
 osquery's extras) · validate (sqlglot + SQLite authorizer) · sandbox (the in-memory
 database, authorizer, time budget, limits) · live (tables kept from process events) ·
-plan (incremental or scheduled) · engine (differential firing) · sigma (import) ·
-sources (users, file, process_open_sockets).
+scheduling (incremental or scheduled) · prefilter (skip a rule for a batch that no row
+of could match) · engine (differential firing) · sigma (import) · sources (users, file,
+process_open_sockets).
 """

@@ -5,7 +5,7 @@
 `Firing`s (one per new matching row). A rule that errors or exceeds its time budget
 is disabled and reported through `on_disable`; the others keep running.
 
-Per batch, an incremental rule's own statement runs only when its screen (screen.py)
+Per batch, an incremental rule's own statement runs only when its screen (prefilter.py)
 says some changed row could match: most rules are skipped after a set lookup or one
 shared SQLite pass over the batch, instead of one statement execution each.
 
@@ -29,9 +29,9 @@ from typing import Any
 
 from .live import Batch, EventIn, LiveTables, Proc
 from .model import Problem, Rule
-from .plan import IDENTITY, Plan, make_plan
+from .prefilter import Screening, screening_sql
 from .sandbox import BudgetExceeded, Sandbox
-from .screen import Screening, screening_sql
+from .scheduling import IDENTITY, Plan, make_plan
 from .tables import INCREMENTAL_TABLES
 from .validate import Checked, Validator
 
@@ -214,7 +214,7 @@ class Engine:
                 firings.append(Firing(active.rule, data, record, key))
         return firings
 
-    # --- screening (screen.py) ---------------------------------------------------------
+    # --- screening (prefilter.py) ---------------------------------------------------------
 
     def lanes(self) -> dict[str, Lane]:
         """The enabled incremental rules by the table they follow (cached)."""

@@ -9,7 +9,7 @@ import os
 import socket
 from typing import Any
 
-from daemoneye.sections.alerter import facility_code
+from daemoneye.settings.alerter import facility_code
 
 from .base import Delivery, Sink, SinkError
 from .stdout import iso_time

@@ -1,4 +1,4 @@
-"""Screening (rules/screen.py): skipping an incremental rule for a batch never changes
+"""Screening (rules/prefilter.py): skipping an incremental rule for a batch never changes
 what fires. The same events through an engine that screens and one that runs every rule
 on every batch must give the same firings, for the shipped rules and for generated
 hostile ones (mixed types, NULLs, case, double-quoted literals, subqueries, 'now', joins,
@@ -18,7 +18,7 @@ from sqlglot import exp, parse_one
 from daemoneye.rules.engine import Engine
 from daemoneye.rules.live import EventIn
 from daemoneye.rules.model import Rule
-from daemoneye.rules.screen import screen_of, screening_sql
+from daemoneye.rules.prefilter import screen_of, screening_sql
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 

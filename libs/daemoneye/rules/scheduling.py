@@ -8,7 +8,7 @@ each run costs in proportion to the rows that changed; and the rowid is selected
 a hidden identity column so a row fires once. Everything else is
 *scheduled*: run over the full tables every `interval` seconds, firing for result
 rows whose identity (the non-aggregate output columns) was not in the last result.
-An incremental plan also carries its screen and needs (screen.py): what the engine
+An incremental plan also carries its screen and needs (prefilter.py): what the engine
 checks first to skip the rule for a batch no row of which could match.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from .screen import Need, screen_of
+from .prefilter import Need, screen_of
 from .tables import INCREMENTAL_TABLES
 
 IDENTITY = "__de_identity"
@@ -30,7 +30,7 @@ class Plan:
     sql: str  # what actually runs
     driver: str = ""  # the table an incremental rule follows
     identity_columns: list[str] | None = None  # scheduled: None = the whole row
-    screen: str | None = None  # incremental: see screen.py; None = nothing to screen in SQL
+    screen: str | None = None  # incremental: see prefilter.py; None = nothing to screen in SQL
     needs: tuple[Need, ...] = ()  # incremental: values some changed row must hold
 
 
