@@ -22,7 +22,7 @@ from daemoneye import procfs
 from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
 from daemoneye.replay import ReplayRequestError, answer, parse_request
-from daemoneye.rpc import REPLY_MARK, RpcResult
+from daemoneye.rpc import RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 
@@ -127,17 +127,9 @@ class Collector(Service):
         """Publishing before the PUB socket has connected drops messages silently. The
         PUB and the control DEALER connect to the broker together, so a registration
         round trip (bounded) tells the bus is up before the initial snapshot goes out."""
-        assert self.control is not None
-        self._register("register")
-        if not self.control.poll(int(timeout_s * 1000)):
+        if not self.reach_broker(timeout_s):
             self.log.warning("broker not reachable yet; first events may need replay")
             return
-        frames = self.control.recv_multipart()
-        if len(frames) == 1:
-            self._on_broker_reply(frames[0])
-        elif len(frames) == 3:
-            client, _target, data = frames
-            self.control.send_multipart([REPLY_MARK, client, self.handle_request(data, client)])
         time.sleep(0.005)  # the broker's subscription travels right behind the handshake
 
     def _child_drop(self) -> None:
