@@ -31,6 +31,7 @@ import time
 from collections import defaultdict
 from typing import Any, ClassVar
 
+from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics
 from daemoneye.replay import Replayer, StreamCursors
 from daemoneye.rpc import RpcClient
@@ -204,18 +205,18 @@ class Alerter(Service):
             gap = self.cursors.first_gap(msg.topic, msg.envelope)
             if gap is not None:  # joined mid-stream: its beginning first
                 self._replay(gap, routing_wait_s=0.0)
-        self.take(msg.topic, msg.envelope)
+        self.take(msg.topic, msg.envelope, msg.kind)
 
-    def take(self, topic: str, envelope: Any) -> None:
-        """One alert envelope from the bus or a replay: its cursor, then the alert."""
+    def take(self, topic: str, envelope: Any, kind: str = "") -> None:
+        """One alert envelope from the bus or a replay: its cursor, then the alert.
+        `kind`: its body kind when already read (the Subscriber reads it decoding)."""
         self.received += 1
         self.cursors.note(topic, envelope)
-        body = envelope.body  # read the union once: each access costs microseconds
-        kind = str(body.which())
+        kind = kind or wire.body_kind(envelope)
         if kind != "alert":
             self._reject(topic, f"body is {kind}, not alert")
             return
-        alert = body.alert
+        alert = envelope.body.alert
         try:
             model.check(alert)
         except model.BadAlert as exc:

@@ -41,6 +41,7 @@ NOBLOCK, RCVMORE, SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 _SEGMENT_HEAD = struct.Struct("<II").unpack_from  # segment count - 1, first segment's words
+_read_heartbeat = wire.dict_reader(wire.Heartbeat.schema)
 
 
 def _plausible_envelope(data: bytes, size: int) -> bool:
@@ -221,8 +222,14 @@ class Broker(Service):
         except wire.DecodeError as exc:
             self._drop("malformed", f"heartbeat: {exc}")
             return
-        if wire.body_kind(envelope) == "heartbeat":
-            self._announce(self.registry.heartbeat(envelope.body.heartbeat.to_dict()))
+        if wire.body_kind(envelope) != "heartbeat":
+            return
+        try:
+            heartbeat = _read_heartbeat(envelope.body.heartbeat)
+        except wire.DecodeError as exc:
+            self._drop("malformed", f"heartbeat: {exc}")
+            return
+        self._announce(self.registry.heartbeat(heartbeat))
 
     # --- heartbeats and the registry -----------------------------------------
 

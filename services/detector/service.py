@@ -68,38 +68,23 @@ def default_rules_dir() -> Path:
     return package.parents[1] / "deploy" / "rules"
 
 
-# pycapnp field objects: reading by field skips a name lookup per read (~40% cheaper)
-_RECORD_GETTERS = tuple((name, wire.ProcessRecord.schema.fields[name]) for name in RECORD_FIELDS)
-_EVENT = {name: wire.ProcessEvent.schema.fields[name] for name in wire.ProcessEvent.schema.fields}
-_E_KIND, _E_RECORD, _E_TIME, _E_SOURCE = (_EVENT[n] for n in ("kind", "record", "timeNs", "source"))
-_E_CHANGED, _E_REASON, _E_SEVERITY = (_EVENT[n] for n in ("changedFields", "reason", "severity"))
-_E_EXIT, _E_RUNTIME, _E_HOST = (_EVENT[n] for n in ("exitCode", "runtimeNs", "hostname"))
-
-
-def record_of(reader: Any) -> dict[str, Any]:
-    """A ProcessRecord reader as a dict with every field (three times faster than to_dict)."""
-    get = reader._get_by_field
-    rec = {name: get(field) for name, field in _RECORD_GETTERS}
-    rec["cmdline"] = list(rec["cmdline"])
-    return rec
+# What the engine takes of a ProcessEvent (`previous` is not read)
+_EVENT = wire.tuple_reader(
+    wire.ProcessEvent.schema,
+    ("kind", "record", "timeNs", "source", "changedFields", "reason", "severity", "exitCode",
+     "runtimeNs", "hostname"),
+)  # fmt: skip
 
 
 def event_in(body: Any, source_id: str) -> EventIn:
-    """A decoded ProcessEvent reader as the engine's input."""
-    get = body._get_by_field
-    return EventIn(
-        str(get(_E_KIND)),
-        record_of(get(_E_RECORD)),
-        get(_E_TIME),
-        str(get(_E_SOURCE)),
-        source_id,
-        list(get(_E_CHANGED)),
-        get(_E_REASON),
-        str(get(_E_SEVERITY)),
-        get(_E_EXIT),
-        get(_E_RUNTIME),
-        get(_E_HOST),
+    """A decoded ProcessEvent reader as the engine's input (DecodeError if malformed)."""
+    kind, record, time_ns, source, changed, reason, severity, exit_code, runtime, host = _EVENT(
+        body
     )
+    return EventIn(
+        kind, record, time_ns, source, source_id, changed, reason, severity, exit_code,
+        runtime, host,
+    )  # fmt: skip
 
 
 def alert_body(firing: Firing, source_id: str, hostname: str) -> dict[str, Any]:
@@ -280,7 +265,9 @@ class Detector(Service):
             self.pending.append(event_in(envelope.body.processEvent, envelope.sourceId))
         elif kind == "processEventBatch":
             source = envelope.sourceId
-            self.pending.extend(event_in(e, source) for e in envelope.body.processEventBatch.events)
+            # read whole before queued: a malformed event drops its envelope, not half of it
+            events = [event_in(e, source) for e in envelope.body.processEventBatch.events]
+            self.pending.extend(events)
         else:
             return
         self.cursors.note(topic, envelope)
