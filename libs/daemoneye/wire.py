@@ -46,6 +46,7 @@ ProcessRecord = _schema.ProcessRecord
 ProcessEvent = _schema.ProcessEvent
 Alert = _schema.Alert
 Heartbeat = _schema.Heartbeat
+AuditRecord = _schema.AuditRecord
 SCHEMA_VERSION: int = _schema.schemaVersion
 BODY_KINDS: tuple[str, ...] = tuple(Envelope.new_message().body.schema.union_fields)
 _SEGMENT_HEAD = struct.Struct("<II")  # segment count - 1, first segment's size in words

@@ -3,9 +3,9 @@ BLAKE3 hash chain and RFC 9162 Merkle tree, and publishes signed checkpoints.
 
 Each bus message becomes one entry: actor = envelope sourceId, action = topic (or
 the AuditRecord's action for `audit.*`), payload = the envelope bytes exactly as
-received. Messages read in one wake-up are committed as one durable batch (group
-commit: the busier the bus, the bigger the batch). A checkpoint is signed into the
-same batch when N entries or T seconds have passed, and published on
+received (`Message.raw`). Messages read in one wake-up are committed as one durable
+batch (group commit: the busier the bus, the bigger the batch). A checkpoint is
+signed into the same batch when N entries or T seconds have passed, and published on
 `ledger.checkpoint` only after that batch is on disk, so no published tree head
 can be lost or forked by a crash.
 
@@ -24,10 +24,8 @@ import os
 import time
 from typing import Any, ClassVar
 
-import zmq
-
 from daemoneye import wire
-from daemoneye.bus import Gap, Topics, stream_of
+from daemoneye.bus import Gap, Message, Topics, stream_of
 from daemoneye.ledger.note import Signer, load_or_create_key, public_key_path
 from daemoneye.ledger.proofs import consistency_document, inclusion_document
 from daemoneye.ledger.store import (
@@ -42,12 +40,12 @@ from daemoneye.rpc import RpcClient
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
 
-DRAIN_LIMIT = 5000  # messages per wake-up before the loop looks at its other sockets
 AUDIT_PREFIX = Topics.AUDIT
 GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger missed
 START_ACTION = "ledger.start"
 STOP_ACTION = "ledger.stop"
 REPLAY_STREAM = "events.process"  # the stream whose source (a collector) answers replay
+_audit_action = wire.tuple_reader(wire.AuditRecord.schema, ("action",))
 
 
 def replayable(stream: str) -> bool:
@@ -128,26 +126,15 @@ class Ledger(Service):
 
     # --- recording ---------------------------------------------------------------
 
-    def _on_bus(self) -> None:
-        """Read frames here rather than in the base so the raw envelope bytes are kept."""
-        assert self.subscriber is not None and self.writer is not None
-        sub, writer = self.subscriber, self.writer
-        for _ in range(DRAIN_LIMIT):
-            try:
-                frames = sub.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            msg = sub.accept(frames)  # decodes, checks size and sequence; None = dropped
-            if msg is None:
-                continue
-            self.events.add()
-            try:
-                self._first_of_stream(msg.topic, msg.envelope)
-                self.record(msg.topic, msg.envelope, frames[1])
-            except Exception:
-                self.log.exception("recording %s failed; continuing", msg.topic)
-            if writer.pending >= self.cfg.batch_max_entries:
-                self._safe_flush()
+    def on_message(self, msg: Message) -> None:
+        """One entry per message, its envelope bytes as received (`Message.raw`)."""
+        assert self.writer is not None
+        self._first_of_stream(msg.topic, msg.envelope)
+        self.record(msg.topic, msg.envelope, msg.raw)
+        if self.writer.pending >= self.cfg.batch_max_entries:
+            self._safe_flush()
+
+    def on_drained(self) -> None:
         self._commit_soon()
 
     def _commit_soon(self) -> None:
@@ -162,7 +149,7 @@ class Ledger(Service):
         assert self.writer is not None
         action = topic
         if topic.startswith(AUDIT_PREFIX) and wire.body_kind(envelope) == "auditRecord":
-            action = envelope.body.auditRecord.action or topic
+            action = _audit_action(envelope.body.auditRecord)[0] or topic
         seq = self.writer.append(envelope.sourceId, action, data)
         self.appended += 1
         self.cursors.note(topic, envelope)
