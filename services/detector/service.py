@@ -30,13 +30,7 @@ from typing import Any, ClassVar
 import daemoneye
 from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics, stream_of
-from daemoneye.replay import (
-    Replayer,
-    ReplayRequestError,
-    StreamCursors,
-    answer,
-    parse_request,
-)
+from daemoneye.replay import Intake, ReplayRequestError, answer, parse_request
 from daemoneye.rpc import RpcClient, RpcError, RpcResult
 from daemoneye.rules.engine import Engine, Firing
 from daemoneye.rules.live import RECORD_DEFAULTS, EventIn
@@ -125,8 +119,10 @@ class Detector(Service):
         self.history: History | None = None
         self.alert_log: AlertLog | None = None
         self.rpc_client: RpcClient | None = None
-        self.replayer: Replayer | None = None
-        self.cursors = StreamCursors(lambda stream: stream == PROCESS_STREAM)
+        self.intake = Intake(
+            lambda stream: stream == PROCESS_STREAM,
+            lambda topic, envelope, _data: self.take(topic, envelope, wire.body_kind(envelope)),
+        )
         self.alerts_unlogged = 0  # sent without an alert log record (cannot be replayed)
         self.store_errors = 0
         self.pending: list[EventIn] = []
@@ -170,9 +166,7 @@ class Detector(Service):
         self.rpc_client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, cfg.snapshot_timeout_s
         )
-        self.replayer = Replayer(
-            self.rpc_client, self.log, routing_wait_s=cfg.replay_routing_wait_s
-        )
+        self.intake.connect(self.rpc_client, self.log, cfg.replay_routing_wait_s)
         self.every(0.05, self.flush)
         self.every(0.1, self.run_scheduled)
         self.every(1.0, self._trim)
@@ -204,8 +198,7 @@ class Detector(Service):
         if self.publisher is not None:
             for stream, (_first, last) in self.alert_log.streams().items():
                 self.publisher.continue_from(stream, last)
-        tracker = self.subscriber.tracker if self.subscriber is not None else None
-        resumed = self.cursors.resume(tracker, self.history.cursors())
+        resumed = self.intake.resume(self.subscriber, self.history.cursors())
         if resumed:
             self.log.info("resumed sequence checking of %d collector streams", resumed)
 
@@ -251,10 +244,8 @@ class Detector(Service):
         envelope = msg.envelope
         kind = wire.body_kind(envelope)
         if kind in EVENT_KINDS:
-            if self.cfg.catch_up_new_streams:
-                gap = self.cursors.first_gap(msg.topic, envelope)
-                if gap is not None:  # joined mid-stream: its beginning first
-                    self._replay(gap, routing_wait_s=0.0)
+            if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
+                self.intake.catch_up(msg.topic, envelope)
             self.take(msg.topic, envelope, kind)
         elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
             self._on_lifecycle(msg.body)
@@ -270,7 +261,7 @@ class Detector(Service):
             self.pending.extend(events)
         else:
             return
-        self.cursors.note(topic, envelope)
+        self.intake.cursors.note(topic, envelope)
         if len(self.pending) >= self.cfg.max_batch:
             self.flush()
 
@@ -289,7 +280,7 @@ class Detector(Service):
         if not self.pending or self.engine is None:
             return
         events, self.pending = self.pending, []
-        cursors = self.cursors.take()
+        cursors = self.intake.cursors.take()
         firings, batch = self.engine.apply(events)
         self.batches += 1
         self.publish_alerts(firings)
@@ -384,22 +375,13 @@ class Detector(Service):
         table possibly wrong: then it is resynchronised from that collector's snapshot."""
         if gap.stream != PROCESS_STREAM:
             return
-        if not self._replay(gap):
+        if not self.intake.repair(gap):
             self.log.warning(
                 "missed process events from %s beyond replay; rebuilding from its snapshot",
                 gap.source_id,
             )
             self.flush()
             self.request_snapshot(f"control.collector.{gap.source_id}", gap.source_id)
-
-    def _replay(self, gap: Gap, routing_wait_s: float | None = None) -> bool:
-        if self.replayer is None:
-            return False
-        return self.replayer.repair(
-            gap,
-            lambda topic, envelope, _data: self.take(topic, envelope, wire.body_kind(envelope)),
-            routing_wait_s=routing_wait_s,
-        )
 
     def _on_lifecycle(self, reg: Any) -> None:
         if reg.service != "collector" or str(reg.action) != "register":
@@ -443,9 +425,7 @@ class Detector(Service):
             "detector.batches": self.batches,
             "detector.rule_runs_screened_out": self.engine.screened_out,
             "detector.rule_results_cut": self.engine.rows_cut,
-            "detector.replays": self.replayer.replays if self.replayer else 0,
-            "detector.replayed": self.replayer.replayed if self.replayer else 0,
-            "detector.replay_missing": self.replayer.missing if self.replayer else 0,
+            **self.intake.metrics("detector"),
             "detector.history_written": self.history.written if self.history else 0,
             "detector.history_pending": self.history.pending if self.history else 0,
             "detector.history_dropped": self.history.dropped if self.history else 0,

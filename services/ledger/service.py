@@ -35,7 +35,7 @@ from daemoneye.ledger.store import (
     open_store,
     prune_payloads,
 )
-from daemoneye.replay import Replayer, StreamCursors
+from daemoneye.replay import Intake
 from daemoneye.rpc import RpcClient
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
@@ -73,8 +73,11 @@ class Ledger(Service):
         self.write_errors = 0
         self.gaps_recorded = 0
         self.missing_recorded = 0
-        self.replayer: Replayer | None = None
-        self.cursors = StreamCursors(lambda stream: True)  # every stream's, for the trail
+        self.intake = Intake(
+            lambda stream: True,  # every stream's cursor, for the trail
+            lambda topic, envelope, data: self.record(topic, envelope, data),
+            lambda gap, first, last: self._record_gap(gap.source_id, gap.stream, first, last),
+        )
         self._last_checkpoint_t = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -109,7 +112,7 @@ class Ledger(Service):
         client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, REPLAY_TIMEOUT_S
         )
-        self.replayer = Replayer(client, self.log, routing_wait_s=REPLAY_TIMEOUT_S)
+        self.intake.connect(client, self.log, REPLAY_TIMEOUT_S)
         self.every(min(1.0, self.cfg.checkpoint_every_s), self._timed_checkpoint)
         if self.cfg.payload_retention_days > 0:
             self.every(self.cfg.retention_interval_s, self._retention)
@@ -152,16 +155,14 @@ class Ledger(Service):
             action = _audit_action(envelope.body.auditRecord)[0] or topic
         seq = self.writer.append(envelope.sourceId, action, data)
         self.appended += 1
-        self.cursors.note(topic, envelope)
+        self.intake.cursors.note(topic, envelope)
         return seq
 
     def _first_of_stream(self, topic: str, envelope: Any) -> None:
         """A collector stream never seen before that does not start at 1 (the ledger
         joined late, or is new): fetch its beginning from the WAL as a gap."""
         if stream_of(topic) == REPLAY_STREAM:
-            gap = self.cursors.first_gap(topic, envelope)
-            if gap is not None:
-                self.on_gap(gap)
+            self.intake.catch_up(topic, envelope, routing_wait_s=None)
 
     def _resume_cursors(self) -> None:
         """Seed sequence checking with what is on disk, so messages sent while the
@@ -169,7 +170,7 @@ class Ledger(Service):
         assert self.ledger is not None
         if self.subscriber is None:  # unit tests run setup() without sockets
             return
-        resumed = self.cursors.resume(self.subscriber.tracker, self.ledger.cursors())
+        resumed = self.intake.resume(self.subscriber, self.ledger.cursors())
         if resumed:
             self.log.info("resumed sequence checking of %d streams", resumed)
 
@@ -182,15 +183,10 @@ class Ledger(Service):
         """Missed bus messages: replayed from the collector's WAL or the detector's alert
         log where it can; what they cannot supply becomes a `ledger.gap` entry, so the
         trail shows what it lacks."""
-        source, stream = gap.source_id, gap.stream
-        if not replayable(stream) or self.replayer is None:
-            self._record_gap(source, stream, gap.first_missing, gap.last_missing)
-            return
-        self.replayer.repair(
-            gap,
-            lambda topic, envelope, data: self.record(topic, envelope, data),
-            lambda first, last: self._record_gap(source, stream, first, last),
-        )
+        if replayable(gap.stream):
+            self.intake.repair(gap)  # what it cannot replay is recorded as missing
+        else:
+            self._record_gap(gap.source_id, gap.stream, gap.first_missing, gap.last_missing)
 
     def _record_gap(self, source: str, stream: str, first: int, last: int) -> None:
         assert self.writer is not None
@@ -224,13 +220,13 @@ class Ledger(Service):
         signed = None
         if (due or force_checkpoint) and writer.size > writer.last_checkpoint_size:
             signed = writer.sign_checkpoint(self.signer, self.origin)
-        cursors = self.cursors.take()
+        cursors = self.intake.cursors.take()
         for (source, stream), (boot_id, seq) in cursors.items():
             writer.put_cursor(source, stream, boot_id, seq)
         try:
             size = writer.commit()
         except StoreError:
-            self.cursors.restore(cursors)  # kept pending with their entries
+            self.intake.cursors.restore(cursors)  # kept pending with their entries
             raise
         if self.state == "degraded" and self.write_errors:
             self.state = "running"
@@ -283,8 +279,7 @@ class Ledger(Service):
             "ledger.write_errors": self.write_errors,
             "ledger.gaps_recorded": self.gaps_recorded,
             "ledger.missing_recorded": self.missing_recorded,
-            "ledger.replays": self.replayer.replays if self.replayer else 0,
-            "ledger.replayed": self.replayer.replayed if self.replayer else 0,
+            **self.intake.metrics("ledger"),
         }
 
     def queue_depth(self) -> int:
