@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemoneye import wire
-from daemoneye.bus import Gap, SequenceTracker, Subscriber, stream_of
+from daemoneye.bus import Gap, SequenceTracker, Subscriber, Topics, stream_of
 from daemoneye.rpc import RpcClient, RpcError, RpcResult
 
 CHUNK = 1000  # envelopes asked for per replay call
@@ -42,7 +42,7 @@ Missing = Callable[[int, int], None]  # (first, last) seqs no replay could suppl
 def service_target(source_id: str) -> str:
     """The RPC target of a bus source: `control.<service>.<service id>` (ids are
     `<service>@<host>`)."""
-    return f"control.{source_id.partition('@')[0]}.{source_id}"
+    return Topics.control(source_id.partition("@")[0], source_id)
 
 
 class Replayer:

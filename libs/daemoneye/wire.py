@@ -26,7 +26,6 @@ TRAVERSAL_LIMIT_WORDS = 1 << 26  # what pycapnp may read in total, summed over e
 CHECK_LIMIT_WORDS = TRAVERSAL_LIMIT_WORDS // 16  # what one message may hold: room for 16 passes
 NESTING_LIMIT = 16  # our deepest message nests 4 levels
 MAX_SEGMENTS = 64
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 capnp.remove_import_hook()
 
@@ -48,6 +47,10 @@ Alert = _schema.Alert
 Heartbeat = _schema.Heartbeat
 AuditRecord = _schema.AuditRecord
 SCHEMA_VERSION: int = _schema.schemaVersion
+# The schema's `enum Severity`, lowest first: the one list of severities.
+SEVERITIES: tuple[str, ...] = tuple(
+    sorted(_schema.Severity.schema.enumerants, key=_schema.Severity.schema.enumerants.get)
+)
 BODY_KINDS: tuple[str, ...] = tuple(Envelope.new_message().body.schema.union_fields)
 _SEGMENT_HEAD = struct.Struct("<II")  # segment count - 1, first segment's size in words
 

@@ -56,7 +56,7 @@ SWITCH_INTERVAL_S = 0.001
 
 class Alerter(Service):
     name: ClassVar[str] = "alerter"
-    subscriptions: ClassVar[tuple[str, ...]] = ("alerts.",)
+    subscriptions: ClassVar[tuple[str, ...]] = (Topics.ALERTS,)
 
     def __init__(self, settings: Any, service_id: str | None = None) -> None:
         super().__init__(settings, service_id)

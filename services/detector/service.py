@@ -44,7 +44,6 @@ from .history import History
 from .history_db import DetectorStore, open_store
 
 RECORD_FIELDS = tuple(RECORD_DEFAULTS)
-PROCESS_STREAM = "events.process"
 EVENT_KINDS = ("processEvent", "processEventBatch")
 STORE_NOTE = "history writes failing"
 PS_COLUMNS = (
@@ -120,7 +119,7 @@ class Detector(Service):
         self.alert_log: AlertLog | None = None
         self.rpc_client: RpcClient | None = None
         self.intake = Intake(
-            lambda stream: stream == PROCESS_STREAM,
+            lambda stream: stream == Topics.PROCESS_STREAM,
             lambda topic, envelope, _data: self.take(topic, envelope, wire.body_kind(envelope)),
         )
         self.alerts_unlogged = 0  # sent without an alert log record (cannot be replayed)
@@ -173,7 +172,7 @@ class Detector(Service):
         self.every(300.0, self.engine.tables.refresh_users, first_in_s=300.0)
         self.every(3600.0, self._expire, first_in_s=60.0)
         self.every(cfg.store_retry_s, self._retry_store, first_in_s=cfg.store_retry_s)
-        self.request_snapshot("control.collector", "")
+        self.request_snapshot(Topics.control("collector"), "")
         # what exists now lives as long as the service: keep it out of GC passes, which
         # otherwise rescan it on every full collection (latency spikes under load)
         gc.collect()
@@ -373,7 +372,7 @@ class Detector(Service):
         """Missed process events: fetched from the collector's WAL and applied in order
         before the message that revealed the gap. What it no longer holds leaves the live
         table possibly wrong: then it is resynchronised from that collector's snapshot."""
-        if gap.stream != PROCESS_STREAM:
+        if gap.stream != Topics.PROCESS_STREAM:
             return
         if not self.intake.repair(gap):
             self.log.warning(
@@ -381,13 +380,14 @@ class Detector(Service):
                 gap.source_id,
             )
             self.flush()
-            self.request_snapshot(f"control.collector.{gap.source_id}", gap.source_id)
+            self.request_snapshot(Topics.control("collector", gap.source_id), gap.source_id)
 
     def _on_lifecycle(self, reg: Any) -> None:
         if reg.service != "collector" or str(reg.action) != "register":
             return
         if self.snapshots.get(reg.serviceId) != reg.bootId:
-            self.request_snapshot(f"control.collector.{reg.serviceId}", reg.serviceId, reg.bootId)
+            target = Topics.control("collector", reg.serviceId)
+            self.request_snapshot(target, reg.serviceId, reg.bootId)
 
     def request_snapshot(self, target: str, collector_id: str, boot_id: str = "") -> bool:
         """Rebuild the live table from a collector's snapshot; False when none answers."""

@@ -44,14 +44,13 @@ AUDIT_PREFIX = Topics.AUDIT
 GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger missed
 START_ACTION = "ledger.start"
 STOP_ACTION = "ledger.stop"
-REPLAY_STREAM = "events.process"  # the stream whose source (a collector) answers replay
 _audit_action = wire.tuple_reader(wire.AuditRecord.schema, ("action",))
 
 
 def replayable(stream: str) -> bool:
     """Streams whose source answers `replay`: a collector's process events (its WAL) and
     a detector's alerts (its alert log). Audit records are not kept for replay."""
-    return stream == REPLAY_STREAM or stream.startswith(Topics.ALERTS)
+    return stream == Topics.PROCESS_STREAM or stream.startswith(Topics.ALERTS)
 
 
 REPLAY_TIMEOUT_S = 5.0
@@ -161,7 +160,7 @@ class Ledger(Service):
     def _first_of_stream(self, topic: str, envelope: Any) -> None:
         """A collector stream never seen before that does not start at 1 (the ledger
         joined late, or is new): fetch its beginning from the WAL as a gap."""
-        if stream_of(topic) == REPLAY_STREAM:
+        if stream_of(topic) == Topics.PROCESS_STREAM:
             self.intake.catch_up(topic, envelope, routing_wait_s=None)
 
     def _resume_cursors(self) -> None:

@@ -452,3 +452,11 @@ def test_a_malformed_field_is_a_decode_error() -> None:
 def test_unions_are_refused_at_compile_time() -> None:
     with pytest.raises(ValueError, match="union member"):
         wire.dict_reader(wire.Envelope.schema.fields["body"].schema)
+
+
+def test_severities_are_the_schemas_enum_lowest_first() -> None:
+    assert wire.SEVERITIES == ("info", "low", "medium", "high", "critical")
+    for rank, severity in enumerate(wire.SEVERITIES):
+        data = wire.encode_envelope(HEADER, "alert", {"ruleId": "r", "severity": severity})
+        alert = wire.body_of(wire.decode_envelope(data))
+        assert wire.tuple_reader(wire.Alert.schema, ["severity"], raw=True)(alert)[0].raw == rank

@@ -11,9 +11,10 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from daemoneye.wire import SEVERITIES
+
 from ..common import add_command, call, console, positive, settings_from
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 STATE_STYLE = {"delivered": "green", "pending": "yellow", "failed": "red"}
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
