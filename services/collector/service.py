@@ -25,6 +25,7 @@ from daemoneye.replay import ReplayRequestError, answer, parse_request
 from daemoneye.rpc import RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
+from daemoneye.wire import SEVERITIES
 
 from . import lean, privdrop
 from .hasher import Hasher
@@ -33,10 +34,8 @@ from .realtime import RealtimeSource
 from .tracker import Out, Tracker
 from .wal import Wal
 
-STREAM = "events.process"
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
 SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
-SEVERITY_OK = {"info", "low", "medium", "high", "critical"}
 
 
 class Collector(Service):
@@ -88,7 +87,7 @@ class Collector(Service):
             self.cfg.wal_fsync,
         )
         assert self.publisher is not None
-        self.publisher.continue_from(STREAM, self.wal.last_seq)
+        self.publisher.continue_from(Topics.PROCESS_STREAM, self.wal.last_seq)
         self._wait_for_bus()
         if connector is not None:
             # forked before the drop: it sets its real-time priority, then drops too
@@ -328,7 +327,7 @@ class Collector(Service):
             "record": out.record,
             "changedFields": out.changed,
             "reason": out.reason,
-            "severity": out.severity if out.severity in SEVERITY_OK else "info",
+            "severity": out.severity if out.severity in SEVERITIES else "info",
             "runtimeNs": out.runtime_ns,
             "exitCode": out.exit_code,
             "hostname": self.hostname,
