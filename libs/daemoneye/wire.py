@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -597,10 +596,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
-
-
-def now_ns() -> int:
-    return time.time_ns()
 
 
 # --- RPC bodies -------------------------------------------------------------
