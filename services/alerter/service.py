@@ -466,16 +466,20 @@ class Alerter(Service):
 
     @rpc("alerts.list")
     def rpc_list(self, request: Request) -> dict[str, Any]:
-        """History, newest first; `after` (a key) lists oldest first from there (--follow)."""
+        """History, newest first (from `before`, a key, when given); `after` (a key) lists
+        oldest first from there (--follow). One call reads at most MAX_SCAN records (it
+        runs on the service loop): a scan cut there answers `continue_from`, the key to
+        pass as `before` (or `after`) to read on; 0 when the scan was not cut."""
         assert self.store is not None
         p = request.params
         try:
             since_ns = int(p.get("since_ns") or 0)
             after = int(p.get("after") or 0)
+            before = int(p.get("before") or 0)
             limit = min(MAX_LIST, int(p.get("limit") or 100))
         except (TypeError, ValueError) as exc:
             raise RpcFault(
-                "bad_request", f"since_ns, after and limit must be integers: {exc}"
+                "bad_request", f"since_ns, after, before and limit must be integers: {exc}"
             ) from None
         severity = p.get("severity") or "info"
         if severity not in SEVERITY_ORDER:
@@ -483,9 +487,14 @@ class Alerter(Service):
         floor, rule = SEVERITY_ORDER.index(severity), p.get("rule") or ""
         rows: list[dict[str, Any]] = []
         follow = "after" in p
+        scanned, continue_from = 0, 0
         for key, data in self.store.history(
-            after=max(after, since_ns - 1), newest_first=not follow
+            after=max(after, since_ns - 1), before=before, newest_first=not follow
         ):
+            if scanned >= MAX_SCAN:
+                break
+            scanned += 1
+            continue_from = key
             record = model.json_load(data)
             if SEVERITY_ORDER.index(record.get("severity", "info")) < floor:
                 continue
@@ -494,8 +503,11 @@ class Alerter(Service):
             record["deliveries"] = self.store.status(key, record.get("sinks", []))
             rows.append(record)
             if len(rows) >= limit:
+                continue_from = 0  # the limit, not the scan budget, ended it
                 break
-        return {"alerts": rows, "sinks": self._sink_names()}
+        else:
+            continue_from = 0  # the end of the history
+        return {"alerts": rows, "sinks": self._sink_names(), "continue_from": continue_from}
 
     @rpc("alerts.failed")
     def rpc_failed(self, request: Request) -> dict[str, Any]:
