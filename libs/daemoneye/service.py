@@ -139,8 +139,12 @@ class Service:
         """SIGHUP: reload configuration or rules."""
 
     def metrics(self) -> dict[str, float]:
-        """Service-specific figures for heartbeats and health replies."""
+        """Service-specific figures for heartbeats and health replies (reads only)."""
         return {}
+
+    def refresh_status(self) -> None:
+        """Bring `state` and `notes` up to date from what the service watches; called
+        before each heartbeat and health reply."""
 
     def queue_depth(self) -> int:
         return 0
@@ -321,6 +325,7 @@ class Service:
         self._register("register")
 
     def heartbeat_body(self) -> dict[str, Any]:
+        self.refresh_status()
         with self._process.oneshot():
             rss = self._process.memory_info().rss
             cpu = self._process.cpu_percent()

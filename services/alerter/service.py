@@ -437,10 +437,9 @@ class Alerter(Service):
         }
         for worker in self.workers:
             figures.update(worker.metrics())
-        self._update_notes()
         return figures
 
-    def _update_notes(self) -> None:
+    def refresh_status(self) -> None:
         """Sink trouble, for `daemoneye status` (heartbeats carry the notes)."""
         notes = [n for n in self.notes if n.startswith("pending deliveries for unconfigured")]
         for w in self.workers:
