@@ -27,7 +27,7 @@ from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 from daemoneye.wire import SEVERITIES
 
-from . import lean, privdrop
+from . import privdrop
 from .hasher import Hasher
 from .netlink import NetlinkUnavailable, ProcConnector
 from .realtime import RealtimeSource
@@ -66,11 +66,6 @@ class Collector(Service):
         self._holding = False  # batching: a handler is still producing events
 
     # --- start and stop -------------------------------------------------------
-
-    def run(self) -> int:
-        if lean.heavy_start():  # started through the console: shed its imports first
-            lean.reexec(self.settings, self.service_id)
-        return super().run()
 
     def niceness(self) -> int:
         return self.cfg.nice  # applied by run() as root, before setup() drops privileges
