@@ -87,6 +87,18 @@ def encode_reply(publisher: Publisher, reply: dict[str, Any]) -> bytes:
     return publisher.encode(RPC_TOPIC, "rpcReply", reply)[1]
 
 
+def result_reply(request_id: int, result: Any) -> dict[str, Any]:
+    """The reply body for what a handler returned (a value, or an RpcResult)."""
+    if isinstance(result, RpcResult):
+        return wire.rpc_reply(request_id, result=result.value, payloads=result.payloads)
+    return wire.rpc_reply(request_id, result=result)
+
+
+def error_reply(request_id: int, code: str, message: str) -> dict[str, Any]:
+    """The reply body of a request that failed: its error code and why."""
+    return wire.rpc_reply(request_id, error=message, error_code=code)
+
+
 def decode_request(data: bytes, route: bytes | None = None) -> tuple[int, Request]:
     """(request id, request) of a request envelope; RpcFault (with the request id when
     it was read) for one that is malformed, not a request, or past its deadline."""
@@ -130,7 +142,7 @@ def refusal(publisher: Publisher, request: bytes, code: str, message: str) -> by
         request_id = decode_request(request)[0]
     except RpcFault as exc:
         request_id = exc.request_id
-    return encode_reply(publisher, wire.rpc_reply(request_id, error=message, error_code=code))
+    return encode_reply(publisher, error_reply(request_id, code, message))
 
 
 # --- frames --------------------------------------------------------------------------

@@ -34,7 +34,9 @@ from daemoneye.rpc import (
     decode_request,
     encode_reply,
     encode_request,
+    error_reply,
     reply_frames,
+    result_reply,
 )
 
 __all__ = ["Request", "RpcFault", "RpcResult", "Service", "rpc"]
@@ -430,7 +432,7 @@ class Service:
             request_id, request = decode_request(data, route)
             reply = self.dispatch(request_id, request)
         except RpcFault as exc:
-            reply = wire.rpc_reply(exc.request_id, error=str(exc), error_code=exc.code)
+            reply = error_reply(exc.request_id, exc.code, str(exc))
         assert self.publisher is not None
         return encode_reply(self.publisher, reply)
 
@@ -438,23 +440,19 @@ class Service:
         handler = self.verbs.get(request.verb)
         if handler is None:
             known = ", ".join(sorted(self.verbs))
-            return wire.rpc_reply(
+            return error_reply(
                 request_id,
-                error=f"{self.service_id} has no verb {request.verb!r} (known: {known})",
-                error_code="unknown_verb",
+                "unknown_verb",
+                f"{self.service_id} has no verb {request.verb!r} (known: {known})",
             )
         try:
             result = handler(request)
         except RpcFault as exc:
-            return wire.rpc_reply(request_id, error=str(exc), error_code=exc.code)
+            return error_reply(request_id, exc.code, str(exc))
         except Exception as exc:
             self.log.exception("rpc %s failed", request.verb)
-            return wire.rpc_reply(
-                request_id, error=f"{type(exc).__name__}: {exc}", error_code="failed"
-            )
-        if isinstance(result, RpcResult):
-            return wire.rpc_reply(request_id, result=result.value, payloads=result.payloads)
-        return wire.rpc_reply(request_id, result=result)
+            return error_reply(request_id, "failed", f"{type(exc).__name__}: {exc}")
+        return result_reply(request_id, result)
 
     def health(self) -> dict[str, Any]:
         body = self.heartbeat_body()
