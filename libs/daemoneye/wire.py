@@ -2,8 +2,10 @@
 
 Services build and read messages through this module: `encode_envelope` turns a
 header and a body dict into bytes, `decode_envelope` turns untrusted bytes into a
-reader or raises `DecodeError`. Readers returned by `decode_envelope` keep their
-bytes alive, so they are safe to hold after the call.
+reader or raises `DecodeError`, and `dict_reader`/`tuple_reader` read a body's
+fields into plain Python (the fast way, compiled per struct from the schema).
+Readers returned by `decode_envelope` keep their bytes alive, so they are safe to
+hold after the call.
 """
 
 from __future__ import annotations

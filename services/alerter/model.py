@@ -37,10 +37,16 @@ class BadAlert(ValueError):
 
 
 def check(alert: Any) -> None:
-    if not alert.ruleId:
+    """BadAlert for an alert without a rule id, of an unknown severity, or with either
+    field malformed."""
+    try:
+        rule, severity = _RULE_AND_SEVERITY(alert)
+    except wire.DecodeError as exc:
+        raise BadAlert(str(exc)) from None
+    if not rule:
         raise BadAlert("alert has no ruleId")
-    if str(alert.severity) not in SEVERITY_ORDER:
-        raise BadAlert(f"alert has unknown severity {alert.severity!r}")
+    if severity not in SEVERITY_ORDER:
+        raise BadAlert(f"alert has unknown severity {severity!r}")
 
 
 def dedup_key(alert: Any) -> int:
@@ -69,6 +75,7 @@ def key_digest(parts: tuple[str, ...]) -> int:
 
 
 _alert_to_dict = wire.dict_reader(wire.Alert.schema)
+_RULE_AND_SEVERITY = wire.tuple_reader(wire.Alert.schema, ("ruleId", "severity"))
 _RULE_AND_KEY = wire.tuple_reader(wire.Alert.schema, ("ruleId", "dedupKey"), raw=True)
 _PROCESS = wire.tuple_reader(wire.Alert.schema, ("process",), raw=True)
 _EXE_AND_ARGV = wire.tuple_reader(wire.ProcessRecord.schema, ("exePath", "cmdline"), raw=True)

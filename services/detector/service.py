@@ -241,7 +241,7 @@ class Detector(Service):
 
     def on_message(self, msg: Message) -> None:
         envelope = msg.envelope
-        kind = wire.body_kind(envelope)
+        kind = msg.kind  # read while decoding: no second read of the union
         if kind in EVENT_KINDS:
             if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
                 self.intake.catch_up(msg.topic, envelope)
