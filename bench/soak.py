@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.stored
 from _harness import percentile, verdict
 
-from daemoneye.bus import SocketFactory, Subscriber, wait_for_endpoint
+from daemoneye.bus import SocketFactory, Subscriber, Topics, wait_for_endpoint
 from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcClient, RpcError
 from tests.stored import read_history, read_ledger, read_wal
@@ -198,9 +198,8 @@ class System:
         raise SystemExit(f"{name} did not answer within {timeout} s")
 
     def health(self, name: str) -> dict[str, Any]:
-        target = "control.broker" if name == "broker" else f"control.{name}"
         try:
-            return self.rpc.call(target, "health", timeout_s=3).value
+            return self.rpc.call(Topics.control(name), "health", timeout_s=3).value
         except RpcError:
             return {}
 

@@ -39,6 +39,7 @@ class Topics:
     """Topic names. A SUB prefix filter selects by these."""
 
     PROCESS = "events.process."
+    PROCESS_STREAM = "events.process"  # its sequence stream (stream_of): a collector's WAL
     PROCESS_START = "events.process.start"
     PROCESS_STOP = "events.process.stop"
     PROCESS_MODIFY = "events.process.modify"

@@ -91,8 +91,7 @@ class BrokerSettings(BaseModel):
         le=19,
         description="niceness of the broker's threads. At -10 (as the collector, detector "
         "and alerter) it wakes for every frame instead of taking several per wake-up: "
-        "soak at 1,000 exec/s on 2 cores: exec->alert p99 27 ms instead of 51, but 183 "
-        "instead of 93 us of CPU an exec, and the storm got 880 exec/s instead of 961",
+        "lower latency for more CPU an event (measured: bench/README.md, priorities)",
     )
     unhealthy_after_missed: int = Field(
         3, ge=1, description="missed heartbeats before a service is marked unhealthy"

@@ -10,6 +10,7 @@ Exactly-once across a subscriber's restart needs a cursor per stream (the last s
 has taken in), committed in the same write as what it took in: `StreamCursors` keeps
 them between commits and tells a stream seen for the first time that does not start
 at 1 (its beginning was missed); `put_cursors`/`load_cursors` keep them in a Store.
+`Intake` wires the two together for a subscribing service.
 
 The verb (server side): params `from_seq`, `to_seq` (optional), `limit`, and
 `stream` (sources with one stream ignore it); answer value `{first_seq, last_seq,
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemoneye import wire
-from daemoneye.bus import Gap, SequenceTracker, stream_of
+from daemoneye.bus import Gap, SequenceTracker, Subscriber, Topics, stream_of
 from daemoneye.rpc import RpcClient, RpcError, RpcResult
 
 CHUNK = 1000  # envelopes asked for per replay call
@@ -41,7 +42,7 @@ Missing = Callable[[int, int], None]  # (first, last) seqs no replay could suppl
 def service_target(source_id: str) -> str:
     """The RPC target of a bus source: `control.<service>.<service id>` (ids are
     `<service>@<host>`)."""
-    return f"control.{source_id.partition('@')[0]}.{source_id}"
+    return Topics.control(source_id.partition("@")[0], source_id)
 
 
 class Replayer:
@@ -152,6 +153,69 @@ class Replayer:
             got += 1
             expected = seq + 1
         return expected, got
+
+
+# --- what a subscriber that must miss nothing wires together ------------------------
+
+MissingIn = Callable[[Gap, int, int], None]  # (gap, first, last) seqs no replay supplied
+
+
+class Intake:
+    """The replay-and-cursor glue of a subscriber that must take in every message of
+    some streams (the detector, the alerter, the ledger): the cursors of what it took
+    in, sequence checking seeded from the cursors it stored, the beginning of a stream
+    it joined late, and gaps repaired by replay, each envelope handed to `deliver` as if
+    it came off the bus (in seq order, before the message that revealed the gap)."""
+
+    def __init__(
+        self, streams: Callable[[str], bool], deliver: Deliver, missing: MissingIn | None = None
+    ) -> None:
+        self.cursors = StreamCursors(streams)
+        self.deliver = deliver
+        self.missing = missing
+        self.replayer: Replayer | None = None  # until connect(): repairs are refused
+
+    def connect(self, client: RpcClient, log: logging.Logger, routing_wait_s: float) -> None:
+        """Replays go through `client` from now on (in a service's setup)."""
+        self.replayer = Replayer(client, log, routing_wait_s=routing_wait_s)
+
+    def resume(
+        self, subscriber: Subscriber | None, stored: Iterable[tuple[str, str, str, int]]
+    ) -> int:
+        """Seed sequence checking with stored cursors (what was sent while down shows as
+        a gap on the next message); how many. Without a subscriber (unit tests), only
+        the streams' positions are known."""
+        return self.cursors.resume(subscriber.tracker if subscriber else None, stored)
+
+    def catch_up(self, topic: str, envelope: Any, routing_wait_s: float | None = 0.0) -> None:
+        """A stream seen for the first time that does not start at 1: replay its
+        beginning first. By default without waiting for the source to register (it
+        is publishing, so it is up)."""
+        gap = self.cursors.first_gap(topic, envelope)
+        if gap is not None:
+            self.repair(gap, routing_wait_s)
+
+    def repair(self, gap: Gap, routing_wait_s: float | None = None) -> bool:
+        """Replay a gap (see Replayer.repair); False when not all of it came back."""
+        if self.replayer is None:
+            if self.missing is not None:
+                self.missing(gap, gap.first_missing, gap.last_missing)
+            return False
+        missing = self.missing
+        return self.replayer.repair(
+            gap,
+            self.deliver,
+            None if missing is None else lambda first, last: missing(gap, first, last),
+            routing_wait_s=routing_wait_s,
+        )
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        replayer = self.replayer
+        return {
+            f"{prefix}.replays": replayer.replays if replayer else 0,
+            f"{prefix}.replayed": replayer.replayed if replayer else 0,
+            f"{prefix}.replay_missing": replayer.missing if replayer else 0,
+        }
 
 
 # --- cursors -------------------------------------------------------------------------

@@ -24,27 +24,24 @@ import zmq
 from daemoneye import logs, memory, priority, wire
 from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
 from daemoneye.config import Settings
-from daemoneye.rpc import REPLY_MARK, RpcResult
+from daemoneye.rpc import (
+    Request,
+    Routed,
+    RpcFault,
+    RpcResult,
+    at_service,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    error_reply,
+    reply_frames,
+    result_reply,
+)
+
+__all__ = ["Request", "RpcFault", "RpcResult", "Service", "rpc"]
 
 MAX_POLL_MS = 200  # the longest the loop sleeps: bounds how late a stop flag is seen
-
-
-class RpcFault(Exception):
-    """Raised by an RPC handler to answer with an error code and message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Request:
-    verb: str
-    params: dict[str, Any]
-    payload: bytes = b""
-    payloads: list[bytes] = field(default_factory=list)
-    route: bytes | None = None  # the caller's ROUTER identity, where known
-    source_id: str = ""
 
 
 def rpc(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -91,6 +88,9 @@ class Service:
     # How long one wake-up may spend on bus messages before RPCs and timers get a turn
     # (a batch message can hold hundreds of events).
     drain_budget_s: ClassVar[float] = 0.05
+    # Whether it registers with the broker (and deregisters on the way out): every
+    # service but the broker, which is the registry.
+    registers: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, service_id: str | None = None) -> None:
         self.settings = settings
@@ -141,8 +141,12 @@ class Service:
         """SIGHUP: reload configuration or rules."""
 
     def metrics(self) -> dict[str, float]:
-        """Service-specific figures for heartbeats and health replies."""
+        """Service-specific figures for heartbeats and health replies (reads only)."""
         return {}
+
+    def refresh_status(self) -> None:
+        """Bring `state` and `notes` up to date from what the service watches; called
+        before each heartbeat and health reply."""
 
     def queue_depth(self) -> int:
         return 0
@@ -323,6 +327,7 @@ class Service:
         self._register("register")
 
     def heartbeat_body(self) -> dict[str, Any]:
+        self.refresh_status()
         with self._process.oneshot():
             rss = self._process.memory_info().rss
             cpu = self._process.cpu_percent()
@@ -376,15 +381,25 @@ class Service:
         """Fire-and-forget to the broker; its reply is read by _on_control."""
         if self.control is None or self.publisher is None:
             return
-        body = wire.rpc_request(0, Topics.BROKER, verb, self.registration(), 0)
-        _, data = self.publisher.encode("control.rpc", "rpcRequest", body)
+        frames = encode_request(self.publisher, Topics.BROKER, verb, self.registration())
         try:
-            self.control.send_multipart([Topics.BROKER.encode(), data], zmq.NOBLOCK)
+            self.control.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             self.log.warning("broker not reachable; will register on the next heartbeat")
 
     def _deregister(self) -> None:
-        self._register("deregister")
+        if self.registers:
+            self._register("deregister")
+
+    def reach_broker(self, timeout_s: float) -> bool:
+        """Register and wait (bounded) for the broker to answer on the control socket,
+        then handle what came; False when nothing came in time. (The PUB socket connects
+        to the broker with the control socket: an answer means the bus is up too.)"""
+        self._register("register")
+        if self.control is None or not self.control.poll(int(timeout_s * 1000)):
+            return False
+        self._on_control()
+        return True
 
     # --- RPC ------------------------------------------------------------------
 
@@ -395,75 +410,49 @@ class Service:
                 frames = self.control.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 3:
-                client, _target, data = frames
-                reply = self.handle_request(data, route=client)
-                self.control.send_multipart([REPLY_MARK, client, reply])
-            elif len(frames) == 1:
-                self._on_broker_reply(frames[0])
+            got = at_service(frames)
+            if isinstance(got, Routed):
+                reply = self.handle_request(got.data, route=got.client)
+                self.control.send_multipart(reply_frames(got.client, reply))
+            elif got is not None:
+                self._on_broker_reply(got)
             else:
                 self.log.warning("dropped control frame with %d parts", len(frames))
 
     def _on_broker_reply(self, data: bytes) -> None:
-        try:
-            envelope = wire.decode_envelope(data)
-        except wire.DecodeError as exc:
-            self.log.warning("undecodable reply from the broker: %s", exc)
-            return
-        if wire.body_kind(envelope) == "rpcReply" and not envelope.body.rpcReply.ok:
-            reply = envelope.body.rpcReply
+        reply = decode_reply(data)
+        if reply is None:
+            self.log.warning("undecodable reply from the broker (%d bytes)", len(data))
+        elif not reply.ok:
             self.log.warning("broker refused: %s (%s)", reply.error, reply.errorCode)
 
     def handle_request(self, data: bytes, route: bytes | None = None) -> bytes:
         """Decode a request envelope, dispatch it and encode the reply."""
-        request_id = 0
         try:
-            envelope = wire.decode_envelope(data)
-            if wire.body_kind(envelope) != "rpcRequest":
-                raise RpcFault(
-                    "bad_request", f"expected rpcRequest, got {wire.body_kind(envelope)}"
-                )
-            body = envelope.body.rpcRequest
-            request_id = body.requestId
-            if body.deadlineNs and body.deadlineNs < time.time_ns():
-                raise RpcFault("timeout", "request arrived after its deadline")
-            request = Request(
-                verb=body.verb,
-                params=wire.rpc_params(body),
-                payload=bytes(body.payload),
-                payloads=[bytes(p) for p in body.payloads],
-                route=route,
-                source_id=envelope.sourceId,
-            )
+            request_id, request = decode_request(data, route)
             reply = self.dispatch(request_id, request)
-        except wire.DecodeError as exc:
-            reply = wire.rpc_reply(request_id, error=str(exc), error_code="bad_request")
         except RpcFault as exc:
-            reply = wire.rpc_reply(request_id, error=str(exc), error_code=exc.code)
+            reply = error_reply(exc.request_id, exc.code, str(exc))
         assert self.publisher is not None
-        return self.publisher.encode("control.rpc", "rpcReply", reply)[1]
+        return encode_reply(self.publisher, reply)
 
     def dispatch(self, request_id: int, request: Request) -> dict[str, Any]:
         handler = self.verbs.get(request.verb)
         if handler is None:
             known = ", ".join(sorted(self.verbs))
-            return wire.rpc_reply(
+            return error_reply(
                 request_id,
-                error=f"{self.service_id} has no verb {request.verb!r} (known: {known})",
-                error_code="unknown_verb",
+                "unknown_verb",
+                f"{self.service_id} has no verb {request.verb!r} (known: {known})",
             )
         try:
             result = handler(request)
         except RpcFault as exc:
-            return wire.rpc_reply(request_id, error=str(exc), error_code=exc.code)
+            return error_reply(request_id, exc.code, str(exc))
         except Exception as exc:
             self.log.exception("rpc %s failed", request.verb)
-            return wire.rpc_reply(
-                request_id, error=f"{type(exc).__name__}: {exc}", error_code="failed"
-            )
-        if isinstance(result, RpcResult):
-            return wire.rpc_reply(request_id, result=result.value, payloads=result.payloads)
-        return wire.rpc_reply(request_id, result=result)
+            return error_reply(request_id, "failed", f"{type(exc).__name__}: {exc}")
+        return result_reply(request_id, result)
 
     def health(self) -> dict[str, Any]:
         body = self.heartbeat_body()

@@ -2,16 +2,19 @@
 
 Services build and read messages through this module: `encode_envelope` turns a
 header and a body dict into bytes, `decode_envelope` turns untrusted bytes into a
-reader or raises `DecodeError`. Readers returned by `decode_envelope` keep their
-bytes alive, so they are safe to hold after the call.
+reader or raises `DecodeError`, and `dict_reader`/`tuple_reader` read a body's
+fields into plain Python (the fast way, compiled per struct from the schema).
+Readers returned by `decode_envelope` keep their bytes alive, so they are safe to
+hold after the call.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,6 @@ TRAVERSAL_LIMIT_WORDS = 1 << 26  # what pycapnp may read in total, summed over e
 CHECK_LIMIT_WORDS = TRAVERSAL_LIMIT_WORDS // 16  # what one message may hold: room for 16 passes
 NESTING_LIMIT = 16  # our deepest message nests 4 levels
 MAX_SEGMENTS = 64
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 capnp.remove_import_hook()
 
@@ -42,7 +44,14 @@ _schema = capnp.load(str(schema_dir() / SCHEMA_FILE))
 Envelope = _schema.Envelope
 ProcessRecord = _schema.ProcessRecord
 ProcessEvent = _schema.ProcessEvent
+Alert = _schema.Alert
+Heartbeat = _schema.Heartbeat
+AuditRecord = _schema.AuditRecord
 SCHEMA_VERSION: int = _schema.schemaVersion
+# The schema's `enum Severity`, lowest first: the one list of severities.
+SEVERITIES: tuple[str, ...] = tuple(
+    sorted(_schema.Severity.schema.enumerants, key=_schema.Severity.schema.enumerants.get)
+)
 BODY_KINDS: tuple[str, ...] = tuple(Envelope.new_message().body.schema.union_fields)
 _SEGMENT_HEAD = struct.Struct("<II")  # segment count - 1, first segment's size in words
 
@@ -471,6 +480,105 @@ def body_of(reader: Any) -> Any:
     return getattr(reader.body, str(reader.body.which()))
 
 
+# --- reading bodies ------------------------------------------------------------------
+
+
+_Read = Callable[[Any], Any]
+
+
+def dict_reader(schema: Any, names: Iterable[str] | None = None) -> Callable[[Any], dict]:
+    """reader -> dict for one struct type: what services read bodies with, several times
+    faster than `to_dict` (which dispatches dynamically on every field). Each field is
+    read by its schema object (pycapnp's `_get_by_field`, no lookup by name) and only
+    the values that need it are converted: enums to their names, Data to hex, lists to
+    lists, structs (and lists of them) to dicts. Unlike `to_dict`, unset text fields
+    appear as "" so every dict has every key. `names`: only these fields (a field not
+    read costs nothing). A malformed field raises DecodeError."""
+    return _compile(schema, tuple(schema.fields if names is None else names), "dict")
+
+
+def tuple_reader(schema: Any, names: Iterable[str], raw: bool = False) -> _Read:
+    """reader -> tuple of the named fields, in order, converted as by `dict_reader` (to
+    build an object positionally). `raw`: unconverted, for hot paths that need a few
+    fields of a message they may then drop: texts and numbers as they are, structs as
+    readers (to read further), lists as list readers, enums as enumerants. A malformed
+    field raises DecodeError."""
+    return _compile(schema, tuple(names), "tuple", raw)
+
+
+def _malformed(exc: Exception) -> DecodeError:
+    if isinstance(exc, DecodeError):
+        return exc
+    return DecodeError(f"malformed field: {type(exc).__name__}: {exc}", 0)
+
+
+def _compile(
+    schema: Any, names: tuple[str, ...], shape: str, raw: bool = False, checked: bool = True
+) -> _Read:
+    """A reader for the named fields of a struct, compiled from the schema once, as
+    dataclasses and namedtuple compile their methods: one dict (or tuple) display
+    reading each field by its schema object, with no per-field loop or type dispatch at
+    run time (10-15 % faster than the best generic loop, and it runs for every process
+    event and alert). The source holds only repr-quoted schema names and calls of the
+    objects bound in `scope`. `checked`: pycapnp's errors become DecodeError (nested
+    readers leave that to the outermost)."""
+    scope: dict[str, Any] = {"_malformed": _malformed}
+    reads = []
+    for i, name in enumerate(names):
+        field = schema.fields[name]
+        if field.proto.discriminantValue != 0xFFFF:
+            raise ValueError(f"{schema.node.displayName}.{name}: a union member: use to_dict")
+        scope[f"f{i}"] = field
+        read = f"get(f{i})"
+        fix = None if raw else _conversion(field.proto.slot.type, lambda f=field: f.schema)
+        if fix is not None:
+            scope[f"c{i}"] = fix
+            read = f"c{i}({read})"
+        reads.append((name, read))
+    if shape == "dict":
+        value = "{" + ", ".join(f"{name!r}: {read}" for name, read in reads) + "}"
+    else:
+        value = "(" + ", ".join(read for _, read in reads) + ",)"
+    body = f"    get = reader._get_by_field\n    return {value}\n"
+    if checked:
+        body = (
+            "    try:\n" + body.replace("    ", "        ")
+            + "    except Exception as exc:\n        raise _malformed(exc) from None\n"
+        )  # fmt: skip
+    source = "def read(reader):\n" + body
+    exec(compile(source, f"<wire reader of {schema.node.displayName}>", "exec"), scope)
+    return scope["read"]
+
+
+def _conversion(slot_type: Any, schema: Callable[[], Any]) -> _Read | None:
+    """How a value read of this type becomes plain Python (None: it already is);
+    `schema()` gives the type's schema (only structs and lists have one to ask for)."""
+    kind = slot_type.which()
+    if kind == "enum":
+        return str
+    if kind == "data":
+        return _hex
+    if kind == "struct":
+        struct_schema = schema()
+        return _compile(struct_schema, tuple(struct_schema.fields), "dict", checked=False)
+    if kind == "list":
+        element = _conversion(slot_type.list.elementType, lambda: schema().elementType)
+        if element is None:
+            return list
+        return partial(_each, element)
+    if kind in ("anyPointer", "interface"):
+        raise ValueError(f"no conversion for {kind} fields: read with to_dict")
+    return None
+
+
+def _hex(value: Any) -> str:
+    return bytes(value).hex()
+
+
+def _each(convert: _Read, items: Any) -> list[Any]:
+    return [convert(item) for item in items]
+
+
 def to_dict(reader: Any) -> dict[str, Any]:
     """A JSON-ready dict of a decoded message; Data fields become hex strings.
 
@@ -490,10 +598,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
-
-
-def now_ns() -> int:
-    return time.time_ns()
 
 
 # --- RPC bodies -------------------------------------------------------------

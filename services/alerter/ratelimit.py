@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+from daemoneye.wire import SEVERITIES
+
+SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 
 
 @dataclass(slots=True)

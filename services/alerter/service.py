@@ -31,8 +31,9 @@ import time
 from collections import defaultdict
 from typing import Any, ClassVar
 
+from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics
-from daemoneye.replay import Replayer, StreamCursors
+from daemoneye.replay import Intake
 from daemoneye.rpc import RpcClient
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.alerter import SEVERITY_ORDER
@@ -55,7 +56,7 @@ SWITCH_INTERVAL_S = 0.001
 
 class Alerter(Service):
     name: ClassVar[str] = "alerter"
-    subscriptions: ClassVar[tuple[str, ...]] = ("alerts.",)
+    subscriptions: ClassVar[tuple[str, ...]] = (Topics.ALERTS,)
 
     def __init__(self, settings: Any, service_id: str | None = None) -> None:
         super().__init__(settings, service_id)
@@ -78,8 +79,17 @@ class Alerter(Service):
         self.clock = time.monotonic  # dedup windows and buckets run on this (tests set it)
         # (store key, JSON, sinks, alert id): the record dict itself is not kept
         self._staged: list[tuple[int, bytes, list[SinkWorker], str]] = []
-        self.cursors = StreamCursors(lambda stream: stream.startswith(Topics.ALERTS))
-        self.replayer: Replayer | None = None
+        self.intake = Intake(
+            lambda stream: stream.startswith(Topics.ALERTS),
+            lambda topic, envelope, _data: self.take(topic, envelope),
+            lambda gap, first, last: self.log.warning(
+                "alerts %d-%d of %s %s are lost: no replay holds them",
+                first,
+                last,
+                gap.source_id,
+                gap.stream,
+            ),
+        )
         self._windows_opened: dict[int, tuple[int, int]] = {}  # to store with the next write
         self._windows_closed: set[int] = set()
         self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
@@ -111,7 +121,7 @@ class Alerter(Service):
             self.factory, self.settings.endpoint("control"), self.service_id,
             self.cfg.replay_timeout_s,
         )  # fmt: skip
-        self.replayer = Replayer(client, self.log, routing_wait_s=self.cfg.replay_routing_wait_s)
+        self.intake.connect(client, self.log, self.cfg.replay_routing_wait_s)
         for cfg in self.cfg.sinks:
             if not cfg.enabled:
                 continue
@@ -138,8 +148,7 @@ class Alerter(Service):
         """Cursors seed sequence checking (what was published while down is a gap);
         stored dedup windows that have not ended yet are open again."""
         assert self.store is not None
-        tracker = self.subscriber.tracker if self.subscriber is not None else None
-        resumed = self.cursors.resume(tracker, self.store.cursors())
+        resumed = self.intake.resume(self.subscriber, self.store.cursors())
         wall, now = time.time_ns(), self.clock()
         restored = 0
         for dkey, ends_ns, _record_key in self.store.windows():
@@ -191,7 +200,7 @@ class Alerter(Service):
         keeps up with 10,000/s. At low rates a burst is one alert, and each write, sink
         wake-up and fsync costs as much as the alert itself: so within `coalesce_s` of
         the last write the burst waits (on a timer) to go with the next ones."""
-        if not (self._staged or self.cursors.pending):
+        if not (self._staged or self.intake.cursors.pending):
             return
         since = time.monotonic() - self._flushed_at
         if since >= self.cfg.coalesce_s:
@@ -200,22 +209,20 @@ class Alerter(Service):
             self.once(self.cfg.coalesce_s - since, self.flush)
 
     def on_message(self, msg: Message) -> None:
-        if self.cfg.catch_up_new_streams:
-            gap = self.cursors.first_gap(msg.topic, msg.envelope)
-            if gap is not None:  # joined mid-stream: its beginning first
-                self._replay(gap, routing_wait_s=0.0)
-        self.take(msg.topic, msg.envelope)
+        if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
+            self.intake.catch_up(msg.topic, msg.envelope)
+        self.take(msg.topic, msg.envelope, msg.kind)
 
-    def take(self, topic: str, envelope: Any) -> None:
-        """One alert envelope from the bus or a replay: its cursor, then the alert."""
+    def take(self, topic: str, envelope: Any, kind: str = "") -> None:
+        """One alert envelope from the bus or a replay: its cursor, then the alert.
+        `kind`: its body kind when already read (the Subscriber reads it decoding)."""
         self.received += 1
-        self.cursors.note(topic, envelope)
-        body = envelope.body  # read the union once: each access costs microseconds
-        kind = str(body.which())
+        self.intake.cursors.note(topic, envelope)
+        kind = kind or wire.body_kind(envelope)
         if kind != "alert":
             self._reject(topic, f"body is {kind}, not alert")
             return
-        alert = body.alert
+        alert = envelope.body.alert
         try:
             model.check(alert)
         except model.BadAlert as exc:
@@ -227,23 +234,7 @@ class Alerter(Service):
         """Missed alerts: fetched from their source's alert log, in order, before the
         alert that revealed the gap."""
         if gap.stream.startswith(Topics.ALERTS):
-            self._replay(gap)
-
-    def _replay(self, gap: Gap, routing_wait_s: float | None = None) -> bool:
-        if self.replayer is None:
-            return False
-        return self.replayer.repair(
-            gap,
-            lambda topic, envelope, _data: self.take(topic, envelope),
-            lambda first, last: self.log.warning(
-                "alerts %d-%d of %s %s are lost: no replay holds them",
-                first,
-                last,
-                gap.source_id,
-                gap.stream,
-            ),
-            routing_wait_s=routing_wait_s,
-        )
+            self.intake.repair(gap)
 
     def ingest(self, alert: Any, source_id: str) -> int | None:
         """Dedup, limit and stage one alert; its store key, or None if a repeat."""
@@ -306,11 +297,11 @@ class Alerter(Service):
         what keeps up with 10,000 alerts/s."""
         if self.store is None:
             return
-        if not (self._staged or self.cursors.pending or self._windows_closed):
+        if not (self._staged or self.intake.cursors.pending or self._windows_closed):
             return
         self._flushed_at = time.monotonic()
         staged, self._staged = self._staged, []
-        cursors = self.cursors.take()
+        cursors = self.intake.cursors.take()
         opened, self._windows_opened = self._windows_opened, {}
         closed, self._windows_closed = self._windows_closed, set()
         try:
@@ -323,7 +314,7 @@ class Alerter(Service):
         except Exception:
             # kept for the next write: nothing read is lost while the store refuses
             self._staged = staged + self._staged
-            self.cursors.restore(cursors)
+            self.intake.cursors.restore(cursors)
             self._windows_opened = {**opened, **self._windows_opened}
             self._windows_closed |= closed
             raise
@@ -441,17 +432,14 @@ class Alerter(Service):
             "alerts.sink_limited": sum(lim.total_held for lim in self.sink_limiters.values()),
             "alerts.summaries": self.summaries,
             "dedup.keys": len(self.dedup.windows),
-            "alerts.replays": self.replayer.replays if self.replayer else 0,
-            "alerts.replayed": self.replayer.replayed if self.replayer else 0,
-            "alerts.replay_missing": self.replayer.missing if self.replayer else 0,
+            **self.intake.metrics("alerts"),
             "gc.max_pause_ms": self.gc_max_pause_ms,
         }
         for worker in self.workers:
             figures.update(worker.metrics())
-        self._update_notes()
         return figures
 
-    def _update_notes(self) -> None:
+    def refresh_status(self) -> None:
         """Sink trouble, for `daemoneye status` (heartbeats carry the notes)."""
         notes = [n for n in self.notes if n.startswith("pending deliveries for unconfigured")]
         for w in self.workers:
@@ -477,16 +465,20 @@ class Alerter(Service):
 
     @rpc("alerts.list")
     def rpc_list(self, request: Request) -> dict[str, Any]:
-        """History, newest first; `after` (a key) lists oldest first from there (--follow)."""
+        """History, newest first (from `before`, a key, when given); `after` (a key) lists
+        oldest first from there (--follow). One call reads at most MAX_SCAN records (it
+        runs on the service loop): a scan cut there answers `continue_from`, the key to
+        pass as `before` (or `after`) to read on; 0 when the scan was not cut."""
         assert self.store is not None
         p = request.params
         try:
             since_ns = int(p.get("since_ns") or 0)
             after = int(p.get("after") or 0)
+            before = int(p.get("before") or 0)
             limit = min(MAX_LIST, int(p.get("limit") or 100))
         except (TypeError, ValueError) as exc:
             raise RpcFault(
-                "bad_request", f"since_ns, after and limit must be integers: {exc}"
+                "bad_request", f"since_ns, after, before and limit must be integers: {exc}"
             ) from None
         severity = p.get("severity") or "info"
         if severity not in SEVERITY_ORDER:
@@ -494,9 +486,14 @@ class Alerter(Service):
         floor, rule = SEVERITY_ORDER.index(severity), p.get("rule") or ""
         rows: list[dict[str, Any]] = []
         follow = "after" in p
+        scanned, continue_from = 0, 0
         for key, data in self.store.history(
-            after=max(after, since_ns - 1), newest_first=not follow
+            after=max(after, since_ns - 1), before=before, newest_first=not follow
         ):
+            if scanned >= MAX_SCAN:
+                break
+            scanned += 1
+            continue_from = key
             record = model.json_load(data)
             if SEVERITY_ORDER.index(record.get("severity", "info")) < floor:
                 continue
@@ -505,8 +502,11 @@ class Alerter(Service):
             record["deliveries"] = self.store.status(key, record.get("sinks", []))
             rows.append(record)
             if len(rows) >= limit:
+                continue_from = 0  # the limit, not the scan budget, ended it
                 break
-        return {"alerts": rows, "sinks": self._sink_names()}
+        else:
+            continue_from = 0  # the end of the history
+        return {"alerts": rows, "sinks": self._sink_names(), "continue_from": continue_from}
 
     @rpc("alerts.failed")
     def rpc_failed(self, request: Request) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemoneye.bus import Topics
+
 
 @dataclass
 class Entry:
@@ -27,7 +29,7 @@ class Entry:
 
     @property
     def targets(self) -> tuple[str, str]:
-        return f"control.{self.service}.{self.service_id}", f"control.{self.service}"
+        return Topics.control(self.service, self.service_id), Topics.control(self.service)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         hb = self.heartbeat

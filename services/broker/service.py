@@ -19,7 +19,14 @@ import zmq
 
 from daemoneye import wire
 from daemoneye.bus import Publisher, Topics
-from daemoneye.rpc import REPLY_MARK
+from daemoneye.rpc import (
+    Replied,
+    Routed,
+    at_broker,
+    client_frames,
+    refusal,
+    route_frames,
+)
 from daemoneye.service import Request, RpcFault, Service, rpc
 
 from .registry import Registry, Transition
@@ -34,6 +41,7 @@ NOBLOCK, RCVMORE, SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 _SEGMENT_HEAD = struct.Struct("<II").unpack_from  # segment count - 1, first segment's words
+_read_heartbeat = wire.dict_reader(wire.Heartbeat.schema)
 
 
 def _plausible_envelope(data: bytes, size: int) -> bool:
@@ -52,6 +60,7 @@ def _plausible_envelope(data: bytes, size: int) -> bool:
 
 class Broker(Service):
     name: ClassVar[str] = "broker"
+    registers: ClassVar[bool] = False  # it is the registry
 
     def __init__(self, settings: Any, service_id: str | None = None) -> None:
         super().__init__(settings, service_id)
@@ -97,9 +106,6 @@ class Broker(Service):
             self._announce(Transition(own, "deregister", "broker stopping"))
         if self.uplink is not None:
             self.uplink.stop()
-
-    def _deregister(self) -> None:
-        """The broker is the registry; it has no one to deregister from."""
 
     # --- forwarding -----------------------------------------------------------
 
@@ -216,8 +222,14 @@ class Broker(Service):
         except wire.DecodeError as exc:
             self._drop("malformed", f"heartbeat: {exc}")
             return
-        if wire.body_kind(envelope) == "heartbeat":
-            self._announce(self.registry.heartbeat(envelope.body.heartbeat.to_dict()))
+        if wire.body_kind(envelope) != "heartbeat":
+            return
+        try:
+            heartbeat = _read_heartbeat(envelope.body.heartbeat)
+        except wire.DecodeError as exc:
+            self._drop("malformed", f"heartbeat: {exc}")
+            return
+        self._announce(self.registry.heartbeat(heartbeat))
 
     # --- heartbeats and the registry -----------------------------------------
 
@@ -282,17 +294,19 @@ class Broker(Service):
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 4 and frames[1] == REPLY_MARK:
-                self._send_quietly([frames[2], frames[3]])  # a service's reply to a client
-            elif len(frames) == 3:
-                self._request(frames[0], frames[1], frames[2])
+            got = at_broker(frames)
+            if isinstance(got, Replied):
+                self._send_quietly(client_frames(got.client, got.data))  # a service's reply
+            elif isinstance(got, Routed):
+                self._request(got)
             else:
                 self._drop("rpc", f"control message with {len(frames)} frames")
 
-    def _request(self, client: bytes, target_bytes: bytes, data: bytes) -> None:
-        target = target_bytes.decode(errors="replace")
+    def _request(self, request: Routed) -> None:
+        client, data = request.client, request.data
+        target = request.target.decode(errors="replace")
         if target == Topics.BROKER:
-            self._send_quietly([client, self.handle_request(data, route=client)])
+            self._send_quietly(client_frames(client, self.handle_request(data, route=client)))
             return
         entry = self.registry.route_for(target)
         if entry is None or entry.route is None:
@@ -305,7 +319,7 @@ class Broker(Service):
             )
             return
         try:
-            self.router.send_multipart([entry.route, client, target_bytes, data], zmq.NOBLOCK)
+            self.router.send_multipart(route_frames(entry.route, request), zmq.NOBLOCK)
             self.rpc_routed += 1
         except zmq.ZMQError:
             self._refuse(
@@ -317,16 +331,8 @@ class Broker(Service):
 
     def _refuse(self, client: bytes, data: bytes, code: str, message: str) -> None:
         self.rpc_unroutable += 1
-        request_id = 0
-        try:
-            envelope = wire.decode_envelope(data)
-            if wire.body_kind(envelope) == "rpcRequest":
-                request_id = envelope.body.rpcRequest.requestId
-        except wire.DecodeError:
-            pass
         assert self.publisher is not None
-        reply = wire.rpc_reply(request_id, error=message, error_code=code)
-        self._send_quietly([client, self.publisher.encode("control.rpc", "rpcReply", reply)[1]])
+        self._send_quietly(client_frames(client, refusal(self.publisher, data, code, message)))
 
     def _send_quietly(self, frames: list[bytes]) -> None:
         """A reply to a client that has gone away is dropped, not an error."""

@@ -177,15 +177,6 @@ class RealtimeSource:
         self.received += sum(1 for i in out if i.event is not None)
         return out
 
-    def alive(self) -> bool:
-        if not self.pid:
-            return False
-        try:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        return done == 0
-
     def stop(self) -> None:
         if self.pid:
             with contextlib.suppress(ProcessLookupError):

@@ -22,21 +22,20 @@ from daemoneye import procfs
 from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
 from daemoneye.replay import ReplayRequestError, answer, parse_request
-from daemoneye.rpc import REPLY_MARK, RpcResult
+from daemoneye.rpc import RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
+from daemoneye.wire import SEVERITIES
 
-from . import lean, privdrop
+from . import privdrop
 from .hasher import Hasher
 from .netlink import NetlinkUnavailable, ProcConnector
 from .realtime import RealtimeSource
 from .tracker import Out, Tracker
 from .wal import Wal
 
-STREAM = "events.process"
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
 SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
-SEVERITY_OK = {"info", "low", "medium", "high", "critical"}
 
 
 class Collector(Service):
@@ -68,11 +67,6 @@ class Collector(Service):
 
     # --- start and stop -------------------------------------------------------
 
-    def run(self) -> int:
-        if lean.heavy_start():  # started through the console: shed its imports first
-            lean.reexec(self.settings, self.service_id)
-        return super().run()
-
     def niceness(self) -> int:
         return self.cfg.nice  # applied by run() as root, before setup() drops privileges
 
@@ -88,7 +82,7 @@ class Collector(Service):
             self.cfg.wal_fsync,
         )
         assert self.publisher is not None
-        self.publisher.continue_from(STREAM, self.wal.last_seq)
+        self.publisher.continue_from(Topics.PROCESS_STREAM, self.wal.last_seq)
         self._wait_for_bus()
         if connector is not None:
             # forked before the drop: it sets its real-time priority, then drops too
@@ -127,17 +121,9 @@ class Collector(Service):
         """Publishing before the PUB socket has connected drops messages silently. The
         PUB and the control DEALER connect to the broker together, so a registration
         round trip (bounded) tells the bus is up before the initial snapshot goes out."""
-        assert self.control is not None
-        self._register("register")
-        if not self.control.poll(int(timeout_s * 1000)):
+        if not self.reach_broker(timeout_s):
             self.log.warning("broker not reachable yet; first events may need replay")
             return
-        frames = self.control.recv_multipart()
-        if len(frames) == 1:
-            self._on_broker_reply(frames[0])
-        elif len(frames) == 3:
-            client, _target, data = frames
-            self.control.send_multipart([REPLY_MARK, client, self.handle_request(data, client)])
         time.sleep(0.005)  # the broker's subscription travels right behind the handshake
 
     def _child_drop(self) -> None:
@@ -336,7 +322,7 @@ class Collector(Service):
             "record": out.record,
             "changedFields": out.changed,
             "reason": out.reason,
-            "severity": out.severity if out.severity in SEVERITY_OK else "info",
+            "severity": out.severity if out.severity in SEVERITIES else "info",
             "runtimeNs": out.runtime_ns,
             "exitCode": out.exit_code,
             "hostname": self.hostname,

@@ -30,13 +30,7 @@ from typing import Any, ClassVar
 import daemoneye
 from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics, stream_of
-from daemoneye.replay import (
-    Replayer,
-    ReplayRequestError,
-    StreamCursors,
-    answer,
-    parse_request,
-)
+from daemoneye.replay import Intake, ReplayRequestError, answer, parse_request
 from daemoneye.rpc import RpcClient, RpcError, RpcResult
 from daemoneye.rules.engine import Engine, Firing
 from daemoneye.rules.live import RECORD_DEFAULTS, EventIn
@@ -50,7 +44,6 @@ from .history import History
 from .history_db import DetectorStore, open_store
 
 RECORD_FIELDS = tuple(RECORD_DEFAULTS)
-PROCESS_STREAM = "events.process"
 EVENT_KINDS = ("processEvent", "processEventBatch")
 STORE_NOTE = "history writes failing"
 PS_COLUMNS = (
@@ -68,38 +61,23 @@ def default_rules_dir() -> Path:
     return package.parents[1] / "deploy" / "rules"
 
 
-# pycapnp field objects: reading by field skips a name lookup per read (~40% cheaper)
-_RECORD_GETTERS = tuple((name, wire.ProcessRecord.schema.fields[name]) for name in RECORD_FIELDS)
-_EVENT = {name: wire.ProcessEvent.schema.fields[name] for name in wire.ProcessEvent.schema.fields}
-_E_KIND, _E_RECORD, _E_TIME, _E_SOURCE = (_EVENT[n] for n in ("kind", "record", "timeNs", "source"))
-_E_CHANGED, _E_REASON, _E_SEVERITY = (_EVENT[n] for n in ("changedFields", "reason", "severity"))
-_E_EXIT, _E_RUNTIME, _E_HOST = (_EVENT[n] for n in ("exitCode", "runtimeNs", "hostname"))
-
-
-def record_of(reader: Any) -> dict[str, Any]:
-    """A ProcessRecord reader as a dict with every field (three times faster than to_dict)."""
-    get = reader._get_by_field
-    rec = {name: get(field) for name, field in _RECORD_GETTERS}
-    rec["cmdline"] = list(rec["cmdline"])
-    return rec
+# What the engine takes of a ProcessEvent (`previous` is not read)
+_EVENT = wire.tuple_reader(
+    wire.ProcessEvent.schema,
+    ("kind", "record", "timeNs", "source", "changedFields", "reason", "severity", "exitCode",
+     "runtimeNs", "hostname"),
+)  # fmt: skip
 
 
 def event_in(body: Any, source_id: str) -> EventIn:
-    """A decoded ProcessEvent reader as the engine's input."""
-    get = body._get_by_field
-    return EventIn(
-        str(get(_E_KIND)),
-        record_of(get(_E_RECORD)),
-        get(_E_TIME),
-        str(get(_E_SOURCE)),
-        source_id,
-        list(get(_E_CHANGED)),
-        get(_E_REASON),
-        str(get(_E_SEVERITY)),
-        get(_E_EXIT),
-        get(_E_RUNTIME),
-        get(_E_HOST),
+    """A decoded ProcessEvent reader as the engine's input (DecodeError if malformed)."""
+    kind, record, time_ns, source, changed, reason, severity, exit_code, runtime, host = _EVENT(
+        body
     )
+    return EventIn(
+        kind, record, time_ns, source, source_id, changed, reason, severity, exit_code,
+        runtime, host,
+    )  # fmt: skip
 
 
 def alert_body(firing: Firing, source_id: str, hostname: str) -> dict[str, Any]:
@@ -140,8 +118,10 @@ class Detector(Service):
         self.history: History | None = None
         self.alert_log: AlertLog | None = None
         self.rpc_client: RpcClient | None = None
-        self.replayer: Replayer | None = None
-        self.cursors = StreamCursors(lambda stream: stream == PROCESS_STREAM)
+        self.intake = Intake(
+            lambda stream: stream == Topics.PROCESS_STREAM,
+            lambda topic, envelope, _data: self.take(topic, envelope, wire.body_kind(envelope)),
+        )
         self.alerts_unlogged = 0  # sent without an alert log record (cannot be replayed)
         self.store_errors = 0
         self.pending: list[EventIn] = []
@@ -185,16 +165,14 @@ class Detector(Service):
         self.rpc_client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, cfg.snapshot_timeout_s
         )
-        self.replayer = Replayer(
-            self.rpc_client, self.log, routing_wait_s=cfg.replay_routing_wait_s
-        )
+        self.intake.connect(self.rpc_client, self.log, cfg.replay_routing_wait_s)
         self.every(0.05, self.flush)
         self.every(0.1, self.run_scheduled)
         self.every(1.0, self._trim)
         self.every(300.0, self.engine.tables.refresh_users, first_in_s=300.0)
         self.every(3600.0, self._expire, first_in_s=60.0)
         self.every(cfg.store_retry_s, self._retry_store, first_in_s=cfg.store_retry_s)
-        self.request_snapshot("control.collector", "")
+        self.request_snapshot(Topics.control("collector"), "")
         # what exists now lives as long as the service: keep it out of GC passes, which
         # otherwise rescan it on every full collection (latency spikes under load)
         gc.collect()
@@ -219,8 +197,7 @@ class Detector(Service):
         if self.publisher is not None:
             for stream, (_first, last) in self.alert_log.streams().items():
                 self.publisher.continue_from(stream, last)
-        tracker = self.subscriber.tracker if self.subscriber is not None else None
-        resumed = self.cursors.resume(tracker, self.history.cursors())
+        resumed = self.intake.resume(self.subscriber, self.history.cursors())
         if resumed:
             self.log.info("resumed sequence checking of %d collector streams", resumed)
 
@@ -264,12 +241,10 @@ class Detector(Service):
 
     def on_message(self, msg: Message) -> None:
         envelope = msg.envelope
-        kind = wire.body_kind(envelope)
+        kind = msg.kind  # read while decoding: no second read of the union
         if kind in EVENT_KINDS:
-            if self.cfg.catch_up_new_streams:
-                gap = self.cursors.first_gap(msg.topic, envelope)
-                if gap is not None:  # joined mid-stream: its beginning first
-                    self._replay(gap, routing_wait_s=0.0)
+            if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
+                self.intake.catch_up(msg.topic, envelope)
             self.take(msg.topic, envelope, kind)
         elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
             self._on_lifecycle(msg.body)
@@ -280,10 +255,12 @@ class Detector(Service):
             self.pending.append(event_in(envelope.body.processEvent, envelope.sourceId))
         elif kind == "processEventBatch":
             source = envelope.sourceId
-            self.pending.extend(event_in(e, source) for e in envelope.body.processEventBatch.events)
+            # read whole before queued: a malformed event drops its envelope, not half of it
+            events = [event_in(e, source) for e in envelope.body.processEventBatch.events]
+            self.pending.extend(events)
         else:
             return
-        self.cursors.note(topic, envelope)
+        self.intake.cursors.note(topic, envelope)
         if len(self.pending) >= self.cfg.max_batch:
             self.flush()
 
@@ -302,7 +279,7 @@ class Detector(Service):
         if not self.pending or self.engine is None:
             return
         events, self.pending = self.pending, []
-        cursors = self.cursors.take()
+        cursors = self.intake.cursors.take()
         firings, batch = self.engine.apply(events)
         self.batches += 1
         self.publish_alerts(firings)
@@ -395,30 +372,22 @@ class Detector(Service):
         """Missed process events: fetched from the collector's WAL and applied in order
         before the message that revealed the gap. What it no longer holds leaves the live
         table possibly wrong: then it is resynchronised from that collector's snapshot."""
-        if gap.stream != PROCESS_STREAM:
+        if gap.stream != Topics.PROCESS_STREAM:
             return
-        if not self._replay(gap):
+        if not self.intake.repair(gap):
             self.log.warning(
                 "missed process events from %s beyond replay; rebuilding from its snapshot",
                 gap.source_id,
             )
             self.flush()
-            self.request_snapshot(f"control.collector.{gap.source_id}", gap.source_id)
-
-    def _replay(self, gap: Gap, routing_wait_s: float | None = None) -> bool:
-        if self.replayer is None:
-            return False
-        return self.replayer.repair(
-            gap,
-            lambda topic, envelope, _data: self.take(topic, envelope, wire.body_kind(envelope)),
-            routing_wait_s=routing_wait_s,
-        )
+            self.request_snapshot(Topics.control("collector", gap.source_id), gap.source_id)
 
     def _on_lifecycle(self, reg: Any) -> None:
         if reg.service != "collector" or str(reg.action) != "register":
             return
         if self.snapshots.get(reg.serviceId) != reg.bootId:
-            self.request_snapshot(f"control.collector.{reg.serviceId}", reg.serviceId, reg.bootId)
+            target = Topics.control("collector", reg.serviceId)
+            self.request_snapshot(target, reg.serviceId, reg.bootId)
 
     def request_snapshot(self, target: str, collector_id: str, boot_id: str = "") -> bool:
         """Rebuild the live table from a collector's snapshot; False when none answers."""
@@ -456,9 +425,7 @@ class Detector(Service):
             "detector.batches": self.batches,
             "detector.rule_runs_screened_out": self.engine.screened_out,
             "detector.rule_results_cut": self.engine.rows_cut,
-            "detector.replays": self.replayer.replays if self.replayer else 0,
-            "detector.replayed": self.replayer.replayed if self.replayer else 0,
-            "detector.replay_missing": self.replayer.missing if self.replayer else 0,
+            **self.intake.metrics("detector"),
             "detector.history_written": self.history.written if self.history else 0,
             "detector.history_pending": self.history.pending if self.history else 0,
             "detector.history_dropped": self.history.dropped if self.history else 0,

@@ -3,9 +3,9 @@ BLAKE3 hash chain and RFC 9162 Merkle tree, and publishes signed checkpoints.
 
 Each bus message becomes one entry: actor = envelope sourceId, action = topic (or
 the AuditRecord's action for `audit.*`), payload = the envelope bytes exactly as
-received. Messages read in one wake-up are committed as one durable batch (group
-commit: the busier the bus, the bigger the batch). A checkpoint is signed into the
-same batch when N entries or T seconds have passed, and published on
+received (`Message.raw`). Messages read in one wake-up are committed as one durable
+batch (group commit: the busier the bus, the bigger the batch). A checkpoint is
+signed into the same batch when N entries or T seconds have passed, and published on
 `ledger.checkpoint` only after that batch is on disk, so no published tree head
 can be lost or forked by a crash.
 
@@ -24,10 +24,8 @@ import os
 import time
 from typing import Any, ClassVar
 
-import zmq
-
 from daemoneye import wire
-from daemoneye.bus import Gap, Topics, stream_of
+from daemoneye.bus import Gap, Message, Topics, stream_of
 from daemoneye.ledger.note import Signer, load_or_create_key, public_key_path
 from daemoneye.ledger.proofs import consistency_document, inclusion_document
 from daemoneye.ledger.store import (
@@ -37,23 +35,22 @@ from daemoneye.ledger.store import (
     open_store,
     prune_payloads,
 )
-from daemoneye.replay import Replayer, StreamCursors
+from daemoneye.replay import Intake
 from daemoneye.rpc import RpcClient
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
 
-DRAIN_LIMIT = 5000  # messages per wake-up before the loop looks at its other sockets
 AUDIT_PREFIX = Topics.AUDIT
 GAP_ACTION = "ledger.gap"  # the action of entries recording messages the ledger missed
 START_ACTION = "ledger.start"
 STOP_ACTION = "ledger.stop"
-REPLAY_STREAM = "events.process"  # the stream whose source (a collector) answers replay
+_audit_action = wire.tuple_reader(wire.AuditRecord.schema, ("action",))
 
 
 def replayable(stream: str) -> bool:
     """Streams whose source answers `replay`: a collector's process events (its WAL) and
     a detector's alerts (its alert log). Audit records are not kept for replay."""
-    return stream == REPLAY_STREAM or stream.startswith(Topics.ALERTS)
+    return stream == Topics.PROCESS_STREAM or stream.startswith(Topics.ALERTS)
 
 
 REPLAY_TIMEOUT_S = 5.0
@@ -75,8 +72,11 @@ class Ledger(Service):
         self.write_errors = 0
         self.gaps_recorded = 0
         self.missing_recorded = 0
-        self.replayer: Replayer | None = None
-        self.cursors = StreamCursors(lambda stream: True)  # every stream's, for the trail
+        self.intake = Intake(
+            lambda stream: True,  # every stream's cursor, for the trail
+            lambda topic, envelope, data: self.record(topic, envelope, data),
+            lambda gap, first, last: self._record_gap(gap.source_id, gap.stream, first, last),
+        )
         self._last_checkpoint_t = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------
@@ -111,7 +111,7 @@ class Ledger(Service):
         client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, REPLAY_TIMEOUT_S
         )
-        self.replayer = Replayer(client, self.log, routing_wait_s=REPLAY_TIMEOUT_S)
+        self.intake.connect(client, self.log, REPLAY_TIMEOUT_S)
         self.every(min(1.0, self.cfg.checkpoint_every_s), self._timed_checkpoint)
         if self.cfg.payload_retention_days > 0:
             self.every(self.cfg.retention_interval_s, self._retention)
@@ -128,26 +128,15 @@ class Ledger(Service):
 
     # --- recording ---------------------------------------------------------------
 
-    def _on_bus(self) -> None:
-        """Read frames here rather than in the base so the raw envelope bytes are kept."""
-        assert self.subscriber is not None and self.writer is not None
-        sub, writer = self.subscriber, self.writer
-        for _ in range(DRAIN_LIMIT):
-            try:
-                frames = sub.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            msg = sub.accept(frames)  # decodes, checks size and sequence; None = dropped
-            if msg is None:
-                continue
-            self.events.add()
-            try:
-                self._first_of_stream(msg.topic, msg.envelope)
-                self.record(msg.topic, msg.envelope, frames[1])
-            except Exception:
-                self.log.exception("recording %s failed; continuing", msg.topic)
-            if writer.pending >= self.cfg.batch_max_entries:
-                self._safe_flush()
+    def on_message(self, msg: Message) -> None:
+        """One entry per message, its envelope bytes as received (`Message.raw`)."""
+        assert self.writer is not None
+        self._first_of_stream(msg.topic, msg.envelope)
+        self.record(msg.topic, msg.envelope, msg.raw)
+        if self.writer.pending >= self.cfg.batch_max_entries:
+            self._safe_flush()
+
+    def on_drained(self) -> None:
         self._commit_soon()
 
     def _commit_soon(self) -> None:
@@ -162,19 +151,17 @@ class Ledger(Service):
         assert self.writer is not None
         action = topic
         if topic.startswith(AUDIT_PREFIX) and wire.body_kind(envelope) == "auditRecord":
-            action = envelope.body.auditRecord.action or topic
+            action = _audit_action(envelope.body.auditRecord)[0] or topic
         seq = self.writer.append(envelope.sourceId, action, data)
         self.appended += 1
-        self.cursors.note(topic, envelope)
+        self.intake.cursors.note(topic, envelope)
         return seq
 
     def _first_of_stream(self, topic: str, envelope: Any) -> None:
         """A collector stream never seen before that does not start at 1 (the ledger
         joined late, or is new): fetch its beginning from the WAL as a gap."""
-        if stream_of(topic) == REPLAY_STREAM:
-            gap = self.cursors.first_gap(topic, envelope)
-            if gap is not None:
-                self.on_gap(gap)
+        if stream_of(topic) == Topics.PROCESS_STREAM:
+            self.intake.catch_up(topic, envelope, routing_wait_s=None)
 
     def _resume_cursors(self) -> None:
         """Seed sequence checking with what is on disk, so messages sent while the
@@ -182,7 +169,7 @@ class Ledger(Service):
         assert self.ledger is not None
         if self.subscriber is None:  # unit tests run setup() without sockets
             return
-        resumed = self.cursors.resume(self.subscriber.tracker, self.ledger.cursors())
+        resumed = self.intake.resume(self.subscriber, self.ledger.cursors())
         if resumed:
             self.log.info("resumed sequence checking of %d streams", resumed)
 
@@ -195,15 +182,10 @@ class Ledger(Service):
         """Missed bus messages: replayed from the collector's WAL or the detector's alert
         log where it can; what they cannot supply becomes a `ledger.gap` entry, so the
         trail shows what it lacks."""
-        source, stream = gap.source_id, gap.stream
-        if not replayable(stream) or self.replayer is None:
-            self._record_gap(source, stream, gap.first_missing, gap.last_missing)
-            return
-        self.replayer.repair(
-            gap,
-            lambda topic, envelope, data: self.record(topic, envelope, data),
-            lambda first, last: self._record_gap(source, stream, first, last),
-        )
+        if replayable(gap.stream):
+            self.intake.repair(gap)  # what it cannot replay is recorded as missing
+        else:
+            self._record_gap(gap.source_id, gap.stream, gap.first_missing, gap.last_missing)
 
     def _record_gap(self, source: str, stream: str, first: int, last: int) -> None:
         assert self.writer is not None
@@ -237,13 +219,13 @@ class Ledger(Service):
         signed = None
         if (due or force_checkpoint) and writer.size > writer.last_checkpoint_size:
             signed = writer.sign_checkpoint(self.signer, self.origin)
-        cursors = self.cursors.take()
+        cursors = self.intake.cursors.take()
         for (source, stream), (boot_id, seq) in cursors.items():
             writer.put_cursor(source, stream, boot_id, seq)
         try:
             size = writer.commit()
         except StoreError:
-            self.cursors.restore(cursors)  # kept pending with their entries
+            self.intake.cursors.restore(cursors)  # kept pending with their entries
             raise
         if self.state == "degraded" and self.write_errors:
             self.state = "running"
@@ -296,8 +278,7 @@ class Ledger(Service):
             "ledger.write_errors": self.write_errors,
             "ledger.gaps_recorded": self.gaps_recorded,
             "ledger.missing_recorded": self.missing_recorded,
-            "ledger.replays": self.replayer.replays if self.replayer else 0,
-            "ledger.replayed": self.replayer.replayed if self.replayer else 0,
+            **self.intake.metrics("ledger"),
         }
 
     def queue_depth(self) -> int:

@@ -1,9 +1,11 @@
-"""Alert records from wire alerts: the fast converter matches pycapnp's own, and the
+"""Alert records from wire alerts: wire's fast reader matches pycapnp's own, and the
 default dedup key is rule + exe + cmdline."""
 
 from __future__ import annotations
 
 import time
+
+import pytest
 
 from daemoneye import wire
 from daemoneye.services.alerter import model
@@ -25,9 +27,9 @@ FULL = {
 }  # fmt: skip
 
 
-def test_converter_matches_to_dict() -> None:
+def test_alert_reader_matches_to_dict() -> None:
     alert = reader(**FULL)
-    fast, slow = model.Converter(model._ALERT)(alert), wire.to_dict(alert)
+    fast, slow = wire.dict_reader(wire.Alert.schema)(alert), wire.to_dict(alert)
     # to_dict leaves out unset text; the converter fills it with "" so every key exists
     for key, value in slow.items():
         if key != "process":
@@ -57,3 +59,15 @@ def test_default_dedup_key_is_rule_exe_and_cmdline() -> None:
     assert same != model.dedup_key(reader(ruleId="r2", process=proc))
     own = model.dedup_key(reader(dedupKey="user=1", process=proc))
     assert own == model.dedup_key(reader(dedupKey="user=1", process={"exePath": "/x"}))
+
+
+def test_check_refuses_missing_unknown_and_malformed_fields() -> None:
+    model.check(reader(**FULL))
+    with pytest.raises(model.BadAlert, match="no ruleId"):
+        model.check(reader(ruleId=""))
+    header = wire.Header("d@h", "b", 1, time.time_ns())
+    data = bytearray(wire.encode_envelope(header, "alert", {"ruleId": "RULEID", "severity": "low"}))
+    at = data.index(b"RULEID")
+    data[at : at + 6] = b"\xff" * 6  # not UTF-8: passes the structure check, fails to read
+    with pytest.raises(model.BadAlert, match="malformed field"):
+        model.check(wire.decode_envelope(bytes(data)).body.alert)

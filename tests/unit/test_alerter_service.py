@@ -14,6 +14,7 @@ from daemoneye import config, wire
 from daemoneye.bus import Message
 from daemoneye.config import load_settings
 from daemoneye.service import Request, RpcFault
+from daemoneye.services.alerter import service as alerter_service
 from daemoneye.services.alerter.service import Alerter
 from tests.conftest import wait_for
 
@@ -149,6 +150,34 @@ def test_history_filters_and_bad_params(tmp_path: Path) -> None:
             svc.rpc_list(Request("x", {"limit": "many"}))
         with pytest.raises(RpcFault, match="no sink 'nope'"):
             svc.rpc_retry(Request("x", {"sink": "nope"}))
+    finally:
+        close(svc)
+
+
+def test_history_list_reads_at_most_max_scan_records_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter nothing matches must not scan the whole history on the service loop: the
+    call stops at MAX_SCAN records and says where to go on; paging finds everything."""
+    monkeypatch.setattr(alerter_service, "MAX_SCAN", 3)
+    svc = make_alerter(tmp_path, "[alerter]\ndedup_window_s = 0\n")
+    try:
+        for rule in ("a", "b", "c", "d", "e", "f", "g"):
+            feed(svc, msg(rule=rule, severity="critical" if rule in "bf" else "low"))
+        first = svc.rpc_list(Request("x", {"severity": "critical"}))
+        assert [a["ruleId"] for a in first["alerts"]] == ["f"]  # g, f, e read
+        seen, params = [a["ruleId"] for a in first["alerts"]], {"severity": "critical"}
+        result = first
+        while result["continue_from"]:
+            params["before"] = result["continue_from"]
+            result = svc.rpc_list(Request("x", params))
+            seen += [a["ruleId"] for a in result["alerts"]]
+        assert seen == ["f", "b"]
+        every = svc.rpc_list(Request("x", {"limit": 2}))  # the limit ends it: no cursor
+        assert [a["ruleId"] for a in every["alerts"]] == ["g", "f"]
+        assert every["continue_from"] == 0
+        oldest = svc.rpc_list(Request("x", {"after": 1, "severity": "critical"}))
+        assert [a["ruleId"] for a in oldest["alerts"]] == ["b"] and oldest["continue_from"]
     finally:
         close(svc)
 

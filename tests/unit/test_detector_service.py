@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from daemoneye import wire
 from daemoneye.rules.engine import Firing
 from daemoneye.rules.live import EventIn, normalise
@@ -39,6 +41,18 @@ def test_event_in_reads_every_field_of_a_wire_event() -> None:
     assert ev.changed_fields == ["exePath"] and ev.collector == "collector@t"
     assert ev.record["cmdline"] == ["sh", "-c", "x"] and ev.record["startTicks"] == 99
     assert set(ev.record) == set(normalise({}))
+
+
+def test_a_malformed_event_is_a_decode_error() -> None:
+    """What the service base counts as a malformed body, not a handler failure."""
+    record = {"pid": 42, "exePath": "/bin/EXE"}
+    data = bytearray(
+        wire.encode_envelope(HEADER, "processEvent", {"kind": "start", "record": record})
+    )
+    at = data.index(b"/bin/EXE")
+    data[at : at + 8] = b"\xff" * 8
+    with pytest.raises(wire.DecodeError, match="malformed field"):
+        event_in(wire.body_of(wire.decode_envelope(bytes(data))), "collector@t")
 
 
 def test_alert_body_encodes_as_an_alert() -> None:

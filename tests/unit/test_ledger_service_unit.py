@@ -8,7 +8,7 @@ import time
 import pytest
 
 from daemoneye import wire
-from daemoneye.bus import Gap
+from daemoneye.bus import Gap, Message
 from daemoneye.config import Settings
 from daemoneye.ledger.note import open_checkpoint
 from daemoneye.ledger.verify import verify_ledger
@@ -61,6 +61,27 @@ def test_actor_action_and_payload(service: Ledger) -> None:
     assert (first.actor, first.action) == ("src@h", "rule.load")
     assert (second.actor, second.action) == ("src@h", "events.process.start")
     assert service.ledger.payload(base + 1) == event_bytes
+
+
+def test_messages_come_through_the_public_hooks_with_their_raw_bytes(service: Ledger) -> None:
+    base = service.writer.size
+    event, event_bytes = envelope("processEvent", {"kind": "start", "record": {"pid": 5}})
+    service.on_message(Message("events.process.start", event, len(event_bytes), event_bytes))
+    service.on_drained()  # group commit: a flush is due within commit_interval_ms
+    assert service.writer.size == base + 1 and service.writer.pending == 1
+    service.flush()
+    assert service.ledger.payload(base) == event_bytes
+
+
+def test_a_malformed_audit_action_is_a_decode_error(service: Ledger) -> None:
+    """The base counts it as a malformed message; nothing half-recorded."""
+    data = bytearray(envelope("auditRecord", {"actor": "x", "action": "ACTION", "timeNs": 1})[1])
+    at = data.index(b"ACTION")
+    data[at : at + 6] = b"\xff" * 6
+    base = service.writer.size
+    with pytest.raises(wire.DecodeError, match="malformed field"):
+        service.record("audit.x", wire.decode_envelope(bytes(data)), bytes(data))
+    assert service.writer.size == base
 
 
 def test_group_commit_waits_for_the_interval_then_writes(service: Ledger) -> None:

@@ -12,6 +12,7 @@ import pytest
 from daemoneye import wire
 from daemoneye.bus import Gap, SequenceTracker
 from daemoneye.replay import (
+    Intake,
     ReplayRequestError,
     StreamCursors,
     answer,
@@ -106,3 +107,22 @@ def test_cursors_round_trip_a_store_and_resume_sequence_checking(tmp_path: Path)
     # a message already taken in before the restart is a duplicate
     assert tracker.check("events.process.start", "collector@h", "boot", 50) is False
     store.close()
+
+
+def test_intake_without_a_replayer_reports_what_it_cannot_repair() -> None:
+    """Before connect() (or in a unit test) a gap is missing, said once, not a crash."""
+    delivered: list[int] = []
+    missing: list[tuple[str, int, int]] = []
+    intake = Intake(
+        lambda stream: stream == "events.process",
+        lambda _topic, env, _data: delivered.append(env.seq),
+        lambda gap, first, last: missing.append((gap.source_id, first, last)),
+    )
+    assert intake.repair(Gap("c@h", "events.process", 3, 9)) is False
+    intake.catch_up("events.process.start", envelope("c@h", 5))  # joined late: 1-4 missed
+    intake.catch_up("events.process.start", envelope("c@h", 6))  # known now
+    intake.catch_up("alerts.high", envelope("d@h", 5))  # not a tracked stream
+    assert missing == [("c@h", 3, 9), ("c@h", 1, 4)] and delivered == []
+    assert intake.metrics("x") == {"x.replays": 0, "x.replayed": 0, "x.replay_missing": 0}
+    assert intake.resume(None, [("c@h", "events.process", "b1", 7)]) == 1
+    assert intake.cursors.first_gap("events.process.start", envelope("c@h", 9)) is None

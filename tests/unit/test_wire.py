@@ -378,3 +378,85 @@ def test_fill_names_the_struct_for_any_builder() -> None:
         wire._fill(builder, {"record": {"pid": "x"}})
     wire._fill(builder, {"record": {"pid": 3}, "hostname": "h"})
     assert (builder.record.pid, builder.hostname) == (3, "h")
+
+
+# --- reading bodies ------------------------------------------------------------------
+
+
+def _body_schema(kind: str):
+    return wire.Envelope.schema.fields["body"].schema.fields[kind].schema
+
+
+def _within(slow, fast, where: str = "") -> None:
+    """Every value to_dict read is read alike by dict_reader (which adds unset text)."""
+    if isinstance(slow, dict):
+        for key, value in slow.items():
+            _within(value, fast[key], f"{where}.{key}")
+    elif isinstance(slow, list):
+        assert len(slow) == len(fast), where
+        for i, (a, b) in enumerate(zip(slow, fast, strict=True)):
+            _within(a, b, f"{where}[{i}]")
+    else:
+        assert slow == fast, where
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in BODIES if BODIES[k] is not None))
+def test_dict_reader_reads_what_to_dict_reads(kind: str) -> None:
+    body = wire.body_of(wire.decode_envelope(wire.encode_envelope(HEADER, kind, BODIES[kind])))
+    fast = wire.dict_reader(_body_schema(kind))(body)
+    _within(wire.to_dict(body), fast, kind)
+    assert set(fast) == set(_body_schema(kind).fields)  # every key, set or not
+
+
+def test_dict_reader_converts_enums_data_lists_and_structs() -> None:
+    data = wire.encode_envelope(HEADER, "processEventBatch", BODIES["processEventBatch"])
+    batch = wire.dict_reader(_body_schema("processEventBatch"))(
+        wire.body_of(wire.decode_envelope(data))
+    )
+    event = batch["events"][0]
+    assert event["kind"] == "stop" and type(event["kind"]) is str
+    assert event["record"]["pid"] == 3 and event["record"]["cmdline"] == []
+    assert event["record"]["onDisk"] == -1 and event["record"]["name"] == ""  # defaults
+    data = wire.encode_envelope(HEADER, "checkpoint", BODIES["checkpoint"])
+    checkpoint = wire.dict_reader(_body_schema("checkpoint"), ["rootHash", "treeSize"])(
+        wire.body_of(wire.decode_envelope(data))
+    )
+    assert checkpoint == {"rootHash": "01" * 32, "treeSize": 3}
+
+
+def test_tuple_reader_converted_and_raw() -> None:
+    data = wire.encode_envelope(HEADER, "alert", BODIES["alert"])
+    alert = wire.body_of(wire.decode_envelope(data))
+    read = wire.tuple_reader(wire.Alert.schema, ["severity", "ruleId", "process", "tags"])
+    assert read(alert) == ("high", "r1", {**read(alert)[2], "pid": 7}, ["t"])
+    severity, process = wire.tuple_reader(wire.Alert.schema, ["severity", "process"], raw=True)(
+        alert
+    )
+    assert str(severity) == "high"
+    assert wire.tuple_reader(wire.ProcessRecord.schema, ["pid"])(process) == (7,)
+
+
+def test_a_malformed_field_is_a_decode_error() -> None:
+    """Invalid UTF-8 in a body text passes the structure check; reading it is refused."""
+    data = bytearray(wire.encode_envelope(HEADER, "alert", {"ruleId": "r1", "title": "TITLE"}))
+    at = data.index(b"TITLE")
+    data[at : at + 5] = b"\xff\xfe\xfd\xfc\xfb"
+    alert = wire.body_of(wire.decode_envelope(bytes(data)))
+    with pytest.raises(wire.DecodeError, match="malformed field"):
+        wire.dict_reader(wire.Alert.schema)(alert)
+    with pytest.raises(wire.DecodeError, match="malformed field"):
+        wire.tuple_reader(wire.Alert.schema, ["ruleId", "title"])(alert)
+    assert wire.tuple_reader(wire.Alert.schema, ["ruleId"])(alert) == ("r1",)  # not read
+
+
+def test_unions_are_refused_at_compile_time() -> None:
+    with pytest.raises(ValueError, match="union member"):
+        wire.dict_reader(wire.Envelope.schema.fields["body"].schema)
+
+
+def test_severities_are_the_schemas_enum_lowest_first() -> None:
+    assert wire.SEVERITIES == ("info", "low", "medium", "high", "critical")
+    for rank, severity in enumerate(wire.SEVERITIES):
+        data = wire.encode_envelope(HEADER, "alert", {"ruleId": "r", "severity": severity})
+        alert = wire.body_of(wire.decode_envelope(data))
+        assert wire.tuple_reader(wire.Alert.schema, ["severity"], raw=True)(alert)[0].raw == rank

@@ -9,17 +9,14 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from rich.markup import escape
-
 from daemoneye import __version__
 from daemoneye.bus import RunDirError
 from daemoneye.config import ConfigError
 from daemoneye.rpc import RpcError, RpcTimeout
 from daemoneye.security import KeyFileError
-from daemoneye.store import StoreError
 
-from . import commands
-from .common import CommandError, UsageError, common_options, err_console
+from . import commands, common
+from .common import CommandError, UsageError, common_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,12 +36,14 @@ CONFIGURATION_ERRORS = (ConfigError, RunDirError, KeyFileError)
 
 def failure_types() -> tuple[type[Exception], ...]:
     """Imported only when an error is being reported: `daemoneye run <service>` must not
-    carry the ledger and rules modules (and their memory) just to name their errors."""
+    carry the ledger, rules and RocksDB modules (and their memory) just to name their
+    errors."""
     from daemoneye.ledger.entry import EntryError
     from daemoneye.ledger.note import NoteError
     from daemoneye.ledger.store import LedgerError
     from daemoneye.merkle import ProofError
     from daemoneye.rules.model import RuleError
+    from daemoneye.store import StoreError
 
     return (
         CommandError,
@@ -99,9 +98,11 @@ def command_name(args: argparse.Namespace) -> str:
 
 def error_line(name: str, message: object) -> None:
     """One line on stderr, never wrapped (a log collector reads it whole)."""
+    from rich.markup import escape  # here, not at the top: see daemoneye.console.common
+
     text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
     text = text or "failed"
-    err_console.print(f"[red]{escape(name)}:[/red] {escape(text)}", soft_wrap=True)
+    common.err_console.print(f"[red]{escape(name)}:[/red] {escape(text)}", soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

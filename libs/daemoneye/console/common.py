@@ -1,4 +1,9 @@
-"""What every console verb shares: the common flags, settings and output consoles."""
+"""What every console verb shares: the common flags, settings and output consoles.
+
+Rich is imported on first use of `console` or `err_console` (PEP 562), never at
+import: `daemoneye run <service>` goes through here, and a service must not carry
+Rich's modules (and their memory) it never uses.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,29 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING, Any
 
 from daemoneye.bus import SocketFactory, endpoint_in_use, ipc_path
 from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcResult, RpcTimeout, call_once
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    console: Console
+    err_console: Console
+
+_CONSOLES = {"console": {}, "err_console": {"stderr": True}}
+
+
+def __getattr__(name: str) -> Any:
+    """`console` (stdout) and `err_console` (stderr), made on first use."""
+    if name not in _CONSOLES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    made = globals()[name] = Console(highlight=False, **_CONSOLES[name])
+    return made
 
 
 class CommandError(Exception):
@@ -75,16 +85,26 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressFn 
 
     Yields None (no bar, no cost) unless both stdout and stderr are terminals and the
     caller wants it: piped or --json output stays free of escape codes."""
-    if not (enabled and console.is_terminal and err_console.is_terminal):
+    out, err = __getattr__("console"), __getattr__("err_console")
+    if not (enabled and out.is_terminal and err.is_terminal):
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=err,
         transient=True,
     )
     task = bar.add_task(description, total=None)

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
+from daemoneye.wire import SEVERITIES
+
 MAX_RULE_FILE_BYTES = 256 * 1024
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 KNOWN_FIELDS = {

@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from daemoneye.wire import SEVERITIES
+
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
     "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13,
@@ -35,8 +37,8 @@ def facility_code(value: str | int) -> int:
     raise ValueError(f"unknown syslog facility {value!r}; use 0-23 or {', '.join(FACILITIES)}")
 
 
-Severity = Literal["info", "low", "medium", "high", "critical"]
-SEVERITY_ORDER = ("info", "low", "medium", "high", "critical")
+Severity = Literal[SEVERITIES]  # type: ignore[valid-type]  # the schema's enum, as a type
+SEVERITY_ORDER = SEVERITIES  # lowest first
 
 
 class RateLimit(BaseModel):

@@ -26,8 +26,8 @@ class CollectorSettings(BaseModel):
         ge=-20,
         le=19,
         description="niceness of the collector's threads, so a busy host does not delay "
-        "its events (exec->publish p99 under a fork storm: ~9 ms at 0, ~3-5 ms at -10); "
-        "raising needs root or CAP_SYS_NICE, else it stays as started",
+        "its events (measured: bench/README.md, priorities); raising needs root or "
+        "CAP_SYS_NICE, else it stays as started",
     )
     realtime_priority: int = Field(
         10, ge=0, le=99, description="SCHED_FIFO priority of the netlink reader; 0: normal"

@@ -33,9 +33,9 @@ class DetectorSettings(BaseModel):
         ge=-20,
         le=19,
         description="niceness of the detector's threads, as the collector's: when a fork "
-        "storm saturates the CPU the rules must not fall behind the storm (soak at 1,000 "
-        "exec/s on 2 cores: exec->alert p99 43 s at 0, 28 ms at -10); raising needs root "
-        "or CAP_SYS_NICE, else it stays as started",
+        "storm saturates the CPU the rules must not fall behind the storm (measured: "
+        "bench/README.md, priorities); raising needs root or CAP_SYS_NICE, else it stays "
+        "as started",
     )
     batch_wait_ms: float = Field(
         5.0,

@@ -11,9 +11,10 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from daemoneye.wire import SEVERITIES
+
 from ..common import add_command, call, console, positive, settings_from
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 STATE_STYLE = {"delivered": "green", "pending": "yellow", "failed": "red"}
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
@@ -76,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
     if args.rule:
         params["rule"] = args.rule
     result = call(settings, "control.alerter", "alerts.list", params).value
-    alerts = list(reversed(result["alerts"]))  # oldest first, like a log
+    found = result["alerts"]
+    # one call reads a bounded part of the history: page on while it says where to
+    while result.get("continue_from") and len(found) < args.limit:
+        page = {**params, "before": result["continue_from"], "limit": args.limit - len(found)}
+        result = call(settings, "control.alerter", "alerts.list", page).value
+        found += result["alerts"]
+    alerts = list(reversed(found))  # oldest first, like a log
     print_alerts(alerts, args.json, table=not args.follow)
     if not args.follow:
         return 0
@@ -84,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             params["after"] = last
-            new = call(settings, "control.alerter", "alerts.list", params).value["alerts"]
+            result = call(settings, "control.alerter", "alerts.list", params).value
+            new = result["alerts"]
             if new:
                 print_alerts(new, args.json, table=False)
-                last = new[-1]["key"]
-            else:
+            last = result.get("continue_from") or (new[-1]["key"] if new else last)
+            if not new and not result.get("continue_from"):
                 time.sleep(FOLLOW_POLL_S)  # polling the alerter's history, nothing to block on
     except KeyboardInterrupt:
         return 130  # interrupted, as every verb reports it

@@ -1,3 +1,0 @@
-from .lean import main
-
-raise SystemExit(main())
