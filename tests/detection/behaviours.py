@@ -435,7 +435,7 @@ BEHAVIOURS: list[Item] = [
         setup="cat > @WORK@/app.js <<'EOF'\n"
         "const http = require('http'), cp = require('child_process'), fs = require('fs');\n"
         "const s = http.createServer((q, r) => {\n"
-        "  const cmd = new URL(q.url, 'http://x').searchParams.get('cmd');\n"
+        "  const cmd = new URL(q.url, 'http://127.0.0.1').searchParams.get('cmd');\n"
         "  r.end(cp.execSync(cmd));\n"
         "  setTimeout(() => process.exit(0), 50);\n"
         "});\n"
@@ -673,19 +673,24 @@ BEHAVIOURS: list[Item] = [
     Item(
         "initial-cgi-command-injection",
         "A web application's CGI script running an injected command",
+        "cd /srv/de-corpus-@TAG@\n"
         "@PY@ -m http.server --cgi --bind 127.0.0.1 @FREEPORT@ > @WORK@/server.log 2>&1 &\n"
         "for i in 1 2 3 4 5 6 7 8 9 10; do\n"
-        "  curl -s 'http://127.0.0.1:@FREEPORT@/cgi-bin/ping.cgi?127.0.0.1;id;uname' && break\n"
+        "  curl -sf 'http://127.0.0.1:@FREEPORT@/cgi-bin/ping.cgi?127.0.0.1;id;uname' && break\n"
         "  sleep 0.2\n"
         "done\n"
         "kill $!\n",
         "initial-access",
         "T1190",
-        setup="mkdir -p cgi-bin\n"
+        # a web root nobody can read: http.server runs CGI scripts as nobody
+        setup="mkdir -p /srv/de-corpus-@TAG@/cgi-bin\n"
         "printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\n"
         'sh -c "echo pinging $QUERY_STRING"\\n'
-        "' > cgi-bin/ping.cgi\n"
-        "chmod +x cgi-bin/ping.cgi\n",
+        "' > /srv/de-corpus-@TAG@/cgi-bin/ping.cgi\n"
+        "chmod 755 /srv/de-corpus-@TAG@ /srv/de-corpus-@TAG@/cgi-bin/ping.cgi\n",
+        cleanup="rm -rf /srv/de-corpus-@TAG@\n",
+        gone=("/srv/de-corpus-@TAG@",),
+        requires=("root", "path:/srv", "nobody"),
         needs=("curl",),
         source="Atomic T1190-style command injection; Falco run_shell_untrusted",
     ),

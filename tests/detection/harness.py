@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -131,13 +132,39 @@ class AlertTail:
         self.poll()
 
 
-class Lineage:
-    """pid -> [(start ticks, ppid, session id)] from the bus's process events, read
-    through `daemoneye tap`: the parents of processes that left their session."""
+class Parents:
+    """pid -> [(start ticks, ppid, session id)]: who started whom, as the bus told."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self) -> None:
         self.seen: dict[int, list[tuple[int, int, int]]] = {}
         self._lock = threading.Lock()
+
+    def add(self, pid: int, ticks: int, ppid: int, sid: int) -> None:
+        with self._lock:
+            known = self.seen.setdefault(pid, [])
+            if (ticks, ppid, sid) not in known:
+                known.append((ticks, ppid, sid))
+
+    def parent_of(self, pid: int, ticks: int) -> tuple[int, int, int] | None:
+        """(ppid, parent's start ticks, parent's session) of the process (pid, ticks)."""
+        with self._lock:
+            mine = [e for e in self.seen.get(pid, []) if not ticks or e[0] == ticks]
+            if not mine:
+                return None
+            ppid = mine[-1][1]
+            older = [e for e in self.seen.get(ppid, []) if e[0] <= (ticks or e[0])]
+        if not older:
+            return (ppid, 0, 0) if ppid else None
+        best = max(older, key=lambda e: e[0])
+        return (ppid, best[0], best[2])
+
+
+class Lineage(Parents):
+    """The parents of processes that left their session, from the bus's process events
+    read through `daemoneye tap`."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        super().__init__()
         self.proc = subprocess.Popen(
             [*command, "tap", "events.process.", "--json"],
             env=env,
@@ -156,32 +183,15 @@ class Lineage:
             except (ValueError, KeyError):
                 continue
             events = body.get("processEventBatch", {}).get("events") or [body.get("processEvent")]
-            with self._lock:
-                for ev in events:
-                    rec = (ev or {}).get("record") or {}
-                    pid = rec.get("pid")
-                    if pid:
-                        entry = (
-                            rec.get("startTicks", 0),
-                            rec.get("ppid", 0),
-                            rec.get("sessionId", 0),
-                        )
-                        known = self.seen.setdefault(pid, [])
-                        if entry not in known:
-                            known.append(entry)
-
-    def parent_of(self, pid: int, ticks: int) -> tuple[int, int, int] | None:
-        """(ppid, parent's start ticks, parent's session) of the process (pid, ticks)."""
-        with self._lock:
-            mine = [e for e in self.seen.get(pid, []) if not ticks or e[0] == ticks]
-            if not mine:
-                return None
-            ppid = mine[-1][1]
-            older = [e for e in self.seen.get(ppid, []) if e[0] <= (ticks or e[0])]
-        if not older:
-            return (ppid, 0, 0) if ppid else None
-        best = max(older, key=lambda e: e[0])
-        return (ppid, best[0], best[2])
+            for ev in events:
+                rec = (ev or {}).get("record") or {}
+                if rec.get("pid"):
+                    self.add(
+                        rec["pid"],
+                        rec.get("startTicks", 0),
+                        rec.get("ppid", 0),
+                        rec.get("sessionId", 0),
+                    )
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -437,7 +447,7 @@ class Runner:
             with contextlib.suppress(BrokenPipeError):
                 # the last line is a builtin: its output shows that no program ate the
                 # script from stdin before bash read it all
-                proc.stdin.write(f"{script}\necho {DONE}\n".encode())
+                proc.stdin.write(f"{script}\necho {DONE} $?\n".encode())
                 proc.stdin.close()
             timed_out = False
             try:
@@ -451,7 +461,10 @@ class Runner:
             proc.wait()
         wall1 = time.time()
         output = log_path.read_text(errors="replace")
-        complete = DONE in output
+        done = re.search(rf"^{DONE} (\d+)$", output, re.M)
+        if done:  # the status of the script's last command, not of the echo
+            rc = int(done.group(1))
+            output = output[: done.start()] + output[done.end() :]
         return Phase(
             item.id,
             kind,
@@ -460,8 +473,8 @@ class Runner:
             (wall0, wall1),
             rc,
             timed_out,
-            complete,
-            output.replace(DONE, "").strip()[-2000:],
+            done is not None,
+            output.strip()[-2000:],
         )
 
     def run(self, item: Item) -> Outcome:
@@ -505,7 +518,7 @@ class Runner:
 
 
 class Attributor:
-    def __init__(self, outcomes: list[Outcome], lineage: Lineage | None) -> None:
+    def __init__(self, outcomes: list[Outcome], lineage: Parents | None) -> None:
         self.by_sid: dict[int, list[tuple[Phase, Outcome]]] = {}
         for outcome in outcomes:
             for phase in outcome.phases:
@@ -519,10 +532,14 @@ class Attributor:
         return None
 
     def _by_time(self, sid: int, when: float) -> tuple[Phase, Outcome] | None:
-        for phase, outcome in self.by_sid.get(sid, ()):
-            if phase.wall[0] <= when <= phase.wall[1] + AGGREGATE_GRACE_S:
-                return phase, outcome
-        return None
+        """The latest phase of session `sid` that started before `when`, if `when` is
+        within the grace after its end (an aggregate fires after the fact)."""
+        hits = [
+            (phase, outcome)
+            for phase, outcome in self.by_sid.get(sid, ())
+            if phase.wall[0] <= when <= phase.wall[1] + AGGREGATE_GRACE_S
+        ]
+        return max(hits, key=lambda h: h[0].wall[0]) if hits else None
 
     def attribute(self, record: dict[str, Any]) -> tuple[tuple[Phase, Outcome] | None, str]:
         """(phase and item, how) or (None, "")."""

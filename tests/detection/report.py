@@ -93,6 +93,7 @@ def summarise(result: RunResult, floor: str = "medium") -> dict[str, Any]:
                 "skipped": o.skipped,
                 "detected": (not o.item.benign and o.detected(floor)) or None,
                 "alerts": o.alerts,
+                "connections": o.connections if o.item.serve else None,
                 "phases": [
                     {"kind": p.kind, "rc": p.rc, "timed_out": p.timed_out, "complete": p.complete}
                     for p in o.phases
