@@ -853,7 +853,9 @@ BEHAVIOURS: list[Item] = [
     Item(
         "persist-setuid-bit-tmp",
         "The setuid bit set on a shell copy in /var/tmp",
-        "cp /bin/sh /var/tmp/.de-@TAG@-s\nchmod u+s /var/tmp/.de-@TAG@-s\n",
+        # mode 4700 in the end: the setuid copy is never runnable by anyone but root
+        "cp /bin/sh /var/tmp/.de-@TAG@-s\nchmod 700 /var/tmp/.de-@TAG@-s\n"
+        "chmod u+s /var/tmp/.de-@TAG@-s\n",
         "persistence",
         "T1548.001",
         cleanup="rm -f /var/tmp/.de-@TAG@-s\n",
@@ -906,7 +908,8 @@ BEHAVIOURS: list[Item] = [
     Item(
         "privesc-capability-setcap",
         "cap_setuid granted to a python copy with setcap",
-        f"cp -L /usr/bin/python3 {T}-py\nsetcap cap_setuid+ep {T}-py\ngetcap {T}-py\n",
+        f"cp -L /usr/bin/python3 {T}-py\nchmod 700 {T}-py\nsetcap cap_setuid+ep {T}-py\n"
+        f"getcap {T}-py\n",
         "privilege-escalation",
         "T1548",
         requires=("root",),
@@ -1326,5 +1329,24 @@ BEHAVIOURS: list[Item] = [
         setup="mkdir -p @WORK@/data && head -c 1048576 /dev/urandom > @WORK@/data/db.img && "
         "head -c 65536 /dev/urandom > @WORK@/data/backup.tar\n",
         source="Atomic T1485 (dd, shred)",
+    ),
+    Item(
+        "disc-recon-one-liner",
+        "Recon through a web shell: one sh -c running id, uname, ss, ps, passwd",
+        "sh -c 'id; uname -a; ss -antp; ps aux; cat /etc/passwd'\n",
+        "discovery",
+        "T1082",
+        source="Atomic T1082, T1049, T1057, T1087.001 (as a web shell runs them)",
+    ),
+    Item(
+        "evasion-kill-security-agent",
+        "A security agent's process killed by name (a dummy auditd of this session)",
+        "cp /bin/sleep @WORK@/auditd\n@WORK@/auditd 30 &\nsleep 0.3\n"
+        # -s 0: only processes of this session, never another auditd of the machine
+        "pkill -9 -s 0 -x auditd\n",
+        "defense-evasion",
+        "T1562.001",
+        needs=("pkill",),
+        source="Atomic T1562.001 (kill the agent); Atomic T1562.012",
     ),
 ]

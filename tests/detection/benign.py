@@ -313,4 +313,70 @@ BENIGN: list[Item] = [
         "sort and uniq over generated data",
         "seq 1 20000 | awk '{print $1 % 97}' | sort -n | uniq -c | sort -rn | head -3\n",
     ),
+    Item(
+        "benign-npm-run-script",
+        "npm run of a package.json script (node starts a shell, as npm does)",
+        "npm run --silent build\n",
+        setup=_file(
+            "package.json",
+            '{"name": "app", "version": "1.0.0", "scripts": {"build": "echo building && ls"}}\n',
+        ),
+        needs=("npm",),
+    ),
+    Item(
+        "benign-backup-etc",
+        "/etc backed up into the admin's backup directory",
+        "mkdir -p backups\ntar czf backups/etc-$(date +%F).tgz /etc 2>/dev/null\nls backups\n",
+    ),
+    Item(
+        "benign-ssh-pubkey-perms",
+        "A key pair's permissions fixed and its public half shown",
+        "chmod 600 ~/.ssh/deploy\nchmod 644 ~/.ssh/deploy.pub\ncat ~/.ssh/deploy.pub\n"
+        "ls -la ~/.ssh\n",
+        setup="mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -C deploy -f ~/.ssh/deploy\n",
+        needs=("ssh-keygen",),
+    ),
+    Item(
+        "benign-dd-disk-image",
+        "A disk image made with dd and formatted as a file",
+        "dd if=/dev/zero of=disk.img bs=1M count=8 status=none\nls -l disk.img\n",
+    ),
+    Item(
+        "benign-bug-report-info",
+        "Versions gathered for a bug report: uname -a, os-release, python",
+        "uname -a\ncat /etc/os-release\npython3 --version\n",
+    ),
+    Item(
+        "benign-grep-config-password",
+        "A project's configuration searched for its password setting",
+        "grep -rn 'password' config/\n",
+        setup="mkdir -p config && printf 'db:\\n  user: app\\n  password: ${DB_PASSWORD}\\n'"
+        " > config/app.yml\n",
+    ),
+    Item(
+        "benign-gpg-encrypt-backup",
+        "A backup encrypted with gpg before it is copied away",
+        "tar czf site.tgz site\ngpg --batch --yes --pinentry-mode loopback --passphrase backup "
+        "-c -o site.tgz.gpg site.tgz\nls -l site.tgz.gpg\n",
+        setup="mkdir -p site && seq 1 100 > site/index.html\n",
+        needs=("gpg",),
+    ),
+    Item(
+        "benign-find-old-logs",
+        "Old compressed logs found for cleanup",
+        "find /var/log -name '*.gz' -mtime +30 2>/dev/null | head -5\n"
+        "find . -name '*.tmp' -delete\n",
+        setup="touch a.tmp b.tmp\n",
+    ),
+    Item(
+        "benign-python-http-server",
+        "A developer serving a directory with python's http.server for a moment",
+        "@PY@ -m http.server --bind 127.0.0.1 @FREEPORT@ > server.log 2>&1 &\n"
+        "for i in 1 2 3 4 5 6 7 8 9 10; do\n"
+        "  curl -sf -o /dev/null http://127.0.0.1:@FREEPORT@/ && break\n"
+        "  sleep 0.2\n"
+        "done\n"
+        "kill $!\n",
+        needs=("curl",),
+    ),
 ]

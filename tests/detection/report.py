@@ -69,6 +69,7 @@ def summarise(result: RunResult, floor: str = "medium") -> dict[str, Any]:
         },
         "side_alerts": [dict(a, item=o.item.id) for o in result.outcomes for a in o.side_alerts],
         "unattributed": len(result.unattributed),
+        "unattributed_by_rule": _by_rule(result.unattributed),
         "incomplete": [
             f"{o.item.id}.{p.kind}"
             for o in result.outcomes
@@ -142,7 +143,11 @@ def render(s: dict[str, Any]) -> str:
     if s["side_alerts"]:
         notes.append(f"{len(s['side_alerts'])} alerts on setup/cleanup phases (not scored)")
     if s["unattributed"]:
-        notes.append(f"{s['unattributed']} alerts on other activity of the host (not scored)")
+        rules = ", ".join(f"{r} x{n}" for r, n in s["unattributed_by_rule"].items())
+        notes.append(
+            f"{s['unattributed']} alerts on other activity of the host or with no process "
+            f"to attribute (not scored): {rules}"
+        )
     if s["incomplete"]:
         notes.append(f"scripts cut short (a program read stdin): {', '.join(s['incomplete'])}")
     if s["timed_out"]:
@@ -154,6 +159,14 @@ def render(s: dict[str, Any]) -> str:
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
+
+
+def _by_rule(alerts: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for a in alerts:
+        key = f"{a['rule']}({a['severity']})"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _ms(value: float | None) -> str:
