@@ -1203,12 +1203,17 @@ BEHAVIOURS: list[Item] = [
     Item(
         "collect-gpg-encrypt",
         "Data encrypted with gpg for staging",
-        f"gpg --batch --yes --passphrase hunter2 -c -o {T}.gpg /etc/passwd\n",
+        f"gpg --batch --yes --pinentry-mode loopback --passphrase hunter2 -c -o {T}.gpg "
+        "/etc/passwd\n",
         "collection",
         "T1560.001",
-        cleanup=f"rm -f {T}.gpg\n",
+        # gpg warmed up first (its first run takes seconds); its agent, which leaves
+        # the session, stopped after
+        setup="mkdir -m 700 -p ~/.gnupg\n"
+        "echo warm | gpg --batch --pinentry-mode loopback --passphrase x -c -o /dev/null\n",
+        cleanup=f"rm -f {T}.gpg\ngpgconf --kill all\n",
         gone=(f"{T}.gpg",),
-        needs=("gpg",),
+        needs=("gpg", "gpgconf"),
         source="Atomic T1560.001 (gpg)",
     ),
     Item(

@@ -358,8 +358,11 @@ BENIGN: list[Item] = [
         "A backup encrypted with gpg before it is copied away",
         "tar czf site.tgz site\ngpg --batch --yes --pinentry-mode loopback --passphrase backup "
         "-c -o site.tgz.gpg site.tgz\nls -l site.tgz.gpg\n",
-        setup="mkdir -p site && seq 1 100 > site/index.html\n",
-        needs=("gpg",),
+        setup="mkdir -p site && seq 1 100 > site/index.html\n"
+        "mkdir -m 700 -p ~/.gnupg\n"
+        "echo warm | gpg --batch --pinentry-mode loopback --passphrase x -c -o /dev/null\n",
+        cleanup="gpgconf --kill all\n",
+        needs=("gpg", "gpgconf"),
     ),
     Item(
         "benign-find-old-logs",

@@ -680,4 +680,9 @@ def _quiet(tail: AlertTail, quiet_s: float, deadline_s: float) -> None:
 def _remove(base: Path) -> None:
     # an item's cleanup clears immutable bits it set; this is only the last resort
     subprocess.run(["chattr", "-R", "-i", str(base)], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    deadline = time.monotonic() + 10
+    while True:  # a daemon an item stopped (gpg-agent) may still be removing its sockets
+        shutil.rmtree(base, ignore_errors=True)
+        if not base.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)  # a retry interval; the directory being gone decides

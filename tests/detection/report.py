@@ -70,6 +70,7 @@ def summarise(result: RunResult, floor: str = "medium") -> dict[str, Any]:
         "side_alerts": [dict(a, item=o.item.id) for o in result.outcomes for a in o.side_alerts],
         "unattributed": len(result.unattributed),
         "unattributed_by_rule": _by_rule(result.unattributed),
+        "unattributed_alerts": result.unattributed[:500],
         "incomplete": [
             f"{o.item.id}.{p.kind}"
             for o in result.outcomes
