@@ -60,9 +60,9 @@ def main() -> int:
     p.add_argument("--floor", default="medium", help="severity that counts as detected")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs of every phase)")
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("bench/detection.py: needs root (netlink, /etc, users)", file=sys.stderr)
-        return 2
+    if os.geteuid() != 0:  # `make bench` runs every benchmark: say so and go on
+        print("bench/detection.py: skipped, needs root (netlink, /etc, users)", file=sys.stderr)
+        return 0
     if not args.rules_dir.is_dir():
         print(f"bench/detection.py: no rules directory {args.rules_dir}", file=sys.stderr)
         return 2
