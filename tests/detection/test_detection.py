@@ -75,6 +75,7 @@ def _quick() -> RunResult:
 
 
 @needs_root
+@pytest.mark.timeout(600)  # the monitor's start and two canaries on a loaded machine
 def test_quick_subset_end_to_end() -> None:
     result = _quick()
     summary = summarise(result)
