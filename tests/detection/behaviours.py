@@ -39,7 +39,19 @@ WALLET = (
     "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3Xjr"
     "pDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A"
 )
-T = "/tmp/.de-@TAG@"  # prefix of what behaviours drop in /tmp (removed by their cleanup)
+T = "/tmp/.de-@TAG@"
+
+
+def _userdel(name: str) -> str:
+    """Cleanup lines removing a user, retried while another tool holds the passwd lock."""
+    return (
+        f"for i in 1 2 3 4 5 6 7 8 9 10; do\n"
+        f"  getent passwd {name} > /dev/null || break\n"
+        f"  userdel {name} && break\n"
+        f"  sleep 0.5\n"
+        f"done\n"
+    )  # prefix of what behaviours drop in /tmp (removed by their cleanup)
+
 
 BEHAVIOURS: list[Item] = [
     # --- execution ------------------------------------------------------------------
@@ -384,7 +396,8 @@ BEHAVIOURS: list[Item] = [
         "T1136.001",
         requires=("root",),
         needs=("useradd", "userdel"),
-        cleanup="userdel de@TAG@\n",
+        cleanup=_userdel("de@TAG@"),
+        gone=("user:de@TAG@",),
         source="Atomic T1136.001; Falco user_mgmt_binaries",
     ),
     Item(
@@ -554,10 +567,11 @@ BEHAVIOURS: list[Item] = [
     Item(
         "evasion-truncate-wtmp",
         "Login records truncated (/var/log/wtmp)",
-        "truncate -s 0 /var/log/wtmp\n",
+        # only once the copy is made (`[` is a builtin: it shows nowhere)
+        "[ -f @WORK@/wtmp.saved ] && truncate -s 0 /var/log/wtmp\n",
         "defense-evasion",
         "T1070.002",
-        requires=("root",),
+        requires=("root", "path:/var/log/wtmp"),
         setup="cp -p /var/log/wtmp @WORK@/wtmp.saved\n",
         cleanup="cp -p @WORK@/wtmp.saved /var/log/wtmp\n",
         needs=("truncate",),
@@ -847,7 +861,8 @@ BEHAVIOURS: list[Item] = [
         "T1098",
         requires=("root",),
         needs=("useradd", "chpasswd", "usermod", "userdel"),
-        cleanup="userdel de@TAG@p\n",
+        cleanup=_userdel("de@TAG@p"),
+        gone=("user:de@TAG@p",),
         source="Atomic T1136.001, T1098",
     ),
     Item(
@@ -980,7 +995,7 @@ BEHAVIOURS: list[Item] = [
     Item(
         "evasion-truncate-btmp-shred",
         "Failed-login records shredded (/var/log/btmp)",
-        "shred -u -z /var/log/btmp\n",
+        "[ -f @WORK@/btmp.saved ] && shred -u -z /var/log/btmp\n",
         "defense-evasion",
         "T1070.002",
         requires=("root", "path:/var/log/btmp"),
@@ -1321,7 +1336,8 @@ BEHAVIOURS: list[Item] = [
         requires=("root",),
         needs=("useradd", "userdel", "passwd", "usermod"),
         setup="useradd -M -s /bin/bash de@TAG@l\n",
-        cleanup="userdel de@TAG@l\n",
+        cleanup=_userdel("de@TAG@l"),
+        gone=("user:de@TAG@l",),
         source="Atomic T1531",
     ),
     Item(

@@ -336,6 +336,17 @@ class Outcome:
         return any(at_least(a["severity"], floor) for a in self.alerts)
 
 
+def exists(what: str) -> bool:
+    """A path (even a dangling link) or, as `user:NAME`, an account."""
+    if what.startswith("user:"):
+        try:
+            pwd.getpwnam(what[5:])
+        except KeyError:
+            return False
+        return True
+    return os.path.lexists(what)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (for an item's own
     server, or a UDP shell that nothing answers)."""
@@ -507,9 +518,7 @@ class Runner:
                 catcher.close()
                 outcome.connections = catcher.connections
             outcome.left_behind = [
-                p
-                for p in (self.fill(g, work, home, port, free) for g in item.gone)
-                if os.path.lexists(p)
+                g for g in (self.fill(g, work, home, port, free) for g in item.gone) if exists(g)
             ]
         return outcome
 

@@ -60,7 +60,7 @@ class Item:
     # conditions, else skipped: "root", "systemd", "nobody", "ptrace", "path:/some/path"
     requires: tuple[str, ...] = ()
     serve: str = ""  # "tcp" or "tls": a listener on @PORT@ that sends `id; exit`
-    gone: tuple[str, ...] = ()  # paths that must not exist after cleanup
+    gone: tuple[str, ...] = ()  # paths (or `user:NAME`) that must not exist after cleanup
     source: str = ""  # the public procedure it follows (Atomic Red Team, Falco, GTFOBins)
     timeout_s: float = 5.0
 
