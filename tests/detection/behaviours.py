@@ -1370,4 +1370,20 @@ BEHAVIOURS: list[Item] = [
         needs=("pkill",),
         source="Atomic T1562.001 (kill the agent); Atomic T1562.012",
     ),
+    Item(
+        "evasion-service-stop-agent",
+        "A security agent stopped through its init script with service",
+        "cp /bin/sleep @WORK@/edr-agent\n@WORK@/edr-agent 30 &\necho $! > @WORK@/edr.pid\n"
+        "service de-corpus-@TAG@-edr stop\nwait\n",
+        "defense-evasion",
+        "T1562.001",
+        requires=("root", "path:/etc/init.d"),
+        needs=("service",),
+        # a dummy init script whose stop kills the dummy agent this item started
+        setup="printf '#!/bin/sh\\ncase \"$1\" in stop) kill $(cat @WORK@/edr.pid) ;; esac\\n'"
+        " > /etc/init.d/de-corpus-@TAG@-edr\nchmod 755 /etc/init.d/de-corpus-@TAG@-edr\n",
+        cleanup="rm -f /etc/init.d/de-corpus-@TAG@-edr\n",
+        gone=("/etc/init.d/de-corpus-@TAG@-edr",),
+        source="Atomic T1562.001 (stop a security service; SysV hosts and containers)",
+    ),
 ]
