@@ -1134,7 +1134,8 @@ BEHAVIOURS: list[Item] = [
     Item(
         "disc-suid-search",
         "A search for setuid binaries and capabilities",
-        "find /usr /bin /sbin -perm -4000 -type f 2>/dev/null\ngetcap -r /usr/bin 2>/dev/null\n",
+        "find /usr/bin /usr/sbin /usr/local -perm -4000 -type f 2>/dev/null\n"
+        "getcap -r /usr/bin 2>/dev/null\n",
         "discovery",
         "T1083",
         source="Atomic T1083 / T1548.001 (setuid search)",

@@ -97,7 +97,13 @@ def summarise(result: RunResult, floor: str = "medium") -> dict[str, Any]:
                 "alerts": o.alerts,
                 "connections": o.connections if o.item.serve else None,
                 "phases": [
-                    {"kind": p.kind, "rc": p.rc, "timed_out": p.timed_out, "complete": p.complete}
+                    {
+                        "kind": p.kind,
+                        "rc": p.rc,
+                        "seconds": round(p.wall[1] - p.wall[0], 2),
+                        "timed_out": p.timed_out,
+                        "complete": p.complete,
+                    }
                     for p in o.phases
                 ],
             }
