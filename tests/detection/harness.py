@@ -355,6 +355,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def exited_unreaped(pid: int, timeout_s: float) -> bool:
+    """Waits up to `timeout_s` for child `pid` to exit, leaving it a zombie (WNOWAIT):
+    True when it exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)  # a poll interval: the child's exit decides
+
+
 def kill_session(sid: int, since_ticks: int) -> None:
     """SIGKILL every process of session `sid` that started at or after `since_ticks`:
     the pid of a gone session leader may be reused, a start time before ours may not."""
@@ -460,14 +472,11 @@ class Runner:
                 # script from stdin before bash read it all
                 proc.stdin.write(f"{script}\necho {DONE} $?\n".encode())
                 proc.stdin.close()
-            timed_out = False
-            try:
-                rc: int | None = proc.wait(item.timeout_s if kind == "run" else 30)
-            except subprocess.TimeoutExpired:
-                timed_out, rc = True, None
+            rc: int | None = None
+            timed_out = not exited_unreaped(proc.pid, item.timeout_s if kind == "run" else 30)
             end = boot_ticks() + 1
-            # what is left of the session (background jobs, a timed-out phase): only
-            # processes of this session that started during this phase are killed
+            # what is left of the session (background jobs, a timed-out phase): the
+            # leader is not reaped yet, so its pid (the session id) cannot be reused
             kill_session(proc.pid, ticks0)
             proc.wait()
         wall1 = time.time()
