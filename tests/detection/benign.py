@@ -9,6 +9,8 @@ formatter, a base64-decoded secret, `chmod +x` on a build script, a single `id` 
 
 from __future__ import annotations
 
+import dataclasses
+
 from .model import Item
 
 C_HELLO = r"""#include <stdio.h>
@@ -34,7 +36,7 @@ GIT_SETUP = (
     "git config --global init.defaultBranch main\n"
 )
 
-BENIGN: list[Item] = [
+_BENIGN: list[Item] = [
     Item(
         "benign-git-init-commit",
         "git init, add, commit, log",
@@ -383,3 +385,7 @@ BENIGN: list[Item] = [
         needs=("curl",),
     ),
 ]
+
+# Ordinary work is not held to the behaviours' 5 s: pip, dpkg or gpg can take longer on
+# a loaded machine, and a timed-out action would be a false positive never measured.
+BENIGN: list[Item] = [dataclasses.replace(item, timeout_s=15.0) for item in _BENIGN]
