@@ -59,6 +59,12 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--floor", default="medium", help="severity that counts as detected")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs of every phase)")
+    p.add_argument(
+        "--job-control",
+        action="store_true",
+        help="each pipeline its own process group (set -m), as typed in a terminal; "
+        "default: one group per item, as in a script or a reverse shell without a tty",
+    )
     args = p.parse_args()
     if os.geteuid() != 0:  # `make bench` runs every benchmark: say so and go on
         print("bench/detection.py: skipped, needs root (netlink, /etc, users)", file=sys.stderr)
@@ -82,7 +88,13 @@ def main() -> int:
             what += "" if run.complete or run.timed_out else " (script cut short)"
         print(f"[{n:>3}/{total}] {outcome.item.id:<36} {what}", file=sys.stderr, flush=True)
 
-    result = run_corpus(items, args.rules_dir.resolve(), progress=progress, keep=args.keep)
+    result = run_corpus(
+        items,
+        args.rules_dir.resolve(),
+        progress=progress,
+        keep=args.keep,
+        job_control=args.job_control,
+    )
     summary = summarise(result, args.floor)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -415,9 +415,12 @@ def _ptrace_scope() -> int:
 class Runner:
     """Runs items one after the other, each phase in a session of its own."""
 
-    def __init__(self, base: Path, tag: str) -> None:
+    def __init__(self, base: Path, tag: str, job_control: bool = False) -> None:
         self.base = base
         self.tag = tag
+        # off: one process group for the whole phase, as in a script or a reverse shell
+        # without a terminal; on (`set -m`): one per pipeline, as in a terminal
+        self.job_control = job_control
         self.web = WebServer()
         self.tls = tls_context(base)
         self.python = shutil.which("python3", path=SESSION_PATH) or sys.executable
@@ -470,7 +473,8 @@ class Runner:
             with contextlib.suppress(BrokenPipeError):
                 # the last line is a builtin: its output shows that no program ate the
                 # script from stdin before bash read it all
-                proc.stdin.write(f"{script}\necho {DONE} $?\n".encode())
+                prefix = "set -m\n" if self.job_control and kind == "run" else ""
+                proc.stdin.write(f"{prefix}{script}\necho {DONE} $?\n".encode())
                 proc.stdin.close()
             rc: int | None = None
             timed_out = not exited_unreaped(proc.pid, item.timeout_s if kind == "run" else 30)
@@ -629,6 +633,7 @@ def run_corpus(
     command: list[str] | None = None,
     progress: Any = None,
     keep: bool = False,
+    job_control: bool = False,
 ) -> RunResult:
     """Starts the monitor, runs every item, waits for the last alerts, attributes them."""
     base = Path(tempfile.mkdtemp(prefix="de-corpus-", dir=Path.home()))
@@ -638,7 +643,7 @@ def run_corpus(
     outcomes: list[Outcome] = []
     try:
         monitor.start()
-        runner = Runner(base, monitor.tag)
+        runner = Runner(base, monitor.tag, job_control)
         rules = monitor.rules()
         for n, item in enumerate(items, 1):
             outcome = runner.run(item)

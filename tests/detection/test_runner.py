@@ -11,6 +11,7 @@ from tests.detection.model import Item
 
 
 def _runner(tmp_path: Path) -> Runner:
+    tmp_path.mkdir(exist_ok=True)
     return Runner(tmp_path, "t3st00")
 
 
@@ -77,3 +78,19 @@ def test_a_program_eating_the_script_is_reported(tmp_path: Path) -> None:
         runner.close()
     (run,) = outcome.phases
     assert not run.complete and "never" not in run.output
+
+
+def test_job_control_gives_each_pipeline_its_process_group(tmp_path: Path) -> None:
+    script = "ps -o pgid= -p $$\nsh -c 'ps -o pgid= -p $$'\n"
+    groups = {}
+    for job_control in (False, True):
+        (tmp_path / str(job_control)).mkdir()
+        runner = Runner(tmp_path / str(job_control), "t3st00", job_control)
+        try:
+            item = Item("g", "g", script, "execution", "T1059.004", source="t")
+            (run,) = runner.run(item).phases
+        finally:
+            runner.close()
+        groups[job_control] = [int(g) for g in run.output.split()]
+    assert groups[False][0] == groups[False][1]  # one group: the session's
+    assert groups[True][0] != groups[True][1]  # the pipeline has its own
