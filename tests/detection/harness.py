@@ -133,17 +133,25 @@ class AlertTail:
 
 
 class Parents:
-    """pid -> [(start ticks, ppid, session id)]: who started whom, as the bus told."""
+    """pid -> [(start ticks, ppid, session id)]: who started whom, as the bus told; and
+    what each process ran (its images: an exec in the same pid adds one)."""
 
     def __init__(self) -> None:
         self.seen: dict[int, list[tuple[int, int, int]]] = {}
+        self.images: dict[tuple[int, int], list[tuple[str, str, str]]] = {}
         self._lock = threading.Lock()
 
-    def add(self, pid: int, ticks: int, ppid: int, sid: int) -> None:
+    def add(
+        self, pid: int, ticks: int, ppid: int, sid: int, image: tuple[str, str, str] | None = None
+    ) -> None:
         with self._lock:
             known = self.seen.setdefault(pid, [])
             if (ticks, ppid, sid) not in known:
                 known.append((ticks, ppid, sid))
+            if image is not None:
+                images = self.images.setdefault((pid, ticks), [])
+                if image not in images:
+                    images.append(image)
 
     def parent_of(self, pid: int, ticks: int) -> tuple[int, int, int] | None:
         """(ppid, parent's start ticks, parent's session) of the process (pid, ticks)."""
@@ -157,6 +165,27 @@ class Parents:
             return (ppid, 0, 0) if ppid else None
         best = max(older, key=lambda e: e[0])
         return (ppid, best[0], best[2])
+
+    def session(self, sid: int, ticks: tuple[int, int]) -> list[dict[str, Any]]:
+        """The processes of session `sid` started within `ticks`, with what they ran."""
+        with self._lock:
+            found = [
+                (pid, entry)
+                for pid, entries in self.seen.items()
+                for entry in entries
+                if entry[2] == sid and ticks[0] - 1 <= entry[0] <= ticks[1]
+            ]
+            return [
+                {
+                    "pid": pid,
+                    "ppid": ppid,
+                    "images": [
+                        {"name": n, "path": p, "cmdline": c}
+                        for n, p, c in self.images.get((pid, start), [])
+                    ],
+                }
+                for pid, (start, ppid, _) in sorted(found, key=lambda f: (f[1][0], f[0]))
+            ]
 
 
 class Lineage(Parents):
@@ -186,11 +215,17 @@ class Lineage(Parents):
             for ev in events:
                 rec = (ev or {}).get("record") or {}
                 if rec.get("pid"):
+                    image = (
+                        rec.get("name", ""),
+                        rec.get("exePath", ""),
+                        " ".join(rec.get("cmdline") or [])[:500],
+                    )
                     self.add(
                         rec["pid"],
                         rec.get("startTicks", 0),
                         rec.get("ppid", 0),
                         rec.get("sessionId", 0),
+                        image,
                     )
 
     def close(self) -> None:
@@ -327,6 +362,7 @@ class Outcome:
     side_alerts: list[dict[str, Any]] = field(default_factory=list)  # of setup/cleanup
     left_behind: list[str] = field(default_factory=list)
     connections: int = 0  # to its listener (`serve`): did the reverse shell call back?
+    processes: list[dict[str, Any]] = field(default_factory=list)  # of its run, as seen
 
     @property
     def run_phase(self) -> Phase | None:
@@ -666,6 +702,10 @@ def run_corpus(
             _remove(base)
     scheduled = {r["id"] for r in rules if r.get("mode") == "scheduled"}
     attributor = Attributor(outcomes, lineage)
+    for outcome in outcomes:
+        run = outcome.run_phase
+        if run is not None and lineage is not None:
+            outcome.processes = lineage.session(run.sid, run.ticks)
     epoch = boot_epoch()
     unattributed: list[dict[str, Any]] = []
     for d in lines:

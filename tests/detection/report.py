@@ -96,6 +96,7 @@ def summarise(result: RunResult, floor: str = "medium") -> dict[str, Any]:
                 "detected": (not o.item.benign and o.detected(floor)) or None,
                 "alerts": o.alerts,
                 "connections": o.connections if o.item.serve else None,
+                "processes": o.processes,
                 "phases": [
                     {
                         "kind": p.kind,

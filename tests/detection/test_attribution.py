@@ -73,3 +73,14 @@ def test_an_aggregate_is_attributed_by_its_row_and_time() -> None:
     assert hit is not None and hit[1].item.id == "y"
     assert a.attribute(_alert(0, 0, pid=0, row={"uid": 0}, when=10.5)) == (None, "")
     assert a.attribute(_alert(0, 0, pid=0, row={"session_id": 500}, when=5.0)) == (None, "")
+
+
+def test_a_sessions_processes_and_what_they_ran() -> None:
+    parents = Parents()
+    parents.add(900, 1055, 500, 500, ("perl", "/usr/bin/perl", "perl -e socket"))
+    parents.add(900, 1055, 500, 500, ("sh", "/usr/bin/dash", "/bin/sh -i"))  # perl's exec
+    parents.add(901, 1060, 900, 500, ("id", "/usr/bin/id", "id"))
+    parents.add(902, 2000, 500, 500, ("ls", "/usr/bin/ls", "ls"))  # a later phase
+    seen = parents.session(500, (1000, 1100))
+    assert [p["pid"] for p in seen] == [900, 901]
+    assert [i["name"] for i in seen[0]["images"]] == ["perl", "sh"]
