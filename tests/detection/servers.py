@@ -20,6 +20,7 @@ from pathlib import Path
 
 # What a downloaded "stage two" does: it looks around and leaves. Nothing else.
 PAYLOAD_SH = b"#!/bin/sh\nid\nuname -a\nhostname\n"
+PAYLOAD_PY = b"import os\nos.system('id; uname -a; hostname')\n"
 
 
 def _tarball() -> bytes:
@@ -38,6 +39,7 @@ def payloads() -> dict[str, tuple[str, bytes]]:
     return {
         "/x.sh": ("text/x-sh", PAYLOAD_SH),
         "/x.b64": ("text/plain", base64.b64encode(PAYLOAD_SH) + b"\n"),
+        "/x.py": ("text/x-python", PAYLOAD_PY),
         "/tool": ("application/octet-stream", tool),
         "/index.json": ("application/json", b'{"ok": true, "items": [1, 2, 3]}\n'),
         "/release.tar.gz": ("application/gzip", _tarball()),
