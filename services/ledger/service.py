@@ -77,7 +77,10 @@ class Ledger(Service):
         self.missing_recorded = 0
         self.replayer: Replayer | None = None
         self.cursors = StreamCursors(lambda stream: True)  # every stream's, for the trail
-        self._last_checkpoint_t = time.monotonic()
+        # -inf: the first checkpoint of a run is signed at the first tick (about a second
+        # after start, over its start entry), not checkpoint_every_s later: `ledger
+        # checkpoint` answered "no checkpoint yet" for the first minute.
+        self._last_checkpoint_t = float("-inf")
 
     # --- lifecycle ---------------------------------------------------------------
 
