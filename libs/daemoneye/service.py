@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import psutil
 import zmq
 
-from daemoneye import logs, memory, priority, wire
+from daemoneye import logs, memory, priority, private, wire
 from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
 from daemoneye.config import Settings
 from daemoneye.rpc import REPLY_MARK, RpcResult
@@ -206,6 +206,9 @@ class Service:
     def run(self) -> int:
         memory.tune()  # first: open_sockets() starts ZeroMQ's thread, setup() RocksDB's
         logs.configure(self.name, self.service_id, self.settings.log_level)
+        why = private.protect(self.settings.data_dir)  # before any file: umask 027
+        if why:
+            self.log.warning("%s", why)
         self._install_signals()
         nice = self.niceness()
         if nice is not None:  # in run, not setup: a unit test's setup() leaves pytest alone
