@@ -24,6 +24,7 @@ import zmq
 from daemoneye import logs, memory, priority, private, wire
 from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
 from daemoneye.config import Settings
+from daemoneye.metrics import stream_figures
 from daemoneye.rpc import REPLY_MARK, RpcResult
 
 MAX_POLL_MS = 200  # the longest the loop sleeps: bounds how late a stop flag is seen
@@ -291,7 +292,7 @@ class Service:
                     self.on_message(msg)
                 except wire.DecodeError as exc:
                     self.subscriber.count_malformed(
-                        f"{msg.topic} from {msg.envelope.sourceId}: {exc}"
+                        f"{msg.topic} from {msg.envelope.sourceId}: {exc}", msg.topic
                     )
                 except Exception:
                     self.log.exception("handling %s failed; continuing", msg.topic)
@@ -361,6 +362,7 @@ class Service:
             "bus.missing": s.missing,
             "bus.tail_gaps": s.tail_gaps,
             "bus.restarts": s.restarts,
+            **stream_figures(self.subscriber, getattr(self, "replayer", None)),
         }
 
     def registration(self) -> dict[str, Any]:

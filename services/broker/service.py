@@ -22,6 +22,7 @@ from daemoneye.bus import Publisher, Topics
 from daemoneye.rpc import REPLY_MARK
 from daemoneye.service import Request, RpcFault, Service, rpc
 
+from .metrics import MetricsServer
 from .registry import Registry, Transition
 from .uplink import Uplink
 
@@ -65,6 +66,8 @@ class Broker(Service):
         self.rpc_unroutable = 0
         self._last_drop_log = 0.0
         self.uplink = Uplink(settings, self.service_id) if cfg.uplink else None
+        listen = settings.metrics
+        self.metrics_server = MetricsServer(self, listen.address()) if listen.listen else None
 
     # --- sockets --------------------------------------------------------------
 
@@ -90,6 +93,11 @@ class Broker(Service):
         self.every(min(1.0, self.settings.heartbeat_interval_s), self._sweep)
         if self.uplink is not None:
             self.uplink.start()
+        if self.metrics_server is not None:
+            why = self.metrics_server.start()
+            if why:  # the bus matters more than its figures: say so and keep forwarding
+                self.log.error("%s", why)
+                self.notes.append(why)
 
     def teardown(self) -> None:
         own = self.registry.entries.get(self.service_id)
@@ -97,6 +105,8 @@ class Broker(Service):
             self._announce(Transition(own, "deregister", "broker stopping"))
         if self.uplink is not None:
             self.uplink.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
     def _deregister(self) -> None:
         """The broker is the registry; it has no one to deregister from."""

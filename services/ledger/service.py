@@ -291,7 +291,10 @@ class Ledger(Service):
 
     def metrics(self) -> dict[str, float]:
         writer = self.writer
+        latest = self.ledger.latest_checkpoint() if self.ledger else None  # (size, ns, note)
         return {
+            "ledger.checkpoint_size": latest[0] if latest else 0,
+            "ledger.checkpoint_time": latest[1] / 1e9 if latest else 0,
             "ledger.size": writer.size if writer else 0,
             "ledger.durable": writer.durable_size if writer else 0,
             "ledger.appended": self.appended,
