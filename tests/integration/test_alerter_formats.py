@@ -7,7 +7,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 
+import pytest
+
+from daemoneye.rpc import RpcError
 from tests.conftest import wait_for
 from tests.integration.test_alerter_harness import (
     Feed,
@@ -94,3 +99,46 @@ hmac_secret = "s3cret"
     finally:
         listener.close()
         hook.close()
+
+
+@pytest.mark.parametrize("fmt", ["ocsf", "ecs"])
+def test_tap_prints_real_process_events_as_schema_documents(
+    broker, start_service, run_env, rpc_client, fmt
+) -> None:
+    """`daemoneye tap events.process. --format ocsf|ecs` while real processes start and
+    stop: every line a valid Process Activity (OCSF) or process event (ECS)."""
+    start_service("collector", env={**run_env, "DAEMONEYE_COLLECTOR__SCAN_INTERVAL_S": "1"})
+    wait_for(lambda: _answers(rpc_client), 30, "the collector to answer")
+    tap = subprocess.Popen(
+        [sys.executable, "-m", "daemoneye", "tap", "events.process.", "--format", fmt,
+         "--count", "10", "--timeout", "60"],
+        env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # processes until the tap has its messages (it may join after the first ones)
+        wait_for(lambda: subprocess.run(["true"]).returncode == 0 and tap.poll() is not None,
+                 60, "the tap to print 10 messages")  # fmt: skip
+        out, err = tap.communicate(timeout=10)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+    assert tap.returncode == 0, err
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert len(docs) >= 10
+    check = ocsf_problems if fmt == "ocsf" else ecs_problems
+    for doc in docs:
+        assert check(doc) == [], doc
+    if fmt == "ocsf":
+        assert {d["class_uid"] for d in docs} == {1007}
+        assert any(d["activity_id"] == 1 and d["process"].get("name") == "true" for d in docs)
+    else:
+        assert any(d["event"]["type"] == ["start"] and d["process"].get("name") == "true"
+                   for d in docs)  # fmt: skip
+
+
+def _answers(rpc_client) -> bool:
+    try:
+        return bool(rpc_client.call("control.collector", "health", timeout_s=1).value)
+    except RpcError:
+        return False
