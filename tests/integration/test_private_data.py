@@ -168,3 +168,23 @@ def test_nobody_reads_nothing_under_data_or_run_dir(
     assert read_as_nobody([str(control), str(open_dir)]) == [str(control), str(open_dir)]
     got = read_as_nobody(paths)
     assert got == [], f"nobody read {len(got)} of {len(paths)} paths: {got[:20]}"
+
+
+def test_an_open_data_dir_is_tightened_only_when_it_holds_our_data(tmp_path: Path) -> None:
+    from daemoneye import private
+
+    old = os.umask(0o022)
+    try:
+        ours = tmp_path / "ours"
+        (ours / "detector").mkdir(parents=True)
+        ours.chmod(0o755)
+        assert private.protect(ours) == ""
+        assert stat.S_IMODE(ours.stat().st_mode) == 0o750
+        shared = tmp_path / "shared"  # e.g. data_dir = /var/lib by mistake
+        (shared / "postgresql").mkdir(parents=True)
+        shared.chmod(0o755)
+        note = private.protect(shared)
+        assert "left as it is" in note and "postgresql" in note
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    finally:
+        os.umask(old)
