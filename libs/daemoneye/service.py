@@ -210,6 +210,7 @@ class Service:
         why = private.protect(self.settings.data_dir)  # before any file: umask 027
         if why:
             self.log.warning("%s", why)
+            self.notes.append(why)
         self._install_signals()
         nice = self.niceness()
         if nice is not None:  # in run, not setup: a unit test's setup() leaves pytest alone
