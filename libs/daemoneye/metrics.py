@@ -224,9 +224,14 @@ def stream_figures(subscriber: Any, replayer: Any = None) -> dict[str, float]:
 
 
 def rule_figures(actives: Iterable[Any]) -> dict[str, float]:
-    """Runs, matches, CPU time and state per rule (the engine's `Active` records)."""
+    """Runs, matches, CPU time and state per rule (the engine's `Active` records), for
+    each rule that has run or was disabled: a rule the pre-filter always skips adds
+    nothing to every heartbeat (each figure costs ~70 bytes in it and ~10 us to check
+    at every subscriber)."""
     out: dict[str, float] = {}
     for active in actives:
+        if not active.runs and not active.disabled:
+            continue
         rule = active.rule.id
         out[labelled("rule.runs", rule=rule)] = active.runs
         out[labelled("rule.matches", rule=rule)] = active.matches

@@ -22,7 +22,7 @@ from daemoneye.bus import Publisher, Topics
 from daemoneye.rpc import REPLY_MARK
 from daemoneye.service import Request, RpcFault, Service, rpc
 
-from .metrics import MetricsServer
+from .metrics import MetricsServer, heartbeat_of
 from .registry import Registry, Transition
 from .uplink import Uplink
 
@@ -227,7 +227,7 @@ class Broker(Service):
             self._drop("malformed", f"heartbeat: {exc}")
             return
         if wire.body_kind(envelope) == "heartbeat":
-            self._announce(self.registry.heartbeat(envelope.body.heartbeat.to_dict()))
+            self._announce(self.registry.heartbeat(heartbeat_of(envelope.body.heartbeat, data)))
 
     # --- heartbeats and the registry -----------------------------------------
 

@@ -108,3 +108,36 @@ def test_the_grafana_dashboard_uses_only_exported_names() -> None:
     )
     for name in wanted:
         assert f"daemoneye_{name}" in used
+
+
+def test_the_broker_reads_a_heartbeat_as_before_its_figures_decoded_on_demand() -> None:
+    import zmq
+
+    from daemoneye import wire
+    from daemoneye.bus import Publisher
+    from daemoneye.services.broker.metrics import heartbeat_of
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    try:
+        body = {
+            "service": "detector",
+            "serviceId": "detector@h",
+            "hostname": "h",
+            "pid": 7,
+            "state": "running",
+            "intervalMs": 5000,
+            "cpuPercent": 1.5,
+            "notes": ["a note"],
+            "metrics": [{"name": labelled("rule.runs", rule="r"), "value": 3.0}],
+        }
+        _, data = Publisher(sock, "detector@h").encode("control.health.x", "heartbeat", body)
+        hb = wire.decode_envelope(data).body.heartbeat
+        full, lazy = hb.to_dict(), heartbeat_of(hb, data)
+        assert {k: lazy[k] for k in full if k not in ("metrics", "streams")} == {
+            k: v for k, v in full.items() if k not in ("metrics", "streams")
+        }
+        assert list(lazy["metrics"]) == full["metrics"] == list(lazy["metrics"])
+    finally:
+        sock.close(0)
+        ctx.term()
