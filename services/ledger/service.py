@@ -291,7 +291,7 @@ class Ledger(Service):
 
     def metrics(self) -> dict[str, float]:
         writer = self.writer
-        latest = self.ledger.latest_checkpoint() if self.ledger else None  # (size, ns, note)
+        latest = self._latest_checkpoint()
         return {
             "ledger.checkpoint_size": latest[0] if latest else 0,
             "ledger.checkpoint_time": latest[1] / 1e9 if latest else 0,
@@ -305,6 +305,15 @@ class Ledger(Service):
             "ledger.replays": self.replayer.replays if self.replayer else 0,
             "ledger.replayed": self.replayer.replayed if self.replayer else 0,
         }
+
+    def _latest_checkpoint(self) -> tuple[int, int, str] | None:
+        """(size, time ns, note) of the newest stored checkpoint; None when there is none
+        or the store cannot say (a heartbeat must go out regardless)."""
+        try:
+            return self.ledger.latest_checkpoint() if self.ledger else None
+        except Exception as exc:
+            self.log.debug("latest checkpoint unreadable: %s", exc)
+            return None
 
     def queue_depth(self) -> int:
         return self.writer.pending if self.writer else 0
