@@ -1,7 +1,7 @@
 """Prometheus names for the figures services already put in their heartbeats.
 
 The design: the broker serves `/metrics` for every service on the bus (`metrics.listen`).
-It decodes every heartbeat anyway (to track health), and each heartbeat carries its
+It reads every heartbeat anyway (to track health), and each heartbeat carries its
 service's figures (the `metrics` list), so exporting costs nothing per event: a scrape
 turns the latest heartbeat of each registered service into metric families, plus the
 broker's own per-stream counts read live. One address per host (and, on a central
