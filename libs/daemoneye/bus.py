@@ -346,6 +346,11 @@ class SubscriberStats:
     restarts: int = 0
     duplicates: int = 0
     last_drop_reason: str = ""
+    # per stream, for /metrics; counted where the totals are (gaps and drops are rare:
+    # nothing is added per accepted message)
+    gaps_by_stream: dict[str, int] = field(default_factory=dict)
+    missing_by_stream: dict[str, int] = field(default_factory=dict)
+    dropped_by_stream: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -416,8 +421,11 @@ class SequenceTracker:
         self._gap(Gap(source_id, stream, first, last_sent))
 
     def _gap(self, gap: Gap) -> None:
-        self.stats.gaps += 1
-        self.stats.missing += gap.count
+        stats = self.stats
+        stats.gaps += 1
+        stats.missing += gap.count
+        stats.gaps_by_stream[gap.stream] = stats.gaps_by_stream.get(gap.stream, 0) + 1
+        stats.missing_by_stream[gap.stream] = stats.missing_by_stream.get(gap.stream, 0) + gap.count
         log.warning(
             "gap source=%s stream=%s missing=%d-%d",
             gap.source_id,
@@ -431,6 +439,10 @@ class SequenceTracker:
     def last_seq(self, source_id: str, stream: str) -> int:
         state = self._streams.get((source_id, stream))
         return state.last_seq if state else 0
+
+    def streams(self) -> list[str]:
+        """The streams this subscriber checks, as far as it has seen them."""
+        return [stream for stream, covered in self._covered.items() if covered]
 
     def resume(self, source_id: str, stream: str, boot_id: str, last_seq: int) -> None:
         """Seed a stream's position (e.g. from a store after a restart), so the next
@@ -525,7 +537,7 @@ class Subscriber:
         size = len(data)
         if size > self.max_event_bytes:
             self.tracker.stats.dropped_oversize += 1
-            return self._drop(f"frame of {size} bytes exceeds {self.max_event_bytes}")
+            return self._drop(f"frame of {size} bytes exceeds {self.max_event_bytes}", topic_bytes)
         known = self._topics.get(topic_bytes)
         if known is None:
             try:
@@ -535,7 +547,7 @@ class Subscriber:
         try:
             envelope, kind, source_id, boot_id, seq = wire.decode_parts(data)
         except wire.DecodeError as exc:
-            return self._drop(f"topic {topic_bytes[:80]!r}: {exc}")
+            return self._drop(f"topic {topic_bytes[:80]!r}: {exc}", topic_bytes)
         topic, stream, heartbeat = known
         tracker = self.tracker
         if stream is not None and not tracker.check_stream(stream, source_id, boot_id, seq):
@@ -564,14 +576,16 @@ class Subscriber:
         for position in heartbeat.streams:
             check(position.stream, source_id, boot_id, position.lastSeq)
 
-    def count_malformed(self, reason: str) -> None:
+    def count_malformed(self, reason: str, topic: str = "") -> None:
         """A message that decoded but whose body proved malformed when read."""
-        self._drop(reason)
+        self._drop(reason, topic.encode())
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, topic: bytes = b"") -> None:
         stats = self.tracker.stats
         stats.dropped_malformed += 1
         stats.last_drop_reason = reason
+        stream = stream_of(topic.decode(errors="replace")) if topic else "(unknown)"
+        stats.dropped_by_stream[stream] = stats.dropped_by_stream.get(stream, 0) + 1
         now = time.monotonic()
         if now - self._drop_logged_at > 1.0:  # log at most once a second; the count is exact
             self._drop_logged_at = now

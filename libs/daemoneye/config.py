@@ -25,6 +25,7 @@ from daemoneye.settings.alerter import AlerterSettings
 from daemoneye.settings.collector import CollectorSettings
 from daemoneye.settings.detector import DetectorSettings
 from daemoneye.settings.ledger import LedgerSettings
+from daemoneye.settings.metrics import MetricsSettings
 
 SYSTEM_CONFIG = Path("/etc/daemoneye/daemoneye.toml")
 USER_CONFIG = Path("~/.config/daemoneye/daemoneye.toml").expanduser()
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     alerter: AlerterSettings = AlerterSettings()
     ledger: LedgerSettings = LedgerSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("log_level")
     @classmethod

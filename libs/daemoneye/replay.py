@@ -65,6 +65,8 @@ class Replayer:
         self.replayed = 0  # envelopes delivered from answers
         self.missing = 0  # seqs no answer could supply
         self.failures = 0  # replays that ended on an RPC error
+        # the same three per stream, for /metrics: stream -> [replays, replayed, missing]
+        self.by_stream: dict[str, list[int]] = {}
 
     def repair(
         self,
@@ -77,6 +79,7 @@ class Replayer:
         `missing` (in order, between deliveries). True when nothing is missing.
         `routing_wait_s` overrides how long an unknown source may take to register."""
         self.replays += 1
+        self._of(gap.stream)[0] += 1
         expected = gap.first_missing
         wait = self.routing_wait_s if routing_wait_s is None else routing_wait_s
         try:
@@ -88,7 +91,7 @@ class Replayer:
             self.failures += 1
             self.log.warning("replay of %s from %s failed: %s", gap.stream, gap.source_id, exc)
         if expected <= gap.last_missing:
-            self._missing(missing, expected, gap.last_missing)
+            self._missing(missing, expected, gap.last_missing, gap.stream)
             return False
         self.log.info(
             "gap %d-%d of %s %s repaired by replay",
@@ -99,8 +102,15 @@ class Replayer:
         )
         return True
 
-    def _missing(self, missing: Missing | None, first: int, last: int) -> None:
+    def _of(self, stream: str) -> list[int]:
+        counts = self.by_stream.get(stream)
+        if counts is None:
+            counts = self.by_stream[stream] = [0, 0, 0]
+        return counts
+
+    def _missing(self, missing: Missing | None, first: int, last: int, stream: str) -> None:
         self.missing += last - first + 1
+        self._of(stream)[2] += last - first + 1
         if missing is not None:
             missing(first, last)
 
@@ -147,11 +157,12 @@ class Replayer:
             ):
                 continue  # not what was asked for: never take it in
             if seq > expected:  # the source no longer holds these (retention, a cut tail)
-                self._missing(missing, expected, seq - 1)
+                self._missing(missing, expected, seq - 1, gap.stream)
             deliver(topic, envelope, data)
             self.replayed += 1
             got += 1
             expected = seq + 1
+        self._of(gap.stream)[1] += got
         return expected, got
 
 

@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 import psutil
 import zmq
 
-from daemoneye import logs, memory, priority, wire
+from daemoneye import logs, memory, priority, private, wire
 from daemoneye.bus import Gap, Message, Publisher, SocketFactory, Subscriber, Topics, new_boot_id
 from daemoneye.config import Settings
+from daemoneye.metrics import stream_figures
 from daemoneye.rpc import (
     Request,
     Routed,
@@ -210,6 +211,10 @@ class Service:
     def run(self) -> int:
         memory.tune()  # first: open_sockets() starts ZeroMQ's thread, setup() RocksDB's
         logs.configure(self.name, self.service_id, self.settings.log_level)
+        why = private.protect(self.settings.data_dir)  # before any file: umask 027
+        if why:
+            self.log.warning("%s", why)
+            self.notes.append(why)
         self._install_signals()
         nice = self.niceness()
         if nice is not None:  # in run, not setup: a unit test's setup() leaves pytest alone
@@ -292,7 +297,7 @@ class Service:
                     self.on_message(msg)
                 except wire.DecodeError as exc:
                     self.subscriber.count_malformed(
-                        f"{msg.topic} from {msg.envelope.sourceId}: {exc}"
+                        f"{msg.topic} from {msg.envelope.sourceId}: {exc}", msg.topic
                     )
                 except Exception:
                     self.log.exception("handling %s failed; continuing", msg.topic)
@@ -363,6 +368,7 @@ class Service:
             "bus.missing": s.missing,
             "bus.tail_gaps": s.tail_gaps,
             "bus.restarts": s.restarts,
+            **stream_figures(self.subscriber, getattr(self, "replayer", None)),
         }
 
     def registration(self) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class Limiter:
         self.buckets: dict[str, TokenBucket] = {}
         self.held: dict[str, Held] = {}
         self.total_held = 0
+        self.held_by_name: dict[str, int] = {}  # since start, for /metrics
 
     def allow(self, name: str, now: float, time_ns: int, severity: str, rule_id: str) -> bool:
         if self.rate <= 0:
@@ -67,6 +68,7 @@ class Limiter:
             return True
         self.held.setdefault(name, Held()).add(time_ns, severity, rule_id)
         self.total_held += 1
+        self.held_by_name[name] = self.held_by_name.get(name, 0) + 1
         return False
 
     def take_held(self) -> dict[str, Held]:

@@ -38,7 +38,7 @@ from daemoneye.rpc import RpcClient
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.alerter import SEVERITY_ORDER
 
-from . import model
+from . import metrics, model
 from .dedup import Deduper, Repeats
 from .delivery_db import PENDING, DeliveryStore
 from .ratelimit import Limiter
@@ -64,6 +64,7 @@ class Alerter(Service):
         self.cfg = cfg
         self.dedup = Deduper(cfg.dedup_window_s, cfg.dedup_max_keys)
         self.rule_limiter = Limiter(cfg.rule_rate_limit.rate, cfg.rule_rate_limit.capacity)
+        self.deduped_by_rule: dict[str, int] = {}
         self.sink_limiters: dict[str, Limiter] = {}
         self.workers: list[SinkWorker] = []
         self.store: DeliveryStore | None = None
@@ -243,6 +244,8 @@ class Alerter(Service):
         dkey = model.dedup_key(alert)
         deliver, carried = self.dedup.check(dkey, now, alert.timeNs)
         if not deliver:
+            rule = alert.ruleId  # counted per rule for /metrics
+            self.deduped_by_rule[rule] = self.deduped_by_rule.get(rule, 0) + 1
             return None
         self.accepted += 1
         key = self.store.next_key()
@@ -437,6 +440,7 @@ class Alerter(Service):
         }
         for worker in self.workers:
             figures.update(worker.metrics())
+        figures.update(metrics.figures(self.deduped_by_rule, self.rule_limiter, self.sink_limiters))
         return figures
 
     def refresh_status(self) -> None:

@@ -57,6 +57,7 @@ class SinkWorker(threading.Thread):
         self.next_try = 0.0  # monotonic: after a failure, when to try again
         self.consecutive_failures = 0
         self.pending = store.count(b"p/", sink.name)  # guarded by cond
+        self.submitted = 0  # alerts handed to this sink
         self.delivered = 0
         self.failed_attempts = 0
         self.dead = 0
@@ -69,6 +70,7 @@ class SinkWorker(threading.Thread):
         """Queue items already stored as pending; what does not fit stays in the store."""
         with self.cond:
             self.pending += len(items)
+            self.submitted += len(items)
             room = self.config.queue_size - len(self.items)
             if room < len(items):
                 self.overflows += len(items) - max(0, room)
@@ -97,6 +99,7 @@ class SinkWorker(threading.Thread):
     def metrics(self) -> dict[str, float]:
         prefix = f"sink.{self.sink.name}."
         figures = {
+            "alerts": self.submitted,
             "pending": self.pending,
             "queued": len(self.items),
             "delivered": self.delivered,

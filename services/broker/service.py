@@ -29,6 +29,7 @@ from daemoneye.rpc import (
 )
 from daemoneye.service import Request, RpcFault, Service, rpc
 
+from .metrics import MetricsServer, heartbeat_of
 from .registry import Registry, Transition
 from .uplink import Uplink
 
@@ -41,9 +42,6 @@ NOBLOCK, RCVMORE, SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 _SEGMENT_HEAD = struct.Struct("<II").unpack_from  # segment count - 1, first segment's words
-_read_heartbeat = wire.dict_reader(wire.Heartbeat.schema)
-
-
 def _plausible_envelope(data: bytes, size: int) -> bool:
     """A coherent segment table (one-segment messages checked inline, for speed)."""
     if size < 16 or size & 7:
@@ -74,6 +72,8 @@ class Broker(Service):
         self.rpc_unroutable = 0
         self._last_drop_log = 0.0
         self.uplink = Uplink(settings, self.service_id) if cfg.uplink else None
+        listen = settings.metrics
+        self.metrics_server = MetricsServer(self, listen.address()) if listen.listen else None
 
     # --- sockets --------------------------------------------------------------
 
@@ -99,6 +99,11 @@ class Broker(Service):
         self.every(min(1.0, self.settings.heartbeat_interval_s), self._sweep)
         if self.uplink is not None:
             self.uplink.start()
+        if self.metrics_server is not None:
+            why = self.metrics_server.start()
+            if why:  # the bus matters more than its figures: say so and keep forwarding
+                self.log.error("%s", why)
+                self.notes.append(why)
 
     def teardown(self) -> None:
         own = self.registry.entries.get(self.service_id)
@@ -106,6 +111,8 @@ class Broker(Service):
             self._announce(Transition(own, "deregister", "broker stopping"))
         if self.uplink is not None:
             self.uplink.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
     # --- forwarding -----------------------------------------------------------
 
@@ -225,7 +232,7 @@ class Broker(Service):
         if wire.body_kind(envelope) != "heartbeat":
             return
         try:
-            heartbeat = _read_heartbeat(envelope.body.heartbeat)
+            heartbeat = heartbeat_of(envelope.body.heartbeat, data)
         except wire.DecodeError as exc:
             self._drop("malformed", f"heartbeat: {exc}")
             return

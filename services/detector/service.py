@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import daemoneye
 from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics, stream_of
+from daemoneye.metrics import rule_figures
 from daemoneye.replay import Intake, ReplayRequestError, answer, parse_request
 from daemoneye.rpc import RpcClient, RpcError, RpcResult
 from daemoneye.rules.engine import Engine, Firing
@@ -417,6 +418,7 @@ class Detector(Service):
             return {}
         rules = self.engine.rules.values()
         return {
+            **rule_figures(rules),  # per rule, for /metrics (daemoneye.metrics)
             "detector.processes": len(self.engine.tables.live),
             "detector.events": self.engine.tables.events_seen,
             "detector.alerts": self.alerts_sent,

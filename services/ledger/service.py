@@ -77,7 +77,10 @@ class Ledger(Service):
             lambda topic, envelope, data: self.record(topic, envelope, data),
             lambda gap, first, last: self._record_gap(gap.source_id, gap.stream, first, last),
         )
-        self._last_checkpoint_t = time.monotonic()
+        # -inf: the first checkpoint of a run is signed at the first tick (about a second
+        # after start, over its start entry), not checkpoint_every_s later: `ledger
+        # checkpoint` answered "no checkpoint yet" for the first minute.
+        self._last_checkpoint_t = float("-inf")
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -270,7 +273,10 @@ class Ledger(Service):
 
     def metrics(self) -> dict[str, float]:
         writer = self.writer
+        latest = self._latest_checkpoint()
         return {
+            "ledger.checkpoint_size": latest[0] if latest else 0,
+            "ledger.checkpoint_time": latest[1] / 1e9 if latest else 0,
             "ledger.size": writer.size if writer else 0,
             "ledger.durable": writer.durable_size if writer else 0,
             "ledger.appended": self.appended,
@@ -280,6 +286,15 @@ class Ledger(Service):
             "ledger.missing_recorded": self.missing_recorded,
             **self.intake.metrics("ledger"),
         }
+
+    def _latest_checkpoint(self) -> tuple[int, int, str] | None:
+        """(size, time ns, note) of the newest stored checkpoint; None when there is none
+        or the store cannot say (a heartbeat must go out regardless)."""
+        try:
+            return self.ledger.latest_checkpoint() if self.ledger else None
+        except Exception as exc:
+            self.log.debug("latest checkpoint unreadable: %s", exc)
+            return None
 
     def queue_depth(self) -> int:
         return self.writer.pending if self.writer else 0

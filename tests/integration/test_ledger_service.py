@@ -295,3 +295,26 @@ def test_kill_9_mid_append_then_restart(
         store.close()
     result = cli(run_env, "verify")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_first_checkpoint_within_seconds_of_start(
+    broker, start_service, rpc_client, pub, settings, run_env
+) -> None:
+    """With the default cadence (every 60 s or 10,000 entries), the first checkpoint is
+    signed at once: `ledger checkpoint` never answers "no checkpoint yet" for a minute."""
+    assert settings.ledger.checkpoint_every_s >= 60  # the defaults: a timer alone would wait
+    assert settings.ledger.checkpoint_every_entries >= 10_000
+    started = time.monotonic()
+    start_ledger(start_service, rpc_client)
+    join(pub, rpc_client)  # the ledger's start entry and a probe
+
+    def signed() -> bool:
+        out = cli(run_env, "checkpoint")
+        return out.returncode == 0 and out.stdout.startswith(
+            settings.ledger.origin_for(settings.hostname)
+        )
+
+    wait_for(signed, 15, "a signed checkpoint from `daemoneye ledger checkpoint`")
+    assert time.monotonic() - started < 30
+    note = cli(run_env, "checkpoint").stdout.split("\n")
+    assert int(note[1]) >= 1  # the tree size it signs

@@ -66,14 +66,20 @@ class SinkBase(BaseModel):
     backoff_max_s: float = Field(60.0, gt=0)
 
 
+# json: our alert record; ocsf: an OCSF 1.8.0 Detection Finding; ecs: an Elastic Common
+# Schema 9.4 document (event.kind alert). See daemoneye.formats and docs/FORMATS.md.
+SchemaFormat = Literal["json", "ocsf", "ecs"]
+
+
 class StdoutSink(SinkBase):
     kind: Literal["stdout"] = "stdout"
-    format: Literal["json", "human", "csv"] = "json"
+    format: Literal["json", "human", "csv", "ocsf", "ecs"] = "json"
 
 
 class FileSink(SinkBase):
     kind: Literal["file"] = "file"
     path: Path | None = None  # None: <data_dir>/alerts.jsonl
+    format: SchemaFormat = "json"  # one document a line
     rotate_bytes: int = Field(64 << 20, ge=0, description="rotate past this size; 0 never")
     rotate_age_s: float = Field(0.0, ge=0, description="rotate files older than this; 0 never")
     keep: int = Field(5, ge=0, description="rotated files kept (alerts.jsonl.1 ...)")
@@ -85,6 +91,7 @@ class SyslogSink(SinkBase):
     kind: Literal["syslog"] = "syslog"
     transport: Literal["unix", "udp", "tcp"] = "unix"
     address: str = "/dev/log"  # a socket path for unix, host:port for udp/tcp
+    format: Literal["text", "ocsf", "ecs"] = "text"  # the message: title: description, or JSON
     facility: str | int = "auth"
     app_name: str = Field("daemoneye", pattern=r"^[!-~]{1,48}$")
     hostname: str = ""  # empty: the settings' hostname
@@ -109,6 +116,7 @@ class SyslogSink(SinkBase):
 class WebhookSink(SinkBase):
     kind: Literal["webhook"] = "webhook"
     url: str = Field(pattern=r"^https?://")
+    format: SchemaFormat = "json"  # the POST body
     headers: dict[str, str] = {}
     token: str = ""  # sent as `Authorization: Bearer <token>`
     hmac_secret: str = ""  # signs the body: `X-DaemonEye-Signature: sha256=<hex>`

@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from daemoneye import formats
+
 from ..model import json_load
 
 
@@ -58,6 +60,12 @@ class Sink:
         self.hostname = hostname
         self.name: str = config.name
         self.stop = stop  # set on shutdown: waits inside a send end early
+
+    def body(self, item: Delivery) -> bytes:
+        """The alert as this sink's `format` has it: our JSON (as stored) or the
+        document of a schema (ocsf, ecs)."""
+        fmt = getattr(self.config, "format", "json")
+        return formats.encode_alert(fmt, item.record) if fmt in formats.SCHEMAS else item.data
 
     def send(self, batch: list[Delivery]) -> None:
         """Deliver every item in order or raise SinkError saying how many went out."""

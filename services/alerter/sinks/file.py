@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from daemoneye import formats
+
 from .base import Delivery, Sink, SinkError
 
 TAIL_BYTES = 1 << 20  # far more than one unconfirmed batch (the most a crash leaves)
@@ -70,7 +72,7 @@ class FileSink(Sink):
         self.rotations += 1
 
     def send(self, batch: list[Delivery]) -> None:
-        data = b"".join(d.data + b"\n" for d in batch)
+        data = b"".join(self.body(d) + b"\n" for d in batch)
         fh = self._open()
         if self._due_for_rotation(len(data)):
             self.rotate()
@@ -104,7 +106,7 @@ class FileSink(Sink):
             return found  # no file yet: nothing was sent
         for line in tail.splitlines():
             try:
-                key = json.loads(line).get("key")
+                key = formats.key_of(json.loads(line))  # of our JSON, OCSF or ECS
             except (ValueError, AttributeError):
                 continue  # the cut first line, or a torn last one
             if key in wanted:

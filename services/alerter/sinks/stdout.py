@@ -85,8 +85,8 @@ class StdoutSink(Sink):
     def send(self, batch: list[Delivery]) -> None:
         fmt = self.config.format
         try:
-            if fmt == "json":
-                self.out.write("".join(d.data.decode() + "\n" for d in batch))
+            if fmt in ("json", "ocsf", "ecs"):
+                self.out.write("".join(self.body(d).decode() + "\n" for d in batch))
             elif fmt == "csv":
                 buf = io.StringIO()
                 writer = csv.writer(buf, lineterminator="\n")

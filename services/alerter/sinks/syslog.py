@@ -9,6 +9,7 @@ import os
 import socket
 from typing import Any
 
+from daemoneye import formats
 from daemoneye.settings.alerter import facility_code
 
 from .base import Delivery, Sink, SinkError
@@ -31,8 +32,15 @@ def _sd_value(value: Any) -> str:
 
 
 def format_rfc5424(
-    record: dict[str, Any], facility: int, app_name: str, hostname: str, procid: int
+    record: dict[str, Any],
+    facility: int,
+    app_name: str,
+    hostname: str,
+    procid: int,
+    document: bytes | None = None,
 ) -> bytes:
+    """One RFC 5424 message; its MSG is `title: description`, or `document` (an OCSF or
+    ECS JSON document) when given."""
     severity = SYSLOG_SEVERITY.get(record.get("severity", "info"), 6)
     proc = record.get("process") or {}
     params = {
@@ -57,6 +65,8 @@ def format_rfc5424(
             sd,
         )
     )
+    if document is not None:
+        return header.encode() + b" " + BOM + document
     text = record.get("title") or record.get("ruleName") or "alert"
     if record.get("description"):
         text = f"{text}: {record['description']}"
@@ -110,7 +120,11 @@ class SyslogSink(Sink):
         return sock
 
     def frame(self, record: dict[str, Any]) -> bytes:
-        msg = format_rfc5424(record, self.facility, self.config.app_name, self.host, os.getpid())
+        fmt = self.config.format
+        msg = format_rfc5424(
+            record, self.facility, self.config.app_name, self.host, os.getpid(),
+            formats.encode_alert(fmt, record) if fmt in formats.SCHEMAS else None,
+        )  # fmt: skip
         if not self._framed:
             return msg[: self.config.max_message_bytes]  # a datagram is one message
         return str(len(msg)).encode() + b" " + msg

@@ -64,7 +64,7 @@ class WebhookSink(Sink):
                 self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
         return self._conn
 
-    def headers(self, item: Delivery) -> dict[str, str]:
+    def headers(self, item: Delivery, body: bytes) -> dict[str, str]:
         cfg = self.config
         headers = {
             "Content-Type": "application/json",
@@ -75,7 +75,7 @@ class WebhookSink(Sink):
         if cfg.token:
             headers["Authorization"] = f"Bearer {cfg.token}"
         if cfg.hmac_secret:
-            digest = hmac.new(cfg.hmac_secret.encode(), item.data, hashlib.sha256).hexdigest()
+            digest = hmac.new(cfg.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
             headers["X-DaemonEye-Signature"] = f"sha256={digest}"
         return headers
 
@@ -84,7 +84,8 @@ class WebhookSink(Sink):
         self.posts += 1
         try:
             conn = self._connection()
-            conn.request("POST", self.target, body=item.data, headers=self.headers(item))
+            body = self.body(item)  # our JSON, or OCSF / ECS (`format`)
+            conn.request("POST", self.target, body=body, headers=self.headers(item, body))
             response = conn.getresponse()
             body = response.read(MAX_ERROR_BODY + 1)
             if response.will_close:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from daemoneye.wire import SEVERITIES
 
@@ -19,6 +20,29 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 STATE_STYLE = {"delivered": "green", "pending": "yellow", "failed": "red"}
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
 FOLLOW_POLL_S = 0.5
+# The table keeps one line per alert: cells are cut with an ellipsis, never wrapped (at
+# 80 columns each title used to wrap over seven lines). When the wide layout leaves the
+# title too little room, a narrower one: the time of day (the date is in --json), the
+# count in the title, pid and executable name in one column, deliveries as sent/total.
+MIN_TITLE = 24
+WIDE_COLUMNS = (  # (header, max width; None: as wide as it needs)
+    ("time", None),
+    ("severity", None),
+    ("rule", 24),
+    ("title", None),
+    ("count", None),
+    ("pid", None),
+    ("exe", 32),
+    ("deliveries", 32),
+)
+NARROW_COLUMNS = (
+    ("time", None),
+    ("severity", None),
+    ("rule", 12),
+    ("title", None),
+    ("process", 14),
+    ("sent", 8),
+)
 
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -111,21 +135,23 @@ def print_alerts(alerts: list[dict[str, Any]], as_json: bool, table: bool) -> No
         for alert in alerts:
             console.print(alert_line(alert), soft_wrap=True)
         return
-    t = Table(title=f"alerts ({len(alerts)})")
-    for column in ("time", "severity", "rule", "title", "count", "pid", "exe", "deliveries"):
-        t.add_column(column, justify="right" if column in ("count", "pid") else "left")
-    for a in alerts:
-        proc = a.get("process") or {}
-        t.add_row(
-            stamp(a.get("timeNs", 0)),
-            f"[{SEVERITY_STYLE.get(a.get('severity', ''), '')}]{a.get('severity', '')}[/]",
-            escape(a.get("ruleId", "")),
-            escape(a.get("title", "")),
-            str(a.get("count", 1)),
-            str(proc.get("pid", "")),
-            escape(proc.get("exePath", "")),
-            deliveries(a),
+    # the wide layout when its title column gets MIN_TITLE at least, else the narrow one
+    columns, rows = WIDE_COLUMNS, [table_row(a, narrow=False) for a in alerts]
+    widths = fit(columns, rows, console.width)
+    if widths is None:
+        columns, rows = NARROW_COLUMNS, [table_row(a, narrow=True) for a in alerts]
+        widths = fit(columns, rows, console.width) or [len(name) for name, _ in columns]
+    t = Table(title=f"alerts ({len(alerts)})", box=None, pad_edge=False)
+    for (column, _), width in zip(columns, widths, strict=True):
+        t.add_column(
+            column,
+            justify="right" if column in ("count", "pid") else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            width=width,
         )
+    for row in rows:
+        t.add_row(*row)
     console.print(t)
 
 
@@ -145,6 +171,58 @@ def deliveries(a: dict[str, Any]) -> str:
     if a.get("heldBy"):
         parts.append(f"[yellow]held:{','.join(a['heldBy'])}[/]")
     return " ".join(parts) or "-"
+
+
+def table_row(a: dict[str, Any], narrow: bool) -> list[str]:
+    proc = a.get("process") or {}
+    severity = f"[{SEVERITY_STYLE.get(a.get('severity', ''), '')}]{a.get('severity', '')}[/]"
+    if narrow:
+        count = a.get("count", 1)
+        exe = (proc.get("exePath") or "").rsplit("/", 1)[-1]
+        return [
+            stamp(a.get("timeNs", 0), "%H:%M:%S"),
+            severity,
+            escape(a.get("ruleId", "")),
+            (f"x{count} " if count != 1 else "") + escape(a.get("title", "")),
+            escape(f"{proc.get('pid', '')} {exe}".strip()),
+            delivery_summary(a),
+        ]
+    return [
+        stamp(a.get("timeNs", 0)),
+        severity,
+        escape(a.get("ruleId", "")),
+        escape(a.get("title", "")),
+        str(a.get("count", 1)),
+        str(proc.get("pid", "")),
+        escape(proc.get("exePath", "")),
+        deliveries(a),
+    ]
+
+
+def fit(
+    columns: tuple[tuple[str, int | None], ...], rows: list[list[str]], total: int
+) -> list[int] | None:
+    """Column widths in `total`: each as wide as its widest cell up to its cap, the title
+    the rest; None when that leaves the title less than MIN_TITLE."""
+    widths = []
+    for i, (name, cap) in enumerate(columns):
+        need = max([len(name)] + [Text.from_markup(row[i]).cell_len for row in rows])
+        widths.append(min(need, cap) if cap else need)
+    at = [name for name, _ in columns].index("title")
+    room = total - sum(widths) + widths[at] - 2 * (len(columns) - 1)  # 2 spaces between
+    if room < min(MIN_TITLE, widths[at]):
+        return None
+    widths[at] = min(widths[at], room)
+    return widths
+
+
+def delivery_summary(a: dict[str, Any]) -> str:
+    """`2/3` delivered of configured sinks, red when one failed, yellow while pending."""
+    states = list(a["deliveries"].values())
+    done = sum(1 for s in states if s == "delivered")
+    style = "red" if "failed" in states else "yellow" if done < len(states) else "green"
+    held = " held" if a.get("heldBy") else ""
+    return f"[{style}]{done}/{len(states)}[/]{held}" if states else held.strip() or "-"
 
 
 def print_failed(rows: list[dict[str, Any]], as_json: bool) -> int:
@@ -174,5 +252,5 @@ def print_failed(rows: list[dict[str, Any]], as_json: bool) -> int:
     return 0
 
 
-def stamp(time_ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time_ns / 1e9))
+def stamp(time_ns: int, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return time.strftime(fmt, time.localtime(time_ns / 1e9))

@@ -11,8 +11,9 @@ from typing import Any
 import zmq
 from rich.markup import escape
 
-from daemoneye import wire
+from daemoneye import formats, wire
 from daemoneye.bus import Message, SocketFactory, Subscriber
+from daemoneye.formats import ecs, ocsf
 
 from ..common import add_command, console, non_negative, seconds, settings_from
 
@@ -26,10 +27,14 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "tap",
         "Subscribe to the bus and print each message decoded, one per line.",
         "  daemoneye tap\n  daemoneye tap events.process. alerts. --json\n"
-        "  daemoneye tap control.health. --count 5\n",
+        "  daemoneye tap control.health. --count 5\n"
+        "  daemoneye tap events.process. alerts. --format ocsf\n",
     )
     p.add_argument("prefixes", nargs="*", metavar="TOPIC_PREFIX", help="topic prefixes (all)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--format", choices=["ocsf", "ecs"],
+                   help="process events and alerts as OCSF or ECS documents, one a line "
+                        "(other messages are skipped)")  # fmt: skip
     p.add_argument("--count", type=non_negative, default=0, help="exit after N messages")
     p.add_argument("--timeout", type=seconds, default=0, help="exit 1 if nothing arrives in S s")
     p.set_defaults(handler=run)
@@ -48,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"daemoneye tap: nothing received within {args.timeout:g} s", file=sys.stderr)
                 return 1
             seen += 1
-            if args.json:
+            if args.format:
+                for doc in as_schema(msg, args.format):
+                    print(json.dumps(doc, default=str), flush=True)
+            elif args.json:
                 print(json.dumps(as_json(msg)), flush=True)
             else:
                 console.print(human_line(msg), soft_wrap=True)
@@ -59,6 +67,21 @@ def run(args: argparse.Namespace) -> int:
 
 def as_json(msg: Message) -> dict[str, Any]:
     return {"topic": msg.topic, "envelope": wire.to_dict(msg.envelope)}
+
+
+def as_schema(msg: Message, fmt: str) -> list[dict[str, Any]]:
+    """OCSF Process Activity / Detection Finding, or ECS documents, of one message."""
+    body = wire.to_dict(msg.envelope)["body"][msg.kind]
+    if msg.kind == "processEvent":
+        events = [body]
+    elif msg.kind == "processEventBatch":
+        events = body.get("events", [])
+    elif msg.kind == "alert":
+        return [formats.SCHEMAS[fmt](body)]
+    else:
+        return []
+    convert = ocsf.process_activity if fmt == "ocsf" else ecs.process_event
+    return [convert(event) for event in events]
 
 
 def human_line(msg: Message) -> str:
