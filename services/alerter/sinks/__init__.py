@@ -8,6 +8,7 @@ from typing import Any
 
 from .base import Delivery, Sink, SinkError
 from .file import FileSink
+from .nats import NatsSink
 from .stdout import StdoutSink
 from .syslog import SyslogSink
 from .webhook import WebhookSink
@@ -17,6 +18,7 @@ KINDS: dict[str, type[Sink]] = {
     "file": FileSink,
     "syslog": SyslogSink,
     "webhook": WebhookSink,
+    "nats": NatsSink,
 }
 
 __all__ = ["KINDS", "Delivery", "Sink", "SinkError", "build_sink"]

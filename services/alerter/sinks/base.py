@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ class Sink:
         self.hostname = hostname
         self.name: str = config.name
         self.stop = stop  # set on shutdown: waits inside a send end early
+        # Set by the worker: a sink that learns its endpoint is back (a NATS reconnect)
+        # calls it, so what waits goes now rather than at the next backoff.
+        self.on_link_up: Callable[[], None] | None = None
 
     def send(self, batch: list[Delivery]) -> None:
         """Deliver every item in order or raise SinkError saying how many went out."""
