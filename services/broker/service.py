@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import asdict
 from functools import partial
 from typing import Any, ClassVar
 
@@ -23,7 +22,7 @@ from daemoneye.rpc import REPLY_MARK
 from daemoneye.service import Request, RpcFault, Service, rpc
 
 from .registry import Registry, Transition
-from .uplink import Uplink
+from .uplinks import build_uplinks
 
 HEARTBEAT_PREFIX = Topics.HEARTBEAT.encode()
 DRAIN_LIMIT = 5000  # frames per wake-up before the loop looks at its other sockets
@@ -64,7 +63,7 @@ class Broker(Service):
         self.rpc_routed = 0
         self.rpc_unroutable = 0
         self._last_drop_log = 0.0
-        self.uplink = Uplink(settings, self.service_id) if cfg.uplink else None
+        self.uplink = build_uplinks(settings, self.service_id)  # CurveZMQ and/or NATS
 
     # --- sockets --------------------------------------------------------------
 
@@ -229,8 +228,10 @@ class Broker(Service):
         _, data = self.publisher.encode(topic, "heartbeat", body)
         self.publisher.send_encoded(topic, data)
         self.registry.heartbeat(body)
-        if self.uplink is not None and self.uplink.wants(topic.encode()):
-            self.uplink.offer([(topic.encode(), data)])
+        if self.uplink is not None:
+            self.notes[:] = [n for n in self.notes if " uplink " not in n] + self.uplink.notes()
+            if self.uplink.wants(topic.encode()):
+                self.uplink.offer([(topic.encode(), data)])
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -369,17 +370,23 @@ class Broker(Service):
 
     @rpc("uplink")
     def rpc_uplink(self, request: Request) -> dict[str, Any]:
-        """Status of the uplink; `{"action": "pause"|"resume"}` holds or releases delivery."""
+        """Status of the uplinks; `{"action": "pause"|"resume", "kind": "curve"|"nats"}`
+        holds or releases delivery (of one kind, or all)."""
         if self.uplink is None:
-            raise RpcFault("failed", "no uplink is configured (broker.uplink)")
+            raise RpcFault(
+                "failed", "no uplink is configured (broker.uplink or broker.nats.enabled)"
+            )
         action = request.params.get("action", "status")
-        if action == "pause":
-            self.uplink.paused.set()
-        elif action == "resume":
-            self.uplink.paused.clear()
-        elif action != "status":
+        if action not in ("status", "pause", "resume"):
             raise RpcFault("bad_request", f"unknown uplink action {action!r}")
-        return {**asdict(self.uplink.stats), "paused": self.uplink.paused.is_set()}
+        try:
+            chosen = self.uplink.pick(request.params.get("kind"))
+        except ValueError as exc:
+            raise RpcFault("bad_request", str(exc)) from None
+        for member in chosen if action != "status" else []:
+            (member.paused.set if action == "pause" else member.paused.clear)()
+            member.wake()
+        return self.uplink.status()
 
     @rpc("register")
     def rpc_register(self, request: Request) -> dict[str, Any]:
@@ -407,7 +414,7 @@ class Broker(Service):
             "rpc_routed": self.rpc_routed,
             "rpc_unroutable": self.rpc_unroutable,
             "auth_refused": self.auth_refused(),
-            "uplink": asdict(self.uplink.stats) if self.uplink else None,
+            "uplink": self.uplink.status() if self.uplink else None,
             "topics": {t.decode(): n for t, n in self.topic_counts.items()},
         }
 

@@ -98,3 +98,30 @@ class NatsConnection(BaseModel):
             or any(u.startswith("tls://") for u in self.servers)
             or bool(self.tls_ca_file or self.tls_cert_file)
         )
+
+
+class NatsUplinkSettings(NatsConnection):
+    """`[broker.nats]`: the broker forwards chosen bus topics to JetStream, queued on
+    disk (<data_dir>/broker-uplink-nats) while the link is down. Alerts go through the
+    alerter's `nats` sink instead (deduplicated, rate-limited, their delivery tracked
+    in `daemoneye alerts`), so `alerts.` is not accepted here."""
+
+    enabled: bool = Field(False, description="forward `topics` to JetStream")
+    topics: list[str] = Field(
+        ["audit.", "ledger.checkpoint"],
+        description="bus topic prefixes sent: audit., ledger.checkpoint, events.process. "
+        "(every process event: plan the stream's size), control.health. ...",
+    )
+    queue_max: int = Field(1_000_000, gt=0, description="frames kept on disk while down")
+    batch: int = Field(500, gt=0, le=10_000, description="frames per JetStream batch")
+
+    @field_validator("topics")
+    @classmethod
+    def _no_alerts(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            if topic.startswith("alerts") or "alerts.".startswith(topic):
+                raise ValueError(
+                    f"{topic!r}: alerts go to NATS through the alerter's nats sink "
+                    '([[alerter.sinks]] kind = "nats"), which dedups them and tracks delivery'
+                )
+        return value
