@@ -4,6 +4,8 @@ with CurveZMQ, queueing on disk while the link is down, losing nothing."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -178,9 +180,18 @@ def test_ingest_rejects_a_malformed_batch(broker, rpc_client) -> None:
         rpc_client.call("control.broker", "ingest", {"topics": []}, payloads=[b"x"])
 
 
-def test_no_uplink_configured_is_a_clear_error(broker, rpc_client) -> None:
+def test_no_uplink_configured_is_a_clear_error(broker, rpc_client, run_env) -> None:
     with pytest.raises(Exception, match="no uplink is configured"):
         rpc_client.call("control.broker", "uplink")
+    done = cli(run_env, "uplink")
+    assert done.returncode == 1 and "no uplink is configured" in done.stderr
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemoneye", *args],
+        env=dict(env, COLUMNS="200"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
 
 
 def test_a_refused_key_is_told_apart_from_a_center_that_is_down(
@@ -222,6 +233,15 @@ def test_a_refused_key_is_told_apart_from_a_center_that_is_down(
         )
         assert "stranger.key is not in the center's authorized dir" in refused["last_error"]
         assert refused["delivered"] == 0 and not refused["link_up"]
+        # What an operator on the edge reads: `daemoneye uplink`, `status` notes.
+        shown = cli(edge_env, "uplink")
+        assert shown.returncode == 0, shown.stderr
+        assert "refused" in shown.stdout and "stranger.key" in shown.stdout, shown.stdout
+        wait_for(
+            lambda: "curve uplink refused" in cli(edge_env, "status").stdout,
+            10,
+            "the refusal in the broker's status notes",
+        )
         center_rpc = RpcClient(SocketFactory(cs, zmq.Context()), cs.endpoint("control"), "c", 3)
         assert center_rpc.call("control.broker", "stats").value["auth_refused"] >= 1
         assert central.proc.poll() is None
