@@ -14,6 +14,7 @@ import pytest
 from daemoneye.jetstream import HOST_HEADER, JetStreamLink, Outgoing, subject_of
 from daemoneye.settings.nats import NatsConnection
 from tests.conftest import free_port, wait_for
+from tests.integration.test_console_json import documented
 from tests.nats_server import NatsServer
 
 
@@ -73,6 +74,8 @@ def test_reads_every_host_and_filters(fleet) -> None:
     assert len(rows) == 10
     assert {r["host"] for r in rows} == {"web1.example.com", "db1"}
     assert [r["streamSeq"] for r in rows] == sorted(r["streamSeq"] for r in rows)  # oldest first
+    assert all(isinstance(r["host"], str) and isinstance(r["streamSeq"], int) for r in rows)
+    documented("daemoneye fleet", {"host": str, "streamSeq": int})
 
     web1 = lines(daemoneye("fleet", "alerts", "--from", server.url, "--host", "web1.example.com",
                            "--json", env=env))  # fmt: skip

@@ -17,6 +17,7 @@ from daemoneye.config import ConfigError, load_settings
 from daemoneye.jetstream import MSG_ID, TOPIC_HEADER, host_token
 from daemoneye.rpc import RpcClient
 from tests.conftest import settings_of, wait_for
+from tests.integration.test_console_json import documented, shape
 from tests.integration.test_nats_sink import stream_contents
 from tests.nats_server import NatsServer
 
@@ -82,6 +83,14 @@ def test_audit_records_cross_a_killed_server_once_each(
         assert sent.is_set()
         wait_for(lambda: uplink()["queued"] == 0, 60, "the queue to drain")
         final = uplink()
+        fields = {
+            "kind": str, "target": str, "link_up": bool, "reason": str, "last_error": str,
+            "queued": int, "delivered": int, "failures": int, "dropped_full": int,
+            "paused": bool, "undecodable": int, "published": int, "duplicates": int,
+            "reconnects": int,
+        }  # fmt: skip
+        shape(final["uplinks"][0], fields)
+        documented("daemoneye uplink", fields)
         assert final["link_up"] and final["dropped_full"] == 0 and final["undecodable"] == 0
 
         messages = [m for m in stream_contents(nats_server.url) if "probe" not in m.subject]

@@ -101,10 +101,11 @@ class NatsConnection(BaseModel):
 
 
 class NatsUplinkSettings(NatsConnection):
-    """`[broker.nats]`: the broker forwards chosen bus topics to JetStream, queued on
-    disk (<data_dir>/broker-uplink-nats) while the link is down. Alerts go through the
-    alerter's `nats` sink instead (deduplicated, rate-limited, their delivery tracked
-    in `daemoneye alerts`), so `alerts.` is not accepted here."""
+    """The broker forwards chosen bus topics to NATS JetStream (off by default).
+
+    Frames wait on disk (<data_dir>/broker-uplink-nats) while the link is down. Alerts
+    go through the alerter's `nats` sink instead (deduplicated, rate-limited, their
+    delivery tracked in `daemoneye alerts`), so `alerts.` is not accepted here."""
 
     enabled: bool = Field(False, description="forward `topics` to JetStream")
     topics: list[str] = Field(
