@@ -25,6 +25,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,6 +44,7 @@ HOST_HEADER = "DaemonEye-Host"
 TOPIC_HEADER = "DaemonEye-Topic"
 MAX_IN_FLIGHT = 256  # publishes awaiting their ack at once within one batch
 CLOSE_TIMEOUT_S = 5.0
+STOP_POLL_S = 0.1  # how often a caller's wait for acks looks at its stop event
 _NOT_A_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
 
 
@@ -188,18 +190,16 @@ class JetStreamLink:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._connect(), self.loop)
 
-    def publish(self, items: list[Outgoing], timeout_s: float | None = None) -> int:
+    def publish(self, items: list[Outgoing], stop: threading.Event | None = None) -> int:
         """Publish in order and wait for every ack; return how many were stored anew
         (the rest were duplicates). Raises JetStreamError with `done` = how many at the
-        front of `items` were acknowledged."""
+        front of `items` were acknowledged. `stop` set (shutdown) ends the wait early:
+        what was not acknowledged counts as not sent."""
         if not items:
             return 0
-        budget = (timeout_s or self.cfg.ack_timeout_s) + self.cfg.ack_timeout_s
-        return self._call(self._publish(items), budget)
-
-    def call(self, coro: Coroutine[Any, Any, Any], timeout_s: float) -> Any:
-        """Run a coroutine on the link's loop (e.g. a reader's); errors as JetStreamError."""
-        return self._call(coro, timeout_s)
+        chunks = -(-len(items) // MAX_IN_FLIGHT)
+        budget = self.cfg.ack_timeout_s * (chunks + 1)
+        return self._call(self._publish(items), budget, stop)
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -212,13 +212,23 @@ class JetStreamLink:
         if not self._thread.is_alive():
             self.loop.close()
 
-    def _call(self, coro: Coroutine[Any, Any, Any], timeout_s: float) -> Any:
+    def _call(
+        self, coro: Coroutine[Any, Any, Any], timeout_s: float, stop: threading.Event | None
+    ) -> Any:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout_s)
-        except TimeoutError:
-            future.cancel()
-            raise JetStreamError(f"no answer from NATS within {timeout_s:g} s", "timeout") from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return future.result(STOP_POLL_S if stop is not None else timeout_s)
+            except TimeoutError:
+                if stop is not None and stop.is_set():
+                    future.cancel()
+                    raise JetStreamError("stopping: acks not awaited", "down") from None
+                if time.monotonic() >= deadline or stop is None:
+                    future.cancel()
+                    raise JetStreamError(
+                        f"no answer from NATS within {timeout_s:g} s", "timeout"
+                    ) from None
 
     # --- on the loop thread ----------------------------------------------------
 

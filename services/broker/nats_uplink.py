@@ -100,7 +100,7 @@ class NatsUplink(QueuedUplink):
                 Outgoing(subject_of(self.cfg, self.hostname, topic), payload, msg_id, headers)
             )
         try:
-            self.link.publish(items)
+            self.link.publish(items, self._stop)
         except JetStreamError as exc:
             self._back.clear()  # from here on, a (re)connection ends the backoff
             raise LinkDown(str(exc), exc.reason) from None

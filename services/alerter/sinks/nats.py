@@ -52,7 +52,7 @@ class NatsSink(Sink):
 
     def send(self, batch: list[Delivery]) -> None:
         try:
-            self.link.publish([self.outgoing(d) for d in batch])
+            self.link.publish([self.outgoing(d) for d in batch], self.stop)
         except JetStreamError as exc:
             raise SinkError(f"NATS: {exc}", retryable=exc.retryable, done=exc.done) from None
 
