@@ -5,6 +5,7 @@ which installs it beside the Python interpreter's scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import os
@@ -16,6 +17,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+import nats
 import pytest
 
 from tests.conftest import free_port, wait_for
@@ -150,3 +152,26 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+def stream_contents(url: str, stream: str = "DAEMONEYE", **connect) -> list:
+    """Every message of the stream, read by a fresh ephemeral consumer."""
+
+    async def read() -> list:
+        nc = await nats.connect(url, **connect)
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe("daemoneye.>", stream=stream)
+            out = []
+            while True:
+                try:
+                    batch = await sub.fetch(500, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    return out
+                out.extend(batch)
+                if batch[-1].metadata.num_pending == 0:
+                    return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

@@ -9,8 +9,7 @@ import pytest
 from daemoneye.jetstream import MSG_ID, JetStreamError, JetStreamLink, Outgoing
 from daemoneye.settings.nats import NatsConnection
 from tests.conftest import wait_for
-from tests.integration.test_nats_sink import stream_contents
-from tests.nats_server import NatsServer, nkey_pair
+from tests.nats_server import NatsServer, nkey_pair, stream_contents
 
 
 def batch(n: int, offset: int = 0) -> list[Outgoing]:

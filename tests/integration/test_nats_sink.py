@@ -5,13 +5,11 @@ backoff, and a refused key reads differently from a server that is down."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from collections import Counter
 
-import nats
 import pytest
 
 from daemoneye.jetstream import HOST_HEADER, MSG_ID, host_token
@@ -23,7 +21,7 @@ from tests.integration.test_alerter_harness import (
     start_alerter,
     wait_live,
 )
-from tests.nats_server import NatsServer, nkey_pair, self_signed_cert
+from tests.nats_server import NatsServer, nkey_pair, self_signed_cert, stream_contents
 
 
 def nats_toml(url: str, extra: str = "") -> str:
@@ -40,29 +38,6 @@ backoff_initial_s = 0.05
 backoff_max_s = 30.0
 {extra}
 """
-
-
-def stream_contents(url: str, stream: str = "DAEMONEYE", **connect) -> list[nats.aio.msg.Msg]:
-    """Every message of the stream, read by a fresh ephemeral consumer."""
-
-    async def read() -> list:
-        nc = await nats.connect(url, **connect)
-        try:
-            js = nc.jetstream()
-            sub = await js.pull_subscribe("daemoneye.>", stream=stream)
-            out = []
-            while True:
-                try:
-                    batch = await sub.fetch(500, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    return out
-                out.extend(batch)
-                if batch[-1].metadata.num_pending == 0:
-                    return out
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
 
 
 @pytest.fixture

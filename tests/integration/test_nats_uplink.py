@@ -18,8 +18,7 @@ from daemoneye.jetstream import MSG_ID, TOPIC_HEADER, host_token
 from daemoneye.rpc import RpcClient
 from tests.conftest import settings_of, wait_for
 from tests.integration.test_console_json import documented, shape
-from tests.integration.test_nats_sink import stream_contents
-from tests.nats_server import NatsServer
+from tests.nats_server import NatsServer, stream_contents
 
 
 @pytest.fixture
