@@ -9,7 +9,7 @@ import pytest
 from daemoneye.jetstream import MSG_ID, JetStreamError, JetStreamLink, Outgoing
 from daemoneye.settings.nats import NatsConnection
 from tests.conftest import wait_for
-from tests.nats_server import NatsServer, nkey_pair, stream_contents
+from tests.nats_server import NatsServer, nkey_pair, self_signed_cert, stream_contents
 
 
 def batch(n: int, offset: int = 0) -> list[Outgoing]:
@@ -102,3 +102,38 @@ def test_a_missing_credentials_file_is_named_at_start(tmp_path) -> None:
     cfg = NatsConnection(creds_file=tmp_path / "nope.creds")
     with pytest.raises(JetStreamError, match=r"creds_file .*nope\.creds does not exist"):
         JetStreamLink(cfg, "t")
+
+
+def test_mutual_tls_and_a_missing_client_certificate(tmp_path) -> None:
+    """The server verifies client certificates: with one the link publishes, without it
+    the link says `tls`."""
+    cert, key = self_signed_cert(tmp_path)  # a CA for itself: server and client cert
+    server = NatsServer(
+        tmp_path,
+        f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{cert}", verify: true }}',
+    ).start()
+    url = f"tls://127.0.0.1:{server.port}"
+
+    def link_to(**extra) -> JetStreamLink:
+        cfg = NatsConnection(
+            servers=[url], tls_ca_file=cert, ack_timeout_s=2, reconnect_wait_s=0.1, **extra
+        )
+        link = JetStreamLink(cfg, "t")
+        link.start()
+        return link
+
+    with_cert = link_to(tls_cert_file=cert, tls_key_file=key)
+    without = link_to()
+    try:
+        wait_for(lambda: with_cert.stats.link_up, 10, "the mutual-TLS link")
+        assert with_cert.publish(batch(3)) == 3
+        wait_for(lambda: without.stats.last_error, 10, "the refused handshake")
+        assert not without.stats.link_up
+        with pytest.raises(JetStreamError) as err:
+            without.publish(batch(1))
+        assert err.value.reason == "tls", err.value
+        print(f"\nwithout a client certificate: {without.stats.reason}: {err.value}")
+    finally:
+        with_cert.close()
+        without.close()
+        server.stop()
