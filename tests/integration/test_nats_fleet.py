@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -115,3 +117,29 @@ def test_an_unreachable_server_is_a_clear_error(run_env) -> None:
     assert "cannot reach NATS" in done.stderr and url in done.stderr
     bad = daemoneye("fleet", "alerts", "--from", "http://x", env=env)
     assert bad.returncode == 2 and "nats://HOST:PORT" in bad.stderr
+
+
+def test_follow_prints_alerts_as_they_arrive(fleet) -> None:
+    server, publish, env = fleet
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemoneye", "fleet", "alerts", "--from", server.url,
+         "--follow", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rows: list[dict] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            rows.append(json.loads(text))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(rows) >= 10, 30, "the catch-up")
+        publish("web2", 0, 3)
+        wait_for(lambda: len(rows) >= 13, 30, "the new alerts, followed")
+        assert [r["host"] for r in rows[10:]] == ["web2"] * 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 130, proc.stderr.read() if proc.stderr else ""
