@@ -108,7 +108,7 @@ def read_alerts(args: argparse.Namespace) -> int:
             for alert in alerts:
                 print(json.dumps(alert.as_dict()), flush=True)
         elif not shown and not args.follow:
-            console.print(table(alerts))
+            console.print(table(alerts, console.width))
         else:
             for alert in alerts:
                 console.print(line(alert), soft_wrap=True)
@@ -125,27 +125,39 @@ def read_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def table(alerts: list[FleetAlert]) -> Table:
+def table(alerts: list[FleetAlert], width: int = 80) -> Table:
+    """Fits `width` columns: time, host, severity and rule keep their widths (host and
+    rule fold past 16 characters), the title (with xN when it counts repeats) takes
+    what is left, on one line, cut with an ellipsis (--json has it whole)."""
+
+    def widest(values: list[str], cap: int) -> int:
+        return min(cap, max((len(v) for v in values), default=1))
+
+    host_w = widest([a.host for a in alerts] + ["host"], 16)
+    rule_w = widest([str(a.record.get("ruleId", "")) for a in alerts] + ["rule"], 16)
+    borders = 6 + 2 * 5  # 5 columns: 6 rules and one space either side of each cell
+    title_w = max(10, width - (11 + host_w + 8 + rule_w + borders))
     t = Table(title=f"fleet alerts ({len(alerts)})")
-    t.add_column("time", no_wrap=True)
-    t.add_column("host", no_wrap=True)
-    t.add_column("severity", no_wrap=True)
-    t.add_column("rule", overflow="fold")
-    t.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True)
-    t.add_column("count", justify="right")
-    t.add_column("pid", justify="right")
+    t.add_column("time", no_wrap=True, width=11)
+    t.add_column("host", overflow="fold", width=host_w)
+    t.add_column("severity", no_wrap=True, width=8)
+    t.add_column("rule", overflow="fold", width=rule_w)
+    t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=title_w)
     for a in alerts:
         r = a.record
+        count = int(r.get("count", 1) or 1)
         t.add_row(
-            stamp(r.get("timeNs", 0)),
+            short_stamp(r.get("timeNs", 0)),
             escape(a.host),
             f"[{SEVERITY_STYLE.get(r.get('severity', ''), '')}]{r.get('severity', '')}[/]",
             escape(r.get("ruleId", "")),
-            escape(r.get("title", "")),
-            str(r.get("count", 1)),
-            str((r.get("process") or {}).get("pid", "")),
+            escape(r.get("title", "")) + (f" x{count}" if count > 1 else ""),
         )
     return t
+
+
+def short_stamp(time_ns: int) -> str:
+    return time.strftime("%m-%d %H:%M", time.localtime(time_ns / 1e9))
 
 
 def line(a: FleetAlert) -> str:
