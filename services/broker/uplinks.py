@@ -8,7 +8,6 @@ from typing import Any
 
 from daemoneye.config import Settings
 
-from .nats_uplink import NatsUplink
 from .uplink import CurveUplink, QueuedUplink
 
 
@@ -58,5 +57,7 @@ def build_uplinks(settings: Settings, source_id: str) -> Uplinks | None:
     if settings.broker.uplink:
         members.append(CurveUplink(settings, source_id))
     if settings.broker.nats.enabled:
+        from .nats_uplink import NatsUplink  # nats-py (~14 MB) only when it is used
+
         members.append(NatsUplink(settings, source_id))
     return Uplinks(members) if members else None

@@ -72,3 +72,22 @@ def test_failures_are_classified() -> None:
     assert classify(nats.errors.Error("nats: 'Authorization Violation'")) == "refused"
     assert classify(ConnectionRefusedError(111, "refused")) == "down"
     assert classify(nats.errors.AuthorizationError()) == "refused"
+
+
+def test_services_without_nats_do_not_load_nats_py() -> None:
+    """nats-py costs ~14 MB and a second of start-up: only a configured sink or
+    uplink loads it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import daemoneye.services.alerter.service, daemoneye.services.broker.service\n"
+        "from daemoneye.services.alerter.sinks import sink_class\n"
+        "sink_class('file')\n"
+        "assert 'nats' not in sys.modules, 'nats-py loaded'\n"
+        "sink_class('nats')\n"
+        "assert 'nats' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
