@@ -35,6 +35,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from daemoneye.config import ConfigError
 from daemoneye.settings.nats import NatsConnection
 
 log = logging.getLogger("daemoneye.jetstream")
@@ -142,7 +143,7 @@ def check_files(cfg: NatsConnection) -> None:
     for label in ("creds_file", "nkey_seed_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(cfg, label)
         if path is not None and not path.is_file():
-            raise JetStreamError(f"nats {label} {path} does not exist or is not a file", "down")
+            raise ConfigError(f"nats {label} {path} does not exist or is not a file")
 
 
 async def ensure_stream(js: Any, cfg: NatsConnection) -> None:

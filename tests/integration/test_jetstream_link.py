@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from daemoneye.config import ConfigError
 from daemoneye.jetstream import MSG_ID, JetStreamError, JetStreamLink, Outgoing
 from daemoneye.settings.nats import NatsConnection
 from tests.conftest import wait_for
@@ -100,7 +101,7 @@ def test_down_refused_and_no_stream_are_told_apart(tmp_path) -> None:
 
 def test_a_missing_credentials_file_is_named_at_start(tmp_path) -> None:
     cfg = NatsConnection(creds_file=tmp_path / "nope.creds")
-    with pytest.raises(JetStreamError, match=r"creds_file .*nope\.creds does not exist"):
+    with pytest.raises(ConfigError, match=r"creds_file .*nope\.creds does not exist"):
         JetStreamLink(cfg, "t")
 
 

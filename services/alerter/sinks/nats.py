@@ -26,12 +26,11 @@ class NatsSink(Sink):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        try:
-            self.link = JetStreamLink(
-                self.config, f"daemoneye-alerter-{self.name}@{self.hostname}", self._link_up
-            )
-        except JetStreamError as exc:
-            raise SinkError(f"sink {self.name}: {exc}", retryable=False) from None
+        # A missing creds, seed or certificate file raises ConfigError: the alerter does
+        # not start, and says which file.
+        self.link = JetStreamLink(
+            self.config, f"daemoneye-alerter-{self.name}@{self.hostname}", self._link_up
+        )
         self.link.start()
 
     def _link_up(self) -> None:
