@@ -383,9 +383,12 @@ class Broker(Service):
             chosen = self.uplink.pick(request.params.get("kind"))
         except ValueError as exc:
             raise RpcFault("bad_request", str(exc)) from None
-        for member in chosen if action != "status" else []:
-            (member.paused.set if action == "pause" else member.paused.clear)()
-            member.wake()
+        for member in chosen if action != "status" else ():
+            if action == "pause":
+                member.paused.set()
+            else:
+                member.paused.clear()
+                member.wake()  # deliver what waits now, not at the next idle check
         return self.uplink.status()
 
     @rpc("register")
