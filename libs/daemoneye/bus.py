@@ -179,11 +179,15 @@ class SocketFactory:
             self._bound_files.append(path)
         return sock
 
-    def connect(self, kind: int, endpoint: str, **options: Any) -> zmq.Socket:
+    def connect(self, kind: int, endpoint: str, monitor: int = 0, **options: Any) -> zmq.Socket:
+        """`monitor`: zmq.EVENT_* bits to watch from the first connection on (the PAIR
+        socket is `sock.get_monitor_socket()`; the caller closes it)."""
         sock = self._make(kind)
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name), value)
         self._secure(sock, endpoint, server=False)
+        if monitor:
+            sock.get_monitor_socket(monitor)  # before connect: no early event is missed
         sock.connect(endpoint)
         return sock
 

@@ -26,6 +26,7 @@ from daemoneye.settings.collector import CollectorSettings
 from daemoneye.settings.detector import DetectorSettings
 from daemoneye.settings.ledger import LedgerSettings
 from daemoneye.settings.metrics import MetricsSettings
+from daemoneye.settings.nats import NatsUplinkSettings
 
 SYSTEM_CONFIG = Path("/etc/daemoneye/daemoneye.toml")
 USER_CONFIG = Path("~/.config/daemoneye/daemoneye.toml").expanduser()
@@ -114,6 +115,7 @@ class BrokerSettings(BaseModel):
     )
     uplink_batch: int = Field(500, gt=0, le=10_000, description="frames per uplink delivery")
     uplink_timeout_s: float = Field(5.0, gt=0, description="deadline of one uplink delivery, s")
+    nats: NatsUplinkSettings = NatsUplinkSettings()
 
 
 class Settings(BaseSettings):

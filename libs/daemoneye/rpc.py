@@ -210,12 +210,13 @@ class RpcClient:
         source_id: str,
         default_timeout_s: float = 5.0,
         immediate: bool = False,
+        monitor: int = 0,
     ) -> None:
         self.factory = factory
         # immediate: queue nothing for a peer not connected yet, so a request that timed
         # out can never be delivered late (the uplink relies on this).
         options = {"IMMEDIATE": 1} if immediate else {}
-        self.sock = factory.connect(zmq.DEALER, endpoint, **options)
+        self.sock = factory.connect(zmq.DEALER, endpoint, monitor=monitor, **options)
         self.publisher = Publisher(self.sock, source_id)  # stamps headers; never sends bus frames
         self.default_timeout_s = default_timeout_s
 

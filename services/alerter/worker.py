@@ -63,6 +63,7 @@ class SinkWorker(threading.Thread):
         self.dead = 0
         self.overflows = 0
         self.last_error = ""
+        sink.on_link_up = self.link_returned
 
     # --- called from the main thread -----------------------------------------
 
@@ -91,6 +92,12 @@ class SinkWorker(threading.Thread):
 
     def wake(self) -> None:
         with self.cond:
+            self.cond.notify()
+
+    def link_returned(self) -> None:
+        """The sink's endpoint is reachable again (any thread): end the backoff now."""
+        with self.cond:
+            self.next_try = 0.0
             self.cond.notify()
 
     def depth(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import asdict
 from functools import partial
 from typing import Any, ClassVar
 
@@ -31,7 +30,7 @@ from daemoneye.service import Request, RpcFault, Service, rpc
 
 from .metrics import MetricsServer, heartbeat_of
 from .registry import Registry, Transition
-from .uplink import Uplink
+from .uplinks import build_uplinks
 
 HEARTBEAT_PREFIX = Topics.HEARTBEAT.encode()
 DRAIN_LIMIT = 5000  # frames per wake-up before the loop looks at its other sockets
@@ -42,6 +41,8 @@ NOBLOCK, RCVMORE, SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 _SEGMENT_HEAD = struct.Struct("<II").unpack_from  # segment count - 1, first segment's words
+
+
 def _plausible_envelope(data: bytes, size: int) -> bool:
     """A coherent segment table (one-segment messages checked inline, for speed)."""
     if size < 16 or size & 7:
@@ -71,7 +72,7 @@ class Broker(Service):
         self.rpc_routed = 0
         self.rpc_unroutable = 0
         self._last_drop_log = 0.0
-        self.uplink = Uplink(settings, self.service_id) if cfg.uplink else None
+        self.uplink = build_uplinks(settings, self.service_id)  # CurveZMQ and/or NATS
         listen = settings.metrics
         self.metrics_server = MetricsServer(self, listen.address()) if listen.listen else None
 
@@ -248,8 +249,10 @@ class Broker(Service):
         _, data = self.publisher.encode(topic, "heartbeat", body)
         self.publisher.send_encoded(topic, data)
         self.registry.heartbeat(body)
-        if self.uplink is not None and self.uplink.wants(topic.encode()):
-            self.uplink.offer([(topic.encode(), data)])
+        if self.uplink is not None:
+            self.notes[:] = [n for n in self.notes if " uplink " not in n] + self.uplink.notes()
+            if self.uplink.wants(topic.encode()):
+                self.uplink.offer([(topic.encode(), data)])
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -382,17 +385,26 @@ class Broker(Service):
 
     @rpc("uplink")
     def rpc_uplink(self, request: Request) -> dict[str, Any]:
-        """Status of the uplink; `{"action": "pause"|"resume"}` holds or releases delivery."""
+        """Status of the uplinks; `{"action": "pause"|"resume", "kind": "curve"|"nats"}`
+        holds or releases delivery (of one kind, or all)."""
         if self.uplink is None:
-            raise RpcFault("failed", "no uplink is configured (broker.uplink)")
+            raise RpcFault(
+                "failed", "no uplink is configured (broker.uplink or broker.nats.enabled)"
+            )
         action = request.params.get("action", "status")
-        if action == "pause":
-            self.uplink.paused.set()
-        elif action == "resume":
-            self.uplink.paused.clear()
-        elif action != "status":
+        if action not in ("status", "pause", "resume"):
             raise RpcFault("bad_request", f"unknown uplink action {action!r}")
-        return {**asdict(self.uplink.stats), "paused": self.uplink.paused.is_set()}
+        try:
+            chosen = self.uplink.pick(request.params.get("kind"))
+        except ValueError as exc:
+            raise RpcFault("bad_request", str(exc)) from None
+        for member in chosen if action != "status" else ():
+            if action == "pause":
+                member.paused.set()
+            else:
+                member.paused.clear()
+                member.wake()  # deliver what waits now, not at the next idle check
+        return self.uplink.status()
 
     @rpc("register")
     def rpc_register(self, request: Request) -> dict[str, Any]:
@@ -420,7 +432,7 @@ class Broker(Service):
             "rpc_routed": self.rpc_routed,
             "rpc_unroutable": self.rpc_unroutable,
             "auth_refused": self.auth_refused(),
-            "uplink": asdict(self.uplink.stats) if self.uplink else None,
+            "uplink": self.uplink.status() if self.uplink else None,
             "topics": {t.decode(): n for t, n in self.topic_counts.items()},
         }
 

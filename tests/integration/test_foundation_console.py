@@ -47,8 +47,9 @@ def test_up_status_tap_and_clean_stop(run_env, settings: Settings, tmp_path: Pat
         rows = json.loads(status.stdout)
         assert rows[0]["service"] == "broker"
 
-        table = daemoneye("status", env=run_env)
-        assert "broker@" in table.stdout and "healthy" in table.stdout
+        table = daemoneye("status", env=dict(run_env, COLUMNS="80"))
+        assert "broker" in table.stdout and "healthy" in table.stdout
+        assert settings.hostname in table.stdout  # the host column, the name whole
 
         tap = daemoneye("tap", "control.health.", "--json", "--count", "2", env=run_env)
         assert tap.returncode == 0, tap.stderr

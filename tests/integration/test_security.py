@@ -160,6 +160,20 @@ def test_keys_generate_makes_a_private_pair(tmp_path, run_env) -> None:
     assert again.returncode == 1 and "--force" in again.stderr
 
 
+def test_keys_generate_here_makes_the_authorized_dir(run_env) -> None:
+    """Into <data_dir>/keys ("here" in the README): the pair and keys/authorized/."""
+    out = subprocess.run(
+        [sys.executable, "-m", "daemoneye", "keys", "generate", "broker"],
+        env=run_env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    keys = Path(run_env["DAEMONEYE_DATA_DIR"]) / "keys"
+    assert (keys / "broker.key").is_file() and (keys / "broker.key_secret").is_file()
+    assert (keys / "authorized").is_dir()
+    assert (keys / "authorized").stat().st_mode & 0o777 == 0o700
+    assert str(keys / "authorized") in out.stdout
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

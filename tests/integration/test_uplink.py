@@ -4,6 +4,10 @@ with CurveZMQ, queueing on disk while the link is down, losing nothing."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -176,6 +180,106 @@ def test_ingest_rejects_a_malformed_batch(broker, rpc_client) -> None:
         rpc_client.call("control.broker", "ingest", {"topics": []}, payloads=[b"x"])
 
 
-def test_no_uplink_configured_is_a_clear_error(broker, rpc_client) -> None:
+def test_no_uplink_configured_is_a_clear_error(broker, rpc_client, run_env) -> None:
     with pytest.raises(Exception, match="no uplink is configured"):
         rpc_client.call("control.broker", "uplink")
+    done = cli(run_env, "uplink")
+    assert done.returncode == 1 and "no uplink is configured" in done.stderr
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemoneye", *args],
+        env=dict(env, COLUMNS="200"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_refused_key_is_told_apart_from_a_center_that_is_down(
+    start_service, hosts, tmp_path, monkeypatch
+) -> None:
+    """The edge's status says `refused` (and why) when the center refuses its key,
+    `down` when no center answers; the center counts the refusal."""
+    central_env, edge_env = hosts
+    stranger_keys = tmp_path / "stranger-keys"
+    generate_keypair(stranger_keys, "stranger")  # a pair the center never admitted
+    (stranger_keys / "broker.key").write_bytes(
+        (Path(central_env["DAEMONEYE_BUS__KEYS_DIR"]) / "broker.key").read_bytes()
+    )
+    edge_env = dict(
+        edge_env,
+        DAEMONEYE_BUS__KEYS_DIR=str(stranger_keys),
+        DAEMONEYE_BUS__CLIENT_KEY="stranger",
+    )
+    edge = start_service("broker", env=edge_env)
+    es = settings_of(edge_env, monkeypatch)
+    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
+    factory = SocketFactory(es, zmq.Context())
+    try:
+        pub = Publisher(factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
+        rpc = RpcClient(factory, es.endpoint("control"), "test", 3.0)
+
+        def state() -> dict:
+            pub.publish("alerts.low", "alert", {"ruleId": "x", "severity": "low"})
+            return rpc.call("control.broker", "uplink").value
+
+        down = wait_for(lambda: (s := state())["failures"] and s, 30, "a failure, center down")
+        assert down["reason"] == "down" and "does not answer" in down["last_error"], down
+
+        central = start_service("broker", env=central_env)
+        cs = settings_of(central_env, monkeypatch)
+        wait_for(lambda: listening(cs.endpoint("control")), 20, "the central broker")
+        refused = wait_for(
+            lambda: (s := state())["reason"] == "refused" and s, 30, "the refusal to be told"
+        )
+        assert "stranger.key is not in the center's authorized dir" in refused["last_error"]
+        assert refused["delivered"] == 0 and not refused["link_up"]
+        # What an operator on the edge reads: `daemoneye uplink`, `status` notes.
+        shown = cli(edge_env, "uplink")
+        assert shown.returncode == 0, shown.stderr
+        assert "refused" in shown.stdout and "stranger.key" in shown.stdout, shown.stdout
+        wait_for(
+            lambda: "curve uplink refused" in cli(edge_env, "status").stdout,
+            10,
+            "the refusal in the broker's status notes",
+        )
+        center_rpc = RpcClient(SocketFactory(cs, zmq.Context()), cs.endpoint("control"), "c", 3)
+        assert center_rpc.call("control.broker", "stats").value["auth_refused"] >= 1
+        assert central.proc.poll() is None
+    finally:
+        factory.close_all(linger_ms=0)
+
+
+def test_delivery_resumes_as_soon_as_the_center_returns(start_service, hosts, monkeypatch) -> None:
+    """After failures the backoff is long (0.5 s doubling to 30 s); a successful
+    handshake with the returning center ends it at once."""
+    central_env, edge_env = hosts
+    edge_env = dict(edge_env, DAEMONEYE_BUS__RECONNECT_IVL_MAX_MS="200")
+    edge = start_service("broker", env=edge_env)
+    es = settings_of(edge_env, monkeypatch)
+    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
+    factory = SocketFactory(es, zmq.Context())
+    try:
+        pub = Publisher(factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
+        rpc = RpcClient(factory, es.endpoint("control"), "test", 3.0)
+
+        def failures() -> int:
+            pub.publish("alerts.low", "alert", {"ruleId": "x", "severity": "low"})
+            return rpc.call("control.broker", "uplink").value["failures"]
+
+        # After the 6th failure the next try is 0.5 * 2^5 = 16 s away.
+        wait_for(lambda: failures() >= 6, 60, "six failed deliveries")
+        central = start_service("broker", env=central_env)
+        cs = settings_of(central_env, monkeypatch)
+        wait_for(lambda: listening(cs.endpoint("control")), 20, "the central broker")
+        back = time.monotonic()
+        wait_for(
+            lambda: rpc.call("control.broker", "uplink").value["queued"] == 0,
+            30,
+            "the queue to drain",
+        )
+        took = time.monotonic() - back
+        assert took < 4.0, f"drained {took:.1f} s after the center returned (backoff: 16 s)"
+        assert central.proc.poll() is None
+        print(f"\nqueue drained {took:.2f} s after the center listened")
+    finally:
+        factory.close_all(linger_ms=0)

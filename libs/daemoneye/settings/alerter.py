@@ -1,6 +1,6 @@
 """Settings of the alerter (`[alerter]`) and its sinks (`[[alerter.sinks]]`).
 
-Sinks are a list of tables, each with a `kind` (stdout, file, syslog, webhook);
+Sinks are a list of tables, each with a `kind` (stdout, file, syslog, webhook, nats);
 several of one kind are allowed. A sink's `name` keys its delivery state in the
 alerter's store, so give sinks stable names when there are several of a kind.
 With no `sinks` configured, one file sink writes `<data_dir>/alerts.jsonl`.
@@ -10,6 +10,11 @@ With no `sinks` configured, one file sink writes `<data_dir>/alerts.jsonl`.
     name = "soc"
     url = "https://soc.example/hooks/daemoneye"
     token = "..."
+
+    [[alerter.sinks]]
+    kind = "nats"
+    servers = ["tls://nats.example:4222"]
+    creds_file = "/etc/daemoneye/nats.creds"
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from daemoneye.settings.nats import NatsConnection
 from daemoneye.wire import SEVERITIES
 
 FACILITIES = {
@@ -129,7 +135,25 @@ class WebhookSink(SinkBase):
     batch_size: int = Field(1, ge=1)  # one POST per alert
 
 
-AnySink = Annotated[StdoutSink | FileSink | SyslogSink | WebhookSink, Field(discriminator="kind")]
+class NatsSink(SinkBase, NatsConnection):
+    """Alerts to NATS JetStream on `<subject_prefix>.<host>.alerts.<severity>`; the
+    connection, TLS, auth and stream settings are daemoneye.settings.nats's."""
+
+    kind: Literal["nats"] = "nats"
+    max_attempts: int = Field(
+        1_000_000,
+        ge=1,
+        description="failed attempts before dead-letter: a NATS outage is not the alert's "
+        "fault, so it waits; a message JetStream refuses is dead-lettered at once",
+    )
+    backoff_max_s: float = Field(
+        5.0, gt=0, description="longest wait between attempts (a reconnect ends it at once)"
+    )
+
+
+AnySink = Annotated[
+    StdoutSink | FileSink | SyslogSink | WebhookSink | NatsSink, Field(discriminator="kind")
+]
 
 
 class AlerterSettings(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ class Sink:
         self.hostname = hostname
         self.name: str = config.name
         self.stop = stop  # set on shutdown: waits inside a send end early
+        # Set by the worker: a sink that learns its endpoint is back (a NATS reconnect)
+        # calls it, so what waits goes now rather than at the next backoff.
+        self.on_link_up: Callable[[], None] | None = None
 
     def body(self, item: Delivery) -> bytes:
         """The alert as this sink's `format` has it: our JSON (as stored) or the

@@ -69,6 +69,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--failed", action="store_true", help="list dead-lettered deliveries")
     p.add_argument("--sink", help="retry/--failed: only this sink")
     p.add_argument("--key", type=int, action="append", help="retry: only this alert key")
+    p.add_argument("--from", dest="servers", action="append", metavar="nats://HOST:PORT",
+                   help="a fleet's alerts from NATS JetStream (daemoneye fleet)")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -80,6 +82,10 @@ def duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.servers:  # a fleet's alerts, read from NATS: its own code path
+        from .fleet import read_alerts
+
+        return read_alerts(args)
     settings = settings_from(args)
     if args.action == "retry":
         params = {"sink": args.sink, "keys": args.key or []}

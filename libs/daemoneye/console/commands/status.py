@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from ..common import CommandError, add_command, call, console, settings_from
@@ -53,22 +55,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def render(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"DaemonEye services ({time.strftime('%H:%M:%S')})")
-    for column in ("service", "id", "pid", "state", "last heartbeat", "events/s", "notes"):
-        table.add_column(column, justify="right" if column in ("pid", "events/s") else "left")
+def short_id(row: dict[str, Any]) -> str:
+    """The id without `@<host>` when the host column says it (the full id in --json)."""
+    service_id, host = row["service_id"], row.get("hostname") or ""
+    return service_id.removesuffix(f"@{host}") if host else service_id
+
+
+def common_domain(hosts: set[str]) -> str:
+    """The dotted suffix every host name shares, leaving each at least one label:
+    {web1.example.com, db1.example.com} -> "example.com"."""
+    split = [h.split(".") for h in hosts if h]
+    if len(split) < 2:
+        return ""
+    shared: list[str] = []
+    for labels in zip(*(reversed(s[1:]) for s in split), strict=False):
+        if len(set(labels)) != 1:
+            break
+        shared.append(labels[0])
+    return ".".join(reversed(shared))
+
+
+def render(rows: list[dict[str, Any]]) -> Group:
+    """One row per service, its host in a column (a center lists several hosts) and
+    its id never cut; notes below the table, one line each, where they have room."""
+    domain = common_domain({r.get("hostname") or "" for r in rows})
+    title = f"DaemonEye services ({time.strftime('%H:%M:%S')})"
+    if domain:
+        title += f", hosts in {domain}"
+    table = Table(title=title)
+    table.add_column("host", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("heartbeat", no_wrap=True)
+    table.add_column("events/s", justify="right", no_wrap=True)
+    notes: list[str] = []
     for row in rows:
         age = row.get("heartbeat_age_s")
         state = row["state"]
-        if row.get("service_state") and row["service_state"] != "running":
-            state = f"{state} ({row['service_state']})"
+        if state == "healthy" and row.get("service_state") not in (None, "", "running"):
+            state = row["service_state"]  # alive but degraded, starting, stopping
+        host = row.get("hostname") or ""
         table.add_row(
-            row["service"],
-            row["service_id"],
+            escape(host.removesuffix(f".{domain}") if domain else host),
+            escape(short_id(row)),
             str(row["pid"] or ""),
-            f"[{STATE_STYLE.get(row['state'], 'yellow')}]{state}[/]",
+            f"[{STATE_STYLE.get(state, 'yellow')}]{state}[/]",
             "never" if age is None else f"{age:.1f} s ago",
             f"{row['events_per_sec']:.1f}",
-            "; ".join(row.get("notes") or []),
         )
-    return table
+        notes += [f"{escape(row['service_id'])}: {escape(n)}" for n in row.get("notes") or []]
+    return Group(table, *notes)
