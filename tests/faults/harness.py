@@ -51,23 +51,6 @@ def needs_realtime() -> Any:
     return [pytest.mark.root, pytest.mark.skipif(bool(reason), reason=reason)]
 
 
-def alerter_reason() -> str:
-    """Why the alerter cannot take part ('' when it can): it must be committed."""
-    root = Path(__file__).resolve().parents[2]
-    tracked = subprocess.run(
-        ["git", "ls-files", "--error-unmatch", "services/alerter/service.py"],
-        cwd=root,
-        capture_output=True,
-    )
-    if tracked.returncode != 0:
-        return "services/alerter is not committed yet"
-    try:
-        import daemoneye.services.alerter.service  # noqa: F401
-    except Exception as exc:  # any import failure means: not ready
-        return f"services/alerter is not importable: {exc}"
-    return ""
-
-
 class Storm:
     """A thread that runs `true <marker> <n>` at a steady rate until stopped."""
 

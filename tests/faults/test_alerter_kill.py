@@ -1,7 +1,7 @@
 """kill -9 of the alerter during an exec storm whose every process matches a rule,
 then a restart: every alert the detector published is in the file sink (those sent
 while the alerter was down are replayed from the detector's alert log), and none
-twice. Skipped while services/alerter is not committed."""
+twice."""
 
 from __future__ import annotations
 
@@ -16,12 +16,9 @@ import zmq
 
 from daemoneye.bus import Subscriber
 from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, alerter_reason, needs_realtime
+from tests.faults.harness import Storm, World, needs_realtime
 
-pytestmark = [
-    *needs_realtime(),
-    pytest.mark.skipif(bool(alerter_reason()), reason=alerter_reason() or "-"),
-]
+pytestmark = needs_realtime()
 RATE = 30
 
 

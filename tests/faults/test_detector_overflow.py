@@ -33,12 +33,9 @@ from daemoneye.services.collector.wal import Wal
 from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.store import Store
 from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, alerter_reason, needs_realtime
+from tests.faults.harness import Storm, World, needs_realtime
 
-pytestmark = [
-    *needs_realtime(),
-    pytest.mark.skipif(bool(alerter_reason()), reason=alerter_reason() or "-"),
-]
+pytestmark = needs_realtime()
 
 RATE = 60
 HWM = "100"

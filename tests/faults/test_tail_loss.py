@@ -11,10 +11,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import wait_for
-from tests.faults.harness import Storm, alerter_reason, needs_realtime
+from tests.faults.harness import Storm, needs_realtime
 from tests.faults.test_detector_overflow import (
     alert_storm_world,
     settle,
@@ -22,10 +20,7 @@ from tests.faults.test_detector_overflow import (
     wal_execs,
 )
 
-pytestmark = [
-    *needs_realtime(),
-    pytest.mark.skipif(bool(alerter_reason()), reason=alerter_reason() or "-"),
-]
+pytestmark = needs_realtime()
 
 RATE = 150
 HWM = "50"
