@@ -19,6 +19,19 @@ from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcClient
 
 HEARTBEAT_S = 0.2  # fast heartbeats so health transitions happen within a test
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO.parent / "shared" / "corpora"  # the team's shared rule corpora, beside the repo
+
+
+def corpus(name: str) -> Path:
+    """A shared corpus directory (which may be absent: see `needs_corpus`)."""
+    return CORPORA / name
+
+
+def needs_corpus(name: str) -> pytest.MarkDecorator:
+    """Skip, naming the path looked at, when the corpus is not beside the repository."""
+    path = corpus(name)
+    return pytest.mark.skipif(not path.is_dir(), reason=f"no {name} corpus at {path}")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:

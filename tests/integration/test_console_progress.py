@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemoneye.config import Settings
 from daemoneye.ledger.note import Signer
 from daemoneye.ledger.store import LedgerStore, LedgerWriter, open_store
+from tests.conftest import corpus, needs_corpus
 
-ROOT = Path(__file__).resolve().parents[2]
-SIGMA = ROOT.parent / "shared" / "corpora" / "sigma-linux-process-creation"
+SIGMA = corpus("sigma-linux-process-creation")
 ENTRIES = 40_000  # a few progress callbacks (every 16384 entries)
 
 
@@ -100,7 +100,7 @@ def test_ledger_verify_shows_progress_on_a_terminal_only(run_env, big_ledger: st
     assert json.loads(screen)["size"] == ENTRIES
 
 
-@pytest.mark.skipif(not SIGMA.is_dir(), reason=f"no Sigma corpus at {SIGMA}")
+@needs_corpus("sigma-linux-process-creation")
 def test_sigma_import_shows_progress_on_a_terminal_only(run_env, tmp_path: Path) -> None:
     files = len(list(SIGMA.glob("*.yml")))
     code, screen = on_pty(run_env, "rules", "import-sigma", str(SIGMA), "--output", str(tmp_path))

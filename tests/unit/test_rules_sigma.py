@@ -14,9 +14,10 @@ from daemoneye.rules.engine import Engine
 from daemoneye.rules.live import EventIn
 from daemoneye.rules.model import load_rule_file
 from daemoneye.rules.sigma import SigmaImporter, write_rules
+from tests.conftest import corpus, needs_corpus
 
-SIGMA = Path("/work/shared/corpora/sigma-linux-process-creation")
-pytestmark = pytest.mark.skipif(not SIGMA.is_dir(), reason="Sigma corpus not present")
+SIGMA = corpus("sigma-linux-process-creation")
+pytestmark = needs_corpus("sigma-linux-process-creation")
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from daemoneye.rules.model import Problem, Rule, parse_rules_text
 from daemoneye.rules.validate import Validator
+from tests.conftest import corpus, needs_corpus
 
-OSQUERY = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "osquery-defense-kit"
-if not OSQUERY.is_dir():
-    OSQUERY = Path("/work/shared/corpora/osquery-defense-kit")
+OSQUERY = corpus("osquery-defense-kit")
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +268,7 @@ def test_hypothesis_arbitrary_text_never_crashes(validator: Validator, text: str
 # --- osquery corpus ------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not OSQUERY.is_dir(), reason="osquery-defense-kit corpus not present")
+@needs_corpus("osquery-defense-kit")
 def test_osquery_corpus_validates_and_runs(validator: Validator) -> None:
     files = sorted(OSQUERY.rglob("*.sql"))
     assert len(files) == 47
@@ -284,7 +283,7 @@ def test_osquery_corpus_validates_and_runs(validator: Validator) -> None:
     assert len(passed) >= 42, f"only {len(passed)} of 47 passed"
 
 
-@pytest.mark.skipif(not OSQUERY.is_dir(), reason="osquery-defense-kit corpus not present")
+@needs_corpus("osquery-defense-kit")
 def test_osquery_corpus_wrapped_as_rule_files_through_the_cli(tmp_path: Path) -> None:
     import subprocess
     import sys
