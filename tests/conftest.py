@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -44,6 +45,38 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.01)  # a poll interval, not a synchronisation: the condition decides
+
+
+DAEMONEYE = [sys.executable, "-m", "daemoneye"]  # the command line, as a user runs it
+
+
+def daemoneye(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 60,
+    **extra_env: str,
+) -> subprocess.CompletedProcess:
+    """Run `daemoneye ARGS` to the end, its output captured as text. `env` is the whole
+    environment (this process's when None); `extra_env` adds to it (COLUMNS="200")."""
+    return subprocess.run(
+        [*DAEMONEYE, *args],
+        env={**(os.environ if env is None else env), **extra_env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli(run_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+    """`daemoneye` (as above) in this test's run environment unless given another."""
+
+    def run(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        return daemoneye(*args, env=run_env if env is None else env, **kwargs)
+
+    return run
 
 
 def free_port() -> int:
@@ -96,7 +129,7 @@ class ServiceProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemoneye", "run", service, *args],
+            [*DAEMONEYE, "run", service, *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

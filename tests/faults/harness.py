@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any
 
 from daemoneye.config import Settings
 from daemoneye.rpc import RpcClient, RpcError
-from tests.conftest import ServiceProcess, wait_for
+from tests.conftest import ServiceProcess, daemoneye, wait_for
 from tests.stored import read_history, read_ledger, read_wal
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
@@ -243,13 +242,7 @@ class System:
             assert self.procs[name].stop() == 0, self.procs[name].log()
         out.ledger_seqs, out.ledger_gaps = read_ledger(self.settings, self.collector_id)
         out.detector_times = read_history(self.settings, self.collector_id)
-        verify = subprocess.run(
-            [sys.executable, "-m", "daemoneye", "ledger", "verify"],
-            env={**self.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        verify = daemoneye("ledger", "verify", env=self.env, timeout=120, COLUMNS="200")
         out.verify_rc, out.verify_out = verify.returncode, verify.stdout + verify.stderr
         out.logs = {
             n: "\n".join([*self.old_logs.get(n, []), p.log()]) for n, p in self.procs.items()

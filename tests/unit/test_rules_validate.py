@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from daemoneye.rules.model import Problem, Rule, parse_rules_text
 from daemoneye.rules.validate import Validator
-from tests.conftest import corpus, needs_corpus
+from tests.conftest import corpus, daemoneye, needs_corpus
 
 OSQUERY = corpus("osquery-defense-kit")
 
@@ -285,20 +285,13 @@ def test_osquery_corpus_validates_and_runs(validator: Validator) -> None:
 
 @needs_corpus("osquery-defense-kit")
 def test_osquery_corpus_wrapped_as_rule_files_through_the_cli(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     import yaml
 
     for f in sorted(OSQUERY.rglob("*.sql")):
         rule = {"id": f"osq-{f.stem.replace('_', '-')}", "name": f.stem, "sql": f.read_text()}
         (tmp_path / f"{f.parent.name}-{f.stem}.yml").write_text(yaml.safe_dump(rule))
-    run = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "rules", "validate", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = daemoneye("rules", "validate", str(tmp_path), timeout=300)
     problems = run.stdout.splitlines()
     assert run.returncode == (1 if problems else 0)
     assert len(problems) <= 5, problems
