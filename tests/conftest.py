@@ -86,9 +86,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+def service_env(base: Path, **extra: str) -> dict[str, str]:
+    """Environment for child services: their own run dir (under /tmp: ipc:// paths must be
+    short), a data dir under `base`, fast heartbeats; `extra` on top."""
+    env = dict(os.environ)
+    env.update(
+        DAEMONEYE_RUN_DIR=f"/tmp/de-{os.getpid()}-{base.name[-20:]}",
+        DAEMONEYE_DATA_DIR=str(base / "data"),
+        DAEMONEYE_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
+        DAEMONEYE_RPC_TIMEOUT_S="2",
+        DAEMONEYE_LOG_LEVEL="debug",
+        **extra,
+    )
+    return env
+
+
+def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch | None = None) -> Settings:
     """Settings exactly as a service started with `env` sees them (other DAEMONEYE_*
-    variables of this process removed)."""
+    variables of this process removed). Without `monkeypatch`, this process's
+    environment is restored at once."""
+    if monkeypatch is None:
+        with pytest.MonkeyPatch.context() as mp:
+            return settings_of(env, mp)
     for key in [k for k in os.environ if k.startswith("DAEMONEYE_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
@@ -98,27 +117,17 @@ def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setting
 
 
 @pytest.fixture
-def run_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for child services: its own run and data dir, fast heartbeats."""
-    run_dir = Path(f"/tmp/de-{os.getpid()}-{tmp_path.name[-20:]}")  # ipc paths must be short
-    env = dict(os.environ)
-    env.update(
-        DAEMONEYE_RUN_DIR=str(run_dir),
-        DAEMONEYE_DATA_DIR=str(tmp_path / "data"),
-        DAEMONEYE_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
-        DAEMONEYE_RPC_TIMEOUT_S="2",
-        DAEMONEYE_LOG_LEVEL="debug",
-    )
+def run_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = service_env(tmp_path)
     yield env
-    subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+    subprocess.run(["rm", "-rf", env["DAEMONEYE_RUN_DIR"]], check=False)
 
 
 @pytest.fixture
 def settings(run_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for key, value in run_env.items():
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.setenv(key, value)
-    return load_settings()
+    """The run env's settings, with this process's environment set to match (services
+    built in the test load the same)."""
+    return settings_of(run_env, monkeypatch)
 
 
 class ServiceProcess:
@@ -157,21 +166,55 @@ class ServiceProcess:
         self.stop(signal.SIGKILL)
 
 
+class Services:
+    """The `daemoneye run` children of one test (or one module's scenario), each logging
+    to a file in `logs`; stopped last first."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.started: list[ServiceProcess] = []
+
+    def start(self, service: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        log = self.logs / f"{service}-{len(self.started)}.log"
+        proc = ServiceProcess(service, env or self.env, log, *args)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
 @pytest.fixture
 def start_service(
     run_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
+    services = Services(run_env, tmp_path)
+    yield services.start
+    services.stop_all()
 
-    def start(service: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
-        log = tmp_path / f"{service}-{len(started)}.log"
-        proc = ServiceProcess(service, env or run_env, log, *args)
-        started.append(proc)
-        return proc
 
-    yield start
-    for proc in reversed(started):
-        proc.stop()
+class World:
+    """What the fixtures give one test (run env, settings, socket factory, RPC client,
+    started services), built from the same parts for a scenario that outlives a test
+    (module scope); `close()` stops the services and removes the run dir."""
+
+    def __init__(self, base: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.base = base
+        self.env = service_env(base, **(extra_env or {}))
+        self.run_dir = Path(self.env["DAEMONEYE_RUN_DIR"])
+        self.settings = settings_of(self.env)
+        self.factory = SocketFactory(self.settings, zmq.Context())
+        self.rpc = RpcClient(self.factory, self.settings.endpoint("control"), "test-client", 3.0)
+        self.services = Services(self.env, base)
+        self.start_service = self.services.start
+
+    def close(self) -> None:
+        self.services.stop_all()
+        self.factory.close_all(linger_ms=0)
+        self.factory.context.term()
+        subprocess.run(["rm", "-rf", str(self.run_dir)], check=False)
 
 
 @pytest.fixture

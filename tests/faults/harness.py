@@ -18,12 +18,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from daemoneye.config import Settings
-from daemoneye.rpc import RpcClient, RpcError
-from tests.conftest import ServiceProcess, daemoneye, wait_for
+from daemoneye.rpc import RpcError
+from tests.conftest import ServiceProcess, World, daemoneye, wait_for
 from tests.stored import read_history, read_ledger, read_wal
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
@@ -144,22 +142,17 @@ def _ranges(seqs: list[int], most: int = 6) -> str:
 
 
 class System:
-    """Broker, collector, detector and ledger as real `daemoneye run` children."""
+    """Broker, collector, detector and ledger as real `daemoneye run` children of a
+    World (tests/conftest.py), and what the fault tests do to them."""
 
-    def __init__(
-        self,
-        start_service: Any,
-        settings: Settings,
-        run_env: dict[str, str],
-        rpc_client: RpcClient,
-    ) -> None:
-        self._start = start_service
-        self.settings = settings
-        self.env = run_env
-        self.rpc = rpc_client
+    def __init__(self, world: World) -> None:
+        self._start = world.start_service
+        self.settings = world.settings
+        self.env = world.env
+        self.rpc = world.rpc
         self.procs: dict[str, ServiceProcess] = {}
         self.envs: dict[str, dict[str, str]] = {}
-        self.collector_id = f"collector@{settings.hostname}"
+        self.collector_id = f"collector@{world.settings.hostname}"
         self.old_logs: dict[str, list[str]] = {}
 
     def start(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
@@ -257,50 +250,3 @@ class System:
         except RpcError:
             return False
         return any(r.get("time_ns") == time_ns for r in rows)
-
-
-class World:
-    """The fixtures of tests/conftest.py for a whole module: one run dir, data dir,
-    settings, RPC client and the services started in it (stopped on close)."""
-
-    def __init__(self, base: Path, extra_env: dict[str, str] | None = None) -> None:
-        import pytest
-        import zmq
-
-        from daemoneye.bus import SocketFactory
-        from daemoneye.config import load_settings
-        from tests.conftest import HEARTBEAT_S
-
-        self.base = base
-        self.run_dir = Path(f"/tmp/de-f{os.getpid()}-{base.name[-12:]}")
-        self.env = dict(os.environ)
-        self.env.update(
-            DAEMONEYE_RUN_DIR=str(self.run_dir),
-            DAEMONEYE_DATA_DIR=str(base / "data"),
-            DAEMONEYE_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
-            DAEMONEYE_RPC_TIMEOUT_S="2",
-            DAEMONEYE_LOG_LEVEL="debug",
-            **(extra_env or {}),
-        )
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in self.env.items():
-                if key.startswith("DAEMONEYE_"):
-                    mp.setenv(key, value)
-            self.settings = load_settings()
-        self.factory = SocketFactory(self.settings, zmq.Context())
-        self.rpc = RpcClient(self.factory, self.settings.endpoint("control"), "fault-test", 3.0)
-        self.started: list[ServiceProcess] = []
-        self.system = System(self.start_service, self.settings, self.env, self.rpc)
-
-    def start_service(self, name: str, *args: str, env: dict[str, str] | None = None):
-        log = self.base / f"{name}-{len(self.started)}.log"
-        proc = ServiceProcess(name, env or self.env, log, *args)
-        self.started.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
-        self.factory.close_all(linger_ms=0)
-        self.factory.context.term()
-        subprocess.run(["rm", "-rf", str(self.run_dir)], check=False)

@@ -15,8 +15,8 @@ import pytest
 import zmq
 
 from daemoneye.bus import Subscriber
-from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Storm, System, needs_realtime
 
 pytestmark = needs_realtime()
 RATE = 30
@@ -44,7 +44,7 @@ def outcome(tmp_path_factory) -> Iterator[tuple[Counter, Counter]]:
         f"WHERE cmdline LIKE '%{marker}%'\n"
     )
     world = World(base, {"DAEMONEYE_RULES_DIR": str(rules)})
-    system = world.system
+    system = System(world)
     data = Path(world.settings.data_dir)
     sock = world.factory.connect(zmq.SUB, world.settings.endpoint("events-out"))
     sub = Subscriber(sock, ("alerts.", "control.health."), world.settings.bus.max_event_bytes)

@@ -32,8 +32,8 @@ from daemoneye.rpc import RpcError
 from daemoneye.services.collector.wal import Wal
 from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.store import Store
-from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Storm, System, needs_realtime
 
 pytestmark = needs_realtime()
 
@@ -160,7 +160,7 @@ def alert_storm_world(tmp_path: Path, marker: str, **env: str) -> World:
 def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: int) -> None:
     marker = f"fault-ovf-{uuid.uuid4().hex[:6]}"
     world = alert_storm_world(tmp_path, marker, DAEMONEYE_DETECTOR__MAX_ROWS=str(max_rows))
-    system = world.system
+    system = System(world)
     data = Path(world.settings.data_dir)
     small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}
     storm = Storm(RATE, marker)

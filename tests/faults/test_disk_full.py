@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import Outcome, Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Outcome, Storm, System, needs_realtime
 from tests.tmpfs import fill, mount_tmpfs, unmount
 
 pytestmark = needs_realtime()
@@ -47,7 +47,7 @@ def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
             "DAEMONEYE_COLLECTOR__WAL_MAX_BYTES": str(WAL_MAX),
         },
     )
-    system = world.system
+    system = System(world)
     storm = Storm(RATE, f"fault-disk-{uuid.uuid4().hex[:6]}")
     try:
         system.start_all()

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Storm, System, needs_realtime
 
 pytestmark = needs_realtime()
 
@@ -23,7 +23,7 @@ HWM = "100"
 )
 def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> None:
     world = World(tmp_path)
-    system = world.system
+    system = System(world)
     small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}
     storm = Storm(RATE, f"fault-hwm-{uuid.uuid4().hex[:6]}")
     try:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import Outcome, Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Outcome, Storm, System, needs_realtime
 
 pytestmark = needs_realtime()
 
@@ -31,7 +31,7 @@ DETECTOR_BUGS: dict[str, str] = {}
 
 def run_scenario(tmp: Path, target: str) -> Outcome:
     world = World(tmp)
-    system = world.system
+    system = System(world)
     storm = Storm(RATE, f"fault-kill-{target}-{uuid.uuid4().hex[:6]}")
     try:
         system.start_all()

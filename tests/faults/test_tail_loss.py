@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from tests.conftest import wait_for
-from tests.faults.harness import Storm, needs_realtime
+from tests.faults.harness import Storm, System, needs_realtime
 from tests.faults.test_detector_overflow import (
     alert_storm_world,
     settle,
@@ -30,7 +30,7 @@ WHILE_STOPPED = 600  # storm processes run while the alerter is stopped: alerts 
 def test_a_lost_tail_of_alerts_is_repaired_without_a_later_alert(tmp_path: Path) -> None:
     marker = f"fault-tail-{uuid.uuid4().hex[:6]}"
     world = alert_storm_world(tmp_path, marker)
-    system = world.system
+    system = System(world)
     data = Path(world.settings.data_dir)
     small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}
     storm = Storm(RATE, marker)
