@@ -22,9 +22,12 @@ from typing import Any
 
 from daemoneye.rpc import RpcError
 from tests.conftest import ServiceProcess, World, daemoneye, wait_for
-from tests.stored import read_history, read_ledger, read_wal
+from tests.stored import ledger_pids, read_history, read_ledger, read_wal, wal_pids
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
+# kill -9 loses what the collector had read but not yet logged: storm processes that
+# ended this long before the kill are due in its WAL, later ones are excused
+KILL_GRACE_S = 1.0
 CORE = ("broker", "ledger", "detector", "collector")  # consumers before producers
 
 
@@ -48,13 +51,26 @@ def needs_realtime() -> Any:
     return [pytest.mark.root, pytest.mark.skipif(bool(reason), reason=reason)]
 
 
+@dataclass(frozen=True)
+class Ran:
+    """One storm process, by the storm's own account (monotonic clock)."""
+
+    n: int
+    pid: int
+    started: float
+    ended: float
+
+
 class Storm:
-    """A thread that runs `true <marker> <n>` at a steady rate until stopped."""
+    """A thread that runs `true <marker> <n>` at a steady rate until stopped, and keeps
+    its own record of what it ran: the fault tests' ground truth for what there was to
+    see, independent of the collector."""
 
     def __init__(self, rate: float, marker: str) -> None:
         self.rate = rate
         self.marker = marker
         self.count = 0
+        self.ran: list[Ran] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="storm")
 
@@ -66,7 +82,10 @@ class Storm:
         period = 1.0 / self.rate
         due = time.monotonic()
         while not self._stop.is_set():
-            subprocess.run([TRUE, self.marker, str(self.count)], check=False)
+            started = time.monotonic()
+            proc = subprocess.Popen([TRUE, self.marker, str(self.count)])
+            proc.wait()
+            self.ran.append(Ran(self.count, proc.pid, started, time.monotonic()))
             self.count += 1
             due += period
             self._stop.wait(max(0.0, due - time.monotonic()))  # paced, not a sync sleep
@@ -79,6 +98,20 @@ class Storm:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def unseen(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> str:
+        """'' when every process the storm ran has one of `pids`; else what is missing.
+        Processes that overlap a `blind` window (the collector down) are excused."""
+        windows = blind or []
+        due = [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
+        missing = [r for r in due if r.pid not in pids]
+        if not missing:
+            return ""
+        return (
+            f"{len(missing)} of the {len(due)} processes the storm ran (while the collector "
+            f"ran) were never logged: n {_ranges([r.n for r in missing])}, "
+            f"pids {[r.pid for r in missing[:5]]}"
+        )
 
 
 @dataclass
@@ -93,6 +126,9 @@ class Outcome:
     detector_times: Counter = field(default_factory=Counter)  # event timeNs -> history rows
     verify_rc: int = -1
     verify_out: str = ""
+    storm_ran: int = 0  # processes the storm ran
+    storm_not_in_wal: str = ""  # Storm.unseen against the WAL's pids ('' when none)
+    storm_not_in_ledger: str = ""  # ... against the ledger's
     logs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -154,6 +190,8 @@ class System:
         self.envs: dict[str, dict[str, str]] = {}
         self.collector_id = f"collector@{world.settings.hostname}"
         self.old_logs: dict[str, list[str]] = {}
+        self.collector_blind: list[tuple[float, float]] = []  # killed -> healthy again
+        self._collector_down: float | None = None
 
     def start(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
         if env is not None:
@@ -161,6 +199,9 @@ class System:
         proc = self._start(name, env=self.envs.get(name, self.env))
         self.procs[name] = proc
         self.wait_healthy(name)
+        if name == "collector" and self._collector_down is not None:
+            self.collector_blind.append((self._collector_down, time.monotonic()))
+            self._collector_down = None
         return proc
 
     def start_all(self, names: tuple[str, ...] = CORE) -> None:
@@ -187,6 +228,8 @@ class System:
         return self.rpc.call(target, "health", timeout_s=3).value
 
     def kill9(self, name: str) -> None:
+        if name == "collector":
+            self._collector_down = time.monotonic() - KILL_GRACE_S
         proc = self.procs[name]
         proc.kill()
         self.old_logs.setdefault(name, []).append(proc.log())
@@ -207,9 +250,10 @@ class System:
     def collector_last_seq(self) -> int:
         return int(self.health("collector")["metrics"].get("wal.last_seq", 0))
 
-    def finish(self, wait_detector: bool = True) -> Outcome:
+    def finish(self, storm: Storm | None = None, wait_detector: bool = True) -> Outcome:
         """Stop the collector cleanly, let the ledger and detector catch up with its last
-        event, stop them, and read every side's stores."""
+        event, stop them, and read every side's stores; with the (stopped) `storm`, say
+        which of its processes the WAL and the ledger lack."""
         out = Outcome(self.collector_id)
         out.metrics["collector"] = self.health("collector")["metrics"]
         last = int(out.metrics["collector"].get("wal.last_seq", 0))
@@ -235,6 +279,11 @@ class System:
             assert self.procs[name].stop() == 0, self.procs[name].log()
         out.ledger_seqs, out.ledger_gaps = read_ledger(self.settings, self.collector_id)
         out.detector_times = read_history(self.settings, self.collector_id)
+        if storm is not None:
+            out.storm_ran, blind = len(storm.ran), self.collector_blind
+            out.storm_not_in_wal = storm.unseen(wal_pids(self.settings, self.collector_id), blind)
+            pids = ledger_pids(self.settings, self.collector_id)
+            out.storm_not_in_ledger = storm.unseen(pids, blind)
         verify = daemoneye("ledger", "verify", env=self.env, timeout=120, COLUMNS="200")
         out.verify_rc, out.verify_out = verify.returncode, verify.stdout + verify.stderr
         out.logs = {

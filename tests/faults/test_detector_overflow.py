@@ -34,6 +34,7 @@ from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.store import Store
 from tests.conftest import World, wait_for
 from tests.faults.harness import Storm, System, needs_realtime
+from tests.stored import wal_pids
 
 pytestmark = needs_realtime()
 
@@ -189,6 +190,7 @@ def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: 
         storm.stop()
         assert system.procs["collector"].stop() == 0, system.procs["collector"].log()
         execs = wal_execs(world.settings, system.collector_id, marker)
+        unlogged = storm.unseen(wal_pids(world.settings, system.collector_id))
 
         def metrics(name: str, timeout_s: float = 10) -> dict[str, float]:
             # a generous deadline: a detector catching up on a replay answers late
@@ -219,6 +221,7 @@ def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: 
     assert detector["bus.gaps"] >= 1, f"no overflow seen as a gap: {detector}"
     assert detector["detector.replayed"] >= detector["bus.missing"] > 0, detector
     assert detector["detector.rule_results_cut"] == 0, detector
+    assert not unlogged, unlogged  # by the storm's own record of what it ran
     assert len(execs) >= storm.count * 0.9, f"collector saw {len(execs)} of {storm.count} execs"
     never_fired = sorted(set(execs) - set(fired))
     undelivered = sorted(set(fired) - set(per_storm) - {-1})

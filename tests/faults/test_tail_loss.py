@@ -19,6 +19,7 @@ from tests.faults.test_detector_overflow import (
     sink_alerts,
     wal_execs,
 )
+from tests.stored import wal_pids
 
 pytestmark = needs_realtime()
 
@@ -47,6 +48,7 @@ def test_a_lost_tail_of_alerts_is_repaired_without_a_later_alert(tmp_path: Path)
         storm.stop()
         assert system.procs["collector"].stop() == 0, system.procs["collector"].log()
         execs = wal_execs(world.settings, system.collector_id, marker)
+        unlogged = storm.unseen(wal_pids(world.settings, system.collector_id))
 
         def fired() -> float:
             health = world.rpc.call("control.detector", "health", timeout_s=2).value
@@ -65,6 +67,7 @@ def test_a_lost_tail_of_alerts_is_repaired_without_a_later_alert(tmp_path: Path)
         storm.stop()
         world.close()
 
+    assert not unlogged, unlogged  # by the storm's own record of what it ran
     assert alerter["bus.tail_gaps"] >= 1, f"no lost tail seen (did the HWM overflow?): {alerter}"
     assert alerter["bus.missing"] > 0, alerter
     missing = sorted(set(execs) - set(per_storm))
