@@ -10,15 +10,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import zmq
 
+from daemoneye import config
 from daemoneye.bus import SocketFactory, Subscriber, wait_for_endpoint
 from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcClient
+from daemoneye.service import Service
 
+S = TypeVar("S", bound=Service)
 HEARTBEAT_S = 0.2  # fast heartbeats so health transitions happen within a test
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = REPO.parent / "shared" / "corpora"  # the team's shared rule corpora, beside the repo
@@ -215,6 +218,30 @@ class World:
         self.factory.close_all(linger_ms=0)
         self.factory.context.term()
         subprocess.run(["rm", "-rf", str(self.run_dir)], check=False)
+
+
+@pytest.fixture
+def no_host_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings from the defaults and the test's own files only: no host configuration
+    file (/etc, ~/.config) and no DAEMONEYE_* variable of this process."""
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "none-system.toml")
+    monkeypatch.setattr(config, "USER_CONFIG", tmp_path / "none-user.toml")
+    for key in [k for k in os.environ if k.startswith("DAEMONEYE_")]:
+        monkeypatch.delenv(key)
+
+
+def open_in_process(svc: S) -> S:
+    """A service built in this process, to be fed by hand (on_message, its RPC verbs):
+    its sockets opened (ZeroMQ connects lazily: with no broker in the run dir nothing is
+    reached) and set up. `close_in_process` undoes it."""
+    svc.open_sockets()
+    svc.setup()
+    return svc
+
+
+def close_in_process(svc: Service) -> None:
+    svc.teardown()
+    svc.factory.close_all(linger_ms=0)
 
 
 @pytest.fixture
