@@ -1,4 +1,13 @@
-"""Shared fixtures: real services on real ipc:// sockets in a temporary directory."""
+"""The tests' shared seams: real services on real ipc:// sockets in a temporary directory.
+
+- start a system: the run_env / settings / start_service / broker / factory / rpc_client /
+  subscribe fixtures for one test; World, made of the same parts, for a scenario that
+  outlives a test (tests/faults);
+- call the CLI: daemoneye() and the cli fixture;
+- feed a service: no_host_config and open_in_process / close_in_process, for a service
+  built in the test's own process;
+- wait_for (poll a condition with a deadline), the shared corpora (corpus, needs_corpus).
+"""
 
 from __future__ import annotations
 
