@@ -222,7 +222,8 @@ def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: 
     assert detector["detector.replayed"] >= detector["bus.missing"] > 0, detector
     assert detector["detector.rule_results_cut"] == 0, detector
     assert not unlogged, unlogged  # by the storm's own record of what it ran
-    assert len(execs) >= storm.count * 0.9, f"collector saw {len(execs)} of {storm.count} execs"
+    # with their argv: the collector's promise for short-lived processes (test_collector_capture)
+    assert len(execs) >= storm.count * 0.995, f"collector saw {len(execs)} of {storm.count} execs"
     never_fired = sorted(set(execs) - set(fired))
     undelivered = sorted(set(fired) - set(per_storm) - {-1})
     missing = sorted(set(execs) - set(per_storm))
