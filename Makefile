@@ -15,6 +15,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
+# the default suite runs each fuzzer a few seconds; this runs each for two minutes
 fuzz: $(STAMP)
 	$(BIN)/python -m pip install --quiet atheris
 	mkdir -p build/fuzz

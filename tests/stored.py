@@ -23,8 +23,7 @@ PROCESS_PREFIX = "events.process."
 def read_wal(settings: Settings, collector_id: str) -> dict[int, tuple[int, ...]]:
     """seq -> events' timeNs of every process envelope the collector's WAL still holds
     (retention may have cut its oldest segments; a batch envelope is one seq)."""
-    path = Path(settings.data_dir) / "collector" / collector_id.replace("/", "_") / "wal"
-    wal = Wal(path)
+    wal = Wal(_wal_path(settings, collector_id))
     try:
         out = {}
         for e in wal.read(0, None, 10**9):
@@ -33,6 +32,46 @@ def read_wal(settings: Settings, collector_id: str) -> dict[int, tuple[int, ...]
         return out
     finally:
         wal.close()
+
+
+def wal_pids(settings: Settings, collector_id: str) -> set[int]:
+    """Pids of every process event the collector's WAL still holds."""
+    wal = Wal(_wal_path(settings, collector_id))
+    try:
+        return {
+            pid
+            for e in wal.read(0, None, 10**9)
+            if e.topic.startswith(PROCESS_PREFIX)
+            for pid in event_pids(wire.decode_envelope(e.data))
+        }
+    finally:
+        wal.close()
+
+
+def ledger_pids(settings: Settings, collector_id: str) -> set[int]:
+    """Pids of every process event of this collector the ledger holds (with payload)."""
+    ledger = LedgerStore(open_store(settings.ledger.db_path(settings.data_dir), read_only=True))
+    pids: set[int] = set()
+    try:
+        for seq, value in ledger.entries():
+            e = entries.parse_record(value)
+            payload = ledger.payload(seq)
+            if e.actor == collector_id and e.action.startswith(PROCESS_PREFIX) and payload:
+                pids.update(event_pids(wire.decode_envelope(payload)))
+    finally:
+        ledger.close()
+    return pids
+
+
+def event_pids(envelope: Any) -> tuple[int, ...]:
+    """Pids of the event(s) of a processEvent or processEventBatch envelope."""
+    if wire.body_kind(envelope) == "processEventBatch":
+        return tuple(e.record.pid for e in envelope.body.processEventBatch.events)
+    return (envelope.body.processEvent.record.pid,)
+
+
+def _wal_path(settings: Settings, collector_id: str) -> Path:
+    return Path(settings.data_dir) / "collector" / collector_id.replace("/", "_") / "wal"
 
 
 def event_times(envelope: Any) -> tuple[int, ...]:

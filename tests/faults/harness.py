@@ -14,20 +14,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from daemoneye.config import Settings
-from daemoneye.rpc import RpcClient, RpcError
-from tests.conftest import ServiceProcess, wait_for
-from tests.stored import read_history, read_ledger, read_wal
+from daemoneye.rpc import RpcError
+from tests.conftest import ServiceProcess, World, daemoneye, wait_for
+from tests.stored import ledger_pids, read_history, read_ledger, read_wal, wal_pids
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
+# kill -9 loses what the collector had read but not yet logged: storm processes that
+# ended this long before the kill are due in its WAL, later ones are excused
+KILL_GRACE_S = 1.0
 CORE = ("broker", "ledger", "detector", "collector")  # consumers before producers
 
 
@@ -51,30 +51,26 @@ def needs_realtime() -> Any:
     return [pytest.mark.root, pytest.mark.skipif(bool(reason), reason=reason)]
 
 
-def alerter_reason() -> str:
-    """Why the alerter cannot take part ('' when it can): it must be committed."""
-    root = Path(__file__).resolve().parents[2]
-    tracked = subprocess.run(
-        ["git", "ls-files", "--error-unmatch", "services/alerter/service.py"],
-        cwd=root,
-        capture_output=True,
-    )
-    if tracked.returncode != 0:
-        return "services/alerter is not committed yet"
-    try:
-        import daemoneye.services.alerter.service  # noqa: F401
-    except Exception as exc:  # any import failure means: not ready
-        return f"services/alerter is not importable: {exc}"
-    return ""
+@dataclass(frozen=True)
+class Ran:
+    """One storm process, by the storm's own account (monotonic clock)."""
+
+    n: int
+    pid: int
+    started: float
+    ended: float
 
 
 class Storm:
-    """A thread that runs `true <marker> <n>` at a steady rate until stopped."""
+    """A thread that runs `true <marker> <n>` at a steady rate until stopped, and keeps
+    its own record of what it ran: the fault tests' ground truth for what there was to
+    see, independent of the collector."""
 
     def __init__(self, rate: float, marker: str) -> None:
         self.rate = rate
         self.marker = marker
         self.count = 0
+        self.ran: list[Ran] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="storm")
 
@@ -86,7 +82,10 @@ class Storm:
         period = 1.0 / self.rate
         due = time.monotonic()
         while not self._stop.is_set():
-            subprocess.run([TRUE, self.marker, str(self.count)], check=False)
+            started = time.monotonic()
+            proc = subprocess.Popen([TRUE, self.marker, str(self.count)])
+            proc.wait()
+            self.ran.append(Ran(self.count, proc.pid, started, time.monotonic()))
             self.count += 1
             due += period
             self._stop.wait(max(0.0, due - time.monotonic()))  # paced, not a sync sleep
@@ -99,6 +98,20 @@ class Storm:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def unseen(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> str:
+        """'' when every process the storm ran has one of `pids`; else what is missing.
+        Processes that overlap a `blind` window (the collector down) are excused."""
+        windows = blind or []
+        due = [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
+        missing = [r for r in due if r.pid not in pids]
+        if not missing:
+            return ""
+        return (
+            f"{len(missing)} of the {len(due)} processes the storm ran (while the collector "
+            f"ran) were never logged: n {_ranges([r.n for r in missing])}, "
+            f"pids {[r.pid for r in missing[:5]]}"
+        )
 
 
 @dataclass
@@ -113,6 +126,9 @@ class Outcome:
     detector_times: Counter = field(default_factory=Counter)  # event timeNs -> history rows
     verify_rc: int = -1
     verify_out: str = ""
+    storm_ran: int = 0  # processes the storm ran
+    storm_not_in_wal: str = ""  # Storm.unseen against the WAL's pids ('' when none)
+    storm_not_in_ledger: str = ""  # ... against the ledger's
     logs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -162,23 +178,20 @@ def _ranges(seqs: list[int], most: int = 6) -> str:
 
 
 class System:
-    """Broker, collector, detector and ledger as real `daemoneye run` children."""
+    """Broker, collector, detector and ledger as real `daemoneye run` children of a
+    World (tests/conftest.py), and what the fault tests do to them."""
 
-    def __init__(
-        self,
-        start_service: Any,
-        settings: Settings,
-        run_env: dict[str, str],
-        rpc_client: RpcClient,
-    ) -> None:
-        self._start = start_service
-        self.settings = settings
-        self.env = run_env
-        self.rpc = rpc_client
+    def __init__(self, world: World) -> None:
+        self._start = world.start_service
+        self.settings = world.settings
+        self.env = world.env
+        self.rpc = world.rpc
         self.procs: dict[str, ServiceProcess] = {}
         self.envs: dict[str, dict[str, str]] = {}
-        self.collector_id = f"collector@{settings.hostname}"
+        self.collector_id = f"collector@{world.settings.hostname}"
         self.old_logs: dict[str, list[str]] = {}
+        self.collector_blind: list[tuple[float, float]] = []  # killed -> healthy again
+        self._collector_down: float | None = None
 
     def start(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
         if env is not None:
@@ -186,6 +199,9 @@ class System:
         proc = self._start(name, env=self.envs.get(name, self.env))
         self.procs[name] = proc
         self.wait_healthy(name)
+        if name == "collector" and self._collector_down is not None:
+            self.collector_blind.append((self._collector_down, time.monotonic()))
+            self._collector_down = None
         return proc
 
     def start_all(self, names: tuple[str, ...] = CORE) -> None:
@@ -212,6 +228,8 @@ class System:
         return self.rpc.call(target, "health", timeout_s=3).value
 
     def kill9(self, name: str) -> None:
+        if name == "collector":
+            self._collector_down = time.monotonic() - KILL_GRACE_S
         proc = self.procs[name]
         proc.kill()
         self.old_logs.setdefault(name, []).append(proc.log())
@@ -232,9 +250,10 @@ class System:
     def collector_last_seq(self) -> int:
         return int(self.health("collector")["metrics"].get("wal.last_seq", 0))
 
-    def finish(self, wait_detector: bool = True) -> Outcome:
+    def finish(self, storm: Storm | None = None, wait_detector: bool = True) -> Outcome:
         """Stop the collector cleanly, let the ledger and detector catch up with its last
-        event, stop them, and read every side's stores."""
+        event, stop them, and read every side's stores; with the (stopped) `storm`, say
+        which of its processes the WAL and the ledger lack."""
         out = Outcome(self.collector_id)
         out.metrics["collector"] = self.health("collector")["metrics"]
         last = int(out.metrics["collector"].get("wal.last_seq", 0))
@@ -260,13 +279,12 @@ class System:
             assert self.procs[name].stop() == 0, self.procs[name].log()
         out.ledger_seqs, out.ledger_gaps = read_ledger(self.settings, self.collector_id)
         out.detector_times = read_history(self.settings, self.collector_id)
-        verify = subprocess.run(
-            [sys.executable, "-m", "daemoneye", "ledger", "verify"],
-            env={**self.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        if storm is not None:
+            out.storm_ran, blind = len(storm.ran), self.collector_blind
+            out.storm_not_in_wal = storm.unseen(wal_pids(self.settings, self.collector_id), blind)
+            pids = ledger_pids(self.settings, self.collector_id)
+            out.storm_not_in_ledger = storm.unseen(pids, blind)
+        verify = daemoneye("ledger", "verify", env=self.env, timeout=120, COLUMNS="200")
         out.verify_rc, out.verify_out = verify.returncode, verify.stdout + verify.stderr
         out.logs = {
             n: "\n".join([*self.old_logs.get(n, []), p.log()]) for n, p in self.procs.items()
@@ -281,50 +299,3 @@ class System:
         except RpcError:
             return False
         return any(r.get("time_ns") == time_ns for r in rows)
-
-
-class World:
-    """The fixtures of tests/conftest.py for a whole module: one run dir, data dir,
-    settings, RPC client and the services started in it (stopped on close)."""
-
-    def __init__(self, base: Path, extra_env: dict[str, str] | None = None) -> None:
-        import pytest
-        import zmq
-
-        from daemoneye.bus import SocketFactory
-        from daemoneye.config import load_settings
-        from tests.conftest import HEARTBEAT_S
-
-        self.base = base
-        self.run_dir = Path(f"/tmp/de-f{os.getpid()}-{base.name[-12:]}")
-        self.env = dict(os.environ)
-        self.env.update(
-            DAEMONEYE_RUN_DIR=str(self.run_dir),
-            DAEMONEYE_DATA_DIR=str(base / "data"),
-            DAEMONEYE_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
-            DAEMONEYE_RPC_TIMEOUT_S="2",
-            DAEMONEYE_LOG_LEVEL="debug",
-            **(extra_env or {}),
-        )
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in self.env.items():
-                if key.startswith("DAEMONEYE_"):
-                    mp.setenv(key, value)
-            self.settings = load_settings()
-        self.factory = SocketFactory(self.settings, zmq.Context())
-        self.rpc = RpcClient(self.factory, self.settings.endpoint("control"), "fault-test", 3.0)
-        self.started: list[ServiceProcess] = []
-        self.system = System(self.start_service, self.settings, self.env, self.rpc)
-
-    def start_service(self, name: str, *args: str, env: dict[str, str] | None = None):
-        log = self.base / f"{name}-{len(self.started)}.log"
-        proc = ServiceProcess(name, env or self.env, log, *args)
-        self.started.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
-        self.factory.close_all(linger_ms=0)
-        self.factory.context.term()
-        subprocess.run(["rm", "-rf", str(self.run_dir)], check=False)

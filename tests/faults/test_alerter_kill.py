@@ -1,7 +1,7 @@
 """kill -9 of the alerter during an exec storm whose every process matches a rule,
 then a restart: every alert the detector published is in the file sink (those sent
 while the alerter was down are replayed from the detector's alert log), and none
-twice. Skipped while services/alerter is not committed."""
+twice."""
 
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ import pytest
 import zmq
 
 from daemoneye.bus import Subscriber
-from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, alerter_reason, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Storm, System, needs_realtime
 
-pytestmark = [
-    *needs_realtime(),
-    pytest.mark.skipif(bool(alerter_reason()), reason=alerter_reason() or "-"),
-]
+pytestmark = needs_realtime()
 RATE = 30
 
 
@@ -47,7 +44,7 @@ def outcome(tmp_path_factory) -> Iterator[tuple[Counter, Counter]]:
         f"WHERE cmdline LIKE '%{marker}%'\n"
     )
     world = World(base, {"DAEMONEYE_RULES_DIR": str(rules)})
-    system = world.system
+    system = System(world)
     data = Path(world.settings.data_dir)
     sock = world.factory.connect(zmq.SUB, world.settings.endpoint("events-out"))
     sub = Subscriber(sock, ("alerts.", "control.health."), world.settings.bus.max_event_bytes)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import Outcome, Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Outcome, Storm, System, needs_realtime
 from tests.tmpfs import fill, mount_tmpfs, unmount
 
 pytestmark = needs_realtime()
@@ -47,7 +47,7 @@ def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
             "DAEMONEYE_COLLECTOR__WAL_MAX_BYTES": str(WAL_MAX),
         },
     )
-    system = world.system
+    system = System(world)
     storm = Storm(RATE, f"fault-disk-{uuid.uuid4().hex[:6]}")
     try:
         system.start_all()
@@ -77,7 +77,7 @@ def _scenario(base: Path, data: Path) -> Iterator[tuple[Outcome, dict]]:
         wait_for(lambda: not reported("detector", "history writes failing"), 20, "detector ok")
         storm.wait_more(RATE)
         storm.stop()
-        yield system.finish(), seen
+        yield system.finish(storm), seen
     finally:
         storm.stop()
         world.close()
@@ -107,6 +107,14 @@ def test_ledger_has_every_published_event_once(disk_full) -> None:
     assert set(out.ledger_seqs) == set(range(1, out.last_seq + 1)), out.ledger_problems()
     assert max(out.ledger_seqs.values()) == 1
     assert out.ledger_gaps == []
+
+
+def test_ledger_has_every_storm_process(disk_full) -> None:
+    """By the storm's own record (the WAL lacks what was unlogged while the disk was full
+    and what its bound cut, so the ledger is where every process must be)."""
+    out, _ = disk_full
+    assert out.storm_ran > 3 * RATE, f"too few storm processes: {out.storm_ran}"
+    assert not out.storm_not_in_ledger, out.storm_not_in_ledger
 
 
 def test_ledger_verifies_after_a_full_disk(disk_full) -> None:

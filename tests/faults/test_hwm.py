@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import Storm, World, needs_realtime
+from tests.conftest import World, wait_for
+from tests.faults.harness import Storm, System, needs_realtime
 
 pytestmark = needs_realtime()
 
@@ -23,7 +23,7 @@ HWM = "100"
 )
 def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> None:
     world = World(tmp_path)
-    system = world.system
+    system = System(world)
     small = {**world.env, "DAEMONEYE_BUS__SEND_HWM": HWM, "DAEMONEYE_BUS__RECV_HWM": HWM}
     storm = Storm(RATE, f"fault-hwm-{uuid.uuid4().hex[:6]}")
     try:
@@ -40,7 +40,7 @@ def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> N
         system.sigcont("ledger")
         storm.wait_more(RATE)
         storm.stop()
-        out = system.finish()
+        out = system.finish(storm)
     finally:
         storm.stop()
         world.close()
@@ -50,5 +50,7 @@ def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> N
     assert ledger["ledger.replayed"] >= ledger["bus.missing"] > 0, str(ledger)
     problems = out.ledger_problems()
     assert not problems, problems
+    assert not out.storm_not_in_wal, out.storm_not_in_wal  # by the storm's own record
+    assert not out.storm_not_in_ledger, out.storm_not_in_ledger
     assert out.ledger_gaps == []
     assert out.verify_rc == 0, out.verify_out

@@ -18,6 +18,7 @@ from daemoneye import wire
 from daemoneye.bus import Message, Subscriber
 from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
+from tests.conftest import daemoneye
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 BASH = os.path.realpath(shutil.which("bash") or "/bin/bash")
@@ -254,13 +255,7 @@ def test_degraded_mode_is_announced(
         notice = found[0] if found else None
     health = rpc_client.call("control.collector", "health").value
     assert health["state"] == "degraded"
-    status = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "status", "--json"],
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    status = daemoneye("status", "--json", env=run_env)
     assert "netlink disabled" in status.stdout
     assert notice is not None, "no degraded notice on events.collector.<id>"
     assert notice["kind"] == "degraded" and "netlink disabled" in notice["message"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from daemoneye import procfs
-from daemoneye.bus import Subscriber
+from daemoneye.bus import Subscriber, Topics
 from daemoneye.rpc import RpcClient, RpcError
 from tests.conftest import wait_for
 
@@ -85,8 +85,15 @@ def test_snapshot_update_config_and_adjust_interval(
 
 
 def test_begin_monitoring_when_not_autostarted(
-    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+    broker: Any,
+    subscribe: Callable[..., Subscriber],
+    start_service: Callable[..., Any],
+    rpc_client: RpcClient,
+    run_env: dict,
 ) -> None:
+    # the collector's heartbeats leave by the socket its events would: once two have
+    # come, anything it published before them has come too
+    events = Events(subscribe(Topics.PROCESS, Topics.HEARTBEAT))
     env = dict(
         run_env, DAEMONEYE_COLLECTOR__AUTOSTART="false", DAEMONEYE_COLLECTOR__NETLINK="false"
     )
@@ -99,7 +106,17 @@ def test_begin_monitoring_when_not_autostarted(
         except RpcError:
             assert time.monotonic() < deadline and proc.proc.poll() is None, proc.log()
     assert health["monitoring"] is False
-    assert not events.find("events.process.start", lambda b: True)
+    topic = Topics.heartbeat(health["service_id"])
+
+    def beats() -> list[dict[str, Any]]:
+        events.pump()
+        return [b for t, b in events.seen if t == topic]
+
+    wait_for(lambda: len(beats()) >= 2, 10, "two heartbeats of the idle collector")
+    early = [t for t, _ in events.seen if t.startswith(Topics.PROCESS)]
+    assert not early, f"{len(early)} process events before begin_monitoring: {early[:5]}"
+    metrics = {m["name"]: m["value"] for m in beats()[-1]["metrics"]}
+    assert metrics["scans"] == 0 and metrics["monitoring"] == 0, metrics
     res = rpc_client.call(TARGET, "begin_monitoring").value
     assert res["started_now"] is True
     events.wait("events.process.start", of_pid(os.getpid()), what="for the test runner")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,9 @@ from typing import Any
 import pytest
 
 from daemoneye.rpc import RpcClient, RpcError
-from tests.conftest import wait_for
+from tests.conftest import DAEMONEYE, daemoneye, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "daemoneye", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
 
 
 def one_line(out: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -63,33 +51,33 @@ def quick(run_env: dict[str, str]) -> dict[str, str]:
     ],
 )
 def test_no_broker(quick: dict[str, str], argv: list[str]) -> None:
-    line = one_line(cli(quick, *argv), 1, "no broker socket at", "daemoneye up")
+    line = one_line(daemoneye(*argv, env=quick), 1, "no broker socket at", "daemoneye up")
     verb = " ".join(argv[:2]) if argv[0] == "rules" else argv[0]
     assert line.startswith(f"daemoneye {verb}: "), line
 
 
 def test_no_broker_with_debug_shows_the_traceback(quick: dict[str, str]) -> None:
-    out = cli(quick, "ps", "--debug")
+    out = daemoneye("ps", "--debug", env=quick)
     assert out.returncode == 1
     assert "Traceback" in out.stderr and "CommandError" in out.stderr
 
 
 def test_tap_with_nothing_to_hear(quick: dict[str, str]) -> None:
-    one_line(cli(quick, "tap", "--timeout", "0.3"), 1, "nothing received within 0.3 s")
+    one_line(daemoneye("tap", "--timeout", "0.3", env=quick), 1, "nothing received within 0.3 s")
 
 
 def test_unknown_and_unreadable_rule_files(quick: dict[str, str], tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.yml")
-    one_line(cli(quick, "rules", "test", missing), 1, "cannot read", missing)
+    one_line(daemoneye("rules", "test", missing, env=quick), 1, "cannot read", missing)
     binary = tmp_path / "binary.yml"
     binary.write_bytes(b"\xff\xfe\x00junk")
-    one_line(cli(quick, "rules", "test", str(binary)), 1, "not UTF-8")
+    one_line(daemoneye("rules", "test", str(binary), env=quick), 1, "not UTF-8")
 
-    out = cli(quick, "rules", "validate", missing)
+    out = daemoneye("rules", "validate", missing, env=quick)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"{missing}:1: rule ?: cannot read" in out.stdout
 
-    out = cli(quick, "rules", "import-sigma", missing)
+    out = daemoneye("rules", "import-sigma", missing, env=quick)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "cannot read Sigma rule" in out.stderr and out.stdout == ""
 
@@ -106,35 +94,39 @@ def test_unknown_and_unreadable_rule_files(quick: dict[str, str], tmp_path: Path
     ],
 )
 def test_missing_ledger(quick: dict[str, str], argv: list[str]) -> None:
-    one_line(cli(quick, *argv), 1, f"daemoneye {argv[0]} {argv[1]}:", "no ledger database")
+    one_line(
+        daemoneye(*argv, env=quick), 1, f"daemoneye {argv[0]} {argv[1]}:", "no ledger database"
+    )
 
 
 def test_missing_ledger_key_and_proof_file(quick: dict[str, str], tmp_path: Path) -> None:
-    one_line(cli(quick, "ledger", "key"), 1, "no ledger key")
+    one_line(daemoneye("ledger", "key", env=quick), 1, "no ledger key")
     missing = str(tmp_path / "proof.json")
-    one_line(cli(quick, "ledger", "verify-proof", missing, "--key", "x"), 1, "cannot read")
-    out = cli(quick, "ledger", "verify-proof", "-", "--key", "x", stdin="{not json")
+    one_line(
+        daemoneye("ledger", "verify-proof", missing, "--key", "x", env=quick), 1, "cannot read"
+    )
+    out = daemoneye("ledger", "verify-proof", "-", "--key", "x", stdin="{not json", env=quick)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
 
 
 def test_bad_configuration_exits_2(quick: dict[str, str], tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.toml")
-    one_line(cli(quick, "status", "--config", missing), 2, "configuration error", missing)
+    one_line(daemoneye("status", "--config", missing, env=quick), 2, "configuration error", missing)
     broken = tmp_path / "broken.toml"
     broken.write_text("[bus]\nmax_event_bytes = 'lots'\n")
-    one_line(cli(quick, "ps", "--config", str(broken)), 2, "configuration error", "lots")
+    one_line(daemoneye("ps", "--config", str(broken), env=quick), 2, "configuration error", "lots")
     env = {**quick, "DAEMONEYE_RPC_TIMEOUT_S": "-1"}
-    one_line(cli(env, "query", "SELECT 1"), 2, "configuration error", "rpc_timeout_s")
+    one_line(daemoneye("query", "SELECT 1", env=env), 2, "configuration error", "rpc_timeout_s")
 
 
 def test_unknown_service_exits_2(quick: dict[str, str]) -> None:
-    one_line(cli(quick, "run", "nosuch"), 2, "daemoneye run:", "no service 'nosuch'")
-    one_line(cli(quick, "up", "--only", "nosuch"), 2, "daemoneye up:", "unknown service")
+    one_line(daemoneye("run", "nosuch", env=quick), 2, "daemoneye run:", "no service 'nosuch'")
+    one_line(daemoneye("up", "--only", "nosuch", env=quick), 2, "daemoneye up:", "unknown service")
 
 
 def test_keys_refuse_to_overwrite(quick: dict[str, str], tmp_path: Path) -> None:
-    assert cli(quick, "keys", "generate", "k", "--dir", str(tmp_path)).returncode == 0
-    one_line(cli(quick, "keys", "generate", "k", "--dir", str(tmp_path)), 1, "--force")
+    assert daemoneye("keys", "generate", "k", "--dir", str(tmp_path), env=quick).returncode == 0
+    one_line(daemoneye("keys", "generate", "k", "--dir", str(tmp_path), env=quick), 1, "--force")
 
 
 def test_detector_refusals(
@@ -144,7 +136,12 @@ def test_detector_refusals(
     rpc_client: RpcClient,
 ) -> None:
     # a broker but no detector: the broker says so
-    one_line(cli(run_env, "ps"), 1, "daemoneye ps:", "no service registered as control.detector")
+    one_line(
+        daemoneye("ps", env=run_env),
+        1,
+        "daemoneye ps:",
+        "no service registered as control.detector",
+    )
 
     env = {**run_env, "DAEMONEYE_DETECTOR__RULES_DIR": str(ROOT / "deploy" / "rules")}
     start_service("detector", env=env)
@@ -162,13 +159,13 @@ def test_detector_refusals(
         ("SELECT * FROM nosuch", "query rejected"),
         ("SELECT 1; SELECT 2", "query rejected"),
     ):
-        line = one_line(cli(env, "query", sql), 1, reason)
+        line = one_line(daemoneye("query", sql, env=env), 1, reason)
         assert line.startswith("daemoneye query: query rejected:"), line
 
 
 def test_ctrl_c_exits_130(quick: dict[str, str]) -> None:
     tap = subprocess.Popen(
-        [sys.executable, "-m", "daemoneye", "tap"],
+        [*DAEMONEYE, "tap"],
         env=quick,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import zmq
 from daemoneye.bus import Publisher, SocketFactory, Topics
 from daemoneye.config import Settings
 from daemoneye.rpc import RpcClient, RpcError
-from tests.conftest import wait_for
+from tests.conftest import daemoneye, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "CLI.md"
@@ -135,14 +134,9 @@ LEDGER_ENTRY = {
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "daemoneye", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def piped(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`daemoneye ARGS` into a pipe: no traceback, no escape codes (and exit 0 if `check`)."""
+    out = daemoneye(*args, env=env)
     if check:
         assert out.returncode == 0, f"{args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
     assert "Traceback" not in out.stderr, out.stderr
@@ -203,27 +197,27 @@ def test_detector_and_broker_verbs_json(
         "the live table to fill from the collector",
     )
 
-    rows = json.loads(cli(env, "status", "--json").stdout)
+    rows = json.loads(piped(env, "status", "--json").stdout)
     assert {r["service"] for r in rows} >= {"broker", "collector", "detector"}
     for row in rows:
         shape(row, STATUS_ROW)
         assert row["state"] in ("healthy", "unhealthy")
     documented("daemoneye status", STATUS_ROW)
-    checked = json.loads(cli(env, "status", "--check", "detector", "--json").stdout)
+    checked = json.loads(piped(env, "status", "--check", "detector", "--json").stdout)
     assert [r["service"] for r in checked] == [r["service"] for r in rows]
 
-    procs = json.loads(cli(env, "ps", "--json").stdout)
+    procs = json.loads(piped(env, "ps", "--json").stdout)
     assert procs and any(p["pid"] == os.getpid() for p in procs)
     for proc in procs:
         shape(proc, PS_ROW)
     documented("daemoneye ps", PS_ROW)
 
     sql = f"SELECT pid, name, uid FROM processes WHERE pid = {os.getpid()}"
-    [mine] = json.loads(cli(env, "query", sql, "--json").stdout)
+    [mine] = json.loads(piped(env, "query", sql, "--json").stdout)
     assert mine == {"pid": os.getpid(), "name": mine["name"], "uid": os.getuid()}
-    assert json.loads(cli(env, "query", "SELECT 1 AS one WHERE 0", "--json").stdout) == []
+    assert json.loads(piped(env, "query", "SELECT 1 AS one WHERE 0", "--json").stdout) == []
 
-    listing = json.loads(cli(env, "rules", "list", "--json").stdout)
+    listing = json.loads(piped(env, "rules", "list", "--json").stdout)
     shape(listing, RULES_LIST)
     assert listing["rules"] and listing["problems"] == []
     for rule in listing["rules"]:
@@ -231,7 +225,7 @@ def test_detector_and_broker_verbs_json(
     documented("daemoneye rules list", RULES_LIST, RULE_SUMMARY)
 
     rule_file = RULES / "aggregates.yml"
-    tested = json.loads(cli(env, "rules", "test", str(rule_file), "--json").stdout)
+    tested = json.loads(piped(env, "rules", "test", str(rule_file), "--json").stdout)
     shape(tested, RULES_TEST)
     assert tested["results"]
     for result in tested["results"]:
@@ -239,7 +233,7 @@ def test_detector_and_broker_verbs_json(
         assert all(len(r) == len(result["columns"]) for r in result["rows"])
     documented("daemoneye rules test", RULES_TEST, RULES_TEST_RESULT)
 
-    lines = cli(env, "tap", "control.health.", "--json", "--count", "3").stdout.splitlines()
+    lines = piped(env, "tap", "control.health.", "--json", "--count", "3").stdout.splitlines()
     assert len(lines) == 3
     for line in lines:
         msg = json.loads(line)
@@ -250,7 +244,7 @@ def test_detector_and_broker_verbs_json(
 
 
 def test_rules_validate_json(tmp_path: Path, run_env: dict[str, str]) -> None:
-    good = json.loads(cli(run_env, "rules", "validate", str(RULES), "--json").stdout)
+    good = json.loads(piped(run_env, "rules", "validate", str(RULES), "--json").stdout)
     shape(good, RULES_VALIDATE)
     assert good["ok"] and good["problems"] == [] and good["valid"]
     for valid in good["valid"]:
@@ -258,7 +252,7 @@ def test_rules_validate_json(tmp_path: Path, run_env: dict[str, str]) -> None:
 
     bad = tmp_path / "bad.yml"
     bad.write_text("id: bad-one\nname: Bad\nseverity: high\nsql: DELETE FROM processes\n")
-    out = cli(run_env, "rules", "validate", str(bad), str(RULES), "--json", check=False)
+    out = piped(run_env, "rules", "validate", str(bad), str(RULES), "--json", check=False)
     assert out.returncode == 1
     doc = json.loads(out.stdout)
     shape(doc, RULES_VALIDATE)
@@ -295,7 +289,7 @@ def test_ledger_verbs_json(
     wait_for(recorded, 30, "the ledger to record audit records from the bus")
     assert ledger.stop() == 0  # a clean stop signs a checkpoint over everything
 
-    verified = json.loads(cli(env, "ledger", "verify", "--json").stdout)
+    verified = json.loads(piped(env, "ledger", "verify", "--json").stdout)
     shape(verified, LEDGER_VERIFY)
     total = verified["size"]
     assert verified["ok"] and verified["from"] == 0 and verified["to"] == total >= 3
@@ -303,19 +297,19 @@ def test_ledger_verbs_json(
     assert verified["problem"] is None and verified["first_bad_entry"] is None
     documented("daemoneye ledger verify", LEDGER_VERIFY)
 
-    proof = json.loads(cli(env, "ledger", "prove", "1", "--payload", "--json").stdout)
+    proof = json.loads(piped(env, "ledger", "prove", "1", "--payload", "--json").stdout)
     shape(proof, LEDGER_PROVE, LEDGER_PROVE_OPTIONAL)
     assert proof["leaf_index"] == 1 and proof["tree_size"] == total
     assert "payload" in proof and "checkpoint" in proof
     assert all(HEX64.match(h) for h in proof["audit_path"])
     documented("daemoneye ledger prove", LEDGER_PROVE, LEDGER_PROVE_OPTIONAL)
 
-    cons = json.loads(cli(env, "ledger", "consistency", "2", str(total), "--json").stdout)
+    cons = json.loads(piped(env, "ledger", "consistency", "2", str(total), "--json").stdout)
     shape(cons, LEDGER_CONSISTENCY, LEDGER_CONSISTENCY_OPTIONAL)
     assert (cons["old_size"], cons["new_size"]) == (2, total) and cons["proof"]
     documented("daemoneye ledger consistency", LEDGER_CONSISTENCY, LEDGER_CONSISTENCY_OPTIONAL)
 
-    shown = cli(env, "ledger", "show", "--count", "3", "--json").stdout.splitlines()
+    shown = piped(env, "ledger", "show", "--count", "3", "--json").stdout.splitlines()
     entries = [json.loads(line) for line in shown]
     assert [e["seq"] for e in entries] == [0, 1, 2]
     for e in entries:
@@ -393,7 +387,7 @@ def test_alerts_json(
 
     def listed() -> list[dict[str, Any]]:  # publish until the alerter has stored it
         pub.publish(Topics.alert("high"), "alert", alert)
-        out = cli(run_env, "alerts", "--json")
+        out = piped(run_env, "alerts", "--json")
         return [json.loads(line) for line in out.stdout.splitlines()]
 
     [first, *_] = wait_for(listed, 30, "the alert in `daemoneye alerts --json`")

@@ -7,7 +7,6 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemoneye.config import Settings
 from daemoneye.ledger.note import Signer
 from daemoneye.ledger.store import LedgerStore, LedgerWriter, open_store
+from tests.conftest import DAEMONEYE, corpus, daemoneye, needs_corpus
 
-ROOT = Path(__file__).resolve().parents[2]
-SIGMA = ROOT.parent / "shared" / "corpora" / "sigma-linux-process-creation"
+SIGMA = corpus("sigma-linux-process-creation")
 ENTRIES = 40_000  # a few progress callbacks (every 16384 entries)
 
 
@@ -27,7 +26,7 @@ def on_pty(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, s
     """Run daemoneye with stdout and stderr on a pty, as in a terminal: (exit, screen)."""
     master, slave = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemoneye", *args],
+        [*DAEMONEYE, *args],
         env={**env, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"},
         stdin=subprocess.DEVNULL,
         stdout=slave,
@@ -57,13 +56,8 @@ def on_pty(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, s
 
 
 def piped(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "daemoneye", *args],
-        env={**env, "TERM": "xterm-256color"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """As on a terminal (TERM set), but into a pipe."""
+    return daemoneye(*args, env=env, TERM="xterm-256color")
 
 
 @pytest.fixture
@@ -100,7 +94,7 @@ def test_ledger_verify_shows_progress_on_a_terminal_only(run_env, big_ledger: st
     assert json.loads(screen)["size"] == ENTRIES
 
 
-@pytest.mark.skipif(not SIGMA.is_dir(), reason=f"no Sigma corpus at {SIGMA}")
+@needs_corpus("sigma-linux-process-creation")
 def test_sigma_import_shows_progress_on_a_terminal_only(run_env, tmp_path: Path) -> None:
     files = len(list(SIGMA.glob("*.yml")))
     code, screen = on_pty(run_env, "rules", "import-sigma", str(SIGMA), "--output", str(tmp_path))

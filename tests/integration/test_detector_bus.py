@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -176,7 +174,7 @@ def test_alerts_fire_once_per_process_and_budget_disables_runaway_rule(
     assert proc.proc.poll() is None
 
 
-def test_query_ps_rules_rpc_and_console(detector, rpc_client, run_env, tmp_path) -> None:
+def test_query_ps_rules_rpc_and_console(detector, rpc_client, cli, tmp_path) -> None:
     _, feeder, rules = detector
     feeder.send("start", record(200, "/usr/sbin/nginx"))
     feeder.send("start", record(201, "/bin/sh", ppid=200))
@@ -189,15 +187,6 @@ def test_query_ps_rules_rpc_and_console(detector, rpc_client, run_env, tmp_path)
         query(rpc_client, "SELECT readfile('/etc/passwd')")
     history = rpc_client.call("control.detector", "history", {"pid": 201}).value
     assert history and history[0]["pid"] == 201 and history[0]["event"] == "start"
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "daemoneye", *args],
-            env=run_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
 
     sql = "SELECT pid, name FROM processes WHERE pid IN (200, 201) ORDER BY pid"
     out = cli("query", sql, "--json")

@@ -16,10 +16,10 @@ import pytest
 from daemoneye.bus import Subscriber
 from daemoneye.rpc import RpcClient, RpcError
 from daemoneye.rules.sigma import SigmaImporter, write_rules
-from tests.conftest import wait_for
+from tests.conftest import corpus, needs_corpus, wait_for
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
-SIGMA = Path("/work/shared/corpora/sigma-linux-process-creation")
+SIGMA = corpus("sigma-linux-process-creation")
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 SH = os.path.realpath(shutil.which("sh") or "/bin/sh")
 
@@ -139,7 +139,7 @@ def test_shipped_rule_fires_once_per_process_and_aggregate_on_fork_storm(
     assert [a["ruleId"] for a in alerts.of(second.pid)] == ["de-exec-world-writable"]
 
 
-@pytest.mark.skipif(not SIGMA.is_dir(), reason="Sigma corpus not present")
+@needs_corpus("sigma-linux-process-creation")
 def test_converted_sigma_rules_fire_on_real_processes(
     stack, children: list[subprocess.Popen], tmp_path: Path
 ) -> None:

@@ -6,31 +6,20 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 
 from daemoneye.bus import endpoint_in_use
 from daemoneye.config import Settings
-from tests.conftest import wait_for
-
-
-def daemoneye(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "daemoneye", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.conftest import DAEMONEYE, daemoneye, wait_for
 
 
 def start_up(run_env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "up.log"
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemoneye", "up", "--only", "broker"],
+            [*DAEMONEYE, "up", "--only", "broker"],
             env=run_env,
             stdout=out,
             stderr=subprocess.STDOUT,

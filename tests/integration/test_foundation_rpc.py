@@ -130,14 +130,7 @@ def test_services_see_each_others_heartbeats_and_lifecycle(echo, subscribe, rpc_
     wait_for(both, 15, "heartbeats of broker and echo")
 
 
-def test_invalid_config_fails_at_start_naming_key_value_reason(run_env) -> None:
-    env = dict(run_env, DAEMONEYE_HEARTBEAT_INTERVAL_S="-1")
-    out = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "run", "broker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def test_invalid_config_fails_at_start_naming_key_value_reason(cli) -> None:
+    out = cli("run", "broker", DAEMONEYE_HEARTBEAT_INTERVAL_S="-1", timeout=30)
     assert out.returncode == 2
     assert "heartbeat_interval_s = '-1'" in out.stderr and "greater than 0" in out.stderr

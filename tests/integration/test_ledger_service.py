@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,19 +21,13 @@ from daemoneye.ledger.note import Verifier, open_checkpoint
 from daemoneye.ledger.store import LedgerStore, entry_key, open_store, payload_key
 from daemoneye.rpc import RpcClient, RpcError
 from daemoneye.store import Store
-from tests.conftest import ServiceProcess, wait_for
+from tests.conftest import ServiceProcess, daemoneye, wait_for
 
 SOURCE = "tester@host"
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "daemoneye", "ledger", *args],
-        env={**env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def ledger_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return daemoneye("ledger", *args, env=env, timeout=120, COLUMNS="200")
 
 
 def audit_body(action: str, subject: str) -> dict:
@@ -109,7 +102,7 @@ def test_records_bus_messages_checkpoints_and_proves(
     sent[data] = (SOURCE, "alerts.high")
 
     # A checkpoint covering everything arrives on the bus (every 10 entries, or on stop).
-    vkey = cli(run_env, "key").stdout.strip()
+    vkey = ledger_cli(run_env, "key").stdout.strip()
     verifier = Verifier.from_vkey(vkey)
     head = {}
 
@@ -143,29 +136,29 @@ def test_records_bus_messages_checkpoints_and_proves(
     finally:
         store.close()
 
-    result = cli(run_env, "verify")
+    result = ledger_cli(run_env, "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ledger intact" in result.stdout
 
     proof_file = Path(run_env["DAEMONEYE_DATA_DIR"]) / "proof.json"
-    out = cli(run_env, "prove", "5", "--json")
+    out = ledger_cli(run_env, "prove", "5", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert set(doc) >= {"leaf_index", "tree_size", "entry_hash", "leaf_hash", "root_hash",
                         "audit_path"}  # fmt: skip
     proof_file.write_text(out.stdout)
-    ok = cli(run_env, "verify-proof", str(proof_file), "--key", vkey)
+    ok = ledger_cli(run_env, "verify-proof", str(proof_file), "--key", vkey)
     assert ok.returncode == 0 and "proof verified" in ok.stdout, ok.stdout + ok.stderr
     doc["entry_hash"] = "00" * 32
     proof_file.write_text(json.dumps(doc))
-    bad = cli(run_env, "verify-proof", str(proof_file), "--key", vkey)
+    bad = ledger_cli(run_env, "verify-proof", str(proof_file), "--key", vkey)
     assert bad.returncode == 1 and "REJECTED" in bad.stdout
 
-    cons = cli(run_env, "consistency", "10", str(doc["tree_size"]), "--json")
+    cons = ledger_cli(run_env, "consistency", "10", str(doc["tree_size"]), "--json")
     assert cons.returncode == 0 and json.loads(cons.stdout)["new_size"] == doc["tree_size"]
-    show = cli(run_env, "show", "--from", "1", "--count", "3", "--json")
+    show = ledger_cli(run_env, "show", "--from", "1", "--count", "3", "--json")
     assert [json.loads(line)["seq"] for line in show.stdout.splitlines()] == [1, 2, 3]
-    note = cli(run_env, "checkpoint").stdout.split("\n")
+    note = ledger_cli(run_env, "checkpoint").stdout.split("\n")
     assert note[:2] == [settings.ledger.origin_for(settings.hostname), str(final_size)]
 
 
@@ -214,7 +207,7 @@ def flip(store: Store, key: bytes, offset: int) -> None:
 def test_tampering_with_the_stopped_ledger_is_found_and_located(
     stopped_ledger: Path, tmp_path: Path, run_env
 ) -> None:
-    intact = cli(run_env, "verify", "--json")
+    intact = ledger_cli(run_env, "verify", "--json")
     assert intact.returncode == 0 and json.loads(intact.stdout)["ok"], intact.stdout
     cases = {
         "entry-byte": (lambda s: flip(s, entry_key(123), 70), 123),
@@ -226,11 +219,11 @@ def test_tampering_with_the_stopped_ledger_is_found_and_located(
         copy = tampered_copy(stopped_ledger, tmp_path, name, change)
         # the public key comes from the intact original: an attacker could replace the copy's
         key = str(stopped_ledger / "ledger" / "ed25519.pub")
-        result = cli(run_env, "--data-dir", str(copy), "verify", "--key", key, "--json")
+        result = ledger_cli(run_env, "--data-dir", str(copy), "verify", "--key", key, "--json")
         assert result.returncode == 1, (name, result.stdout, result.stderr)
         report = json.loads(result.stdout)
         assert report["first_bad_entry"] == seq, (name, report)
-        human = cli(run_env, "--data-dir", str(copy), "verify", "--key", key)
+        human = ledger_cli(run_env, "--data-dir", str(copy), "verify", "--key", key)
         assert human.returncode == 1 and f"entry {seq}" in human.stdout, (name, human.stdout)
 
 
@@ -293,7 +286,7 @@ def test_kill_9_mid_append_then_restart(
             assert size <= durable and store.root(size) == root
     finally:
         store.close()
-    result = cli(run_env, "verify")
+    result = ledger_cli(run_env, "verify")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -309,12 +302,12 @@ def test_first_checkpoint_within_seconds_of_start(
     join(pub, rpc_client)  # the ledger's start entry and a probe
 
     def signed() -> bool:
-        out = cli(run_env, "checkpoint")
+        out = ledger_cli(run_env, "checkpoint")
         return out.returncode == 0 and out.stdout.startswith(
             settings.ledger.origin_for(settings.hostname)
         )
 
     wait_for(signed, 15, "a signed checkpoint from `daemoneye ledger checkpoint`")
     assert time.monotonic() - started < 30
-    note = cli(run_env, "checkpoint").stdout.split("\n")
+    note = ledger_cli(run_env, "checkpoint").stdout.split("\n")
     assert int(note[1]) >= 1  # the tree size it signs

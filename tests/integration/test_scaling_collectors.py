@@ -15,27 +15,21 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from daemoneye.rpc import RpcClient, RpcError
-from tests.conftest import wait_for
+from tests.conftest import daemoneye, wait_for
 
 IDS = ("collector-a", "collector-b", "collector-c")
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 
 
-def cli(env: dict[str, str], *args: str) -> Any:
-    done = subprocess.run(
-        [sys.executable, "-m", "daemoneye", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def json_of(env: dict[str, str], *args: str) -> Any:
+    """The --json output of `daemoneye ARGS`, which must succeed."""
+    done = daemoneye(*args, "--json", env=env)
     assert done.returncode == 0, f"daemoneye {' '.join(args)} failed: {done.stderr}"
     return json.loads(done.stdout)
 
@@ -92,7 +86,7 @@ def test_three_collectors_in_status_and_their_events_reach_the_detector(
     # all three in `daemoneye status`, each registered under its own id and healthy (on
     # a loaded machine a heartbeat can be late for a moment: wait for all three at once)
     def collectors_in_status() -> dict[str, str]:
-        rows = cli(run_env, "status")
+        rows = json_of(run_env, "status")
         return {r["service_id"]: r["state"] for r in rows if r["service"] == "collector"}
 
     def all_healthy() -> bool:
@@ -109,7 +103,9 @@ def test_three_collectors_in_status_and_their_events_reach_the_detector(
         40,
         "process events of all three collectors in the detector",
     )
-    counted = {row["collector"]: row["count(*)"] for row in cli(run_env, "query", per_collector)}
+    counted = {
+        row["collector"]: row["count(*)"] for row in json_of(run_env, "query", per_collector)
+    }
     assert all(counted[c] > 0 for c in IDS), counted
 
     # a new process: all three report it, the live table holds it once

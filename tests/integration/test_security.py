@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -139,33 +138,18 @@ def test_missing_keys_stop_the_broker_with_a_clear_error(start_service, curve_en
     assert "cannot read key pair" in broker.log() and "daemoneye keys generate" in broker.log()
 
 
-def test_keys_generate_makes_a_private_pair(tmp_path, run_env) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "keys", "generate", "host2", "--dir", str(tmp_path)],
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def test_keys_generate_makes_a_private_pair(tmp_path, cli) -> None:
+    out = cli("keys", "generate", "host2", "--dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "host2.key").is_file()
     assert (tmp_path / "host2.key_secret").stat().st_mode & 0o777 == 0o600
-    again = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "keys", "generate", "host2", "--dir", str(tmp_path)],
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    again = cli("keys", "generate", "host2", "--dir", str(tmp_path))
     assert again.returncode == 1 and "--force" in again.stderr
 
 
-def test_keys_generate_here_makes_the_authorized_dir(run_env) -> None:
+def test_keys_generate_here_makes_the_authorized_dir(run_env, cli) -> None:
     """Into <data_dir>/keys ("here" in the README): the pair and keys/authorized/."""
-    out = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "keys", "generate", "broker"],
-        env=run_env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    out = cli("keys", "generate", "broker")
     assert out.returncode == 0, out.stderr
     keys = Path(run_env["DAEMONEYE_DATA_DIR"]) / "keys"
     assert (keys / "broker.key").is_file() and (keys / "broker.key_secret").is_file()

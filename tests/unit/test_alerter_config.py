@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from daemoneye import config
 from daemoneye.config import ConfigError, load_settings
 from daemoneye.settings.alerter import AlerterSettings, facility_code
 
-
-@pytest.fixture(autouse=True)
-def no_host_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "none-system.toml")
-    monkeypatch.setattr(config, "USER_CONFIG", tmp_path / "none-user.toml")
-    for key in list(os.environ):
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("no_host_config")
 
 
 def test_default_is_one_file_sink() -> None:

@@ -6,21 +6,22 @@ bench/alerter_memory.py measures the RSS figure; these catch the causes cheaply.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from daemoneye import config, wire
 from daemoneye import store as store_module
+from daemoneye import wire
 from daemoneye.bus import Message
-from daemoneye.config import load_settings
 from daemoneye.services.alerter.dedup import Deduper
 from daemoneye.services.alerter.delivery_db import DEDUP, DeliveryStore
 from daemoneye.services.alerter.service import Alerter
+from tests.conftest import close_in_process
+from tests.unit.test_alerter_service import make_alerter
 
 RECORD = b'{"ruleId":"r","process":{"exePath":"/usr/bin/true","cmdline":["%d"]}}' + b" " * 900
 
@@ -68,25 +69,12 @@ def test_without_uncaching_the_dead_blocks_stay(
 
 
 @pytest.fixture
-def alerter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "none-system.toml")
-    monkeypatch.setattr(config, "USER_CONFIG", tmp_path / "none-user.toml")
-    for key in list(os.environ):
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.delenv(key)
-    path = tmp_path / "a.toml"
-    path.write_text("[alerter]\ndedup_window_s = 60\n")
-    run_dir = Path(f"/tmp/de-um-{os.getpid()}-{tmp_path.name[-8:]}")
-    settings = load_settings(config_file=path, data_dir=tmp_path / "data", run_dir=run_dir)
-    settings.alerter.catch_up_new_streams = False  # fed by hand, no broker to replay from
-    svc = Alerter(settings)
-    svc.open_sockets()  # connects lazily; no broker needed for handlers
-    svc.setup()
+def alerter(tmp_path: Path, no_host_config: None) -> Iterator[Alerter]:
+    svc = make_alerter(tmp_path, "[alerter]\ndedup_window_s = 60\n")
     try:
         yield svc
     finally:
-        svc.teardown()
-        svc.factory.shutdown(linger_ms=0)
+        close_in_process(svc)
 
 
 def alert(n: int, seq: int) -> Message:

@@ -10,24 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from daemoneye import config, wire
+from daemoneye import wire
 from daemoneye.bus import Message
 from daemoneye.config import load_settings
 from daemoneye.service import Request, RpcFault
 from daemoneye.services.alerter import service as alerter_service
 from daemoneye.services.alerter.service import Alerter
-from tests.conftest import wait_for
+from tests.conftest import close_in_process, open_in_process, wait_for
 
 counter = iter(range(1, 10**9))
 
 
-@pytest.fixture(autouse=True)
-def no_host_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "none-system.toml")
-    monkeypatch.setattr(config, "USER_CONFIG", tmp_path / "none-user.toml")
-    for key in list(os.environ):
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("no_host_config")
 
 
 def make_alerter(tmp_path: Path, toml: str) -> Alerter:
@@ -37,15 +31,10 @@ def make_alerter(tmp_path: Path, toml: str) -> Alerter:
     settings = load_settings(config_file=path, data_dir=tmp_path / "data", run_dir=run_dir)
     # messages fed by hand start mid-stream, and no broker runs to replay from
     settings.alerter.catch_up_new_streams = False
-    svc = Alerter(settings)
-    svc.open_sockets()  # connects lazily; no broker needed for handlers
-    svc.setup()
-    return svc
+    return open_in_process(Alerter(settings))
 
 
-def close(svc: Alerter) -> None:
-    svc.teardown()
-    svc.factory.close_all(linger_ms=0)
+close = close_in_process
 
 
 def msg(rule: str = "r", exe: str = "/bin/x", severity: str = "high", kind: str = "alert",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import select
-import shutil
 from pathlib import Path
 
 import pytest
@@ -49,13 +48,20 @@ def test_hash_once_then_cached(hasher: Hasher, tmp_path: Path) -> None:
     assert hasher.pending() == 0
 
 
-def test_running_process_is_hashed_from_proc(hasher: Hasher) -> None:
-    exe = Path(os.path.realpath(shutil.which("python3") or "/proc/self/exe"))
-    k = key(Path(f"/proc/{os.getpid()}/exe"))
-    hasher.submit(k, os.getpid(), "")
-    (res,) = results(hasher, 1)
-    assert res.sha256 and not res.error
-    _ = exe
+def test_running_process_is_hashed_from_proc() -> None:
+    """No path given: the executable is read through /proc/<pid>/exe, and the digest is
+    the SHA-256 of the very file this interpreter runs from."""
+    exe = Path(os.path.realpath(f"/proc/{os.getpid()}/exe"))
+    want = hashlib.sha256(exe.read_bytes()).hexdigest()
+    h = Hasher(max_bytes=exe.stat().st_size, cache_entries=16)  # under the cap, whatever its size
+    try:
+        k = key(Path(f"/proc/{os.getpid()}/exe"))
+        h.submit(k, os.getpid(), "")
+        (res,) = results(h, 1)
+        assert (res.sha256, res.error) == (want, "")
+        assert h.lookup(k) == want
+    finally:
+        h.close()
 
 
 def test_size_cap(tmp_path: Path) -> None:

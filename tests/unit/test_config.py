@@ -9,14 +9,7 @@ import pytest
 from daemoneye import config
 from daemoneye.config import ConfigError, load_settings
 
-
-@pytest.fixture(autouse=True)
-def no_host_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "none-system.toml")
-    monkeypatch.setattr(config, "USER_CONFIG", tmp_path / "none-user.toml")
-    for key in list(__import__("os").environ):
-        if key.startswith("DAEMONEYE_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("no_host_config")
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,6 @@ rules that cannot convert are reported with their reason; converted rules fire."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,9 +12,10 @@ from daemoneye.rules.engine import Engine
 from daemoneye.rules.live import EventIn
 from daemoneye.rules.model import load_rule_file
 from daemoneye.rules.sigma import SigmaImporter, write_rules
+from tests.conftest import corpus, daemoneye, needs_corpus
 
-SIGMA = Path("/work/shared/corpora/sigma-linux-process-creation")
-pytestmark = pytest.mark.skipif(not SIGMA.is_dir(), reason="Sigma corpus not present")
+SIGMA = corpus("sigma-linux-process-creation")
+pytestmark = needs_corpus("sigma-linux-process-creation")
 
 
 @pytest.fixture(scope="module")
@@ -122,37 +121,13 @@ def test_converted_rules_fire_on_matching_records(importer: SigmaImporter) -> No
 
 def test_cli_import_sigma_and_validate(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemoneye",
-            "rules",
-            "import-sigma",
-            str(SIGMA),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = daemoneye("rules", "import-sigma", str(SIGMA), "--output", str(out), timeout=300)
     assert run.returncode == 0, run.stderr
     assert "122 converted, 0 could not be converted" in run.stderr
-    check = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "rules", "validate", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    check = daemoneye("rules", "validate", str(out), timeout=300)
     assert check.returncode == 0, check.stdout
     bad = tmp_path / "bad.yml"
     bad.write_text("id: evil\nname: x\nsql: SELECT readfile('/etc/shadow')\n")
-    check = subprocess.run(
-        [sys.executable, "-m", "daemoneye", "rules", "validate", str(out), str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    check = daemoneye("rules", "validate", str(out), str(bad), timeout=300)
     assert check.returncode == 1
     assert check.stdout.strip() == f"{bad}:3: rule evil: function readfile() is forbidden"
