@@ -81,6 +81,8 @@ def record_of(reader: Any) -> dict[str, Any]:
     get = reader._get_by_field
     rec = {name: get(field) for name, field in _RECORD_GETTERS}
     rec["cmdline"] = list(rec["cmdline"])
+    env = rec["env"]
+    rec["env"] = [{"name": v.name, "value": v.value} for v in env] if len(env) else []
     return rec
 
 

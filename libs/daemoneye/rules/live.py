@@ -20,12 +20,12 @@ from typing import Any
 
 from . import sources
 from .sandbox import Sandbox
-from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, USERS
+from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, PROCESSES, USERS
 
 SYSCALL = {"start": "execve", "stop": "exit", "modify": "modify", "suspicious": "suspicious"}
-_PCOLS = ", ".join(c.name for c in PROCESS_COLUMNS)
-_ECOLS = _PCOLS + ", " + ", ".join(c.name for c in EVENT_COLUMNS)
-_PMARKS = ", ".join("?" * (len(PROCESS_COLUMNS) + 1))
+_ECOLS = ", ".join(c.name for c in PROCESS_COLUMNS + EVENT_COLUMNS)
+_PCOLS = ", ".join(c.name for c in PROCESSES.columns)
+_PMARKS = ", ".join("?" * (len(PROCESSES.columns) + 1))
 _EMARKS = ", ".join("?" * (len(PROCESS_COLUMNS) + len(EVENT_COLUMNS) + 1))
 _HMARKS = ", ".join("?" * len(HASH.columns))
 _FMARKS = ", ".join("?" * len(FILE.columns))
@@ -40,7 +40,7 @@ RECORD_DEFAULTS: dict[str, Any] = {
     "residentBytes": 0, "virtualBytes": 0, "diskReadBytes": 0, "diskWriteBytes": 0,
     "sha256": "", "exeDeleted": False, "onDisk": -1, "exeDevice": 0, "exeInode": 0,
     "exeSize": 0, "exeMtimeNs": 0, "exeChangedAfterExec": False, "cgroupPath": "",
-    "containerId": "", "pidNamespace": 0, "accessible": False, "tty": "",
+    "containerId": "", "pidNamespace": 0, "accessible": False, "tty": "", "env": [],
 }  # fmt: skip
 # itemgetters over a record in `processes` column order: the row is one tuple display of
 # their results (about twice as fast as slicing and converting field by field)
@@ -127,7 +127,13 @@ def process_row(
         rec.get("hostname", ""),
         first,
         now,
+        env_text(rec["env"]) if rec["env"] else "",  # `processes` only: see event_row
     )
+
+
+def env_text(env: list[dict[str, str]]) -> str:
+    """osquery's form of an environment: `NAME=value` separated by spaces."""
+    return " ".join(f"{v['name']}={v['value']}" for v in env)
 
 
 Key = tuple[int, int, int]  # (pid namespace, pid, startTicks)
@@ -251,7 +257,7 @@ class LiveTables:
                 eid = self.next_eid
                 self.next_eid += 1
                 batch.events[eid] = (ev, proc)
-                event_rows.append((eid, *row, *self._event_columns(ev, rec, eid, row[3])))
+                event_rows.append((eid, *row[:-1], *self._event_columns(ev, rec, eid, row)))
         self.events_seen += len(event_rows)
         batch.event_rows = event_rows
         hash_rows, file_rows, hash_gone = self._paths(paths)
@@ -295,8 +301,10 @@ class LiveTables:
         if self.latest.get(key[1]) == key:
             del self.latest[key[1]]
 
-    def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int, cmd: str) -> tuple:
-        """The event columns; `cmd` is the row's cmdline, already joined."""
+    def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int, row: tuple) -> tuple:
+        """The event columns; `row` is the process's `processes` row (its cmdline joined,
+        its environment last)."""
+        cmd, env = row[3], row[-1]
         info = self._files.get(rec["exePath"])
         mode, ouid, ogid, atime, ctime = (
             (info[6], info[4], info[5], info[10], info[12]) if info else _NO_FILE
@@ -317,9 +325,9 @@ class LiveTables:
             ev.runtime_ns // 1_000_000,
             mode,
             len(cmd) if cmd.isascii() else len(cmd.encode()),
-            "",
-            0,
-            0,
+            env,
+            len(rec["env"]),
+            len(env.encode()),
             ouid,
             ogid,
             atime,
