@@ -59,7 +59,7 @@ def quick(run_env: dict[str, str]) -> dict[str, str]:
         ["query", "SELECT 1"],
         ["rules", "list"],
         ["rules", "reload"],
-        ["rules", "test", str(ROOT / "deploy" / "rules" / "aggregates.yml")],
+        ["rules", "try", str(ROOT / "deploy" / "rules" / "aggregates.yml")],
     ],
 )
 def test_no_broker(quick: dict[str, str], argv: list[str]) -> None:
@@ -80,10 +80,10 @@ def test_tap_with_nothing_to_hear(quick: dict[str, str]) -> None:
 
 def test_unknown_and_unreadable_rule_files(quick: dict[str, str], tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.yml")
-    one_line(cli(quick, "rules", "test", missing), 1, "cannot read", missing)
+    one_line(cli(quick, "rules", "try", missing), 1, "cannot read", missing)
     binary = tmp_path / "binary.yml"
     binary.write_bytes(b"\xff\xfe\x00junk")
-    one_line(cli(quick, "rules", "test", str(binary)), 1, "not UTF-8")
+    one_line(cli(quick, "rules", "try", str(binary)), 1, "not UTF-8")
 
     out = cli(quick, "rules", "validate", missing)
     assert out.returncode == 1 and "Traceback" not in out.stderr
