@@ -293,8 +293,7 @@ class CaseRunner:
         if name == "exeDeleted":
             return bool(value)
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            if name != "exeDeleted":
-                raise CaseError(f"{column} must be a text or a number")
+            raise CaseError(f"{column} must be a text or a number")
         kind = RECORD_TYPES.get(name, str)
         try:
             return kind(value)
