@@ -14,6 +14,8 @@ aggregate sees the whole sequence). A row is written with the column names of
              firings do not count: it is context)
     event: start (default), stop, modify or suspicious (with reason, severity)
     ago: seconds before now the event happened (for windows of aggregates)
+    context: true: the process is there for the others (a parent, an earlier step);
+             what the rule does with it does not count
 
 Unnamed fields get ordinary values: a fresh pid, uid 1000 (user), one session and
 process group per case.
@@ -45,7 +47,7 @@ RECORD_OF_COLUMN = {
     "resident_size": "residentBytes", "hostname": "hostname",
 }  # fmt: skip
 PARENT_COLUMNS = {"parent_name": "name", "parent_path": "exePath", "parent_cmdline": "cmdline"}
-EVENT_FIELDS = {"event", "reason", "severity", "ago", "status"}
+EVENT_FIELDS = {"event", "reason", "severity", "ago", "status", "context"}
 KNOWN = set(RECORD_OF_COLUMN) | set(PARENT_COLUMNS) | EVENT_FIELDS
 KINDS = ("start", "stop", "modify", "suspicious")
 SESSION = 4242  # the session (and process group) of a case's processes, unless given
@@ -246,6 +248,8 @@ class CaseRunner:
             if not rec.get("exePath") and rec["name"]:
                 rec["exePath"] = f"/usr/bin/{rec['name']}"
             latest[rec["pid"]] = rec
+            if row.get("context"):
+                context.add(rec["pid"])
             events.append(
                 EventIn(
                     kind,
