@@ -16,6 +16,7 @@ aggregate sees the whole sequence). A row is written with the column names of
     ago: seconds before now the event happened (for windows of aggregates)
     context: true: the process is there for the others (a parent, an earlier step);
              what the rule does with it does not count
+    repeat: N: the row stands for N processes alike (bursts, storms)
 
 Unnamed fields get ordinary values: a fresh pid, uid 1000 (user), one session and
 process group per case.
@@ -47,7 +48,8 @@ RECORD_OF_COLUMN = {
     "resident_size": "residentBytes", "hostname": "hostname",
 }  # fmt: skip
 PARENT_COLUMNS = {"parent_name": "name", "parent_path": "exePath", "parent_cmdline": "cmdline"}
-EVENT_FIELDS = {"event", "reason", "severity", "ago", "status", "context"}
+EVENT_FIELDS = {"event", "reason", "severity", "ago", "status", "context", "repeat"}
+MAX_REPEAT = 1000
 KNOWN = set(RECORD_OF_COLUMN) | set(PARENT_COLUMNS) | EVENT_FIELDS
 KINDS = ("start", "stop", "modify", "suspicious")
 SESSION = 4242  # the session (and process group) of a case's processes, unless given
@@ -195,6 +197,7 @@ class CaseRunner:
     def events_of(self, case: dict[str, Any]) -> tuple[list[EventIn], set[int]]:
         """The case's events (parents first), and the pids of parents made for context."""
         rows = [case["process"]] if "process" in case else case["events"]
+        rows = [r for row in rows for r in [row] * self._repeat(row)]
         now = time.time()
         next_pid = FIRST_PID
         events: list[EventIn] = []
@@ -262,6 +265,15 @@ class CaseRunner:
                 )
             )
         return events, context
+
+    @staticmethod
+    def _repeat(row: dict[str, Any]) -> int:
+        count = row.get("repeat", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REPEAT:
+            raise CaseError(f"repeat must be a whole number from 1 to {MAX_REPEAT}")
+        if count > 1 and "pid" in row:
+            raise CaseError("a repeated row cannot name its pid")
+        return count
 
     @staticmethod
     def _record(pid: int, row: dict[str, Any], at: float) -> dict[str, Any]:
