@@ -45,7 +45,7 @@ RECORD_OF_COLUMN = {
     "start_ticks": "startTicks", "auid": "loginUid", "username": "username",
     "sha256": "sha256", "exe_deleted": "exeDeleted", "session_id": "sessionId", "tty": "tty",
     "container_id": "containerId", "cgroup_path": "cgroupPath", "env": "env",
-    "resident_size": "residentBytes", "hostname": "hostname",
+    "resident_size": "residentBytes", "hostname": "hostname", "accessible": "accessible",
 }  # fmt: skip
 PARENT_COLUMNS = {"parent_name": "name", "parent_path": "exePath", "parent_cmdline": "cmdline"}
 EVENT_FIELDS = {"event", "reason", "severity", "ago", "status", "context", "repeat"}
@@ -306,7 +306,7 @@ class CaseRunner:
             return _argv(value, column)
         if name == "env":
             return _env(value)
-        if name == "exeDeleted":
+        if name in ("exeDeleted", "accessible"):
             return bool(value)
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise CaseError(f"{column} must be a text or a number")

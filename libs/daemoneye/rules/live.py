@@ -127,7 +127,9 @@ def process_row(
         rec.get("hostname", ""),
         first,
         now,
-        env_text(rec["env"]) if rec["env"] else "",  # `processes` only: see event_row
+        # `processes` only (process_events has its own env column): see _event_columns
+        int(rec["accessible"]),
+        env_text(rec["env"]) if rec["env"] else "",
     )
 
 
@@ -232,13 +234,26 @@ class LiveTables:
                     self.latest[key[1]] = key
                 else:  # a new version replaces the old row
                     old_rec = proc.record
-                    if rec["exePath"] != old_rec["exePath"] or rec["cmdline"] != old_rec["cmdline"]:
+                    image = (
+                        rec["exePath"] != old_rec["exePath"] or rec["cmdline"] != old_rec["cmdline"]
+                    )
+                    if image:
                         # a new program image (an exec, or a fork seen before its exec):
                         # the rules judge it afresh, as osquery's "added" would
                         proc.fired.clear()
-                    if pending.pop(proc.rowid, None) is None:
-                        deletes.append((proc.rowid,))
-                    procs.pop(proc.rowid, None)
+                    if proc.rowid in pending and image:
+                        # an image this batch wrote and the process already left (perl -e
+                        # 'exec "/bin/sh"', env X=1 prog, sh -c 'exec ...'): it stays for
+                        # the rules to judge too, then goes with the stopped rows
+                        procs[proc.rowid] = Proc(
+                            proc.rowid, old_rec, proc.row, proc.first_seen, proc.fired,
+                            proc.collector,
+                        )  # fmt: skip
+                        batch.stopped.append((proc.rowid,))
+                    else:
+                        if pending.pop(proc.rowid, None) is None:
+                            deletes.append((proc.rowid,))
+                        procs.pop(proc.rowid, None)
                     proc.rowid = rowid
                 proc.record = rec
                 proc.collector = ev.collector
@@ -257,7 +272,7 @@ class LiveTables:
                 eid = self.next_eid
                 self.next_eid += 1
                 batch.events[eid] = (ev, proc)
-                event_rows.append((eid, *row[:-1], *self._event_columns(ev, rec, eid, row)))
+                event_rows.append((eid, *row[:-2], *self._event_columns(ev, rec, eid, row)))
         self.events_seen += len(event_rows)
         batch.event_rows = event_rows
         hash_rows, file_rows, hash_gone = self._paths(paths)
@@ -303,7 +318,7 @@ class LiveTables:
 
     def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int, row: tuple) -> tuple:
         """The event columns; `row` is the process's `processes` row (its cmdline joined,
-        its environment last)."""
+        its environment last, after `accessible`)."""
         cmd, env = row[3], row[-1]
         info = self._files.get(rec["exePath"])
         mode, ouid, ogid, atime, ctime = (

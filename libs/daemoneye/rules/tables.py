@@ -120,7 +120,18 @@ EVENT_COLUMNS = _cols(
 PROCESSES = Table(
     "processes",
     "The live table: one row per running process, updated on every event.",
-    PROCESS_COLUMNS + _cols(("env", T, ENV_DOC)),  # process_events has it among its own
+    # process_events has env among its own columns, and no `accessible`
+    PROCESS_COLUMNS
+    + _cols(
+        (
+            "accessible",
+            INT,
+            "(ours) 1 when the collector read the whole record; 0 when part of it could not "
+            "be read, or for a process seen only through the kernel's fork and exit (a "
+            "subshell that never ran a program: its name, path and argv are its parent's)",
+        ),
+        ("env", T, ENV_DOC),
+    ),
     indexes=(("pid",), ("parent",)),
 )
 
