@@ -317,3 +317,20 @@ sql: SELECT pid, cmdline FROM processes WHERE name = 'sh'
     # a change that keeps the image (uid) still replaces the row: nothing fires again
     again, _ = engine.apply([EventIn("modify", dict(sh, uid=0))])
     assert again == []
+
+
+def test_a_fork_that_never_ran_a_program_does_not_repeat_its_parents_alert() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    parent = rec(400, "/tmp/evil", argv=["/tmp/evil", "-d"], accessible=True)
+    firings, _ = engine.apply([EventIn("start", parent)])
+    assert [f.row["pid"] for f in firings] == [400]
+    # its forked workers: the collector copies the parent's image, accessible false
+    copies = [dict(parent, pid=401 + i, ppid=400, startTicks=next(_ticks), accessible=False)
+              for i in range(3)]  # fmt: skip
+    assert engine.apply([EventIn("start", c) for c in copies])[0] == []
+    # still in the table, for rules that correlate (process groups, sessions)
+    _, rows = engine.query("SELECT count(*) FROM processes WHERE parent = 400", 1.0, 1)
+    assert rows == [(3,)]
+    # a child that exec'd the same program is a program of its own: judged
+    child = dict(parent, pid=410, ppid=400, startTicks=next(_ticks), accessible=True)
+    assert [f.row["pid"] for f in engine.apply([EventIn("start", child)])[0]] == [410]

@@ -72,6 +72,21 @@ class Proc:
     first_seen: float
     fired: set[str] = field(default_factory=set)  # rule ids that fired on this process
     collector: str = ""  # source id of the collector that last reported it
+    # seen only through fork and exit, never ran a program of its own: its record is a
+    # copy of its parent's image, which the rules judged already (see `is_fork_copy`)
+    fork_copy: bool = False
+
+
+def is_fork_copy(rec: dict[str, Any], parent: dict[str, Any] | None) -> bool:
+    """A subshell or worker that forked and never exec'd (`( ... )`, `$( ... )`, gdb or
+    useradd helpers): the collector reports it with its parent's name, path and argv and
+    `accessible` false. Alerting on it would repeat its parent's alert once per fork."""
+    return (
+        not rec["accessible"]
+        and parent is not None
+        and rec["exePath"] == parent["exePath"]
+        and rec["cmdline"] == parent["cmdline"]
+    )
 
 
 @dataclass
@@ -247,7 +262,7 @@ class LiveTables:
                         # the rules to judge too, then goes with the stopped rows
                         procs[proc.rowid] = Proc(
                             proc.rowid, old_rec, proc.row, proc.first_seen, proc.fired,
-                            proc.collector,
+                            proc.collector, proc.fork_copy,
                         )  # fmt: skip
                         batch.stopped.append((proc.rowid,))
                     else:
@@ -257,9 +272,9 @@ class LiveTables:
                     proc.rowid = rowid
                 proc.record = rec
                 proc.collector = ev.collector
-                row = proc.row = process_row(
-                    rec, self.parent_of(rec, ev.collector), ev.collector, proc.first_seen, now
-                )
+                parent = self.parent_of(rec, ev.collector)
+                proc.fork_copy = is_fork_copy(rec, parent)
+                row = proc.row = process_row(rec, parent, ev.collector, proc.first_seen, now)
                 pending[rowid] = row
                 procs[rowid] = proc
                 exe, sha, cwd = rec["exePath"], rec["sha256"], rec["cwd"]
