@@ -99,10 +99,21 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "Convert Sigma process_creation rules into DaemonEye rules (exit 1 if any could "
         "not be converted; the others are still written).",
         "  daemoneye rules import-sigma sigma/rules/linux/process_creation/ --output rules/\n"
-        "  daemoneye rules import-sigma proc_creation_lnx_whoami.yml > whoami.yml\n",
+        "  daemoneye rules import-sigma proc_creation_lnx_whoami.yml > whoami.yml\n"
+        "  daemoneye rules import-sigma sigma/ --min-level high --status stable,test --output r/\n",
     )
     s.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Sigma files or dirs")
     s.add_argument("--output", type=Path, help="write one rule file per Sigma rule here")
+    s.add_argument(
+        "--min-level",
+        choices=("info", "low", "medium", "high", "critical"),
+        help="skip rules whose Sigma level maps below this severity",
+    )
+    s.add_argument(
+        "--status",
+        type=_statuses,
+        help="keep only rules of these Sigma statuses (comma-separated: stable,test)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -248,10 +259,21 @@ def reload(args: argparse.Namespace) -> int:
     return 1 if value["problems"] else 0
 
 
+def _statuses(text: str) -> tuple[str, ...]:
+    from daemoneye.rules.sigma import STATUSES
+
+    wanted = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    unknown = [s for s in wanted if s not in STATUSES]
+    if not wanted or unknown:
+        shown = unknown[0] if unknown else text
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a Sigma status ({', '.join(STATUSES)})")
+    return wanted
+
+
 def import_sigma(args: argparse.Namespace) -> int:
     from daemoneye.rules.sigma import SigmaImporter, rule_yaml, write_rules
 
-    importer = SigmaImporter()
+    importer = SigmaImporter(min_level=args.min_level, statuses=args.status)
     files: list[Path] = []
     for path in args.paths:
         files += (
@@ -269,8 +291,13 @@ def import_sigma(args: argparse.Namespace) -> int:
         written = write_rules(converted, args.output)
         err_console.print(f"wrote {len(written)} rule file(s) to {args.output}")
     else:
-        print("\n---\n".join(rule_yaml(c.rule, c.source) for c in converted), end="")
+        print("\n---\n".join(rule_yaml(c.rule, c.source, c.author) for c in converted), end="")
     for problem in problems:
         print(problem, file=sys.stderr)
-    err_console.print(f"{len(converted)} converted, {len(problems)} could not be converted")
+    skipped = (
+        f", {len(importer.skipped)} skipped by --min-level/--status" if importer.skipped else ""
+    )
+    err_console.print(
+        f"{len(converted)} converted, {len(problems)} could not be converted{skipped}"
+    )
     return 1 if problems else 0
