@@ -49,7 +49,8 @@ class Converter:
     and compiled into one function that reads each field by its schema object and
     builds the dict in a single expression: no per-field loop or type dispatch at run
     time. At 10,000 alerts/s this conversion is the largest cost the alerter controls.
-    Unlike `to_dict`, unset text fields appear as "" so every record has every key.
+    Unlike `to_dict`, unset text fields appear as "" (and unset lists as []) so every
+    record has every key.
     Readers without pycapnp's `_get_by_field` (an internal) take the slow, public
     `to_dict` path."""
 
@@ -65,8 +66,13 @@ class Converter:
                 read = f"str({read})"
             elif kind == "list":
                 element = str(field.proto.slot.type.list.elementType.which())
-                complex_list = element in ("struct", "list", "data")
-                read = f"_to_dict(reader).get({name!r})" if complex_list else f"list({read})"
+                if element == "struct":  # ProcessRecord.env: a few small structs at most
+                    scope[f"c{i}"] = Converter(field.schema.elementType)
+                    read = f"[c{i}(x) for x in {read}]"
+                elif element in ("list", "data"):
+                    read = f"_to_dict(reader).get({name!r})"
+                else:
+                    read = f"list({read})"
             elif kind == "data":
                 read = f"bytes({read}).hex()"
             elif kind == "struct":
