@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from daemoneye import procfs
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
@@ -173,6 +174,8 @@ def test_env_holds_only_the_variables_that_matter() -> None:
     }
     child = subprocess.Popen([SLEEP, "30"], env=env)
     try:
+        # until the exec, /proc/<pid>/environ is still the forking parent's
+        wait_for(lambda: procfs.read_cmdline(child.pid) == [SLEEP, "30"], what="the exec")
         rec = procfs.read_process(child.pid)
     finally:
         child.kill()
