@@ -59,7 +59,7 @@ def quick(run_env: dict[str, str]) -> dict[str, str]:
         ["query", "SELECT 1"],
         ["rules", "list"],
         ["rules", "reload"],
-        ["rules", "try", str(ROOT / "deploy" / "rules" / "aggregates.yml")],
+        ["rules", "try", str(ROOT / "deploy" / "rules" / "discovery.yml")],
     ],
 )
 def test_no_broker(quick: dict[str, str], argv: list[str]) -> None:
