@@ -85,6 +85,13 @@ struct ProcessRecord {
   pidNamespace @38 :UInt64;   # inode of /proc/<pid>/ns/pid; tells collectors' namespaces apart
   accessible @39 :Bool;       # false when part of the record could not be read
   tty @40 :Text;
+  env @41 :List(EnvVar);      # the few variables that matter for detection (procfs.ENV_NAMES)
+}
+
+# One environment variable of a process, read from /proc/<pid>/environ at exec.
+struct EnvVar {
+  name @0 :Text;
+  value @1 :Text;
 }
 
 enum EventKind {

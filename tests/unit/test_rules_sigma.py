@@ -131,3 +131,44 @@ def test_cli_import_sigma_and_validate(tmp_path: Path) -> None:
     check = daemoneye("rules", "validate", str(out), str(bad), timeout=300)
     assert check.returncode == 1
     assert check.stdout.strip() == f"{bad}:3: rule evil: function readfile() is forbidden"
+
+
+def test_sigma_judgement_is_kept_and_filters_apply(tmp_path: Path) -> None:
+    rule = tmp_path / "s.yml"
+    rule.write_text(
+        textwrap.dedent(
+            """\
+            title: whoami run
+            id: 22222222-2222-2222-2222-222222222222
+            status: experimental
+            author: Someone
+            references: [https://example.org/whoami]
+            falsepositives: [Admins checking who they are]
+            logsource: {product: linux, category: process_creation}
+            detection: {sel: {Image|endswith: /whoami}, condition: sel}
+            level: informational
+            tags: [attack.discovery, attack.t1033]
+            """
+        )
+    )
+    (done,), problems = SigmaImporter().convert_file(rule)
+    assert problems == []
+    got = done.rule
+    assert got.severity == "info" and got.status == "experimental"
+    assert got.falsepositives == ["Admins checking who they are"]
+    assert got.references == ["https://example.org/whoami"] and "attack.t1033" in got.tags
+    (written,) = write_rules([done], tmp_path / "out")
+    text = written.read_text()
+    assert "Detection Rule License (DRL) 1.1" in text and "Someone" in text
+    (again,), problems = load_rule_file(written)
+    assert problems == [] and again.status == "experimental" and again.falsepositives
+    # Sigma's own judgement as a filter: below the level, or not of the status, is skipped
+    for importer in (
+        SigmaImporter(min_level="low"),
+        SigmaImporter(statuses=("stable", "test")),
+    ):
+        converted, problems = importer.convert_file(rule)
+        assert converted == [] and problems == [] and len(importer.skipped) == 1
+    assert "status experimental not in stable,test" in importer.skipped[0].reason
+    with pytest.raises(ValueError, match="not one of"):
+        SigmaImporter(statuses=("solid",))

@@ -228,6 +228,9 @@ def _strategy_of(field: object) -> st.SearchStrategy:
     if kind == "text":
         return _TEXT
     assert kind == "list", kind
+    element = field.proto.slot.type.list.elementType.which()  # type: ignore[attr-defined]
+    if element == "struct":  # EnvVar
+        return st.lists(st.fixed_dictionaries({"name": _TEXT, "value": _TEXT}), max_size=3)
     return st.lists(_TEXT, max_size=6)
 
 

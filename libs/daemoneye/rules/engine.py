@@ -199,8 +199,8 @@ class Engine:
                 ident = row[at]
                 if driver == "processes":
                     proc = batch.procs.get(ident)
-                    if proc is None or active.rule.id in proc.fired:
-                        continue
+                    if proc is None or active.rule.id in proc.fired or proc.fork_copy:
+                        continue  # a fork copy repeats what its parent fired already
                     proc.fired.add(active.rule.id)
                     record = proc.record
                     key = f"{record['pid']}:{record['startTicks']}"

@@ -20,12 +20,12 @@ from typing import Any
 
 from . import sources
 from .sandbox import Sandbox
-from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, USERS
+from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, PROCESSES, USERS
 
 SYSCALL = {"start": "execve", "stop": "exit", "modify": "modify", "suspicious": "suspicious"}
-_PCOLS = ", ".join(c.name for c in PROCESS_COLUMNS)
-_ECOLS = _PCOLS + ", " + ", ".join(c.name for c in EVENT_COLUMNS)
-_PMARKS = ", ".join("?" * (len(PROCESS_COLUMNS) + 1))
+_ECOLS = ", ".join(c.name for c in PROCESS_COLUMNS + EVENT_COLUMNS)
+_PCOLS = ", ".join(c.name for c in PROCESSES.columns)
+_PMARKS = ", ".join("?" * (len(PROCESSES.columns) + 1))
 _EMARKS = ", ".join("?" * (len(PROCESS_COLUMNS) + len(EVENT_COLUMNS) + 1))
 _HMARKS = ", ".join("?" * len(HASH.columns))
 _FMARKS = ", ".join("?" * len(FILE.columns))
@@ -40,7 +40,7 @@ RECORD_DEFAULTS: dict[str, Any] = {
     "residentBytes": 0, "virtualBytes": 0, "diskReadBytes": 0, "diskWriteBytes": 0,
     "sha256": "", "exeDeleted": False, "onDisk": -1, "exeDevice": 0, "exeInode": 0,
     "exeSize": 0, "exeMtimeNs": 0, "exeChangedAfterExec": False, "cgroupPath": "",
-    "containerId": "", "pidNamespace": 0, "accessible": False, "tty": "",
+    "containerId": "", "pidNamespace": 0, "accessible": False, "tty": "", "env": [],
 }  # fmt: skip
 # itemgetters over a record in `processes` column order: the row is one tuple display of
 # their results (about twice as fast as slicing and converting field by field)
@@ -72,6 +72,21 @@ class Proc:
     first_seen: float
     fired: set[str] = field(default_factory=set)  # rule ids that fired on this process
     collector: str = ""  # source id of the collector that last reported it
+    # seen only through fork and exit, never ran a program of its own: its record is a
+    # copy of its parent's image, which the rules judged already (see `is_fork_copy`)
+    fork_copy: bool = False
+
+
+def is_fork_copy(rec: dict[str, Any], parent: dict[str, Any] | None) -> bool:
+    """A subshell or worker that forked and never exec'd (`( ... )`, `$( ... )`, gdb or
+    useradd helpers): the collector reports it with its parent's name, path and argv and
+    `accessible` false. Alerting on it would repeat its parent's alert once per fork."""
+    return (
+        not rec["accessible"]
+        and parent is not None
+        and rec["exePath"] == parent["exePath"]
+        and rec["cmdline"] == parent["cmdline"]
+    )
 
 
 @dataclass
@@ -127,7 +142,15 @@ def process_row(
         rec.get("hostname", ""),
         first,
         now,
+        # `processes` only (process_events has its own env column): see _event_columns
+        int(rec["accessible"]),
+        env_text(rec["env"]) if rec["env"] else "",
     )
+
+
+def env_text(env: list[dict[str, str]]) -> str:
+    """osquery's form of an environment: `NAME=value` separated by spaces."""
+    return " ".join(f"{v['name']}={v['value']}" for v in env)
 
 
 Key = tuple[int, int, int]  # (pid namespace, pid, startTicks)
@@ -226,19 +249,32 @@ class LiveTables:
                     self.latest[key[1]] = key
                 else:  # a new version replaces the old row
                     old_rec = proc.record
-                    if rec["exePath"] != old_rec["exePath"] or rec["cmdline"] != old_rec["cmdline"]:
+                    image = (
+                        rec["exePath"] != old_rec["exePath"] or rec["cmdline"] != old_rec["cmdline"]
+                    )
+                    if image:
                         # a new program image (an exec, or a fork seen before its exec):
                         # the rules judge it afresh, as osquery's "added" would
                         proc.fired.clear()
-                    if pending.pop(proc.rowid, None) is None:
-                        deletes.append((proc.rowid,))
-                    procs.pop(proc.rowid, None)
+                    if proc.rowid in pending and image:
+                        # an image this batch wrote and the process already left (perl -e
+                        # 'exec "/bin/sh"', env X=1 prog, sh -c 'exec ...'): it stays for
+                        # the rules to judge too, then goes with the stopped rows
+                        procs[proc.rowid] = Proc(
+                            proc.rowid, old_rec, proc.row, proc.first_seen, proc.fired,
+                            proc.collector, proc.fork_copy,
+                        )  # fmt: skip
+                        batch.stopped.append((proc.rowid,))
+                    else:
+                        if pending.pop(proc.rowid, None) is None:
+                            deletes.append((proc.rowid,))
+                        procs.pop(proc.rowid, None)
                     proc.rowid = rowid
                 proc.record = rec
                 proc.collector = ev.collector
-                row = proc.row = process_row(
-                    rec, self.parent_of(rec, ev.collector), ev.collector, proc.first_seen, now
-                )
+                parent = self.parent_of(rec, ev.collector)
+                proc.fork_copy = is_fork_copy(rec, parent)
+                row = proc.row = process_row(rec, parent, ev.collector, proc.first_seen, now)
                 pending[rowid] = row
                 procs[rowid] = proc
                 exe, sha, cwd = rec["exePath"], rec["sha256"], rec["cwd"]
@@ -251,7 +287,7 @@ class LiveTables:
                 eid = self.next_eid
                 self.next_eid += 1
                 batch.events[eid] = (ev, proc)
-                event_rows.append((eid, *row, *self._event_columns(ev, rec, eid, row[3])))
+                event_rows.append((eid, *row[:-2], *self._event_columns(ev, rec, eid, row)))
         self.events_seen += len(event_rows)
         batch.event_rows = event_rows
         hash_rows, file_rows, hash_gone = self._paths(paths)
@@ -295,8 +331,10 @@ class LiveTables:
         if self.latest.get(key[1]) == key:
             del self.latest[key[1]]
 
-    def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int, cmd: str) -> tuple:
-        """The event columns; `cmd` is the row's cmdline, already joined."""
+    def _event_columns(self, ev: EventIn, rec: dict[str, Any], eid: int, row: tuple) -> tuple:
+        """The event columns; `row` is the process's `processes` row (its cmdline joined,
+        its environment last, after `accessible`)."""
+        cmd, env = row[3], row[-1]
         info = self._files.get(rec["exePath"])
         mode, ouid, ogid, atime, ctime = (
             (info[6], info[4], info[5], info[10], info[12]) if info else _NO_FILE
@@ -317,9 +355,9 @@ class LiveTables:
             ev.runtime_ns // 1_000_000,
             mode,
             len(cmd) if cmd.isascii() else len(cmd.encode()),
-            "",
-            0,
-            0,
+            env,
+            len(rec["env"]),
+            len(env.encode()),
             ouid,
             ogid,
             atime,

@@ -26,7 +26,11 @@ KNOWN_FIELDS = {
     "interval",
     "author",
     "source",
+    "falsepositives",
+    "status",
+    "tests",
 }
+TEST_EXPECTATIONS = ("match", "no_match")
 
 
 @dataclass
@@ -42,6 +46,12 @@ class Rule:
     interval: float | None = None  # seconds, for rules run on a cadence
     path: str = "<inline>"
     sql_line: int = 1  # line of the file where the SQL text starts
+    # what a benign host may do that matches too: said to the operator with each alert
+    falsepositives: list[str] = field(default_factory=list)
+    status: str = ""  # Sigma's maturity (stable, test, experimental...), when imported
+    # sample processes and what the rule must do with them (cases.py runs them offline)
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    test_lines: list[int] = field(default_factory=list)  # the line of each case in the file
 
     def to_yaml_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -56,7 +66,13 @@ class Rule:
             out["references"] = list(self.references)
         if self.interval is not None:
             out["interval"] = self.interval
+        if self.status:
+            out["status"] = self.status
+        if self.falsepositives:
+            out["falsepositives"] = list(self.falsepositives)
         out["sql"] = self.sql
+        if self.tests:
+            out["tests"] = list(self.tests)
         return out
 
 
@@ -84,6 +100,26 @@ def _sql_line(node: yaml.Node) -> int:
     line = node.start_mark.line + 1
     style = getattr(node, "style", None)
     return line + 1 if style in ("|", ">") else line
+
+
+def _check_tests(tests: Any) -> str | None:
+    """What is wrong with a `tests:` list's shape, or None (cases.py checks the columns)."""
+    if not isinstance(tests, list):
+        return "tests must be a list of cases"
+    for n, case in enumerate(tests, 1):
+        if not isinstance(case, dict):
+            return f"test {n} must be a mapping"
+        unknown = sorted(set(map(str, case)) - {"name", "expect", "process", "events"})
+        if unknown:
+            return f"test {n}: unknown field(s) {', '.join(unknown)}"
+        if case.get("expect") not in TEST_EXPECTATIONS:
+            return f"test {n}: expect must be one of {', '.join(TEST_EXPECTATIONS)}"
+        if ("process" in case) == ("events" in case):
+            return f"test {n}: give either process (one row) or events (a sequence)"
+        rows = [case["process"]] if "process" in case else case["events"]
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            return f"test {n}: process must be a mapping, events a non-empty list of mappings"
+    return None
 
 
 def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) -> Rule:
@@ -122,6 +158,18 @@ def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) ->
         isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
     ):
         raise fail("interval must be a positive number of seconds")
+    falsepositives = data.get("falsepositives") or []
+    if isinstance(falsepositives, str):
+        falsepositives = [falsepositives]
+    if not isinstance(falsepositives, list) or not all(isinstance(f, str) for f in falsepositives):
+        raise fail("falsepositives must be a text or a list of texts")
+    status = data.get("status") or ""
+    if not isinstance(status, str):
+        raise fail("status must be a text (stable, test, experimental...)")
+    tests = data.get("tests") or []
+    wrong = _check_tests(tests)
+    if wrong:
+        raise fail(wrong)
     return Rule(
         id=data["id"],
         name=str(data["name"]),
@@ -134,6 +182,9 @@ def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) ->
         interval=float(interval) if interval is not None else None,
         path=path,
         sql_line=sql_line,
+        falsepositives=list(falsepositives),
+        status=status,
+        tests=list(tests),
     )
 
 
@@ -155,13 +206,20 @@ def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
             continue
         line = node.start_mark.line + 1
         sql_line = line
+        test_lines: list[int] = []
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if getattr(key, "value", None) == "sql":
                     sql_line = _sql_line(value)
+                elif getattr(key, "value", None) == "tests" and isinstance(
+                    value, yaml.SequenceNode
+                ):
+                    test_lines = [item.start_mark.line + 1 for item in value.value]
         try:
             data = yaml.SafeLoader(text).construct_document(node)
-            rules.append(rule_from_mapping(data, path, sql_line, line))
+            rule = rule_from_mapping(data, path, sql_line, line)
+            rule.test_lines = test_lines
+            rules.append(rule)
         except RuleError as exc:
             problems.append(exc.problem)
         except yaml.YAMLError as exc:

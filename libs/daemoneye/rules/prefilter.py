@@ -194,7 +194,8 @@ def _statement(table: str, terms: list[str]) -> str:
 
 
 class Screening:
-    """The screens of the incremental rules that follow one table, indexed by their needs.
+    """The screens of the incremental rules that follow one table, indexed by their needs
+    (by the values of one column a rule needs, see `_key`).
 
     `rules` are the engine's Active objects (anything with .rule.id, .order and .plan, all
     of them with a screen)."""
@@ -212,12 +213,15 @@ class Screening:
         self.free: list[Any] = []  # rules without needs: their screen decides
         for active in rules:
             needs = [self._at(n) for n in active.plan.needs]
-            ins = sorted((n for n in needs if n[0] == "in"), key=lambda n: len(n[2]))
-            if ins:
-                by_value = self.index.setdefault(ins[0][1], {})
-                for value in ins[0][2]:
+            keyed = [(key, n) for n in needs if (key := _key(n)) is not None]
+            if keyed:
+                (pos, values), need = min(keyed, key=lambda k: len(k[0][1]))
+                by_value = self.index.setdefault(pos, {})
+                for value in values:
                     by_value.setdefault(value, []).append(active)
-                self.rest[active.rule.id] = [n for n in needs if n is not ins[0]]
+                # a plain `in` is met exactly by its key; any other need is only implied
+                rest = [n for n in needs if n is not need] if need[0] == "in" else needs
+                self.rest[active.rule.id] = rest
             elif needs:
                 self.checked.append((active, needs))
             else:
@@ -266,6 +270,26 @@ class Screening:
                 at += count
             self._statements[key] = cached
         return cached
+
+
+def _key(need: Need) -> tuple[int, frozenset[str]] | None:
+    """Values one column must hold in some row for `need` to be met, when there are such:
+    an `in` gives its own; `all` the smallest of its parts'; `any` the union of its
+    branches', when every branch gives one on the same column (`(name = 'touch' AND ...)
+    OR name IN ('at', 'batch')` needs a name among touch, at, batch). A rule is indexed
+    under them: a set lookup per distinct value of a batch finds it."""
+    kind, pos, arg = need
+    if kind == "in":
+        return pos, arg
+    if kind == "all":
+        keys = [k for k in map(_key, arg) if k is not None]
+        return min(keys, key=lambda k: len(k[1])) if keys else None
+    if kind == "any":
+        keys = [_key(n) for n in arg]
+        if not keys or any(k is None for k in keys) or len({k[0] for k in keys}) != 1:
+            return None
+        return keys[0][0], frozenset().union(*(k[1] for k in keys))
+    return None
 
 
 class _BatchValues:

@@ -34,6 +34,13 @@ def _cols(*specs: tuple[str, str, str]) -> tuple[Column, ...]:
 
 INT, R, T = "INTEGER", "REAL", "TEXT"
 
+ENV_DOC = (
+    "(ours, osquery's process_events has it) the environment variables that matter for "
+    "detection, as the process's exec got them: LD_PRELOAD, LD_LIBRARY_PATH, HISTFILE, "
+    "HISTSIZE, HISTFILESIZE, as `NAME=value` separated by spaces; empty when none was set "
+    "(or the collector could not read /proc/<pid>/environ)"
+)
+
 PROCESS_COLUMNS = _cols(
     ("pid", INT, "process id"),
     ("name", T, "process name (kernel comm, at most 15 bytes on Linux)"),
@@ -95,9 +102,9 @@ EVENT_COLUMNS = _cols(
     ("runtime_ms", INT, "(ours) stop: how long the process lived, when known"),
     ("mode", T, "mode of the executable, octal text, when known"),
     ("cmdline_size", INT, "length of the command line in bytes"),
-    ("env", T, "environment (not collected: always empty)"),
-    ("env_count", INT, "number of environment variables (not collected: 0)"),
-    ("env_size", INT, "size of the environment (not collected: 0)"),
+    ("env", T, ENV_DOC),
+    ("env_count", INT, "number of the collected environment variables in `env`"),
+    ("env_size", INT, "length of `env` in bytes"),
     ("owner_uid", INT, "owner uid of the executable, when known"),
     ("owner_gid", INT, "owner gid of the executable, when known"),
     ("atime", INT, "access time of the executable, when known"),
@@ -113,7 +120,18 @@ EVENT_COLUMNS = _cols(
 PROCESSES = Table(
     "processes",
     "The live table: one row per running process, updated on every event.",
-    PROCESS_COLUMNS,
+    # process_events has env among its own columns, and no `accessible`
+    PROCESS_COLUMNS
+    + _cols(
+        (
+            "accessible",
+            INT,
+            "(ours) 1 when the collector read the whole record; 0 when part of it could not "
+            "be read, or for a process seen only through the kernel's fork and exit (a "
+            "subshell that never ran a program: its name, path and argv are its parent's)",
+        ),
+        ("env", T, ENV_DOC),
+    ),
     indexes=(("pid",), ("parent",)),
 )
 

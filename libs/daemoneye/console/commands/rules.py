@@ -1,6 +1,6 @@
-"""`daemoneye rules list|validate|test|reload|import-sigma`: manage detection rules.
+"""`daemoneye rules list|validate|test|try|reload|import-sigma`: manage detection rules.
 
-`validate` and `import-sigma` work offline on files; the others ask the detector.
+`validate`, `test` and `import-sigma` work offline on files; the others ask the detector.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "rules",
         "Validate, test, list, reload and import detection rules.",
         "  daemoneye rules validate deploy/rules/ my-rule.yml\n"
-        "  daemoneye rules test my-rule.yml\n"
+        "  daemoneye rules test deploy/rules/\n"
+        "  daemoneye rules try my-rule.yml\n"
         "  daemoneye rules list\n"
         "  daemoneye rules reload\n"
         "  daemoneye rules import-sigma sigma/rules/linux/process_creation/ --output rules/\n",
@@ -58,11 +59,26 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="rule files or dirs")
     v.add_argument("--quiet", action="store_true", help="print problems only")
     v.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    t = action(
+    c = action(
         "test",
-        "Run a rule file's SQL against the detector's live tables: what would fire now.",
-        "  daemoneye rules test my-rule.yml\n"
-        "  daemoneye rules test my-rule.yml --json --limit 10\n",
+        "Run the rules' own test cases offline (their `tests:` lists; no service needed). "
+        "Exit 1 when a case differs from what it expects or a rule does not load.",
+        "  daemoneye rules test deploy/rules/\n"
+        "  daemoneye rules test my-rule.yml --verbose        # every case, passed or not\n"
+        "  daemoneye rules test deploy/rules/ --strict       # also: each rule has both kinds\n",
+    )
+    c.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="rule files or dirs")
+    c.add_argument("--verbose", action="store_true", help="print the cases that passed too")
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail unless every rule has at least one match and one no_match case",
+    )
+    c.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    t = action(
+        "try",
+        "Run a rule file's SQL against the running detector's live tables: what would fire now.",
+        "  daemoneye rules try my-rule.yml\n  daemoneye rules try my-rule.yml --json --limit 10\n",
     )
     t.add_argument("path", type=Path, metavar="RULE_FILE")
     t.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -83,17 +99,29 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "Convert Sigma process_creation rules into DaemonEye rules (exit 1 if any could "
         "not be converted; the others are still written).",
         "  daemoneye rules import-sigma sigma/rules/linux/process_creation/ --output rules/\n"
-        "  daemoneye rules import-sigma proc_creation_lnx_whoami.yml > whoami.yml\n",
+        "  daemoneye rules import-sigma proc_creation_lnx_whoami.yml > whoami.yml\n"
+        "  daemoneye rules import-sigma sigma/ --min-level high --status stable,test --output r/\n",
     )
     s.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Sigma files or dirs")
     s.add_argument("--output", type=Path, help="write one rule file per Sigma rule here")
+    s.add_argument(
+        "--min-level",
+        choices=("info", "low", "medium", "high", "critical"),
+        help="skip rules whose Sigma level maps below this severity",
+    )
+    s.add_argument(
+        "--status",
+        type=_statuses,
+        help="keep only rules of these Sigma statuses (comma-separated: stable,test)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     return {
         "validate": validate,
-        "test": test,
+        "test": test_cases,
+        "try": try_live,
         "list": list_rules,
         "reload": reload,
         "import-sigma": import_sigma,
@@ -124,7 +152,54 @@ def validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def test(args: argparse.Namespace) -> int:
+def test_cases(args: argparse.Namespace) -> int:
+    from daemoneye.rules.cases import CaseRunner
+
+    report = CaseRunner().run_paths(args.paths)
+    missing = report.missing()
+    failed = bool(report.failed or report.problems or (args.strict and missing))
+    if args.json:
+        print_json(
+            {
+                "ok": not failed,
+                "rules": len(report.rules),
+                "cases": len(report.results),
+                "failed": [
+                    {
+                        "path": r.rule.path,
+                        "line": r.line,
+                        "rule_id": r.rule.id,
+                        "test": r.index,
+                        "name": r.name,
+                        "expect": r.expect,
+                        "got": r.got,
+                        "error": r.error,
+                        "fired": r.fired[:5],
+                    }
+                    for r in report.failed
+                ],
+                "problems": [str(p) for p in report.problems],
+                "missing": [{"rule_id": r.id, "path": r.path, "lacks": k} for r, k in missing],
+            }
+        )
+        return 1 if failed else 0
+    for result in report.results:
+        if args.verbose or not result.ok:
+            print(result)
+    for problem in report.problems:
+        print(problem)
+    for rule, lacking in missing:
+        print(f"{rule.path}:{rule.sql_line}: rule {rule.id}: no {lacking} case")
+    passed = len(report.results) - len(report.failed)
+    err_console.print(
+        f"{len(report.rules)} rule(s), {len(report.results)} case(s): {passed} passed, "
+        f"{len(report.failed)} failed; {len(report.problems)} rule problem(s); "
+        f"{len(missing)} rule(s) without both kinds of case"
+    )
+    return 1 if failed else 0
+
+
+def try_live(args: argparse.Namespace) -> int:
     try:
         text = args.path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -184,10 +259,21 @@ def reload(args: argparse.Namespace) -> int:
     return 1 if value["problems"] else 0
 
 
+def _statuses(text: str) -> tuple[str, ...]:
+    from daemoneye.rules.sigma import STATUSES
+
+    wanted = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    unknown = [s for s in wanted if s not in STATUSES]
+    if not wanted or unknown:
+        shown = unknown[0] if unknown else text
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a Sigma status ({', '.join(STATUSES)})")
+    return wanted
+
+
 def import_sigma(args: argparse.Namespace) -> int:
     from daemoneye.rules.sigma import SigmaImporter, rule_yaml, write_rules
 
-    importer = SigmaImporter()
+    importer = SigmaImporter(min_level=args.min_level, statuses=args.status)
     files: list[Path] = []
     for path in args.paths:
         files += (
@@ -205,8 +291,13 @@ def import_sigma(args: argparse.Namespace) -> int:
         written = write_rules(converted, args.output)
         err_console.print(f"wrote {len(written)} rule file(s) to {args.output}")
     else:
-        print("\n---\n".join(rule_yaml(c.rule, c.source) for c in converted), end="")
+        print("\n---\n".join(rule_yaml(c.rule, c.source, c.author) for c in converted), end="")
     for problem in problems:
         print(problem, file=sys.stderr)
-    err_console.print(f"{len(converted)} converted, {len(problems)} could not be converted")
+    skipped = (
+        f", {len(importer.skipped)} skipped by --min-level/--status" if importer.skipped else ""
+    )
+    err_console.print(
+        f"{len(converted)} converted, {len(problems)} could not be converted{skipped}"
+    )
     return 1 if problems else 0
