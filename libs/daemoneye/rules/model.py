@@ -26,6 +26,7 @@ KNOWN_FIELDS = {
     "author",
     "source",
 }
+KNOWN_FIELDS |= {"dedup_by", "exceptions"}  # alert tuning (exceptions.py)
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Rule:
     interval: float | None = None  # seconds, for rules run on a cadence
     path: str = "<inline>"
     sql_line: int = 1  # line of the file where the SQL text starts
+    # alert tuning: the output columns that make the dedup key (empty: exe + argv), and
+    # named exceptions over the output columns (exceptions.RuleException)
+    dedup_by: list[str] = field(default_factory=list)
+    exceptions: list[Any] = field(default_factory=list)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,6 +60,10 @@ class Rule:
             out["references"] = list(self.references)
         if self.interval is not None:
             out["interval"] = self.interval
+        if self.dedup_by:
+            out["dedup_by"] = list(self.dedup_by)
+        if self.exceptions:
+            out["exceptions"] = [e.to_yaml_dict() for e in self.exceptions]
         out["sql"] = self.sql
         return out
 
@@ -85,8 +94,11 @@ def _sql_line(node: yaml.Node) -> int:
     return line + 1 if style in ("|", ">") else line
 
 
-def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) -> Rule:
-    """Check the fields of one rule document and build the Rule."""
+def rule_from_mapping(
+    data: Any, path: str, sql_line: int = 1, line: int = 1, lines: dict[str, int] | None = None
+) -> Rule:
+    """Check the fields of one rule document and build the Rule (`lines`: the line of
+    each field, for problems in tuning fields)."""
     rid = str(data.get("id", "")) if isinstance(data, dict) else ""
 
     def fail(reason: str, at: int = line) -> RuleError:
@@ -121,6 +133,7 @@ def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) ->
         isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
     ):
         raise fail("interval must be a positive number of seconds")
+    dedup_by, exceptions = _tuning(data, lines or {}, fail, line)
     return Rule(
         id=data["id"],
         name=str(data["name"]),
@@ -133,7 +146,23 @@ def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) ->
         interval=float(interval) if interval is not None else None,
         path=path,
         sql_line=sql_line,
+        dedup_by=dedup_by,
+        exceptions=exceptions,
     )
+
+
+def _tuning(data: dict, lines: dict[str, int], fail: Any, line: int) -> tuple[list[str], list]:
+    """`dedup_by` and `exceptions` (checked against the SQL's columns by the validator)."""
+    from .exceptions import ExceptionError, parse_list
+
+    dedup_by = data.get("dedup_by") or []
+    if not isinstance(dedup_by, list) or not all(isinstance(c, str) and c for c in dedup_by):
+        raise fail("dedup_by must be a list of output column names", lines.get("dedup_by", line))
+    try:
+        exceptions = parse_list(data.get("exceptions"), lines.get("exceptions", line))
+    except ExceptionError as exc:
+        raise fail(exc.reason, exc.line or line) from None
+    return list(dedup_by), exceptions
 
 
 def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
@@ -154,13 +183,15 @@ def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
             continue
         line = node.start_mark.line + 1
         sql_line = line
+        lines: dict[str, int] = {}
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
+                lines[str(getattr(key, "value", ""))] = key.start_mark.line + 1
                 if getattr(key, "value", None) == "sql":
                     sql_line = _sql_line(value)
         try:
             data = yaml.SafeLoader(text).construct_document(node)
-            rules.append(rule_from_mapping(data, path, sql_line, line))
+            rules.append(rule_from_mapping(data, path, sql_line, line, lines))
         except RuleError as exc:
             problems.append(exc.problem)
         except yaml.YAMLError as exc:
