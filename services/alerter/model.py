@@ -65,8 +65,12 @@ class Converter:
                 read = f"str({read})"
             elif kind == "list":
                 element = str(field.proto.slot.type.list.elementType.which())
-                complex_list = element in ("struct", "list", "data")
-                read = f"_to_dict(reader).get({name!r})" if complex_list else f"list({read})"
+                complex_list = element in ("list", "data")
+                if element == "struct":  # e.g. an alert's ancestry
+                    scope[f"c{i}"] = Converter(field.schema.elementType)
+                    read = f"[c{i}(x) for x in {read}]"
+                else:
+                    read = f"_to_dict(reader).get({name!r})" if complex_list else f"list({read})"
             elif kind == "data":
                 read = f"bytes({read}).hex()"
             elif kind == "struct":
