@@ -542,6 +542,25 @@ class Alerter(Service):
                 break
         return {"alerts": rows, "sinks": self._sink_names()}
 
+    @rpc("alerts.get")
+    def rpc_get(self, request: Request) -> dict[str, Any]:
+        """One stored alert by its key, or by its alertId (newest MAX_SCAN searched)."""
+        assert self.store is not None
+        wanted = str(request.params.get("key") or "").strip()
+        if not wanted:
+            raise RpcFault("bad_request", "alerts.get needs a 'key' (a key or an alertId)")
+        data = self.store.record(int(wanted)) if wanted.isdigit() else None
+        if data is None:
+            for n, (_key, stored) in enumerate(self.store.history()):
+                if n >= MAX_SCAN:
+                    break
+                if wanted.encode() in stored and model.json_load(stored).get("alertId") == wanted:
+                    data = stored
+                    break
+        if data is None:
+            raise RpcFault("bad_request", f"no alert with key or alertId {wanted!r}")
+        return model.json_load(data)
+
     @rpc("alerts.incidents")
     def rpc_incidents(self, request: Request) -> dict[str, Any]:
         """Open incidents, then recently closed ones, newest first."""

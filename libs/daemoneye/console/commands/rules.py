@@ -14,6 +14,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from .. import rules_except
 from ..common import (
     CommandError,
     add_command,
@@ -87,6 +88,7 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     s.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="Sigma files or dirs")
     s.add_argument("--output", type=Path, help="write one rule file per Sigma rule here")
+    rules_except.add_action(action)
     p.set_defaults(handler=run)
 
 
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "list": list_rules,
         "reload": reload,
         "import-sigma": import_sigma,
+        "except": rules_except.run,
     }[args.action](args)
 
 
@@ -151,8 +154,8 @@ def list_rules(args: argparse.Namespace) -> int:
         print(json.dumps(value, default=str))
         return 0
     table = Table(title=f"rules in {escape(value['dir'])}")
-    for column in ("id", "severity", "mode", "state", "runs", "matches", "avg ms"):
-        justify = "right" if column in ("runs", "matches") else "left"
+    for column in ("id", "severity", "mode", "state", "runs", "matches", "suppressed", "avg ms"):
+        justify = "right" if column in ("runs", "matches", "suppressed") else "left"
         table.add_column(column, justify=justify, overflow="fold")
     for r in value["rules"]:
         style = "green" if r["state"] == "active" else "red"
@@ -163,12 +166,21 @@ def list_rules(args: argparse.Namespace) -> int:
             f"[{style}]{escape(r['state'])}[/]",
             str(r["runs"]),
             str(r["matches"]),
+            suppressed_text(r),
             f"{r['avg_ms']:.3f}",
         )
     console.print(table)
     for problem in value["problems"]:
         err_console.print(f"[red]rejected:[/] {escape(problem)}")
     return 0
+
+
+def suppressed_text(rule: dict[str, Any]) -> str:
+    """Matches the rule's exceptions suppressed: the total, then each by name."""
+    counted = [e for e in rule.get("exceptions") or [] if e.get("suppressed")]
+    detail = ", ".join(f"{escape(e['name'])}: {e['suppressed']}" for e in counted)
+    total = rule.get("suppressed", 0)
+    return f"{total} ({detail})" if detail else str(total)
 
 
 def reload(args: argparse.Namespace) -> int:
