@@ -51,11 +51,14 @@ def tree_keys(record: dict[str, Any]) -> set[str]:
         return set()
     host = record.get("hostname") or ""
     ns = proc.get("pidNamespace") or 0
-    keys = {f"p|{host}|{ns}|{pid}|{proc.get('startTicks') or 0}"}
     sid = proc.get("sessionId") or 0
+    ancestry = record.get("ancestry") or ()
+    if sid <= 1 and not ancestry:
+        return set()  # nothing known of its tree: it stands alone, as before incidents
+    keys = {f"p|{host}|{ns}|{pid}|{proc.get('startTicks') or 0}"}
     if sid > 1:
         keys.add(f"s|{host}|{ns}|{sid}")
-    for anc in record.get("ancestry") or ():
+    for anc in ancestry:
         apid = anc.get("pid") or 0
         if apid <= 1 or anc.get("source") == "unknown":
             break

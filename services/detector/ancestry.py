@@ -58,7 +58,7 @@ class Ancestry:
         out = []
         for rec, source in chain(record, self.depth, self.tables.lookup, self.exits, history):
             if source == "unknown":
-                out.append({"pid": rec["pid"], "exited": True, "source": source})
+                out.append({"pid": rec["pid"], "name": "", "exited": True, "source": source})
                 continue
             out.append(
                 {

@@ -166,7 +166,10 @@ def parse_one(data: Any, index: int, allowlist: bool = False, line: int = 0) -> 
             op, raw = next(iter(spec.items()))
         else:
             op, raw = "equals", spec
-        conditions.append(Condition(column, op, _values(raw, f"{where}: {column}")))
+        try:
+            conditions.append(Condition(column, op, _values(raw, f"{where}: {column}")))
+        except ExceptionError as err:
+            raise ExceptionError(err.reason, line) from None
     rules: tuple[str, ...] = ()
     if allowlist:
         raw_rules = data.get("rules", ["*"])
@@ -179,35 +182,43 @@ def parse_one(data: Any, index: int, allowlist: bool = False, line: int = 0) -> 
     return RuleException(name, tuple(conditions), str(reason), rules, line=line)
 
 
-def parse_list(raw: Any, line: int = 0) -> list[RuleException]:
-    """A rule's `exceptions:` field; ExceptionError on the first problem."""
+def parse_list(raw: Any, line: int = 0, lines: dict[str, int] | None = None) -> list[RuleException]:
+    """A rule's `exceptions:` field; ExceptionError on the first problem. `line`: the
+    field's line; `lines`: each item's, as `exceptions.<index>`."""
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise ExceptionError("exceptions must be a list", line)
     if len(raw) > MAX_EXCEPTIONS:
         raise ExceptionError(f"more than {MAX_EXCEPTIONS} exceptions", line)
-    out = [parse_one(item, i, line=line) for i, item in enumerate(raw)]
-    names = [e.name for e in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ExceptionError(f"exception names must be unique: {', '.join(dupes)}", line)
-    return [RuleException(e.name, e.conditions, e.reason, origin="rule", line=line) for e in out]
+    at = [(lines or {}).get(f"exceptions.{i}", line) for i in range(len(raw))]
+    out = [parse_one(item, i, line=at[i]) for i, item in enumerate(raw)]
+    seen: set[str] = set()
+    for exc in out:
+        if exc.name in seen:
+            raise ExceptionError(f"exception names must be unique: {exc.name!r}", exc.line)
+        seen.add(exc.name)
+    return [RuleException(e.name, e.conditions, e.reason, origin="rule", line=e.line) for e in out]
+
+
+def misfit(exceptions: Iterable[RuleException], columns: set[str] | None) -> RuleException | None:
+    """The first exception naming a column a rule whose output has `columns` lacks
+    (None: all fit, or the output is open, e.g. `SELECT *`)."""
+    if columns is None:
+        return None
+    return next((e for e in exceptions if not e.columns() <= columns), None)
 
 
 def check_columns(exceptions: Iterable[RuleException], columns: set[str] | None) -> str | None:
-    """Why the exceptions do not fit a rule whose output has `columns` (None: unknown,
-    e.g. `SELECT *`), or None when they do."""
-    if columns is None:
+    """Why the exceptions do not fit a rule whose output has `columns`, or None."""
+    exc = misfit(exceptions, columns)
+    if exc is None or columns is None:
         return None
-    for exc in exceptions:
-        missing = sorted(exc.columns() - columns)
-        if missing:
-            return (
-                f"exception {exc.name!r}: column(s) {', '.join(missing)} not in the rule's "
-                f"output ({', '.join(sorted(columns))})"
-            )
-    return None
+    missing = sorted(exc.columns() - columns)
+    return (
+        f"exception {exc.name!r}: column(s) {', '.join(missing)} not in the rule's "
+        f"output ({', '.join(sorted(columns))})"
+    )
 
 
 def load_allowlist(

@@ -110,7 +110,8 @@ def chain(
         if parent is None and history is not None:
             parent, source = history(ppid, ns, ticks), "history"
         if parent is None:
-            out.append(({"pid": ppid}, "unknown"))
+            if ppid > 1:  # init unseen (no snapshot yet) is no news
+                out.append(({"pid": ppid}, "unknown"))
             break
         out.append((parent, source))
         current = parent

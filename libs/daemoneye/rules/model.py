@@ -159,7 +159,7 @@ def _tuning(data: dict, lines: dict[str, int], fail: Any, line: int) -> tuple[li
     if not isinstance(dedup_by, list) or not all(isinstance(c, str) and c for c in dedup_by):
         raise fail("dedup_by must be a list of output column names", lines.get("dedup_by", line))
     try:
-        exceptions = parse_list(data.get("exceptions"), lines.get("exceptions", line))
+        exceptions = parse_list(data.get("exceptions"), lines.get("exceptions", line), lines)
     except ExceptionError as exc:
         raise fail(exc.reason, exc.line or line) from None
     return list(dedup_by), exceptions
@@ -187,6 +187,11 @@ def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 lines[str(getattr(key, "value", ""))] = key.start_mark.line + 1
+                if getattr(key, "value", None) == "exceptions" and isinstance(
+                    value, yaml.SequenceNode
+                ):  # each exception's own line, for its problems
+                    for i, item in enumerate(value.value):
+                        lines[f"exceptions.{i}"] = item.start_mark.line + 1
                 if getattr(key, "value", None) == "sql":
                     sql_line = _sql_line(value)
         try:

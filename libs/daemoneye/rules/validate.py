@@ -249,7 +249,7 @@ def output_columns(tree: exp.Expression) -> set[str] | None:
 
 def tuning_problem(rule: Rule, tree: exp.Expression) -> Problem | None:
     """A `dedup_by` or exception column that the rule's SQL does not output."""
-    from .exceptions import check_columns
+    from .exceptions import check_columns, misfit
 
     columns = output_columns(tree)
     if columns is None:
@@ -260,8 +260,8 @@ def tuning_problem(rule: Rule, tree: exp.Expression) -> Problem | None:
         return Problem(rule.path, rule.id, rule.sql_line, reason)
     reason = check_columns(rule.exceptions, columns)
     if reason:
-        line = rule.exceptions[0].line if rule.exceptions else rule.sql_line
-        return Problem(rule.path, rule.id, line, reason)
+        bad = misfit(rule.exceptions, columns)
+        return Problem(rule.path, rule.id, bad.line if bad else rule.sql_line, reason)
     return None
 
 
