@@ -3,7 +3,8 @@
 Two alerts belong to one incident when, within `window_s` of the incident's last
 alert, their processes share a session (the same `sessionId` on the same host and
 pid namespace; sessions 0 and 1 are too broad to mean anything) or a common ancestor
-below its session leader (an ancestor that is not itself a session leader, nor init).
+below their session leader (an ancestor in the process's own session, not its leader
+nor init: what a daemon's session 1 or an unknown session still ties together).
 Each alert brings its tree keys (see `tree_keys`); an alert with a key an open
 incident holds joins it, and its keys join too, so the incident follows the tree.
 
@@ -60,11 +61,10 @@ def tree_keys(record: dict[str, Any]) -> set[str]:
         keys.add(f"s|{host}|{ns}|{sid}")
     for anc in ancestry:
         apid = anc.get("pid") or 0
-        if apid <= 1 or anc.get("source") == "unknown":
-            break
-        asid = anc.get("sessionId") or 0
-        if asid > 1 and apid == asid:
-            break  # the session leader: the session key stands for it and above
+        if apid <= 1 or anc.get("source") == "unknown" or apid == sid:
+            break  # init, the end of what is known, or the session leader
+        if (anc.get("sessionId") or 0) != sid:
+            break  # above the session's leader (it called setsid): another tree
         keys.add(f"p|{host}|{ns}|{apid}|{anc.get('startTicks') or 0}")
     return keys
 

@@ -304,8 +304,10 @@ class World:
             DAEMONEYE_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
             DAEMONEYE_RPC_TIMEOUT_S="2",
             DAEMONEYE_LOG_LEVEL="debug",
-            **(extra_env or {}),
         )
+        # the fault tests follow every alert to the sink: no grouping into incidents
+        self.env["DAEMONEYE_ALERTER__INCIDENT_WINDOW_S"] = "0"
+        self.env.update(extra_env or {})
         with pytest.MonkeyPatch.context() as mp:
             for key, value in self.env.items():
                 if key.startswith("DAEMONEYE_"):

@@ -173,15 +173,22 @@ def test_separate_trees_and_a_quiet_window_make_separate_incidents(tmp_path: Pat
 def test_tree_keys_follow_the_session_and_ancestors_below_its_leader() -> None:
     record = {
         "hostname": "h",
-        "process": {"pid": 30, "startTicks": 3, "sessionId": 0},
+        "process": {"pid": 30, "startTicks": 3, "sessionId": 10},
         "ancestry": [
             {"pid": 20, "startTicks": 2, "sessionId": 10},  # below the leader
             {"pid": 10, "startTicks": 1, "sessionId": 10},  # the session leader: stop
             {"pid": 5, "startTicks": 0, "sessionId": 5},
         ],
     }
-    assert tree_keys(record) == {"p|h|0|30|3", "p|h|0|20|2"}
-    record["process"]["sessionId"] = 10
-    assert "s|h|0|10" in tree_keys(record)
+    assert tree_keys(record) == {"p|h|0|30|3", "p|h|0|20|2", "s|h|0|10"}
+    # a process that called setsid: what launched it is another tree
+    alone = {"hostname": "h", "process": {"pid": 40, "startTicks": 4, "sessionId": 40},
+             "ancestry": [{"pid": 20, "startTicks": 2, "sessionId": 10}]}  # fmt: skip
+    assert tree_keys(alone) == {"p|h|0|40|4", "s|h|0|40"}
+    # a daemon's children in init's session are tied by their ancestors below init
+    daemon = {"hostname": "h", "process": {"pid": 60, "startTicks": 6, "sessionId": 1},
+              "ancestry": [{"pid": 50, "startTicks": 5, "sessionId": 1},
+                           {"pid": 1, "sessionId": 1}]}  # fmt: skip
+    assert tree_keys(daemon) == {"p|h|0|60|6", "p|h|0|50|5"}
     assert tree_keys({"process": {"pid": 30, "sessionId": 0}}) == set()  # no tree known
     assert tree_keys({"process": {"pid": 1, "sessionId": 1}, "ancestry": [{"pid": 0}]}) == set()
