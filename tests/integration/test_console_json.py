@@ -336,6 +336,7 @@ def test_ledger_verbs_json(
         "daemoneye dashboard",
         "daemoneye rules reload",
         "daemoneye rules import-sigma",
+        "daemoneye rules except",
         "daemoneye ledger checkpoint",
         "daemoneye ledger key",
         "daemoneye ledger verify-proof",
