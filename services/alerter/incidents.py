@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,12 +188,30 @@ class Incidents:
         record["incidentId"] = incident.id
         return held
 
+    def restore(self, records: Iterable[dict[str, Any]], wall_ns: int, now: float) -> int:
+        """After a restart: the alerts stored within the last window, oldest first,
+        make their incidents again (same ids). One that held alerts is due an update,
+        as the crash may have come before it was told (at least once: maybe twice)."""
+        restored = 0
+        for record in records:
+            if record.get("type") != "alert" or not record.get("incidentId"):
+                continue
+            seen_at = now - max(0, wall_ns - int(record.get("receivedNs") or wall_ns)) / 1e9
+            if seen_at <= now - self.window_s:
+                continue
+            self.assign(record, ("restored", record.get("key")), seen_at)
+            incident = self.open.get(record["incidentId"])
+            if incident is not None:
+                incident.changed = incident.changed and bool(incident.held)
+                restored += 1
+        return restored
+
     def _new(self, record: dict[str, Any], severity: str, time_ns: int, now: float) -> Incident:
         while len(self.open) >= self.max_open:
             self._close(next(iter(self.open.values())))
         proc = record.get("process") or {}
         incident = Incident(
-            id=new_id(),
+            id=record.get("incidentId") or new_id(),
             hostname=record.get("hostname") or "",
             title=record.get("title") or record.get("ruleName") or "",
             severity=severity,

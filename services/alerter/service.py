@@ -50,6 +50,7 @@ STAGE_MAX = 500  # alerts staged before a store write, within one burst
 MAX_KEYS_IN_AUDIT = 1000
 MAX_LIST = 10_000
 MAX_SCAN = 200_000  # history records one list request may read
+RESTORE_MAX = 10_000  # stored alerts read back at start to restore open incidents
 JOIN_TIMEOUT_S = 5.0
 SWITCH_INTERVAL_S = 0.001
 
@@ -161,6 +162,14 @@ class Alerter(Service):
                 resumed,
                 restored,
             )
+        if self.incidents.enabled:  # the incidents of the last window, ids kept
+            since = wall - int(self.incidents.window_s * 1e9)
+            newest = []
+            for _key, data in self.store.history(after=since):
+                newest.append(data)
+                if len(newest) >= RESTORE_MAX:
+                    break
+            self.incidents.restore((model.json_load(d) for d in reversed(newest)), wall, now)
 
     def _orphaned_sinks(self, configured: set[str]) -> list[str]:
         assert self.store is not None

@@ -192,3 +192,29 @@ def test_tree_keys_follow_the_session_and_ancestors_below_its_leader() -> None:
     assert tree_keys(daemon) == {"p|h|0|60|6", "p|h|0|50|5"}
     assert tree_keys({"process": {"pid": 30, "sessionId": 0}}) == set()  # no tree known
     assert tree_keys({"process": {"pid": 1, "sessionId": 1}, "ancestry": [{"pid": 0}]}) == set()
+
+
+def test_a_restart_restores_open_incidents_and_tells_what_they_held(tmp_path: Path) -> None:
+    svc = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        feed(svc, *(alert(f"rule{n}", proc(1301 + n, 1300, [f"/bin/c{n}"])) for n in range(3)))
+        [first] = wait_for(lambda: of_type(svc, "alert"), 5, "the first alert")
+    finally:
+        svc.factory.close_all(linger_ms=0)  # a crash: no teardown, no update sent
+        assert svc.store is not None
+        svc.store.close()
+        for worker in svc.workers:
+            svc.halt.set()
+            worker.wake()
+            worker.join(5)
+    again = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        [incident] = again.rpc_incidents(Request("alerts.incidents", {}))["incidents"]
+        assert incident["incidentId"] == first["incidentId"] and incident["alerts"] == 3
+        settle(again)  # the held alerts were never told: an update now
+        [update] = wait_for(lambda: of_type(again, "incident_update"), 5, "the update")
+        assert update["incidents"][0]["incidentId"] == first["incidentId"]
+        feed(again, alert("rule9", proc(1309, 1300, ["/bin/c9"])))  # joins, is held
+        assert [r["alertId"] for r in of_type(again, "alert")] == [first["alertId"]]
+    finally:
+        close(again)
