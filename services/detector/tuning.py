@@ -7,19 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from daemoneye.rules.engine import Engine, Firing
-from daemoneye.rules.exceptions import Suppressor, load_allowlist
+from daemoneye.rules.exceptions import Suppressor, allowlist_path, load_allowlist
 from daemoneye.rules.model import Problem
 from daemoneye.rules.validate import ALL_COLUMNS
-
-ALLOWLIST_NAME = "allowlist.yml"
-
-
-def allowlist_path(configured: Path | None, rules_dir: Path) -> Path | None:
-    """The configured file, else `allowlist.yml` beside the rules directory, if any."""
-    if configured is not None:
-        return Path(configured).expanduser()
-    beside = rules_dir.parent / ALLOWLIST_NAME
-    return beside if beside.is_file() else None
 
 
 class Tuning:

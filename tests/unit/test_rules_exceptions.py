@@ -173,3 +173,19 @@ def test_a_proposal_from_an_alert_is_a_valid_exception_of_its_rule() -> None:
         proposal({**alert, "rowJson": json.dumps({"pid": 1, "count": 3})})
     rules, problems = parse_rules_text(RULE, "r.yml")
     assert not problems and rules[0].to_yaml_dict()["exceptions"][1]["name"] == "installer"
+
+
+def test_rules_validate_checks_the_allowlist_beside_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemoneye.console.cli import main
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yml").write_text("id: r\nname: R\nsql: SELECT pid FROM processes\n")
+    assert main(["rules", "validate", str(rules), "--quiet"]) == 0
+    (tmp_path / "allowlist.yml").write_text("- name: bad\n  match: {nope: 1}\n")
+    assert main(["rules", "validate", str(rules), "--quiet"]) == 1
+    assert "allowlist.yml:1: rule ?: allowlist: exception 'bad': unknown column(s) nope" in (
+        capsys.readouterr().out
+    )

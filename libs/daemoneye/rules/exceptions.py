@@ -221,6 +221,18 @@ def check_columns(exceptions: Iterable[RuleException], columns: set[str] | None)
     )
 
 
+ALLOWLIST_NAME = "allowlist.yml"
+
+
+def allowlist_path(configured: Path | None, rules_dir: Path) -> Path | None:
+    """The configured file, else `allowlist.yml` beside the rules directory, if any (not
+    inside it: every YAML file there is a rule file)."""
+    if configured is not None:
+        return Path(configured).expanduser()
+    beside = Path(rules_dir).parent / ALLOWLIST_NAME
+    return beside if beside.is_file() else None
+
+
 def load_allowlist(
     path: Path, known_columns: set[str]
 ) -> tuple[list[RuleException], list[Problem]]:

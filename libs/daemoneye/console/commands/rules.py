@@ -107,6 +107,7 @@ def validate(args: argparse.Namespace) -> int:
     from daemoneye.rules.validate import Validator
 
     checked, problems = Validator().load(args.paths)
+    problems += allowlist_problems(args.paths)
     if args.json:
         print_json(
             {
@@ -125,6 +126,15 @@ def validate(args: argparse.Namespace) -> int:
         status = "ok" if not problems else f"{len(problems)} problem(s)"
         err_console.print(f"{len(checked)} valid rule(s), {status}")
     return 1 if problems else 0
+
+
+def allowlist_problems(paths: list[Path]) -> list[Any]:
+    """The problems of the allowlist the detector would take beside each directory."""
+    from daemoneye.rules.exceptions import allowlist_path, load_allowlist
+    from daemoneye.rules.validate import ALL_COLUMNS
+
+    found = {allowlist_path(None, p) for p in paths if p.is_dir()} - {None}
+    return [problem for f in sorted(found) for problem in load_allowlist(f, set(ALL_COLUMNS))[1]]
 
 
 def test(args: argparse.Namespace) -> int:
