@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
-MAX_EXITS = 16_384  # exited processes remembered: a burst of short-lived ones stays named
+MAX_EXITS = (
+    4096  # exits remembered: seconds of a storm; the history (written every batch) has the rest
+)
 MAX_DEPTH = 32  # no chain walks further, whatever a rule asks (pid loops are cut too)
 # The SQL functions: name -> (record field, separator). Nearest ancestor first.
 FUNCTIONS: dict[str, tuple[str, str]] = {
@@ -48,38 +51,51 @@ DOC_LINES = [
 ]
 
 
+# What an exited process is remembered by: the fields an ancestor shows, as a tuple
+# (one C call to take, ~200 bytes to keep; the whole record would be ~2 KB).
+KEPT = ("pid", "ppid", "startTicks", "startTime", "name", "exePath", "cmdline", "uid",
+        "username", "sessionId", "pidNamespace")  # fmt: skip
+_keep = itemgetter(*KEPT)
+_TICKS, _NS = KEPT.index("startTicks"), KEPT.index("pidNamespace")
+
+
 class RecentExits:
     """The last `max_entries` processes that exited, by pid (a pid may recur)."""
 
     def __init__(self, max_entries: int = MAX_EXITS) -> None:
         self.max_entries = max_entries
-        self._by_pid: dict[int, list[dict[str, Any]]] = {}
+        self._by_pid: dict[int, list[tuple]] = {}
         self._order: deque[int] = deque()
 
     def __len__(self) -> int:
         return len(self._order)
 
     def add(self, record: dict[str, Any]) -> None:
-        pid = record["pid"]
-        self._by_pid.setdefault(pid, []).append(record)
+        kept = _keep(record)
+        pid = kept[0]
+        same = self._by_pid.get(pid)
+        if same is None:
+            self._by_pid[pid] = [kept]
+        else:
+            same.append(kept)
         self._order.append(pid)
         if len(self._order) > self.max_entries:
             old = self._order.popleft()
-            kept = self._by_pid[old]
-            del kept[0]
-            if not kept:
+            oldest = self._by_pid[old]
+            del oldest[0]
+            if not oldest:
                 del self._by_pid[old]
 
     def find(self, pid: int, namespace: int = 0, before_ticks: int = 0) -> dict[str, Any] | None:
         """The latest exited process with `pid` that could be the parent of a process
         started at `before_ticks` (0: any), in `namespace` when both are known."""
-        for record in reversed(self._by_pid.get(pid, ())):
-            ns = record["pidNamespace"]
+        for kept in reversed(self._by_pid.get(pid, ())):
+            ns = kept[_NS]
             if namespace and ns and ns != namespace:
                 continue
-            if before_ticks and record["startTicks"] > before_ticks:
+            if before_ticks and kept[_TICKS] > before_ticks:
                 continue
-            return record
+            return dict(zip(KEPT, kept, strict=True))
         return None
 
 
