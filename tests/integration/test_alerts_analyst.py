@@ -154,29 +154,42 @@ def test_the_leaf_alert_names_ancestors_that_exited_right_after_starting_it(worl
     sock = world.factory.connect(zmq.SUB, world.settings.endpoint("events-out"))
     sub = Subscriber(sock, ["events.process."], world.settings.bus.max_event_bytes)
     wait_for(lambda: (session(ECHO).wait(), sub.recv(200))[1] is not None, 20, "our subscription")
-    inner = f"{SLEEP} 3 {MARK}-leaf & exit 0"
-    outer = f"{SH} -c '{inner}'; exit 0"
-    top = session(SH, "-c", outer)
-    top.wait(10)
-    [alert] = wait_for(lambda: alerts_of(world, "t-leaf"), 30, "the leaf's alert")
-    chain = alert["ancestry"]
-    shell = Path(SH).name  # sh is dash on Debian
-    assert [a["name"] for a in chain[:2]] == [shell, shell], chain
-    assert chain[0]["cmdline"] == [SH, "-c", inner]
-    assert chain[1]["cmdline"] == [SH, "-c", outer] and chain[1]["pid"] == top.pid
-    assert chain[0]["ppid"] == top.pid and alert["process"]["ppid"] == chain[0]["pid"]
-    # how soon the top two exited after the leaf started, as the collector saw it
-    seen: dict[tuple[str, int], int] = {}
-    for msg in sub.drain(100_000):
-        for ev in msg.body.events if msg.kind == "processEventBatch" else [msg.body]:
-            if msg.kind in ("processEvent", "processEventBatch"):
-                seen.setdefault((str(ev.kind), ev.record.pid), ev.timeNs)
-    leaf_start = seen.get(("start", alert["process"]["pid"]))
-    exits = [seen.get(("stop", a["pid"])) for a in chain[:2]]
-    if leaf_start and all(exits):
-        gap_ms = (max(exits) - leaf_start) / 1e6
-        print(f"top two exited {gap_ms:.1f} ms after the leaf started")
-        assert gap_ms < 50, f"the tree was not short-lived: {gap_ms:.1f} ms"
+    seen: dict[tuple[str, int], int] = {}  # (kind, pid) -> when the collector saw it
+    gaps = []
+    for attempt in range(3):  # a loaded machine may stretch the tree past 10 ms: again
+        inner = f"{SLEEP} 3 {MARK}-leaf-{attempt} & exit 0"
+        outer = f"{SH} -c '{inner}'; exit 0"
+        top = session(SH, "-c", outer)
+        top.wait(10)
+
+        def leaf_alert(top_pid: int = top.pid) -> list[dict[str, Any]]:
+            return [a for a in alerts_of(world, "t-leaf") if a["ancestry"][1]["pid"] == top_pid]
+
+        [alert] = wait_for(leaf_alert, 30, "the leaf's alert")
+        chain = alert["ancestry"]
+        shell = Path(SH).name  # sh is dash on Debian
+        assert [a["name"] for a in chain[:2]] == [shell, shell], chain
+        assert chain[0]["cmdline"] == [SH, "-c", inner]
+        assert chain[1]["cmdline"] == [SH, "-c", outer]
+        assert chain[0]["ppid"] == top.pid and alert["process"]["ppid"] == chain[0]["pid"]
+
+        # the leaf's start and both exits, as the collector saw them
+        wanted = [("start", alert["process"]["pid"])] + [("stop", a["pid"]) for a in chain[:2]]
+
+        def timed(wanted: list[tuple[str, int]] = wanted) -> Any:
+            for msg in sub.drain(100_000):
+                if msg.kind in ("processEvent", "processEventBatch"):
+                    batch = msg.body.events if msg.kind == "processEventBatch" else [msg.body]
+                    for ev in batch:
+                        seen.setdefault((str(ev.kind), ev.record.pid), ev.timeNs)
+            return [seen[w] for w in wanted] if all(w in seen for w in wanted) else None
+
+        leaf_start, *exits = wait_for(timed, 20, "the tree's events on the bus")
+        gaps.append((max(exits) - leaf_start) / 1e6)
+        print(f"top two exited {gaps[-1]:.1f} ms after the leaf started")
+        if gaps[-1] <= 10:
+            return
+    pytest.fail(f"the top two never exited within 10 ms of the leaf's start: {gaps} ms")
 
 
 def test_five_identical_processes_are_one_alert_line_counted_five(world) -> None:
