@@ -158,6 +158,8 @@ class System:
             DAEMONEYE_DATA_DIR=str(tmp / "data"),
             DAEMONEYE_LOG_LEVEL="warning",
             DAEMONEYE_RULES_DIR=str(rules_dir),
+            # every storm process is alerted and followed to the sink: no incidents
+            DAEMONEYE_ALERTER__INCIDENT_WINDOW_S="0",
         )
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("DAEMONEYE_")})
         self.settings: Settings = load_settings()

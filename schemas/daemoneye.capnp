@@ -191,6 +191,25 @@ struct Alert {
   tags @12 :List(Text);
   timeNs @13 :Int64;
   hostname @14 :Text;
+  ancestry @15 :List(Ancestor);  # the process's parent first, up to detector.ancestry_depth
+}
+
+# One ancestor of an alert's process, as the detector knew it when the alert was built:
+# from its live table, its recent exits, or its process history (an ancestor that
+# exited milliseconds after its exec is still named).
+struct Ancestor {
+  pid @0 :UInt32;
+  ppid @1 :UInt32;
+  startTicks @2 :UInt64;
+  startTime @3 :Float64;      # seconds since the Unix epoch
+  name @4 :Text;
+  exePath @5 :Text;
+  cmdline @6 :List(Text);     # argv
+  uid @7 :UInt32;
+  username @8 :Text;
+  sessionId @9 :UInt32;
+  exited @10 :Bool;           # no longer running when the alert was built
+  source @11 :Text;           # "live", "exited" (recent exits) or "history" (RocksDB)
 }
 
 struct AuditRecord {

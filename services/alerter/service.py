@@ -41,6 +41,7 @@ from daemoneye.settings.alerter import SEVERITY_ORDER
 from . import metrics, model
 from .dedup import Deduper, Repeats
 from .delivery_db import PENDING, DeliveryStore
+from .incidents import Incidents, update_record
 from .ratelimit import Limiter
 from .sinks import Delivery, build_sink
 from .worker import SinkWorker
@@ -50,6 +51,7 @@ STAGE_MAX = 500  # alerts staged before a store write, within one burst
 MAX_KEYS_IN_AUDIT = 1000
 MAX_LIST = 10_000
 MAX_SCAN = 200_000  # history records one list request may read
+RESTORE_MAX = 10_000  # stored alerts read back at start to restore open incidents
 JOIN_TIMEOUT_S = 5.0
 SWITCH_INTERVAL_S = 0.001
 
@@ -94,6 +96,10 @@ class Alerter(Service):
         self._windows_opened: dict[int, tuple[int, int]] = {}  # to store with the next write
         self._windows_closed: set[int] = set()
         self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
+        self.incidents = Incidents(
+            cfg.incident_window_s, cfg.incident_update_s, cfg.incident_max_open,
+            clock=lambda: self.clock(),
+        )  # fmt: skip
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -139,6 +145,8 @@ class Alerter(Service):
         self.every(REPORT_EVERY_S, self._publish_reports)
         self.every(min(1.0, max(0.05, self.cfg.dedup_window_s / 4)), self._expire_dedup)
         self.every(self.cfg.summary_interval_s, self._summarise_held, self.cfg.summary_interval_s)
+        if self.incidents.enabled:
+            self.every(min(1.0, self.cfg.incident_update_s), self._incident_updates)
         self.every(3600.0, self._prune)
         self.log.info(
             "sinks ready",
@@ -164,6 +172,14 @@ class Alerter(Service):
                 resumed,
                 restored,
             )
+        if self.incidents.enabled:  # the incidents of the last window, ids kept
+            since = wall - int(self.incidents.window_s * 1e9)
+            newest = []
+            for _key, data in self.store.history(after=since):
+                newest.append(data)
+                if len(newest) >= RESTORE_MAX:
+                    break
+            self.incidents.restore((model.json_load(d) for d in reversed(newest)), wall, now)
 
     def _orphaned_sinks(self, configured: set[str]) -> list[str]:
         assert self.store is not None
@@ -184,6 +200,8 @@ class Alerter(Service):
         self.log.warning("SIGHUP: sink settings are read at start; restart the alerter to apply")
 
     def teardown(self) -> None:
+        if self.incidents.enabled and self.store is not None:
+            self._incident_updates(force=True)  # what changed since the last update
         self.flush()
         self.halt.set()
         for worker in self.workers:
@@ -246,6 +264,7 @@ class Alerter(Service):
         if not deliver:
             rule = alert.ruleId  # counted per rule for /metrics
             self.deduped_by_rule[rule] = self.deduped_by_rule.get(rule, 0) + 1
+            self.incidents.repeat(dkey, alert.timeNs, alert.ruleId)
             return None
         self.accepted += 1
         key = self.store.next_key()
@@ -253,6 +272,10 @@ class Alerter(Service):
             self._windows_opened[dkey] = (key + int(self.dedup.window_s * 1e9), key)
             self._windows_closed.discard(dkey)
         record = model.record_of(alert, source_id, key, carried)
+        if self.incidents.assign(record, dkey, now):  # its incident was told already
+            record["heldBy"] = ["incident"]
+            self.fan_out(record, now, only=self._sinks(incidents=False))
+            return key
         rule_ok = self.rule_limiter.allow(
             record["ruleId"], now, record["timeNs"], record["severity"], record["ruleId"]
         )
@@ -344,7 +367,9 @@ class Alerter(Service):
         self.flush()  # a window's opening record is in the store before its summary
         now = self.clock()
         for dkey, repeats in self.dedup.expire(now):
-            if repeats is not None:
+            told = self.incidents.window_closed(dkey)  # repeats an incident update told
+            if repeats is not None and repeats.count > told:
+                repeats.count -= told
                 self._repeat_summary(dkey, repeats, now)
             self._windows_opened.pop(dkey, None)
             self._windows_closed.add(dkey)
@@ -363,6 +388,21 @@ class Alerter(Service):
         )
         self.summaries += 1
         self.fan_out(summary, now, limits=False)
+
+    def _sinks(self, incidents: bool) -> tuple[str, ...]:
+        return tuple(w.sink.name for w in self.workers if w.config.incidents == incidents)
+
+    def _incident_updates(self, force: bool = False) -> None:
+        """Close quiet incidents; tell what changed in one record (rate-limited)."""
+        assert self.store is not None
+        now = self.clock()
+        self.incidents.expire(now)
+        changed = self.incidents.due(now, force)
+        if changed:
+            record = update_record(changed, self.store.next_key())
+            self.summaries += 1
+            self.fan_out(record, now, limits=False, only=self._sinks(incidents=True))
+            self.flush()
 
     def _summarise_held(self) -> None:
         """Report what the rate limits held back since the last summary."""
@@ -434,6 +474,9 @@ class Alerter(Service):
             "alerts.rule_limited": self.rule_limiter.total_held,
             "alerts.sink_limited": sum(lim.total_held for lim in self.sink_limiters.values()),
             "alerts.summaries": self.summaries,
+            "incidents.open": len(self.incidents.open),
+            "incidents.opened": self.incidents.opened,
+            "incidents.updates": self.incidents.updates_sent,
             "dedup.keys": len(self.dedup.windows),
             **self.intake.metrics("alerts"),
             "gc.max_pause_ms": self.gc_max_pause_ms,
@@ -511,6 +554,35 @@ class Alerter(Service):
         else:
             continue_from = 0  # the end of the history
         return {"alerts": rows, "sinks": self._sink_names(), "continue_from": continue_from}
+
+    @rpc("alerts.get")
+    def rpc_get(self, request: Request) -> dict[str, Any]:
+        """One stored alert by its key, or by its alertId (newest MAX_SCAN searched)."""
+        assert self.store is not None
+        wanted = str(request.params.get("key") or "").strip()
+        if not wanted:
+            raise RpcFault("bad_request", "alerts.get needs a 'key' (a key or an alertId)")
+        data = self.store.record(int(wanted)) if wanted.isdigit() else None
+        if data is None:
+            for n, (_key, stored) in enumerate(self.store.history()):
+                if n >= MAX_SCAN:
+                    break
+                if wanted.encode() in stored and model.json_load(stored).get("alertId") == wanted:
+                    data = stored
+                    break
+        if data is None:
+            raise RpcFault("bad_request", f"no alert with key or alertId {wanted!r}")
+        return model.json_load(data)
+
+    @rpc("alerts.incidents")
+    def rpc_incidents(self, request: Request) -> dict[str, Any]:
+        """Open incidents, then recently closed ones, newest first."""
+        try:
+            limit = min(MAX_LIST, int(request.params.get("limit") or 100))
+        except (TypeError, ValueError) as exc:
+            raise RpcFault("bad_request", f"limit must be an integer: {exc}") from None
+        self.incidents.expire(self.clock())
+        return {"incidents": self.incidents.listing(limit), "window_s": self.incidents.window_s}
 
     @rpc("alerts.failed")
     def rpc_failed(self, request: Request) -> dict[str, Any]:

@@ -242,6 +242,10 @@ class Tracker:
             gone["name"] = gone["exePath"] = ""
             gone["sha256"] = ""
             rec = gone
+        elif pending is not None and pending.ppid and rec.get("ppid") != pending.ppid:
+            # its parent exited before /proc was read (reparented): name the one that
+            # forked it, or the ancestry of a short-lived parent's child is lost
+            rec["ppid"] = pending.ppid
         if tracked is not None and tracked.record.get("startTicks") == rec["startTicks"]:
             self._modify(tracked, rec, "netlink", out)
         else:

@@ -41,8 +41,11 @@ from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
 
 from .alertlog import AlertLog
+from .ancestry import Ancestry
 from .history import History
 from .history_db import DetectorStore, open_store
+from .keys import dedup_key
+from .tuning import Tuning
 
 RECORD_FIELDS = tuple(RECORD_DEFAULTS)
 EVENT_KINDS = ("processEvent", "processEventBatch")
@@ -94,7 +97,7 @@ def alert_body(firing: Firing, source_id: str, hostname: str) -> dict[str, Any]:
         "title": f"{rule.name}: {what} (pid {pid})" if what else rule.name,
         "description": rule.description,
         "rowJson": json.dumps(firing.row, default=str),
-        "dedupKey": f"{rule.id}|{firing.identity}",
+        "dedupKey": dedup_key(firing),
         "firstSeenNs": now,
         "lastSeenNs": now,
         "count": 1,
@@ -130,6 +133,8 @@ class Detector(Service):
         self.rules_problems: list[Problem] = []
         self.snapshots: dict[str, str] = {}  # collector service id -> boot id snapshotted
         self.batches = 0
+        self.ancestry: Ancestry | None = None
+        self.tuning = Tuning()  # rule exceptions and the allowlist, counted
 
     @property
     def rules_dir(self) -> Path:
@@ -162,6 +167,7 @@ class Detector(Service):
                 self.history = History(self.store, cfg.history_max_pending)
                 self.alert_log = AlertLog(self.store, cfg.alert_log_max, cfg.alert_log_days * 86400)
                 self._resume()
+        self.ancestry = Ancestry(self.engine.tables, self.history, cfg.ancestry_depth)
         self.load_rules("load")
         self.rpc_client = RpcClient(
             self.factory, self.settings.endpoint("control"), self.service_id, cfg.snapshot_timeout_s
@@ -215,6 +221,7 @@ class Detector(Service):
             changes = self.engine.load([])
         else:
             changes, problems = self.engine.load_paths([directory])
+        problems += self.tuning.install(self.engine, self.cfg.allowlist, directory)
         self.rules_problems = problems
         for p in problems:
             self.log.error("rule rejected: %s", p)
@@ -298,9 +305,14 @@ class Detector(Service):
         if not firings:
             return
         assert self.publisher is not None
+        firings = self.tuning.keep(firings)
+        if not firings:
+            return
         out = []
         for firing in firings:
             body = alert_body(firing, self.service_id, self.settings.hostname)
+            if firing.record and self.ancestry is not None:
+                body["ancestry"] = self.ancestry.of(firing.record)
             topic = Topics.alert(firing.rule.severity)
             seq, data = self.publisher.encode(topic, "alert", body)
             out.append((topic, seq, data))
@@ -435,6 +447,7 @@ class Detector(Service):
             "detector.store_reopens": self.store.reopens if self.store else 0,
             "detector.alerts_logged": self.alert_log.logged if self.alert_log else 0,
             "detector.alerts_unlogged": self.alerts_unlogged,
+            "detector.alerts_suppressed": self.tuning.suppressor.total,
         }
 
     def queue_depth(self) -> int:
@@ -471,7 +484,7 @@ class Detector(Service):
         assert self.engine is not None
         return {
             "dir": str(self.rules_dir),
-            "rules": [a.summary() for a in self.engine.rules.values()],
+            "rules": [self.tuning.summary(a) for a in self.engine.rules.values()],
             "problems": [str(p) for p in self.rules_problems],
         }
 

@@ -77,6 +77,8 @@ RULE_SUMMARY = {
     "runs": int,
     "matches": int,
     "avg_ms": (float, int),
+    "suppressed": int,
+    "exceptions": list,
 }
 RULES_LIST = {"dir": str, "rules": list, "problems": list}
 RULES_TEST = {"results": list, "problems": list}
@@ -341,6 +343,7 @@ def test_ledger_verbs_json(
         "daemoneye dashboard",
         "daemoneye rules reload",
         "daemoneye rules import-sigma",
+        "daemoneye rules except",
         "daemoneye ledger checkpoint",
         "daemoneye ledger key",
         "daemoneye ledger verify-proof",
@@ -373,8 +376,41 @@ ALERT_FIELDS = {
     "sourceId": str,
     "sinks": list,
     "deliveries": dict,
+    "ancestry": list,
 }
-ALERT_OPTIONAL = {"heldBy": list}
+ALERT_OPTIONAL = {"heldBy": list, "incidentId": str, "incidents": list}
+ANCESTOR = {
+    "pid": int,
+    "ppid": int,
+    "startTicks": int,
+    "startTime": (float, int),
+    "name": str,
+    "exePath": str,
+    "cmdline": list,
+    "uid": int,
+    "username": str,
+    "sessionId": int,
+    "exited": bool,
+    "source": str,
+}
+INCIDENT = {
+    "incidentId": str,
+    "state": str,
+    "severity": str,
+    "title": str,
+    "hostname": str,
+    "sessionId": int,
+    "firstSeenNs": int,
+    "lastSeenNs": int,
+    "alerts": int,
+    "delivered": int,
+    "held": int,
+    "updates": int,
+    "rules": list,
+    "processes": list,
+    "processCount": int,
+    "alertKeys": list,
+}
 
 
 def test_alerts_json(
@@ -394,7 +430,18 @@ def test_alerts_json(
         "ruleName": "JSON shape",
         "severity": "high",
         "title": "shape probe",
-        "process": {"pid": 4242, "name": "probe", "exePath": "/usr/bin/probe"},
+        "process": {"pid": 4242, "name": "probe", "exePath": "/usr/bin/probe", "sessionId": 77},
+        "ancestry": [
+            {
+                "pid": 4200,
+                "ppid": 1,
+                "name": "bash",
+                "exePath": "/bin/bash",
+                "cmdline": ["bash"],
+                "sessionId": 77,
+                "source": "live",
+            },
+        ],
         "timeNs": time.time_ns(),
     }
 
@@ -407,4 +454,11 @@ def test_alerts_json(
     shape(first, ALERT_FIELDS, ALERT_OPTIONAL)
     assert (first["ruleId"], first["process"]["pid"]) == ("r-json", 4242)
     assert set(first["deliveries"]) == set(first["sinks"])
-    documented("daemoneye alerts", ALERT_FIELDS, ALERT_OPTIONAL)
+    shape(first["ancestry"][0], ANCESTOR)
+    documented("daemoneye alerts", ALERT_FIELDS, ALERT_OPTIONAL, ANCESTOR)
+
+    out = piped(run_env, "alerts", "--incidents", "--json")
+    [incident, *_] = [json.loads(line) for line in out.stdout.splitlines()]
+    shape(incident, INCIDENT)
+    assert incident["incidentId"] == first["incidentId"] and incident["severity"] == "high"
+    documented("daemoneye alerts --incidents", INCIDENT)

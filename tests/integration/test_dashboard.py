@@ -102,6 +102,27 @@ def test_dashboard_shows_services_alerts_and_a_dead_service(
         assert "critical" in row_of(term.screen(), "rev_shell")
         assert "bash[4321]" in row_of(term.screen(), "rev_shell")
 
+        def chain_shown() -> bool:  # an alert with ancestors shows the chain
+            pub.publish(
+                "alerts.high",
+                "alert",
+                {
+                    "ruleId": "web_shell",
+                    "severity": "high",
+                    "title": "shell",
+                    "process": {"pid": 77, "name": "sh"},
+                    "ancestry": [
+                        {"pid": 70, "name": "php-fpm", "exited": True},
+                        {"pid": 60, "name": "nginx"},
+                    ],
+                    "timeNs": time.time_ns(),
+                },
+            )
+            return "php-fpm(70)" in row_of(term.screen(), "web_shell")
+
+        wait_for(chain_shown, 20, "the ancestry on the dashboard")
+        assert "php-fpm(70)†" in row_of(term.screen(), "web_shell")  # † exited
+
         echo.kill()
         wait_for(
             lambda: "unhealthy" in row_of(term.screen(), "echo-dash"),

@@ -63,7 +63,11 @@ def test_alert_body_encodes_as_an_alert() -> None:
     alert = wire.body_of(wire.decode_envelope(data))
     assert alert.ruleId == "r1" and str(alert.severity) == "critical"
     assert alert.process.pid == 7 and alert.process.exePath == "/tmp/x"
-    assert alert.rowJson == '{"pid": 7, "n": null}' and alert.dedupKey == "r1|7:1"
+    assert alert.rowJson == '{"pid": 7, "n": null}'
+    # the dedup key is the rule, the executable and argv's hash: never the pid
+    assert alert.dedupKey.startswith("r1|/tmp/x|") and "7:1" not in alert.dedupKey
+    other = alert_body(Firing(rule, {"pid": 8}, {**record, "pid": 8}, "8:2"), "detector@h", "h")
+    assert other["dedupKey"] == alert.dedupKey
     assert "/tmp/x" in alert.title and list(alert.tags) == ["t"]
     # an aggregate row with no process still encodes
     bare = alert_body(Firing(rule, {"count": 60}, None, "abc"), "detector@h", "h")

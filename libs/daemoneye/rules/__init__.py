@@ -5,5 +5,6 @@ osquery's extras) · validate (sqlglot + SQLite authorizer) · sandbox (the in-m
 database, authorizer, time budget, limits) · live (tables kept from process events) ·
 scheduling (incremental or scheduled) · prefilter (skip a rule for a batch that no row
 of could match) · engine (differential firing) · sigma (import) · sources (users, file,
-process_open_sockets).
+process_open_sockets) · lineage (ancestors: recent exits, chains, the ancestor_* SQL
+functions) · exceptions (named, counted exceptions and the allowlist).
 """

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lineage import sql_functions
 from .live import Batch, EventIn, LiveTables, Proc
 from .model import Problem, Rule
 from .prefilter import Screening, screening_sql
@@ -105,6 +106,9 @@ class Engine:
         self.sandbox = Sandbox()
         self.validator = Validator(self.sandbox)
         self.tables = LiveTables(self.sandbox, window_s, window_rows)
+        for name, fn in sql_functions(self.tables.lookup, self.tables.exits).items():
+            for nargs in (1, 2):  # (pid) or (pid, depth)
+                self.sandbox.conn.create_function(name, nargs, fn)
         self.budget_s = budget_s
         self.scheduled_budget_s = scheduled_budget_s
         self.default_interval_s = default_interval_s

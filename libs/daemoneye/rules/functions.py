@@ -25,6 +25,7 @@ ALLOWED_FUNCTIONS = frozenset(
     row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value
     nth_value
     regex_match regex_split split concat concat_ws regexp
+    ancestor_names ancestor_paths ancestor_cmdlines
     """.split()
 )
 # Named so that a rejection says "forbidden" rather than merely "unknown".
@@ -140,10 +141,18 @@ _MATH: dict[str, tuple[int, Callable[..., float]]] = {
 def register(conn: sqlite3.Connection) -> None:
     for name, (nargs, fn) in _EXTRA.items():
         conn.create_function(name, nargs, fn, deterministic=True)
+    for name in ("ancestor_names", "ancestor_paths", "ancestor_cmdlines"):
+        # no live table here (offline validation): an engine registers the real ones
+        for nargs in (1, 2):
+            conn.create_function(name, nargs, _no_ancestry)
     have_math = _has_function(conn, "sqrt(4)")
     for name, (nargs, fn) in _MATH.items():
         if not have_math:
             conn.create_function(name, nargs, _math(fn), deterministic=True)
+
+
+def _no_ancestry(*_args: Any) -> None:
+    return None
 
 
 def _has_function(conn: sqlite3.Connection, call: str) -> bool:

@@ -19,6 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import sources
+from .lineage import RecentExits
 from .sandbox import Sandbox
 from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, PROCESSES, USERS
 
@@ -173,6 +174,7 @@ class LiveTables:
         self._hashed: dict[str, str] = {}
         self._files: dict[str, tuple | None] = {}
         self.events_seen = 0
+        self.exits = RecentExits()  # ancestors that exited stay named (lineage.py)
 
     # --- processes -------------------------------------------------------------
 
@@ -187,6 +189,15 @@ class LiveTables:
             return proc.record if proc is not None and proc.collector == collector else None
         proc = self.live.get(key)
         return proc.record if proc else None
+
+    def lookup(self, pid: int, namespace: int = 0, before_ticks: int = 0) -> dict | None:
+        """The live record of `pid` that could be the parent of a process started at
+        `before_ticks` (0: any): a later start is a reused pid, not the parent."""
+        key = self.by_pid.get((namespace, pid)) or self.latest.get(pid)
+        proc = self.live.get(key) if key else None
+        if proc is None or (before_ticks and proc.record["startTicks"] > before_ticks):
+            return None
+        return proc.record
 
     def find(self, pid: int) -> Proc | None:
         """The live process last seen with `pid` (any namespace)."""
@@ -229,6 +240,7 @@ class LiveTables:
                 key = self._resolve(key)
                 proc = live.get(key)
             if ev.kind == "stop":
+                self.exits.add(proc.record if proc is not None else rec)
                 if proc is not None:
                     self._forget(key)
                     batch.stopped.append((proc.rowid,))
@@ -238,6 +250,7 @@ class LiveTables:
                 old = by_pid.get(slot)
                 if old is not None and old != key:  # pid reuse: the old process is gone
                     gone = live[old]
+                    self.exits.add(gone.record)
                     self._forget(old)
                     batch.stopped.append((gone.rowid,))
                 rowid = self._next_rowid

@@ -31,6 +31,7 @@ KNOWN_FIELDS = {
     "tests",
 }
 TEST_EXPECTATIONS = ("match", "no_match")
+KNOWN_FIELDS |= {"dedup_by", "exceptions"}  # alert tuning (exceptions.py)
 
 
 @dataclass
@@ -52,6 +53,10 @@ class Rule:
     # sample processes and what the rule must do with them (cases.py runs them offline)
     tests: list[dict[str, Any]] = field(default_factory=list)
     test_lines: list[int] = field(default_factory=list)  # the line of each case in the file
+    # alert tuning: the output columns that make the dedup key (empty: exe + argv), and
+    # named exceptions over the output columns (exceptions.RuleException)
+    dedup_by: list[str] = field(default_factory=list)
+    exceptions: list[Any] = field(default_factory=list)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -70,6 +75,10 @@ class Rule:
             out["status"] = self.status
         if self.falsepositives:
             out["falsepositives"] = list(self.falsepositives)
+        if self.dedup_by:
+            out["dedup_by"] = list(self.dedup_by)
+        if self.exceptions:
+            out["exceptions"] = [e.to_yaml_dict() for e in self.exceptions]
         out["sql"] = self.sql
         if self.tests:
             out["tests"] = list(self.tests)
@@ -122,8 +131,11 @@ def _check_tests(tests: Any) -> str | None:
     return None
 
 
-def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) -> Rule:
-    """Check the fields of one rule document and build the Rule."""
+def rule_from_mapping(
+    data: Any, path: str, sql_line: int = 1, line: int = 1, lines: dict[str, int] | None = None
+) -> Rule:
+    """Check the fields of one rule document and build the Rule (`lines`: the line of
+    each field, for problems in tuning fields)."""
     rid = str(data.get("id", "")) if isinstance(data, dict) else ""
 
     def fail(reason: str, at: int = line) -> RuleError:
@@ -170,6 +182,7 @@ def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) ->
     wrong = _check_tests(tests)
     if wrong:
         raise fail(wrong)
+    dedup_by, exceptions = _tuning(data, lines or {}, fail, line)
     return Rule(
         id=data["id"],
         name=str(data["name"]),
@@ -185,7 +198,23 @@ def rule_from_mapping(data: Any, path: str, sql_line: int = 1, line: int = 1) ->
         falsepositives=list(falsepositives),
         status=status,
         tests=list(tests),
+        dedup_by=dedup_by,
+        exceptions=exceptions,
     )
+
+
+def _tuning(data: dict, lines: dict[str, int], fail: Any, line: int) -> tuple[list[str], list]:
+    """`dedup_by` and `exceptions` (checked against the SQL's columns by the validator)."""
+    from .exceptions import ExceptionError, parse_list
+
+    dedup_by = data.get("dedup_by") or []
+    if not isinstance(dedup_by, list) or not all(isinstance(c, str) and c for c in dedup_by):
+        raise fail("dedup_by must be a list of output column names", lines.get("dedup_by", line))
+    try:
+        exceptions = parse_list(data.get("exceptions"), lines.get("exceptions", line), lines)
+    except ExceptionError as exc:
+        raise fail(exc.reason, exc.line or line) from None
+    return list(dedup_by), exceptions
 
 
 def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
@@ -207,8 +236,15 @@ def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
         line = node.start_mark.line + 1
         sql_line = line
         test_lines: list[int] = []
+        lines: dict[str, int] = {}
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
+                lines[str(getattr(key, "value", ""))] = key.start_mark.line + 1
+                if getattr(key, "value", None) == "exceptions" and isinstance(
+                    value, yaml.SequenceNode
+                ):  # each exception's own line, for its problems
+                    for i, item in enumerate(value.value):
+                        lines[f"exceptions.{i}"] = item.start_mark.line + 1
                 if getattr(key, "value", None) == "sql":
                     sql_line = _sql_line(value)
                 elif getattr(key, "value", None) == "tests" and isinstance(
@@ -217,7 +253,7 @@ def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
                     test_lines = [item.start_mark.line + 1 for item in value.value]
         try:
             data = yaml.SafeLoader(text).construct_document(node)
-            rule = rule_from_mapping(data, path, sql_line, line)
+            rule = rule_from_mapping(data, path, sql_line, line, lines)
             rule.test_lines = test_lines
             rules.append(rule)
         except RuleError as exc:

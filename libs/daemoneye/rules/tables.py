@@ -260,7 +260,9 @@ def markdown() -> str:
         lines += ["", f"## `{table.name}`", "", table.doc, "", "| column | type | meaning |"]
         lines.append("|---|---|---|")
         lines += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in table.columns]
-    return "\n".join(lines) + "\n"
+    from .lineage import DOC_LINES  # the ancestry functions, documented beside the tables
+
+    return "\n".join(lines + DOC_LINES) + "\n"
 
 
 if __name__ == "__main__":

@@ -235,6 +235,36 @@ def compile_problem(sandbox: Sandbox, sql: str) -> SqlRejected | None:
     return SqlRejected(f"SQLite rejects it: {text}", needle=needle)
 
 
+def output_columns(tree: exp.Expression) -> set[str] | None:
+    """The names of a query's result columns; None when a `*` leaves them open."""
+    select = tree
+    while isinstance(select, exp.Union | exp.Intersect | exp.Except):
+        select = select.this
+    if not isinstance(select, exp.Select):
+        return None
+    if any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in select.expressions):
+        return None
+    return set(select.named_selects)
+
+
+def tuning_problem(rule: Rule, tree: exp.Expression) -> Problem | None:
+    """A `dedup_by` or exception column that the rule's SQL does not output."""
+    from .exceptions import check_columns, misfit
+
+    columns = output_columns(tree)
+    if columns is None:
+        return None
+    missing = [c for c in rule.dedup_by if c not in columns]
+    if missing:
+        reason = f"dedup_by column(s) {', '.join(missing)} not in the rule's output"
+        return Problem(rule.path, rule.id, rule.sql_line, reason)
+    reason = check_columns(rule.exceptions, columns)
+    if reason:
+        bad = misfit(rule.exceptions, columns)
+        return Problem(rule.path, rule.id, bad.line if bad else rule.sql_line, reason)
+    return None
+
+
 class Validator:
     """Checks rules against the tables; one sandbox is reused for every compile."""
 
@@ -249,6 +279,9 @@ class Validator:
                 raise rejected
         except SqlRejected as exc:
             return problem_for(rule, exc)
+        problem = tuning_problem(rule, tree)  # dedup_by and exceptions name output columns
+        if problem is not None:
+            return problem
         return Checked(rule, tree)
 
     def check_sql(self, sql: str) -> str | None:

@@ -64,6 +64,11 @@ class SinkBase(BaseModel):
     name: str = Field("", pattern=r"^[A-Za-z0-9_.\-]*$", max_length=64)
     enabled: bool = True
     min_severity: Severity = "info"
+    incidents: bool = Field(
+        True,
+        description="alerts grouped by incident: the first of each at once, then incident "
+        "updates (false: every alert as it comes, no updates; e.g. an archive)",
+    )
     queue_size: int = Field(10_000, ge=1, description="in-memory queue; the rest waits in store")
     batch_size: int = Field(500, ge=1)
     rate_limit: RateLimit = RateLimit()
@@ -182,6 +187,16 @@ class AlerterSettings(BaseModel):
         False, description="fsync the delivery store on every write: survives power loss, slower"
     )
     sinks: list[AnySink] = Field(default_factory=lambda: [FileSink()])
+    incident_window_s: float = Field(
+        60.0,
+        ge=0,
+        description="alerts whose processes share a session or an ancestor below its "
+        "leader within this long of the incident's last alert form one incident (0: none)",
+    )
+    incident_update_s: float = Field(
+        30.0, gt=0, description="incident updates go out at most this often, in one record"
+    )
+    incident_max_open: int = Field(10_000, ge=1, description="open incidents kept at most")
     catch_up_new_streams: bool = Field(
         True, description="replay a detector's alerts from seq 1 when first seen mid-stream"
     )

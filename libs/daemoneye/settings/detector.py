@@ -63,3 +63,15 @@ class DetectorSettings(BaseModel):
     )
     alert_log_days: float = Field(7.0, gt=0, description="published alerts kept this long")
     replay_max: int = Field(1000, ge=1, description="alerts one replay answer carries at most")
+    ancestry_depth: int = Field(
+        8,
+        ge=0,
+        le=32,
+        description="ancestors carried by each alert (parent first), from the live table, "
+        "the recent exits and the process history (0: none)",
+    )
+    allowlist: Path | None = Field(
+        None,
+        description="a global allowlist file of named exceptions (deploy/rules/README.md); "
+        "unset: <rules_dir>/../allowlist.yml when it exists",
+    )

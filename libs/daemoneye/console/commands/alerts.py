@@ -14,6 +14,7 @@ from rich.text import Text
 
 from daemoneye.wire import SEVERITIES
 
+from ..ancestry import chain_text
 from ..common import add_command, call, console, positive, settings_from
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -33,6 +34,7 @@ WIDE_COLUMNS = (  # (header, max width; None: as wide as it needs)
     ("count", None),
     ("pid", None),
     ("exe", 32),
+    ("ancestry", 40),
     ("deliveries", 32),
 )
 NARROW_COLUMNS = (
@@ -56,6 +58,7 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "  daemoneye alerts --rule proc.tmp_exec --json\n"
         "  daemoneye alerts --follow\n"
         "  daemoneye alerts --failed\n"
+        "  daemoneye alerts --incidents\n"
         "  daemoneye alerts retry --sink soc\n",
     )
     p.add_argument("action", nargs="?", choices=["list", "retry"], default="list",
@@ -67,6 +70,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--follow", action="store_true", help="keep printing new alerts")
     p.add_argument("--failed", action="store_true", help="list dead-lettered deliveries")
+    p.add_argument("--incidents", action="store_true",
+                   help="list incidents (alerts grouped by process tree), open first")  # fmt: skip
     p.add_argument("--sink", help="retry/--failed: only this sink")
     p.add_argument("--key", type=int, action="append", help="retry: only this alert key")
     p.add_argument("--from", dest="servers", action="append", metavar="nats://HOST:PORT",
@@ -99,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.failed:
         rows = call(settings, "control.alerter", "alerts.failed", {"sink": args.sink}).value
         return print_failed(rows["failed"], args.json)
+    if args.incidents:
+        value = call(settings, "control.alerter", "alerts.incidents", {"limit": args.limit}).value
+        return print_incidents(value["incidents"], args.json)
     params: dict[str, Any] = {"limit": args.limit}
     if args.since:
         params["since_ns"] = time.time_ns() - int(args.since * 1e9)
@@ -169,6 +177,7 @@ def alert_line(a: dict[str, Any]) -> str:
         f"{escape(a.get('ruleId', ''))} [bold]{escape(a.get('title', ''))}[/bold] "
         f"x{a.get('count', 1)} pid={proc.get('pid', '')} {escape(proc.get('exePath', ''))} "
         f"{deliveries(a)}"
+        + (f" [dim]via {escape(chain_text(a, argv=True))}[/dim]" if a.get("ancestry") else "")
     )
 
 
@@ -201,6 +210,7 @@ def table_row(a: dict[str, Any], narrow: bool) -> list[str]:
         str(a.get("count", 1)),
         str(proc.get("pid", "")),
         escape(proc.get("exePath", "")),
+        escape(chain_text(a)),
         deliveries(a),
     ]
 
@@ -255,6 +265,35 @@ def print_failed(rows: list[dict[str, Any]], as_json: bool) -> int:
         )
     console.print(t)
     console.print("send them again with: daemoneye alerts retry [--sink NAME] [--key KEY]")
+    return 0
+
+
+def print_incidents(rows: list[dict[str, Any]], as_json: bool) -> int:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return 0
+    if not rows:
+        console.print("no incidents")
+        return 0
+    t = Table(title=f"incidents ({len(rows)})")
+    for column in ("id", "state", "severity", "first", "last", "alerts", "rules", "processes"):
+        t.add_column(column, justify="right" if column == "alerts" else "left", overflow="fold")
+    for i in rows:
+        rules = ", ".join(f"{r['ruleId']} x{r['count']}" for r in i["rules"])
+        names = ", ".join(f"{p['name']}({p['pid']})" for p in i["processes"][:6])
+        more = i["processCount"] - min(6, len(i["processes"]))
+        t.add_row(
+            i["incidentId"],
+            i["state"],
+            f"[{SEVERITY_STYLE.get(i['severity'], '')}]{i['severity']}[/]",
+            stamp(i["firstSeenNs"]),
+            stamp(i["lastSeenNs"]),
+            str(i["alerts"]),
+            escape(rules),
+            escape(names + (f" +{more}" if more > 0 else "")),
+        )
+    console.print(t)
     return 0
 
 

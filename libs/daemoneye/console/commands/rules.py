@@ -14,6 +14,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from .. import rules_except
 from ..common import (
     CommandError,
     add_command,
@@ -114,6 +115,7 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         type=_statuses,
         help="keep only rules of these Sigma statuses (comma-separated: stable,test)",
     )
+    rules_except.add_action(action)
     p.set_defaults(handler=run)
 
 
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         "list": list_rules,
         "reload": reload,
         "import-sigma": import_sigma,
+        "except": rules_except.run,
     }[args.action](args)
 
 
@@ -132,6 +135,7 @@ def validate(args: argparse.Namespace) -> int:
     from daemoneye.rules.validate import Validator
 
     checked, problems = Validator().load(args.paths)
+    problems += allowlist_problems(args.paths)
     if args.json:
         print_json(
             {
@@ -150,6 +154,15 @@ def validate(args: argparse.Namespace) -> int:
         status = "ok" if not problems else f"{len(problems)} problem(s)"
         err_console.print(f"{len(checked)} valid rule(s), {status}")
     return 1 if problems else 0
+
+
+def allowlist_problems(paths: list[Path]) -> list[Any]:
+    """The problems of the allowlist the detector would take beside each directory."""
+    from daemoneye.rules.exceptions import allowlist_path, load_allowlist
+    from daemoneye.rules.validate import ALL_COLUMNS
+
+    found = {allowlist_path(None, p) for p in paths if p.is_dir()} - {None}
+    return [problem for f in sorted(found) for problem in load_allowlist(f, set(ALL_COLUMNS))[1]]
 
 
 def test_cases(args: argparse.Namespace) -> int:
@@ -226,8 +239,8 @@ def list_rules(args: argparse.Namespace) -> int:
         print(json.dumps(value, default=str))
         return 0
     table = Table(title=f"rules in {escape(value['dir'])}")
-    for column in ("id", "severity", "mode", "state", "runs", "matches", "avg ms"):
-        justify = "right" if column in ("runs", "matches") else "left"
+    for column in ("id", "severity", "mode", "state", "runs", "matches", "suppressed", "avg ms"):
+        justify = "right" if column in ("runs", "matches", "suppressed") else "left"
         table.add_column(column, justify=justify, overflow="fold")
     for r in value["rules"]:
         style = "green" if r["state"] == "active" else "red"
@@ -238,12 +251,21 @@ def list_rules(args: argparse.Namespace) -> int:
             f"[{style}]{escape(r['state'])}[/]",
             str(r["runs"]),
             str(r["matches"]),
+            suppressed_text(r),
             f"{r['avg_ms']:.3f}",
         )
     console.print(table)
     for problem in value["problems"]:
         err_console.print(f"[red]rejected:[/] {escape(problem)}")
     return 0
+
+
+def suppressed_text(rule: dict[str, Any]) -> str:
+    """Matches the rule's exceptions suppressed: the total, then each by name."""
+    counted = [e for e in rule.get("exceptions") or [] if e.get("suppressed")]
+    detail = ", ".join(f"{escape(e['name'])}: {e['suppressed']}" for e in counted)
+    total = rule.get("suppressed", 0)
+    return f"{total} ({detail})" if detail else str(total)
 
 
 def reload(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..ancestry import chain_text
 from .model import State
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -80,16 +81,21 @@ def alerts_table(state: State, limit: int) -> Table:
     table.add_column("severity", min_width=8, no_wrap=True)
     table.add_column("rule", no_wrap=True, overflow="ellipsis", ratio=3)
     table.add_column("process", no_wrap=True, overflow="ellipsis", min_width=12, ratio=1)
-    for alert in list(state.alerts)[:limit]:
+    shown = list(state.alerts)[:limit]
+    ancestry = any(alert.get("ancestry") for alert in shown)
+    if ancestry:  # the parents, when the alerts carry them
+        table.add_column("ancestry", no_wrap=True, overflow="ellipsis", ratio=2)
+    for alert in shown:
         when = time.strftime("%H:%M:%S", time.localtime(alert.get("timeNs", 0) / 1e9))
         severity = str(alert.get("severity", ""))
         process = alert.get("process") or {}
-        table.add_row(
+        cells = [
             when,
             Text(severity, style=SEVERITY_STYLE.get(severity, "")),
             f"{alert.get('ruleId', '')} {alert.get('title') or alert.get('ruleName', '')}",
             f"{process.get('name', '')}[{process.get('pid', '')}]",
-        )
+        ]
+        table.add_row(*cells, *([chain_text(alert)] if ancestry else []))
     if not state.alerts:
         table.add_row("", "", Text("no alerts yet", style="dim"), "")
     return table
