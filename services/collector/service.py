@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,10 @@ from daemoneye.rpc import REPLY_MARK, RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 
-from . import lean, privdrop
+from . import lean, privdrop, reader
+from .handover import Handover
 from .hasher import Hasher
+from .kseq import SeqCheck
 from .netlink import NetlinkUnavailable, ProcConnector
 from .realtime import RealtimeSource
 from .tracker import Out, Tracker
@@ -65,6 +68,9 @@ class Collector(Service):
         self._batch_since = 0.0
         self._batch_bytes = 0  # batching: an estimate of the batch's encoded size
         self._holding = False  # batching: a handler is still producing events
+        self.kseq = SeqCheck()  # the kernel's per-CPU numbers: duplicates and losses
+        self._handover: Handover | None = None  # what a previous main already published
+        self._reader_fd = -1
 
     # --- start and stop -------------------------------------------------------
 
@@ -78,7 +84,6 @@ class Collector(Service):
 
     def setup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        connector = self._open_netlink()  # needs root: before any privilege drop
         wal_dir = self._wal_dir()
         self.wal = Wal(
             wal_dir,
@@ -90,13 +95,10 @@ class Collector(Service):
         assert self.publisher is not None
         self.publisher.continue_from(STREAM, self.wal.last_seq)
         self._wait_for_bus()
-        if connector is not None:
-            # forked before the drop: it sets its real-time priority, then drops too
-            self.realtime = RealtimeSource(
-                connector, self.cfg.realtime_priority, self._child_drop if self.cfg.user else None
-            )
-            self.realtime.start()
-            self.watch(self.realtime.wake_fd, self._on_realtime)  # type: ignore[arg-type]
+        self.realtime = self._start_reader()  # needs root: before any privilege drop
+        if self.realtime is not None:
+            self._reader_fd = self.realtime.wake_fd
+            self.watch(self._reader_fd, self._on_realtime)
         self._drop_privileges(wal_dir)
         if self.cfg.hash_executables:
             self.hasher = Hasher(self.cfg.hash_max_bytes, self.cfg.hash_cache_entries)
@@ -143,15 +145,48 @@ class Collector(Service):
     def _child_drop(self) -> None:
         privdrop.drop_to(self.cfg.user)
 
-    def _open_netlink(self) -> ProcConnector | None:
+    def _start_reader(self) -> RealtimeSource | None:
+        """Adopt the netlink reader a previous main left running (it kept every event
+        since), or start one (forked before the drop: it sets its real-time priority,
+        then drops too). A reader of other code is replaced, make before break."""
+        path = reader.socket_path(self.settings.run_dir, self.service_id)
         if not self.cfg.netlink:
+            reader.stop_reader(path, timeout_s=0.5)
             self._degrade("netlink disabled by configuration: snapshots only")
             return None
+        source = RealtimeSource(path)
+        hello = source.attach()
+        if hello is not None:
+            backlog = int(hello.get("backlog", 0))
+            if backlog and self.wal is not None:
+                oldest = int(hello.get("oldest_ns", 0))
+                self._handover = Handover.from_wal(self.wal, oldest, backlog)
+            self.log.info(
+                "adopted the netlink reader (pid %s): %d frames kept for us",
+                hello.get("pid"),
+                backlog,
+            )
+            if (
+                hello.get("protocol") == reader.PROTOCOL
+                and hello.get("code") == reader.code_version()
+            ):
+                return source
         try:
-            return ProcConnector(self.cfg.netlink_rcvbuf_bytes)
-        except NetlinkUnavailable as exc:
+            connector = ProcConnector(self.cfg.netlink_rcvbuf_bytes)
+            source.spawn(
+                connector,
+                self.cfg.realtime_priority,
+                self.cfg.reader_linger_s,
+                self.cfg.reader_spool_bytes,
+                self._child_drop if self.cfg.user else None,
+            )
+        except (NetlinkUnavailable, RuntimeError, OSError) as exc:
+            if hello is not None:  # cannot replace it: keep the old reader
+                self.log.warning("cannot replace the netlink reader: %s", exc)
+                return source
             self._degrade(f"{exc}; snapshots only")
             return None
+        return source
 
     def _degrade(self, why: str) -> None:
         self.state = "degraded"
@@ -184,6 +219,7 @@ class Collector(Service):
         assert self.tracker is not None
         self.monitoring = True  # netlink items queue from here on: nothing is missed
         self._announce()
+        self._take_backlog()
         t = time.perf_counter()
         self._publish_all(self.tracker.rescan("snapshot", publish_new=self.cfg.publish_initial))
         self.last_scan_s = time.perf_counter() - t
@@ -195,9 +231,23 @@ class Collector(Service):
         )
         return True
 
+    def _take_backlog(self, timeout_s: float = 3.0) -> None:
+        """What an adopted reader kept for us, before the snapshot: events, then the
+        state they led to (a pid reused since is then a stop plus a start)."""
+        deadline = time.monotonic() + timeout_s
+        while self.realtime is not None and self._handover is not None:
+            link = self.realtime.links[0] if self.realtime.links else None
+            if link is None or link.frames >= self._handover.backlog:
+                return
+            if time.monotonic() > deadline:
+                self.log.warning("the reader's backlog is still arriving; taking it live")
+                return
+            select.select([link.sock], [], [], 0.05)
+            self._on_realtime()
+
     def teardown(self) -> None:
         if self.realtime is not None:
-            self.realtime.stop()
+            self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
         if self.wal is not None:
@@ -207,36 +257,64 @@ class Collector(Service):
 
     def _on_realtime(self) -> None:
         assert self.realtime is not None and self.tracker is not None
-        items = self.realtime.take()
-        if self.realtime.dead:
+        source = self.realtime
+        items = source.take()
+        if source.wake_fd != self._reader_fd:  # a hand-over: the next reader's socket
+            self._rewatch_reader()
+        if source.dead:
             self._reader_died()
         if not self.monitoring:
             return  # before begin_monitoring: the initial snapshot will see these
         lost = 0
+        kseq = self.kseq
+        gaps_before = kseq.lost
         self._holding = True  # batching: one read of the kernel's events, few envelopes
         try:
             for item in items:
                 if item.event is None:
+                    if item.handover:
+                        kseq.boundary()
                     lost += item.lost
                     continue
-                self._publish_all(self.tracker.on_event(item.event, item.record))
+                if kseq.take(item.event):  # False: a duplicate of a hand-over's overlap
+                    self._publish_all(self.tracker.on_event(item.event, item.record))
         finally:
             self._holding = False
             self._send_batch()
-        if lost:
+        handover = self._handover
+        if handover is not None and source.links and handover.done(source.links[0].frames):
+            self._handover = None
+        missed = kseq.lost - gaps_before
+        if lost or missed:
             self.lost_events += lost
             self.notice(
                 "lost_events",
-                f"the kernel dropped process events ({lost} overruns); repairing with a snapshot",
-                lost,
+                f"the kernel dropped process events ({lost} overruns, {missed} events "
+                "missing from its sequence numbers); repairing with a snapshot",
+                missed or lost,
             )
             self.rescan(drain=False)
 
+    def _rewatch_reader(self) -> None:
+        assert self.realtime is not None
+        self.unwatch(self._reader_fd)
+        self._reader_fd = self.realtime.wake_fd
+        if self._reader_fd >= 0:
+            self.watch(self._reader_fd, self._on_realtime)
+
     def _reader_died(self) -> None:
+        """The reader and its spare are both gone (or it was told to leave): start
+        another where we still may (root), else snapshots only."""
         assert self.realtime is not None and self.tracker is not None
-        self.unwatch(self.realtime.wake_fd)  # type: ignore[arg-type]
-        self.realtime.stop()
-        self.realtime = None
+        self.unwatch(self._reader_fd)
+        self.realtime.close()
+        self.realtime = self._start_reader() if os.geteuid() == 0 else None
+        if self.realtime is not None:
+            self.kseq.boundary()  # another socket: what it lacks is a counted loss
+            self._reader_fd = self.realtime.wake_fd
+            self.watch(self._reader_fd, self._on_realtime)
+            self.log.warning("the netlink reader and its spare were gone; started another")
+            return
         self.tracker.full_rescan_reads = True
         self._degrade("the netlink reader process exited; snapshots only")
         self.notice("degraded", self._degraded_why)
@@ -254,6 +332,8 @@ class Collector(Service):
         now = time.monotonic()
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
+        if self.realtime is not None:  # the WAL has what we took: the reader may drop it
+            self.realtime.ack_older_than(now, self.cfg.fork_publish_delay_s + TICK_S)
         if self.tracker.pending:
             self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
         if now >= self._next_scan:
@@ -278,6 +358,8 @@ class Collector(Service):
     # --- publishing -----------------------------------------------------------
 
     def _publish_all(self, outs: list[Out]) -> None:
+        if self._handover is not None:  # a new main: what the old one published, once
+            outs = [out for out in outs if not self._handover.seen(out)]
         if self.cfg.publish_batch_max <= 1:
             for out in outs:
                 self.emit(out)
@@ -414,8 +496,13 @@ class Collector(Service):
         if self.hasher is not None:
             m["hash.done"] = self.hasher.hashed
             m["hash.pending"] = self.hasher.pending()
+        m["collector.lost"] = self.kseq.lost
+        m["netlink.duplicates"] = self.kseq.duplicates
+        m["netlink.kernel_gaps"] = self.kseq.kernel_gaps
         if self.realtime is not None:
             m["netlink.received"] = self.realtime.received
+            m["netlink.takeovers"] = self.realtime.takeovers
+            m["collector.lost"] += self.realtime.spool_dropped
         return m
 
     def queue_depth(self) -> int:
@@ -520,6 +607,9 @@ class Collector(Service):
         out = super().health()
         out["monitoring"] = self.monitoring
         out["netlink"] = self.realtime is not None
+        if self.realtime is not None:
+            out["reader_pid"] = self.realtime.hello.get("pid", 0)
+            out["spare_pid"] = self.realtime.hello.get("spare", 0)
         out["pid_namespace"] = _own_pid_ns()
         return out
 
