@@ -108,15 +108,18 @@ def spawn(
     spool_bytes: int,
     child_init: Callable[[], None] | None = None,
 ) -> int:
-    """Start a reader (and its spare) that belongs to no one: a double fork, so it
-    outlives this process and init reaps it. Returns the intermediate's exit code."""
+    """Start a reader (and its spare) on `listener` (bound to its path) that belongs to
+    no one: a double fork, so it outlives this process and init reaps it. Returns the
+    intermediate's exit code."""
     gc.freeze()  # the children's collector then never touches (and copies) our objects
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             if os.fork() == 0:
-                Reader(connector, listener, linger_s, spool_bytes).main(priority, child_init)
+                path = listener.getsockname()
+                reader = Reader(connector, listener, linger_s, spool_bytes, path)
+                reader.main(priority, child_init)
         except BaseException:
             code = 1
         os._exit(code)
@@ -132,9 +135,12 @@ class Reader:
         listener: socket.socket,
         linger_s: float,
         spool_bytes: int,
+        path: str = "",
     ) -> None:
         self.nl = connector
         self.listener = listener
+        self.path = path  # where mains find us; gone or another's: no main will come
+        self.ino = _ino(path)
         self.linger_s = linger_s
         self.spool_max = spool_bytes
         self.client: socket.socket | None = None
@@ -253,8 +259,15 @@ class Reader:
                 self._on_peer()
             if self.retiring:
                 self._retire()
-            if self.client is None and time.monotonic() - self.alone_since > self.linger_s:
+            if self.client is None and (
+                time.monotonic() - self.alone_since > self.linger_s or not self._findable()
+            ):
                 self._exit()
+
+    def _findable(self) -> bool:
+        """Our path still leads here (its directory removed, or another reader bound
+        there: no main will find us again, so waiting is pointless)."""
+        return not self.path or (self.ino != 0 and _ino(self.path) == self.ino)
 
     def _read_netlink(self, limit: int = 256) -> None:
         """Peek, work, send, consume: a datagram leaves the socket only when what we
@@ -394,6 +407,13 @@ def stop_reader(path: str | Path, timeout_s: float = 2.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def _ino(path: str) -> int:
+    try:
+        return os.stat(path).st_ino if path else 0
+    except OSError:
+        return 0
 
 
 def _frame_time(frame: bytes) -> int:
