@@ -107,6 +107,7 @@ def spawn(
     linger_s: float,
     spool_bytes: int,
     child_init: Callable[[], None] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> int:
     """Start a reader (and its spare) on `listener` (bound to its path) that belongs to
     no one: a double fork, so it outlives this process and init reaps it. Returns the
@@ -118,7 +119,7 @@ def spawn(
         try:
             if os.fork() == 0:
                 path = listener.getsockname()
-                reader = Reader(connector, listener, linger_s, spool_bytes, path)
+                reader = Reader(connector, listener, linger_s, spool_bytes, path, config)
                 reader.main(priority, child_init)
         except BaseException:
             code = 1
@@ -136,7 +137,9 @@ class Reader:
         linger_s: float,
         spool_bytes: int,
         path: str = "",
+        config: dict[str, Any] | None = None,
     ) -> None:
+        self.config = config or {}  # what it was started with: a main wanting other replaces it
         self.nl = connector
         self.listener = listener
         self.path = path  # where mains find us; gone or another's: no main will come
@@ -333,6 +336,7 @@ class Reader:
         hello = {
             "protocol": PROTOCOL,
             "code": self.code,
+            "config": self.config,
             "pid": os.getpid(),
             "spare": self.spare_pid,
             "backlog": len(self.spool),

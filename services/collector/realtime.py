@@ -43,10 +43,9 @@ HELLO_TIMEOUT_S = 2.0
 
 @dataclass(slots=True)
 class Item:
-    event: ProcEvent | None  # None: a batch of lost events (ENOBUFS), or a hand-over
+    event: ProcEvent | None  # None: a batch of lost events (ENOBUFS)
     record: dict[str, Any] | None = None  # read at once for exec / uid / gid
     lost: int = 0
-    handover: bool = False  # what follows comes from another kernel socket
 
 
 class Link:
@@ -172,6 +171,7 @@ class RealtimeSource:
         linger_s: float,
         spool_bytes: int,
         child_init: Callable[[], None] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Start a reader on `connector` at our path (replacing the path of one we are
         attached to, which is then told to retire: it is subscribed no more than the
@@ -186,7 +186,9 @@ class RealtimeSource:
             os.umask(old_umask)
         listener.listen(8)
         try:
-            code = reader.spawn(connector, listener, priority, linger_s, spool_bytes, child_init)
+            code = reader.spawn(
+                connector, listener, priority, linger_s, spool_bytes, child_init, config
+            )
         finally:
             listener.close()
             connector.sock.close()  # the reader owns both now
@@ -227,15 +229,12 @@ class RealtimeSource:
             link.close()
             self.links.pop(0)
             self._marks.clear()  # frame numbers are per reader
-            if self.links:  # a retired reader's end: the new one is already there
-                out.append(Item(None, handover=True))
-                continue
+            if self.links:
+                continue  # a retired reader's end: the new one is already there
             if link.bye:
                 self.dead = True  # told to leave and nobody after it
                 break
-            # the spare takes over at the same path, on the same kernel socket: its stream
-            # goes on where the reader's stopped (no hand-over between sockets)
-            sock = _connect(self.path)
+            sock = _connect(self.path)  # the spare takes over at the same path
             if sock is None:
                 self.dead = True
                 break

@@ -142,6 +142,25 @@ class Collector(Service):
             self.control.send_multipart([REPLY_MARK, client, self.handle_request(data, client)])
         time.sleep(0.005)  # the broker's subscription travels right behind the handshake
 
+    def _reader_config(self) -> dict[str, Any]:
+        """What a reader is started with: one started otherwise (settings changed, or
+        other code after an upgrade) is replaced, make before break."""
+        cfg = self.cfg
+        return {
+            "priority": cfg.realtime_priority,
+            "rcvbuf": cfg.netlink_rcvbuf_bytes,
+            "user": cfg.user,
+            "linger_s": cfg.reader_linger_s,
+            "spool_bytes": cfg.reader_spool_bytes,
+        }
+
+    def _same_reader(self, hello: dict[str, Any]) -> bool:
+        return (
+            hello.get("protocol") == reader.PROTOCOL
+            and hello.get("code") == reader.code_version()
+            and hello.get("config") == self._reader_config()
+        )
+
     def _child_drop(self) -> None:
         privdrop.drop_to(self.cfg.user)
 
@@ -166,10 +185,7 @@ class Collector(Service):
                 hello.get("pid"),
                 backlog,
             )
-            if (
-                hello.get("protocol") == reader.PROTOCOL
-                and hello.get("code") == reader.code_version()
-            ):
+            if self._same_reader(hello):
                 return source
         try:
             connector = ProcConnector(self.cfg.netlink_rcvbuf_bytes)
@@ -179,6 +195,7 @@ class Collector(Service):
                 self.cfg.reader_linger_s,
                 self.cfg.reader_spool_bytes,
                 self._child_drop if self.cfg.user else None,
+                self._reader_config(),
             )
         except (NetlinkUnavailable, RuntimeError, OSError) as exc:
             if hello is not None:  # cannot replace it: keep the old reader
@@ -272,8 +289,6 @@ class Collector(Service):
         try:
             for item in items:
                 if item.event is None:
-                    if item.handover:
-                        kseq.boundary()
                     lost += item.lost
                     continue
                 if kseq.take(item.event):  # False: a duplicate of a hand-over's overlap
@@ -285,6 +300,10 @@ class Collector(Service):
         if handover is not None and source.links and handover.done(source.links[0].frames):
             self._handover = None
         missed = kseq.lost - gaps_before
+        if missed:
+            self.log.warning(
+                "%d kernel events missed (cpu, last, next: %s)", missed, kseq.last_loss
+            )
         if lost or missed:
             self.lost_events += lost
             self.notice(
@@ -310,7 +329,6 @@ class Collector(Service):
         self.realtime.close()
         self.realtime = self._start_reader() if os.geteuid() == 0 else None
         if self.realtime is not None:
-            self.kseq.boundary()  # another socket: what it lacks is a counted loss
             self._reader_fd = self.realtime.wake_fd
             self.watch(self._reader_fd, self._on_realtime)
             self.log.warning("the netlink reader and its spare were gone; started another")
@@ -498,7 +516,6 @@ class Collector(Service):
             m["hash.pending"] = self.hasher.pending()
         m["collector.lost"] = self.kseq.lost
         m["netlink.duplicates"] = self.kseq.duplicates
-        m["netlink.kernel_gaps"] = self.kseq.kernel_gaps
         if self.realtime is not None:
             m["netlink.received"] = self.realtime.received
             m["netlink.takeovers"] = self.realtime.takeovers

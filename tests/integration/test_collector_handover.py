@@ -1,0 +1,139 @@
+"""The netlink reader outlives the collector's main process: a restart (planned or a
+kill -9) adopts it and gets every event of the time no main ran, once; an upgrade
+(other reader code) replaces it make-before-break; `daemoneye up` stopping leaves no
+reader behind. The fault suite (tests/faults/test_collector_handover.py) runs the
+same under a storm, with the whole system."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from daemoneye.bus import Subscriber
+from daemoneye.config import Settings
+from daemoneye.rpc import RpcClient, RpcError
+from tests.conftest import wait_for
+
+from .test_collector_live import Events, needs_netlink, start_collector
+
+TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
+TARGET = "control.collector"
+
+pytestmark = needs_netlink
+
+
+@pytest.fixture
+def events(broker: Any, subscribe: Callable[..., Subscriber]) -> Events:
+    return Events(subscribe("events."))
+
+
+def marked(events: Events, kind: str, marker: str) -> Counter:
+    """argv[2] of every `kind` event whose argv[1] is `marker` -> times seen."""
+    events.pump()
+    out: Counter = Counter()
+    for topic, body in events.seen:
+        if topic == f"events.process.{kind}":
+            argv = body["record"]["cmdline"]
+            if len(argv) == 3 and argv[1] == marker:
+                out[argv[2]] += 1
+    return out
+
+
+def run_marked(marker: str, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        subprocess.run([TRUE, marker, str(i)], check=False)
+
+
+def test_a_restart_gets_what_happened_while_no_main_ran(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    first = start_collector(start_service, rpc_client, run_env)
+    reader = rpc_client.call(TARGET, "health").value["reader_pid"]
+    run_marked("before", 0, 20)
+    wait_for(lambda: len(marked(events, "start", "before")) == 20, 15, "the first 20")
+    assert first.stop() == 0  # SIGTERM, as systemctl stop: the reader stays
+    assert psutil.pid_exists(reader)
+    run_marked("between", 0, 50)  # no main process runs now
+    start_collector(start_service, rpc_client, run_env)
+    health = rpc_client.call(TARGET, "health").value
+    assert health["reader_pid"] == reader, "the new main did not adopt the reader"
+    wait_for(lambda: len(marked(events, "stop", "between")) == 50, 15, "the 50 from the gap")
+    for kind in ("start", "stop"):
+        seen = marked(events, kind, "between")
+        assert set(seen) == {str(i) for i in range(50)}, f"{kind}: {sorted(seen)}"
+        assert max(seen.values()) == 1, f"{kind} twice: {seen.most_common(3)}"
+        before = marked(events, kind, "before")
+        assert max(before.values()) == 1, f"{kind} of the first 20 again: {before}"
+    assert health["metrics"]["collector.lost"] == 0
+
+
+def test_an_upgrade_replaces_the_reader_make_before_break(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    """A main that wants another reader (other code after an upgrade, or as here other
+    settings) starts a new reader, then retires the old one: the old one's events,
+    then the new one's, none twice."""
+    first = start_collector(start_service, rpc_client, run_env)
+    old = rpc_client.call(TARGET, "health").value["reader_pid"]
+    assert first.stop() == 0
+    run_marked("upgrade", 0, 30)  # kept by the old reader
+    env = dict(run_env, DAEMONEYE_COLLECTOR__REALTIME_PRIORITY="11")
+    start_collector(start_service, rpc_client, env)
+    health = rpc_client.call(TARGET, "health").value
+    assert health["reader_pid"] not in (0, old)
+    wait_for(lambda: not psutil.pid_exists(old) or _zombie(old), 10, "the old reader to retire")
+    run_marked("upgrade", 30, 30)  # the new reader's
+    wait_for(lambda: len(marked(events, "stop", "upgrade")) == 60, 15, "all 60")
+    for kind in ("start", "stop"):
+        seen = marked(events, kind, "upgrade")
+        assert set(seen) == {str(i) for i in range(60)} and max(seen.values()) == 1, seen
+    metrics = rpc_client.call(TARGET, "health").value["metrics"]
+    assert metrics["collector.lost"] == 0  # the sockets overlapped: nothing skipped
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_up_stopping_leaves_no_reader(
+    run_env, settings: Settings, tmp_path: Path, rpc_client: RpcClient
+) -> None:
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "daemoneye", "up", "--only", "collector"],
+            env=run_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def reader() -> tuple[int, int] | None:
+            try:
+                health = rpc_client.call(TARGET, "health", timeout_s=1).value
+            except RpcError:
+                return None
+            pids = (health.get("reader_pid", 0), health.get("spare_pid", 0))
+            return pids if all(pids) else None
+
+        pids = wait_for(reader, 30, "the collector's reader and spare")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(30)
+    assert code == 0, log.read_text()
+    for pid in pids:  # type: ignore[union-attr]
+        assert not psutil.pid_exists(pid) or _zombie(pid), f"reader process {pid} left running"
+    assert list(settings.run_dir.glob("*")) == [], "socket files left behind"
