@@ -189,6 +189,7 @@ class Reader:
 
     def _fork_spare(self) -> None:
         mine, theirs = socket.socketpair()
+        gc.freeze()  # the spare then shares our pages instead of copying them as it runs
         pid = os.fork()
         if pid == 0:  # the spare: wait for the reader to end, then take over
             mine.close()
