@@ -71,6 +71,7 @@ class Collector(Service):
         self.kseq = SeqCheck()  # the kernel's per-CPU numbers: duplicates and losses
         self._handover: Handover | None = None  # what a previous main already published
         self._reader_fd = -1
+        self.held_back = 0  # events a previous main had published, not sent again
 
     # --- start and stop -------------------------------------------------------
 
@@ -298,6 +299,7 @@ class Collector(Service):
             self._send_batch()
         handover = self._handover
         if handover is not None and source.links and handover.done(source.links[0].frames):
+            self.held_back += handover.held_back
             self._handover = None
         missed = kseq.lost - gaps_before
         if missed:
@@ -516,6 +518,9 @@ class Collector(Service):
             m["hash.pending"] = self.hasher.pending()
         m["collector.lost"] = self.kseq.lost
         m["netlink.duplicates"] = self.kseq.duplicates
+        m["handover.held_back"] = self.held_back + (
+            self._handover.held_back if self._handover else 0
+        )
         if self.realtime is not None:
             m["netlink.received"] = self.realtime.received
             m["netlink.takeovers"] = self.realtime.takeovers

@@ -334,6 +334,10 @@ def test_a_restart_under_a_1000_exec_storm_loses_no_event(tmp_path) -> None:
     finally:
         storm.stop()
         world.close()
+    print(  # the figures, for docs/RELIABILITY.md (pytest -s shows them)
+        f"{len(pids)} spawned; WAL {len(out.wal)} entries, {sum(starts.values())} starts, "
+        f"{sum(stops.values())} stops of them; collector {metrics}"
+    )
     problems = out.ledger_problems()
     assert not problems, problems
     assert sum(out.ledger_seqs.values()) == len(out.wal)
