@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,11 @@ def marked(events: Events, kind: str, marker: str) -> Counter:
     return out
 
 
+def unique(name: str) -> str:
+    """A marker no other run on this host uses (every collector sees every process)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
 def run_marked(marker: str, first: int, count: int) -> None:
     for i in range(first, first + count):
         subprocess.run([TRUE, marker, str(i)], check=False)
@@ -57,23 +63,24 @@ def run_marked(marker: str, first: int, count: int) -> None:
 def test_a_restart_gets_what_happened_while_no_main_ran(
     events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
 ) -> None:
+    before, between = unique("before"), unique("between")
     first = start_collector(start_service, rpc_client, run_env)
     reader = rpc_client.call(TARGET, "health").value["reader_pid"]
-    run_marked("before", 0, 20)
-    wait_for(lambda: len(marked(events, "start", "before")) == 20, 15, "the first 20")
+    run_marked(before, 0, 20)
+    wait_for(lambda: len(marked(events, "start", before)) == 20, 15, "the first 20")
     assert first.stop() == 0  # SIGTERM, as systemctl stop: the reader stays
     assert psutil.pid_exists(reader)
-    run_marked("between", 0, 50)  # no main process runs now
+    run_marked(between, 0, 50)  # no main process runs now
     start_collector(start_service, rpc_client, run_env)
     health = rpc_client.call(TARGET, "health").value
     assert health["reader_pid"] == reader, "the new main did not adopt the reader"
-    wait_for(lambda: len(marked(events, "stop", "between")) == 50, 15, "the 50 from the gap")
+    wait_for(lambda: len(marked(events, "stop", between)) == 50, 15, "the 50 from the gap")
     for kind in ("start", "stop"):
-        seen = marked(events, kind, "between")
+        seen = marked(events, kind, between)
         assert set(seen) == {str(i) for i in range(50)}, f"{kind}: {sorted(seen)}"
         assert max(seen.values()) == 1, f"{kind} twice: {seen.most_common(3)}"
-        before = marked(events, kind, "before")
-        assert max(before.values()) == 1, f"{kind} of the first 20 again: {before}"
+        earlier = marked(events, kind, before)
+        assert max(earlier.values()) == 1, f"{kind} of the first 20 again: {earlier}"
     assert health["metrics"]["collector.lost"] == 0
 
 
@@ -83,19 +90,20 @@ def test_an_upgrade_replaces_the_reader_make_before_break(
     """A main that wants another reader (other code after an upgrade, or as here other
     settings) starts a new reader, then retires the old one: the old one's events,
     then the new one's, none twice."""
+    upgrade = unique("upgrade")
     first = start_collector(start_service, rpc_client, run_env)
     old = rpc_client.call(TARGET, "health").value["reader_pid"]
     assert first.stop() == 0
-    run_marked("upgrade", 0, 30)  # kept by the old reader
+    run_marked(upgrade, 0, 30)  # kept by the old reader
     env = dict(run_env, DAEMONEYE_COLLECTOR__REALTIME_PRIORITY="11")
     start_collector(start_service, rpc_client, env)
     health = rpc_client.call(TARGET, "health").value
     assert health["reader_pid"] not in (0, old)
     wait_for(lambda: not psutil.pid_exists(old) or _zombie(old), 10, "the old reader to retire")
-    run_marked("upgrade", 30, 30)  # the new reader's
-    wait_for(lambda: len(marked(events, "stop", "upgrade")) == 60, 15, "all 60")
+    run_marked(upgrade, 30, 30)  # the new reader's
+    wait_for(lambda: len(marked(events, "stop", upgrade)) == 60, 15, "all 60")
     for kind in ("start", "stop"):
-        seen = marked(events, kind, "upgrade")
+        seen = marked(events, kind, upgrade)
         assert set(seen) == {str(i) for i in range(60)} and max(seen.values()) == 1, seen
     metrics = rpc_client.call(TARGET, "health").value["metrics"]
     assert metrics["collector.lost"] == 0  # the sockets overlapped: nothing skipped
