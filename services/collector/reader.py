@@ -236,7 +236,7 @@ class Reader:
             if self.peer.recv(64):
                 return
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.spare_pid, os.WNOHANG)
+            os.waitpid(self.spare_pid, 0)  # its channel ended: it is exiting, reap it
         self._fork_spare()
 
     # --- serving ----------------------------------------------------------------

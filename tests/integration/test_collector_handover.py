@@ -145,3 +145,28 @@ def test_up_stopping_leaves_no_reader(
     for pid in pids:  # type: ignore[union-attr]
         assert not psutil.pid_exists(pid) or _zombie(pid), f"reader process {pid} left running"
     assert list(settings.run_dir.glob("*")) == [], "socket files left behind"
+
+
+def test_a_dead_spare_is_replaced_and_takes_over_in_turn(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    start_collector(start_service, rpc_client, run_env)
+    first = rpc_client.call(TARGET, "health").value
+    os.kill(first["spare_pid"], signal.SIGKILL)
+    # the reader forks another spare; the next hello (after a takeover) names it, so
+    # kill the reader once the old spare is gone and see the new one take over
+    wait_for(lambda: _zombie(first["spare_pid"]), 10, "the killed spare to be gone")
+    reader = psutil.Process(first["reader_pid"])
+    wait_for(lambda: len(reader.children()) == 1, 10, "a new spare")
+    new_spare = reader.children()[0].pid
+    assert new_spare != first["spare_pid"]
+    reader.kill()
+    wait_for(
+        lambda: rpc_client.call(TARGET, "health").value["reader_pid"] == new_spare,
+        15,
+        "the new spare to take over",
+    )
+    mark = unique("after-spare")
+    run_marked(mark, 0, 10)
+    wait_for(lambda: len(marked(events, "stop", mark)) == 10, 15, "all 10 after the takeover")
+    assert max(marked(events, "start", mark).values()) == 1
