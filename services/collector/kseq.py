@@ -11,7 +11,16 @@ loss, counted in `lost`, never silent. The counter is 32 bits: compared modulo.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
 from .netlink import ProcEvent
+
+POSITIONS_FILE = "kernel-positions.json"  # beside the WAL: where the last main stopped
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")  # the numbers start again at each boot
 
 NO_CPU = 0xFFFFFFFF  # an answer to a subscription on older kernels: not numbered per CPU
 HALF = 1 << 31
@@ -41,3 +50,30 @@ class SeqCheck:
                 self.last_loss = (cpu, last, ev.seq)
         self.last[cpu] = ev.seq
         return True
+
+
+def _boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def save(path: Path, last: dict[int, int]) -> None:
+    """Write down the numbers taken (replaced whole: a crash leaves the old or the new)."""
+    tmp = path.with_suffix(".tmp")
+    data = {"boot_id": _boot_id(), "time": time.time(), "last": last}
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def load(path: Path, max_age_s: float) -> dict[int, int]:
+    """The numbers a previous main wrote down, when they can be continued from: this
+    boot, and recent (a collector off for longer was off, not handing over; and an old
+    number could pass for one ahead modulo 2**32)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
+        data = json.loads(path.read_text())
+        fresh = 0 <= time.time() - float(data["time"]) <= max_age_s
+        if data.get("boot_id") == _boot_id() != "" and fresh:
+            return {int(cpu): int(seq) & MASK for cpu, seq in data["last"].items()}
+    return {}

@@ -140,7 +140,7 @@ class RealtimeSource:
         self.takeovers = 0  # a spare took over from a dead reader
         self.spool_dropped = 0  # events the reader dropped from its full spool
         self.dead = False  # no reader any more: the service falls back to snapshots
-        self._marks: deque[tuple[float, int]] = deque()  # (when, frame taken): acks
+        self._marks: deque[tuple[float, int, Any]] = deque()  # (when, frame, state): acks
 
     @property
     def wake_fd(self) -> int:
@@ -243,20 +243,24 @@ class RealtimeSource:
         self.received += sum(1 for i in out if i.event is not None)
         return out
 
-    def ack_older_than(self, now: float, delay_s: float) -> None:
-        """Ack what we took `delay_s` ago and longer (the WAL has it by then, and a fork
-        still waiting for its exec is not acked, so a new main sees it again)."""
+    def due_ack(self, now: float, delay_s: float, state: Callable[[], Any]) -> tuple[int, Any]:
+        """The last frame we took `delay_s` ago or longer, to ack now (0: none), and the
+        `state()` noted when it was taken. Late, because the WAL has it by then, and a
+        fork still waiting for its exec is not acked, so a new main sees it again."""
         if not self.links:
-            return
+            return 0, None
         link = self.links[0]
         marks = self._marks
         if not marks or marks[-1][1] != link.taken_n:
-            marks.append((now, link.taken_n))
-        n = 0
+            marks.append((now, link.taken_n, state()))
+        n, noted = 0, None
         while marks and marks[0][0] <= now - delay_s:
-            n = marks.popleft()[1]
-        if n:
-            link.send(b"A", n)
+            _, n, noted = marks.popleft()
+        return n, noted
+
+    def ack(self, n: int) -> None:
+        if self.links:
+            self.links[0].send(b"A", n)
 
     def quit(self) -> None:
         for link in self.links:

@@ -27,7 +27,7 @@ from daemoneye.rpc import REPLY_MARK, RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 
-from . import lean, privdrop, reader
+from . import kseq, lean, privdrop, reader
 from .handover import Handover
 from .hasher import Hasher
 from .kseq import SeqCheck
@@ -71,6 +71,7 @@ class Collector(Service):
         self.kseq = SeqCheck()  # the kernel's per-CPU numbers: duplicates and losses
         self._handover: Handover | None = None  # what a previous main already published
         self._reader_fd = -1
+        self._positions_path: Path | None = None  # the kernel numbers taken (kseq.save)
         self.held_back = 0  # events a previous main had published, not sent again
 
     # --- start and stop -------------------------------------------------------
@@ -174,6 +175,10 @@ class Collector(Service):
             reader.stop_reader(path, timeout_s=0.5)
             self._degrade("netlink disabled by configuration: snapshots only")
             return None
+        if self._positions_path is None and self.wal is not None:  # at start: continue
+            self._positions_path = self.wal.path / kseq.POSITIONS_FILE  # the old main's count
+            self.kseq.last = kseq.load(self._positions_path, 2 * self.cfg.reader_linger_s)
+            self.log.info("kernel numbers to continue from: %s", self.kseq.last or "none")
         source = RealtimeSource(path)
         hello = source.attach()
         if hello is not None:
@@ -284,15 +289,15 @@ class Collector(Service):
         if not self.monitoring:
             return  # before begin_monitoring: the initial snapshot will see these
         lost = 0
-        kseq = self.kseq
-        gaps_before = kseq.lost
+        check = self.kseq
+        gaps_before = check.lost
         self._holding = True  # batching: one read of the kernel's events, few envelopes
         try:
             for item in items:
                 if item.event is None:
                     lost += item.lost
                     continue
-                if kseq.take(item.event):  # False: a duplicate of a hand-over's overlap
+                if check.take(item.event):  # False: a duplicate of a hand-over's overlap
                     self._publish_all(self.tracker.on_event(item.event, item.record))
         finally:
             self._holding = False
@@ -301,10 +306,10 @@ class Collector(Service):
         if handover is not None and source.links and handover.done(source.links[0].frames):
             self.held_back += handover.held_back
             self._handover = None
-        missed = kseq.lost - gaps_before
+        missed = check.lost - gaps_before
         if missed:
             self.log.warning(
-                "%d kernel events missed (cpu, last, next: %s)", missed, kseq.last_loss
+                "%d kernel events missed (cpu, last, next: %s)", missed, check.last_loss
             )
         if lost or missed:
             self.lost_events += lost
@@ -353,7 +358,7 @@ class Collector(Service):
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
         if self.realtime is not None:  # the WAL has what we took: the reader may drop it
-            self.realtime.ack_older_than(now, self.cfg.fork_publish_delay_s + TICK_S)
+            self._ack(now)
         if self.tracker.pending:
             self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
         if now >= self._next_scan:
@@ -364,6 +369,21 @@ class Collector(Service):
         if now >= self._next_retention:
             self.wal.enforce_limits()
             self._next_retention = now + 60
+
+    def _ack(self, now: float) -> None:
+        """Ack the reader, after writing down the kernel numbers taken by then: the next
+        main starts from them, so a hole in what it is given is counted, not silent."""
+        assert self.realtime is not None
+        delay = self.cfg.fork_publish_delay_s + TICK_S
+        n, last = self.realtime.due_ack(now, delay, lambda: dict(self.kseq.last))
+        if not n:
+            return
+        if self._positions_path is not None and last:
+            try:
+                kseq.save(self._positions_path, last)
+            except OSError as exc:  # the WAL dir failing says so already; ack anyway
+                self.log.debug("cannot write %s: %s", self._positions_path, exc)
+        self.realtime.ack(n)
 
     def rescan(self, drain: bool = True) -> None:
         assert self.tracker is not None

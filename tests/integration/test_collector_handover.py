@@ -170,3 +170,33 @@ def test_a_dead_spare_is_replaced_and_takes_over_in_turn(
     run_marked(mark, 0, 10)
     wait_for(lambda: len(marked(events, "stop", mark)) == 10, 15, "all 10 after the takeover")
     assert max(marked(events, "start", mark).values()) == 1
+
+
+def test_the_reader_killed_while_no_main_runs_is_a_counted_loss(
+    events: Events,
+    start_service: Callable[..., Any],
+    rpc_client: RpcClient,
+    run_env: dict,
+    settings: Settings,
+) -> None:
+    """What the reader spooled for an absent main dies with it: the spare goes on from
+    the kernel socket, and the next main, starting from the numbers the last one wrote
+    down, counts the hole in collector.lost (not silent)."""
+    first = start_collector(start_service, rpc_client, run_env)
+    health = rpc_client.call(TARGET, "health").value
+    wal = Path(settings.data_dir) / "collector" / health["service_id"] / "wal"
+    written = wal / "kernel-positions.json"  # the numbers taken, written down at each ack
+    wait_for(written.exists, 10, "the first main to write down what it took")
+    assert first.stop() == 0
+    gone = unique("spooled-then-lost")
+    run_marked(gone, 0, 20)  # taken and spooled by the reader: no main to send them to
+    psutil.Process(health["reader_pid"]).kill()  # at real-time priority it took them all
+    wait_for(lambda: _zombie(health["reader_pid"]), 10, "the reader to be gone")
+    after = unique("after")
+    run_marked(after, 0, 10)
+    start_collector(start_service, rpc_client, run_env)
+    wait_for(lambda: len(marked(events, "stop", after)) == 10, 15, "the 10 after the kill")
+    metrics = rpc_client.call(TARGET, "health").value["metrics"]
+    missing = 20 - len(marked(events, "start", gone))
+    assert missing > 0, "the spooled events were not lost: the test proves nothing"
+    assert metrics["collector.lost"] >= 2 * missing, (missing, metrics)

@@ -3,6 +3,9 @@ counted loss, each CPU on its own, modulo 2**32."""
 
 from __future__ import annotations
 
+import json
+
+from daemoneye.services.collector import kseq
 from daemoneye.services.collector.kseq import SeqCheck
 from daemoneye.services.collector.netlink import EXEC, ProcEvent
 
@@ -50,3 +53,24 @@ def test_unnumbered_events_pass() -> None:
     assert check.take(ev(0xFFFFFFFF, 0, what=0))  # an old kernel's subscription answer
     assert check.take(ev(0xFFFFFFFF, 0, what=0))
     assert check.last == {} and check.duplicates == 0
+
+
+def test_numbers_written_down_are_continued_only_this_boot_and_recently(tmp_path) -> None:
+    path = tmp_path / kseq.POSITIONS_FILE
+    kseq.save(path, {0: 41, 3: 7})
+    assert kseq.load(path, 60) == {0: 41, 3: 7}
+    assert kseq.load(path, -1) == {}  # older than allowed: a collector that was off
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "boot_id": "another-boot"}))
+    assert kseq.load(path, 60) == {}  # the counters start again at each boot
+    path.write_text("{torn")
+    assert kseq.load(path, 60) == {}
+    assert kseq.load(tmp_path / "absent", 60) == {}
+
+
+def test_a_main_continuing_counts_what_came_between() -> None:
+    check = SeqCheck()
+    check.last = {0: 41}  # where the previous main stopped
+    assert not check.take(ev(0, 40))  # given again: a duplicate
+    assert check.take(ev(0, 45))  # 42-44 went with a reader's spool
+    assert check.lost == 3
