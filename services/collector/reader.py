@@ -177,7 +177,12 @@ class Reader:
 
     def _close_inherited(self) -> None:
         """The main's sockets (the bus, its WAL) are not ours: a peer must see the
-        main's connections end when the main does, not when we do."""
+        main's connections end when the main does, not when we do. Its standard streams
+        neither: a pipe read to its end would wait for us (as a daemon: /dev/null)."""
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
         keep = {0, 1, 2, self.nl.fileno(), self.listener.fileno()}
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
