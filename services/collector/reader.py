@@ -275,8 +275,12 @@ class Reader:
 
     def _findable(self) -> bool:
         """Our path still leads here (its directory removed, or another reader bound
-        there: no main will find us again, so waiting is pointless)."""
-        return not self.path or (self.ino != 0 and _ino(self.path) == self.ino)
+        there: no main will find us again, so waiting is pointless). After the drop we
+        may not see into the run dir: what we cannot look at, we assume is still ours."""
+        if not self.path or not self.ino:
+            return True
+        now = _ino(self.path)
+        return now in (self.ino, UNKNOWN)
 
     def _read_netlink(self, limit: int = 256) -> None:
         """Peek, work, send, consume: a datagram leaves the socket only when what we
@@ -419,11 +423,15 @@ def stop_reader(path: str | Path, timeout_s: float = 2.0) -> bool:
         return False
 
 
+UNKNOWN = -1  # the path could not be looked at (permissions)
+
+
 def _ino(path: str) -> int:
+    """The inode at `path`: 0 when nothing is there, UNKNOWN when we may not look."""
     try:
         return os.stat(path).st_ino if path else 0
-    except OSError:
-        return 0
+    except (PermissionError, OSError) as exc:
+        return UNKNOWN if isinstance(exc, PermissionError) else 0
 
 
 def _frame_time(frame: bytes) -> int:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -200,3 +201,29 @@ def test_the_reader_killed_while_no_main_runs_is_a_counted_loss(
     missing = 20 - len(marked(events, "start", gone))
     assert missing > 0, "the spooled events were not lost: the test proves nothing"
     assert metrics["collector.lost"] >= 2 * missing, (missing, metrics)
+
+
+def test_a_restart_after_the_privilege_drop_adopts_the_reader(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    """As the systemd unit runs it (collector.user): the reader runs as that user (it
+    keeps CAP_DAC_READ_SEARCH, so it still sees its socket in the root-owned run dir,
+    and would assume it is there if it could not) and waits for the next main."""
+    if os.geteuid() != 0:
+        pytest.skip("privilege drop needs the collector started as root")
+    wal = tempfile.mkdtemp(prefix="de-wal-")  # a path nobody can reach (pytest's is 0700)
+    os.chmod(wal, 0o755)
+    env = dict(run_env, DAEMONEYE_COLLECTOR__USER="nobody", DAEMONEYE_COLLECTOR__WAL_DIR=wal)
+    try:
+        first = start_collector(start_service, rpc_client, env)
+        reader = rpc_client.call(TARGET, "health").value["reader_pid"]
+        assert first.stop() == 0
+        between = unique("dropped-between")
+        run_marked(between, 0, 20)
+        assert psutil.pid_exists(reader) and not _zombie(reader)
+        start_collector(start_service, rpc_client, env)
+        assert rpc_client.call(TARGET, "health").value["reader_pid"] == reader
+        wait_for(lambda: len(marked(events, "stop", between)) == 20, 15, "the 20 from the gap")
+        assert max(marked(events, "start", between).values()) == 1
+    finally:
+        subprocess.run(["rm", "-rf", wal], check=False)
