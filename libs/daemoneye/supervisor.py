@@ -4,6 +4,10 @@ Starts each service as a `daemoneye run <service>` child (the broker first, the
 others once its control socket answers), restarts a crashed child with
 exponential backoff, and on SIGTERM/SIGINT stops them all (producers first, the
 broker last), reaps every child and removes the socket files.
+
+A collector's netlink reader outlives its main process on purpose (a crash or a
+restart must not blind it), so a final stop also tells each reader in the run
+directory to quit (services/collector/reader.py: the command `Q`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import logging
 import os
 import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -31,6 +37,8 @@ BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0  # a child that ran this long gets its backoff reset
 STOP_GRACE_S = 10.0
 BROKER_START_TIMEOUT_S = 15.0
+READER_GLOB = "collector-*.reader"  # where collectors' netlink readers listen
+READER_QUIT = struct.pack("<cQ", b"Q", 0)
 
 
 def _die_with_parent() -> None:
@@ -81,6 +89,7 @@ class Supervisor:
             self._watch()
         finally:
             self._stop_all()
+            self._quit_readers()
             self._remove_socket_files()
         return 0
 
@@ -173,6 +182,20 @@ class Supervisor:
             proc.wait()
         except ProcessLookupError:
             pass
+
+    def _quit_readers(self) -> None:
+        for path in Path(self.settings.run_dir).glob(READER_GLOB):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(2.0)
+                try:
+                    sock.connect(str(path))
+                    sock.sendall(READER_QUIT)
+                    while sock.recv(65536):  # its hello and spool, until it exits
+                        pass
+                except OSError:
+                    pass
+            path.unlink(missing_ok=True)
+            log.info("told the netlink reader at %s to quit", path)
 
     def _remove_socket_files(self) -> None:
         for name in ("events-in", "events-out", "control"):

@@ -34,6 +34,7 @@ UID = 0x00000004
 GID = 0x00000040
 COMM = 0x00000200
 EXIT = 0x80000000
+MALFORMED = 0xFFFFFFFF  # ours: a known kind with a body too short to read (never a real kind)
 
 
 class NetlinkUnavailable(RuntimeError):
@@ -52,6 +53,8 @@ class ProcEvent:
     exit_code: int = 0
     exit_signal: int = 0
     comm: str = ""
+    cpu: int = 0  # the CPU the kernel sent it from, and its sequence number on that CPU:
+    seq: int = -1  # each CPU numbers every proc event it sends, so a gap is a lost event
 
     @property
     def is_thread(self) -> bool:
@@ -59,7 +62,9 @@ class ProcEvent:
 
 
 def parse(data: bytes) -> list[ProcEvent]:
-    """Every proc event in one datagram (usually one); malformed parts are skipped."""
+    """Every proc event in one datagram (usually one); malformed parts are skipped.
+    Kinds we do not use (sid, ptrace, coredump...) come back too, with only `what`,
+    `cpu` and `seq`: their sequence numbers count in the per-CPU accounting."""
     out: list[ProcEvent] = []
     offset = 0
     while offset + NLMSG_HDR.size <= len(data):
@@ -67,16 +72,22 @@ def parse(data: bytes) -> list[ProcEvent]:
         if length < NLMSG_HDR.size or offset + length > len(data):
             break
         if msg_type not in (NLMSG_ERROR,) and length >= HEADER_LEN + EVENT_HDR.size:
+            seq = CN_MSG.unpack_from(data, offset + NLMSG_HDR.size)[2]
             ev = _parse_event(data, offset + HEADER_LEN, offset + length)
-            if ev is not None:
-                out.append(ev)
+            ev.seq = seq
+            out.append(ev)
         offset += (length + 3) & ~3
     return out
 
 
-def _parse_event(data: bytes, at: int, end: int) -> ProcEvent | None:
-    what, _cpu, ts = EVENT_HDR.unpack_from(data, at)
-    body = at + EVENT_HDR.size
+def _parse_event(data: bytes, at: int, end: int) -> ProcEvent:
+    what, cpu, ts = EVENT_HDR.unpack_from(data, at)
+    ev = _parse_body(what, ts, data, at + EVENT_HDR.size, end)
+    ev.cpu = cpu
+    return ev
+
+
+def _parse_body(what: int, ts: int, data: bytes, body: int, end: int) -> ProcEvent:
     room = end - body
     if what == FORK and room >= 16:
         ppid, ptgid, cpid, ctgid = struct.unpack_from("=4I", data, body)
@@ -95,7 +106,8 @@ def _parse_event(data: bytes, at: int, end: int) -> ProcEvent | None:
         pid, tgid, code, sig = struct.unpack_from("=4I", data, body)
         ppid = struct.unpack_from("=2I", data, body + 16)[1] if room >= 24 else 0
         return ProcEvent(EXIT, ts, tgid, pid, ppid=ppid, exit_code=code, exit_signal=sig)
-    return None
+    known = what in (FORK, EXEC, UID, GID, COMM, EXIT)
+    return ProcEvent(MALFORMED if known else what, ts, 0, 0)  # the tracker ignores these
 
 
 def _control_message(op: int) -> bytes:

@@ -1,39 +1,44 @@
-"""The real-time source: a small forked reader process that reads the process
-connector and, on exec, reads `/proc/<pid>` at once, before a short-lived
-process can exit.
+"""The real-time source, the main process's side: the netlink reader (reader.py) runs
+apart and outlives us; here we connect to it, take its frames, ack what we logged,
+and follow its hand-overs.
 
-Why a process and not a thread: a `true` lives ~0.6 ms after exec. A thread must
-win the GIL from the service loop first; a separate process never waits for it,
-and runs at real-time priority (as auditd's `priority_boost`) so a busy CPU does
-not delay it either. It does only the racing part; items come back over a pipe
-as length-prefixed `marshal` frames and the service loop does the rest.
+Why a separate process: a `true` lives ~0.6 ms after exec. A thread must win the GIL
+from the service loop first; a separate process never waits for it and runs at
+real-time priority (as auditd's `priority_boost`). Why one that outlives us: the
+kernel keeps nothing for a listener that is not there, so a collector restarting
+(crash, upgrade, `systemctl restart`) would be blind until its new reader listened.
+
+Hand-overs, in the order frames are taken (a reader's frames are all taken before
+the next reader's, so the kernel's per-CPU sequence numbers, checked by the service
+(kseq.py), tell a duplicate from a loss exactly):
+- the reader dies: its spare takes over; the connection ends, we connect again to
+  the same path and read on;
+- a main with other reader code (an upgrade): a new reader is started first (it is
+  subscribed), then the old one is told to retire (it sends what its socket holds,
+  then bye): make before break.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import fcntl
-import gc
 import marshal
 import os
 import select
-import signal
-import struct
+import socket
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from daemoneye import procfs
+from . import reader
+from .netlink import ProcConnector, ProcEvent
+from .reader import CMD, FRAME
 
-from .netlink import EXEC, GID, UID, ProcConnector, ProcEvent
-
-FRAME = struct.Struct("<I")
 READ_BYTES = 1 << 20
-PIPE_BYTES = 1 << 20
-F_SETPIPE_SZ = 1031
-PR_SET_PDEATHSIG = 1
+RECV_BUF = 4 << 20
+HELLO_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -43,126 +48,41 @@ class Item:
     lost: int = 0
 
 
-def capture(ev: ProcEvent) -> dict[str, Any] | None:
-    """The /proc read that races the process's exit (argv first)."""
-    if ev.what == EXEC:
-        cmd = procfs.read_cmdline(ev.pid)
-        return procfs.read_process(ev.pid, cmdline_first=cmd)
-    if ev.what in (UID, GID) and not ev.is_thread:
-        return procfs.read_process(ev.pid)
-    return None
+class Link:
+    """One connection to one reader."""
 
-
-def _pack(items: list[tuple[Any, ...]]) -> bytes:
-    data = marshal.dumps(items)
-    return FRAME.pack(len(data)) + data
-
-
-def _event_tuple(ev: ProcEvent) -> tuple[Any, ...]:
-    return (
-        ev.what,
-        ev.timestamp_ns,
-        ev.pid,
-        ev.tid,
-        ev.ppid,
-        ev.ruid,
-        ev.euid,
-        ev.exit_code,
-        ev.exit_signal,
-        ev.comm,
-    )
-
-
-class RealtimeSource:
-    def __init__(
-        self,
-        connector: ProcConnector,
-        priority: int = 0,
-        child_init: Callable[[], None] | None = None,
-    ) -> None:
-        self.connector = connector
-        self.priority = priority
-        self.child_init = child_init
-        self.pid = 0
-        self.received = 0
-        self._rfd = -1
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.hello: dict[str, Any] = {}
+        self.bye = False
+        self.ended = False
+        self.taken_n = 0  # the last frame number taken
+        self.frames = 0  # frames taken
+        self.pending: list[Item] = []  # taken while waiting for the hello
         self._buf = bytearray()
         # read into one reused buffer: os.read(fd, 1 MB) allocates (mmaps) 1 MB a call,
         # twice per wake-up, which cost ~45 % of the service loop in a storm
         self._chunk = bytearray(READ_BYTES)
-        self._chunk_view = memoryview(self._chunk)
-        self.dead = False  # the reader exited: the service falls back to snapshots
+        self._view = memoryview(self._chunk)
 
-    @property
-    def wake_fd(self) -> int:
-        return self._rfd
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
-    def start(self) -> None:
-        rfd, wfd = os.pipe2(os.O_CLOEXEC)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(wfd, F_SETPIPE_SZ, PIPE_BYTES)  # room for bursts while the loop is busy
-        gc.freeze()  # the child's collector then never touches (and copies) inherited objects
-        pid = os.fork()
-        if pid == 0:  # the reader: never returns
-            code = 0
+    def take(self, out: list[Item]) -> None:
+        fd = self.sock.fileno()
+        while not self.ended:
             try:
-                os.close(rfd)
-                self._child(wfd)
-            except BaseException:
-                code = 1
-            os._exit(code)
-        gc.unfreeze()
-        os.close(wfd)
-        self.connector.sock.close()  # the child owns it now
-        os.set_blocking(rfd, False)
-        self._rfd = rfd
-        self.pid = pid
-
-    # --- the reader process ---------------------------------------------------
-
-    def _child(self, wfd: int) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlive the collector
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if self.priority > 0:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
-        if self.child_init is not None:
-            self.child_init()
-        fd = self.connector.fileno()
-        while True:
-            ready, _, _ = select.select([fd], [], [], 1.0)
-            if os.getppid() == 1:
-                return
-            if not ready:
-                continue
-            events, overruns = self.connector.read()
-            items: list[tuple[Any, ...]] = []
-            if overruns:
-                items.append((None, None, overruns))
-            for ev in events:
-                items.append((_event_tuple(ev), capture(ev), 0))
-            if items:
-                os.write(wfd, _pack(items))  # blocks when the pipe is full: the kernel then
-                # counts what it must drop as ENOBUFS, which we report
-
-    # --- the service side -----------------------------------------------------
-
-    def take(self) -> list[Item]:
-        """Every item the reader has sent so far (without blocking)."""
-        while True:
-            try:
-                n = os.readv(self._rfd, [self._chunk])
+                n = os.readv(fd, [self._chunk])
             except BlockingIOError:
                 break
+            except OSError:
+                n = 0
             if not n:
-                self.dead = True
+                self.ended = True
                 break
-            self._buf += self._chunk_view[:n]
+            self._buf += self._view[:n]
             if n < READ_BYTES:
                 break  # drained: asking again would only raise EAGAIN
-        out: list[Item] = []
         buf = self._buf
         at = 0
         while len(buf) - at >= FRAME.size:
@@ -170,20 +90,184 @@ class RealtimeSource:
             if len(buf) - at - FRAME.size < length:
                 break
             start = at + FRAME.size
-            for ev, record, lost in marshal.loads(bytes(buf[start : start + length])):
-                out.append(Item(ProcEvent(*ev) if ev else None, record, lost))
+            msg = marshal.loads(bytes(buf[start : start + length]))
             at = start + length
+            if msg[0] == "F":
+                self.taken_n = msg[1]
+                self.frames += 1
+                for ev, record, lost in msg[3]:
+                    out.append(Item(ProcEvent(*ev) if ev else None, record, lost))
+            elif msg[0] == "H":
+                self.hello = msg[1]
+            elif msg[0] == "B":
+                self.bye = True
         del buf[:at]
+
+    def wait_hello(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not self.hello and not self.ended and time.monotonic() < deadline:
+            select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            self.take(self.pending)
+        return self.hello
+
+    def send(self, cmd: bytes, arg: int = 0) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(CMD.pack(cmd, arg), socket.MSG_DONTWAIT)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUF)
+    sock.setblocking(False)
+    return sock
+
+
+class RealtimeSource:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.links: list[Link] = []  # the first is read to its end, then the next
+        self.received = 0
+        self.takeovers = 0  # a spare took over from a dead reader
+        self.spool_dropped = 0  # events the reader dropped from its full spool
+        self.dead = False  # no reader any more: the service falls back to snapshots
+        self._marks: deque[tuple[float, int, Any]] = deque()  # (when, frame, state): acks
+
+    @property
+    def wake_fd(self) -> int:
+        return self.links[0].fileno() if self.links else -1
+
+    @property
+    def hello(self) -> dict[str, Any]:
+        return self.links[0].hello if self.links else {}
+
+    def attach(self) -> dict[str, Any] | None:
+        """Connect to the reader already running at our path: its hello, or None."""
+        sock = _connect(self.path)
+        if sock is None:
+            return None
+        link = Link(sock)
+        hello = link.wait_hello(HELLO_TIMEOUT_S)
+        if not hello:
+            link.close()
+            return None
+        self.links.append(link)
+        self._note(hello)
+        return hello
+
+    def spawn(
+        self,
+        connector: ProcConnector,
+        priority: int,
+        linger_s: float,
+        spool_bytes: int,
+        child_init: Callable[[], None] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Start a reader on `connector` at our path (replacing the path of one we are
+        attached to, which is then told to retire: it is subscribed no more than the
+        new one is) and connect to it."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(8)
+        try:
+            code = reader.spawn(
+                connector, listener, priority, linger_s, spool_bytes, child_init, config
+            )
+        finally:
+            listener.close()
+            connector.sock.close()  # the reader owns both now
+        if code != 0:
+            raise RuntimeError(f"the netlink reader did not start (code {code})")
+        sock = _connect(self.path)
+        if sock is None:
+            raise RuntimeError(f"the netlink reader does not answer at {self.path}")
+        link = Link(sock)
+        hello = link.wait_hello(HELLO_TIMEOUT_S)
+        if not hello:
+            raise RuntimeError("the netlink reader sent no hello")
+        if self.links:  # make, then break: the old one sends what it holds and exits
+            self.links[0].send(b"R")
+        self.links.append(link)
+        return hello
+
+    def _note(self, hello: dict[str, Any]) -> None:
+        self.spool_dropped += int(hello.get("spool_dropped", 0))
+
+    # --- taking ---------------------------------------------------------------
+
+    def take(self) -> list[Item]:
+        """Every item the readers have sent so far (without blocking), in hand-over
+        order: the current reader's to its end, then the next one's."""
+        out: list[Item] = []
+        while self.links:
+            link = self.links[0]
+            before = bool(link.hello)
+            if link.pending:
+                out.extend(link.pending)
+                link.pending = []
+            link.take(out)
+            if link.hello and not before:
+                self._note(link.hello)
+            if not link.ended:
+                break
+            link.close()
+            self.links.pop(0)
+            self._marks.clear()  # frame numbers are per reader
+            if self.links:
+                continue  # a retired reader's end: the new one is already there
+            if link.bye:
+                self.dead = True  # told to leave and nobody after it
+                break
+            sock = _connect(self.path)  # the spare takes over at the same path
+            if sock is None:
+                self.dead = True
+                break
+            self.takeovers += 1
+            self.links.append(Link(sock))
         self.received += sum(1 for i in out if i.event is not None)
         return out
 
-    def stop(self) -> None:
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
-            self.pid = 0
-        if self._rfd >= 0:
-            os.close(self._rfd)
-            self._rfd = -1
+    def due_ack(self, now: float, delay_s: float, state: Callable[[], Any]) -> tuple[int, Any]:
+        """The last frame we took `delay_s` ago or longer, to ack now (0: none), and the
+        `state()` noted when it was taken. Late, because the WAL has it by then, and a
+        fork still waiting for its exec is not acked, so a new main sees it again."""
+        if not self.links:
+            return 0, None
+        link = self.links[0]
+        marks = self._marks
+        if not marks or marks[-1][1] != link.taken_n:
+            marks.append((now, link.taken_n, state()))
+        n, noted = 0, None
+        while marks and marks[0][0] <= now - delay_s:
+            _, n, noted = marks.popleft()
+        return n, noted
+
+    def ack(self, n: int) -> None:
+        if self.links:
+            self.links[0].send(b"A", n)
+
+    def quit(self) -> None:
+        for link in self.links:
+            link.send(b"Q")
+
+    def close(self) -> None:
+        """Disconnect; the reader keeps reading and spools for the next main."""
+        for link in self.links:
+            link.close()
+        self.links = []

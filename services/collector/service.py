@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,10 @@ from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 from daemoneye.wire import SEVERITIES
 
-from . import privdrop
+from . import kseq, privdrop, reader
+from .handover import Handover
 from .hasher import Hasher
+from .kseq import SeqCheck
 from .netlink import NetlinkUnavailable, ProcConnector
 from .realtime import RealtimeSource
 from .tracker import Out, Tracker
@@ -64,6 +67,11 @@ class Collector(Service):
         self._batch_since = 0.0
         self._batch_bytes = 0  # batching: an estimate of the batch's encoded size
         self._holding = False  # batching: a handler is still producing events
+        self.kseq = SeqCheck()  # the kernel's per-CPU numbers: duplicates and losses
+        self._handover: Handover | None = None  # what a previous main already published
+        self._reader_fd = -1
+        self._positions_path: Path | None = None  # the kernel numbers taken (kseq.save)
+        self.held_back = 0  # events a previous main had published, not sent again
 
     # --- start and stop -------------------------------------------------------
 
@@ -72,7 +80,6 @@ class Collector(Service):
 
     def setup(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        connector = self._open_netlink()  # needs root: before any privilege drop
         wal_dir = self._wal_dir()
         self.wal = Wal(
             wal_dir,
@@ -84,13 +91,10 @@ class Collector(Service):
         assert self.publisher is not None
         self.publisher.continue_from(Topics.PROCESS_STREAM, self.wal.last_seq)
         self._wait_for_bus()
-        if connector is not None:
-            # forked before the drop: it sets its real-time priority, then drops too
-            self.realtime = RealtimeSource(
-                connector, self.cfg.realtime_priority, self._child_drop if self.cfg.user else None
-            )
-            self.realtime.start()
-            self.watch(self.realtime.wake_fd, self._on_realtime)  # type: ignore[arg-type]
+        self.realtime = self._start_reader()  # needs root: before any privilege drop
+        if self.realtime is not None:
+            self._reader_fd = self.realtime.wake_fd
+            self.watch(self._reader_fd, self._on_realtime)
         self._drop_privileges(wal_dir)
         if self.cfg.hash_executables:
             self.hasher = Hasher(self.cfg.hash_max_bytes, self.cfg.hash_cache_entries)
@@ -126,18 +130,72 @@ class Collector(Service):
             return
         time.sleep(0.005)  # the broker's subscription travels right behind the handshake
 
+    def _reader_config(self) -> dict[str, Any]:
+        """What a reader is started with: one started otherwise (settings changed, or
+        other code after an upgrade) is replaced, make before break."""
+        cfg = self.cfg
+        return {
+            "priority": cfg.realtime_priority,
+            "rcvbuf": cfg.netlink_rcvbuf_bytes,
+            "user": cfg.user,
+            "linger_s": cfg.reader_linger_s,
+            "spool_bytes": cfg.reader_spool_bytes,
+        }
+
+    def _same_reader(self, hello: dict[str, Any]) -> bool:
+        return (
+            hello.get("protocol") == reader.PROTOCOL
+            and hello.get("code") == reader.code_version()
+            and hello.get("config") == self._reader_config()
+        )
+
     def _child_drop(self) -> None:
         privdrop.drop_to(self.cfg.user)
 
-    def _open_netlink(self) -> ProcConnector | None:
+    def _start_reader(self) -> RealtimeSource | None:
+        """Adopt the netlink reader a previous main left running (it kept every event
+        since), or start one (forked before the drop: it sets its real-time priority,
+        then drops too). A reader of other code is replaced, make before break."""
+        path = reader.socket_path(self.settings.run_dir, self.service_id)
         if not self.cfg.netlink:
+            reader.stop_reader(path, timeout_s=0.5)
             self._degrade("netlink disabled by configuration: snapshots only")
             return None
+        if self._positions_path is None and self.wal is not None:  # at start: continue
+            self._positions_path = self.wal.path / kseq.POSITIONS_FILE  # the old main's count
+            self.kseq.last = kseq.load(self._positions_path, 2 * self.cfg.reader_linger_s)
+            self.log.info("kernel numbers to continue from: %s", self.kseq.last or "none")
+        source = RealtimeSource(path)
+        hello = source.attach()
+        if hello is not None:
+            backlog = int(hello.get("backlog", 0))
+            if backlog and self.wal is not None:
+                oldest = int(hello.get("oldest_ns", 0))
+                self._handover = Handover.from_wal(self.wal, oldest, backlog)
+            self.log.info(
+                "adopted the netlink reader (pid %s): %d frames kept for us",
+                hello.get("pid"),
+                backlog,
+            )
+            if self._same_reader(hello):
+                return source
         try:
-            return ProcConnector(self.cfg.netlink_rcvbuf_bytes)
-        except NetlinkUnavailable as exc:
+            connector = ProcConnector(self.cfg.netlink_rcvbuf_bytes)
+            source.spawn(
+                connector,
+                self.cfg.realtime_priority,
+                self.cfg.reader_linger_s,
+                self.cfg.reader_spool_bytes,
+                self._child_drop if self.cfg.user else None,
+                self._reader_config(),
+            )
+        except (NetlinkUnavailable, RuntimeError, OSError) as exc:
+            if hello is not None:  # cannot replace it: keep the old reader
+                self.log.warning("cannot replace the netlink reader: %s", exc)
+                return source
             self._degrade(f"{exc}; snapshots only")
             return None
+        return source
 
     def _degrade(self, why: str) -> None:
         self.state = "degraded"
@@ -170,6 +228,7 @@ class Collector(Service):
         assert self.tracker is not None
         self.monitoring = True  # netlink items queue from here on: nothing is missed
         self._announce()
+        self._take_backlog()
         t = time.perf_counter()
         self._publish_all(self.tracker.rescan("snapshot", publish_new=self.cfg.publish_initial))
         self.last_scan_s = time.perf_counter() - t
@@ -181,9 +240,23 @@ class Collector(Service):
         )
         return True
 
+    def _take_backlog(self, timeout_s: float = 3.0) -> None:
+        """What an adopted reader kept for us, before the snapshot: events, then the
+        state they led to (a pid reused since is then a stop plus a start)."""
+        deadline = time.monotonic() + timeout_s
+        while self.realtime is not None and self._handover is not None:
+            link = self.realtime.links[0] if self.realtime.links else None
+            if link is None or link.frames >= self._handover.backlog:
+                return
+            if time.monotonic() > deadline:
+                self.log.warning("the reader's backlog is still arriving; taking it live")
+                return
+            select.select([link.sock], [], [], 0.05)
+            self._on_realtime()
+
     def teardown(self) -> None:
         if self.realtime is not None:
-            self.realtime.stop()
+            self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
         if self.wal is not None:
@@ -193,36 +266,66 @@ class Collector(Service):
 
     def _on_realtime(self) -> None:
         assert self.realtime is not None and self.tracker is not None
-        items = self.realtime.take()
-        if self.realtime.dead:
+        source = self.realtime
+        items = source.take()
+        if source.wake_fd != self._reader_fd:  # a hand-over: the next reader's socket
+            self._rewatch_reader()
+        if source.dead:
             self._reader_died()
         if not self.monitoring:
             return  # before begin_monitoring: the initial snapshot will see these
         lost = 0
+        check = self.kseq
+        gaps_before = check.lost
         self._holding = True  # batching: one read of the kernel's events, few envelopes
         try:
             for item in items:
                 if item.event is None:
                     lost += item.lost
                     continue
-                self._publish_all(self.tracker.on_event(item.event, item.record))
+                if check.take(item.event):  # False: a duplicate of a hand-over's overlap
+                    self._publish_all(self.tracker.on_event(item.event, item.record))
         finally:
             self._holding = False
             self._send_batch()
-        if lost:
+        handover = self._handover
+        if handover is not None and source.links and handover.done(source.links[0].frames):
+            self.held_back += handover.held_back
+            self._handover = None
+        missed = check.lost - gaps_before
+        if missed:
+            self.log.warning(
+                "%d kernel events missed (cpu, last, next: %s)", missed, check.last_loss
+            )
+        if lost or missed:
             self.lost_events += lost
             self.notice(
                 "lost_events",
-                f"the kernel dropped process events ({lost} overruns); repairing with a snapshot",
-                lost,
+                f"the kernel dropped process events ({lost} overruns, {missed} events "
+                "missing from its sequence numbers); repairing with a snapshot",
+                missed or lost,
             )
             self.rescan(drain=False)
 
+    def _rewatch_reader(self) -> None:
+        assert self.realtime is not None
+        self.unwatch(self._reader_fd)
+        self._reader_fd = self.realtime.wake_fd
+        if self._reader_fd >= 0:
+            self.watch(self._reader_fd, self._on_realtime)
+
     def _reader_died(self) -> None:
+        """The reader and its spare are both gone (or it was told to leave): start
+        another where we still may (root), else snapshots only."""
         assert self.realtime is not None and self.tracker is not None
-        self.unwatch(self.realtime.wake_fd)  # type: ignore[arg-type]
-        self.realtime.stop()
-        self.realtime = None
+        self.unwatch(self._reader_fd)
+        self.realtime.close()
+        self.realtime = self._start_reader() if os.geteuid() == 0 else None
+        if self.realtime is not None:
+            self._reader_fd = self.realtime.wake_fd
+            self.watch(self._reader_fd, self._on_realtime)
+            self.log.warning("the netlink reader and its spare were gone; started another")
+            return
         self.tracker.full_rescan_reads = True
         self._degrade("the netlink reader process exited; snapshots only")
         self.notice("degraded", self._degraded_why)
@@ -240,6 +343,8 @@ class Collector(Service):
         now = time.monotonic()
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
+        if self.realtime is not None:  # the WAL has what we took: the reader may drop it
+            self._ack(now)
         if self.tracker.pending:
             self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
         if now >= self._next_scan:
@@ -250,6 +355,21 @@ class Collector(Service):
         if now >= self._next_retention:
             self.wal.enforce_limits()
             self._next_retention = now + 60
+
+    def _ack(self, now: float) -> None:
+        """Ack the reader, after writing down the kernel numbers taken by then: the next
+        main starts from them, so a hole in what it is given is counted, not silent."""
+        assert self.realtime is not None
+        delay = self.cfg.fork_publish_delay_s + TICK_S
+        n, last = self.realtime.due_ack(now, delay, lambda: dict(self.kseq.last))
+        if not n:
+            return
+        if self._positions_path is not None and last:
+            try:
+                kseq.save(self._positions_path, last)
+            except OSError as exc:  # the WAL dir failing says so already; ack anyway
+                self.log.debug("cannot write %s: %s", self._positions_path, exc)
+        self.realtime.ack(n)
 
     def rescan(self, drain: bool = True) -> None:
         assert self.tracker is not None
@@ -264,6 +384,8 @@ class Collector(Service):
     # --- publishing -----------------------------------------------------------
 
     def _publish_all(self, outs: list[Out]) -> None:
+        if self._handover is not None:  # a new main: what the old one published, once
+            outs = [out for out in outs if not self._handover.seen(out)]
         if self.cfg.publish_batch_max <= 1:
             for out in outs:
                 self.emit(out)
@@ -400,8 +522,15 @@ class Collector(Service):
         if self.hasher is not None:
             m["hash.done"] = self.hasher.hashed
             m["hash.pending"] = self.hasher.pending()
+        m["collector.lost"] = self.kseq.lost
+        m["netlink.duplicates"] = self.kseq.duplicates
+        m["handover.held_back"] = self.held_back + (
+            self._handover.held_back if self._handover else 0
+        )
         if self.realtime is not None:
             m["netlink.received"] = self.realtime.received
+            m["netlink.takeovers"] = self.realtime.takeovers
+            m["collector.lost"] += self.realtime.spool_dropped
         return m
 
     def queue_depth(self) -> int:
@@ -506,6 +635,9 @@ class Collector(Service):
         out = super().health()
         out["monitoring"] = self.monitoring
         out["netlink"] = self.realtime is not None
+        if self.realtime is not None:
+            out["reader_pid"] = self.realtime.hello.get("pid", 0)
+            out["spare_pid"] = self.realtime.hello.get("spare", 0)
         out["pid_namespace"] = _own_pid_ns()
         return out
 

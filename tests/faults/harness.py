@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from daemoneye.rpc import RpcError
@@ -301,3 +302,11 @@ class System:
         except RpcError:
             return False
         return any(r.get("time_ns") == time_ns for r in rows)
+
+
+class SystemWorld(World):
+    """A World with its System: the services of a fault scenario started by name."""
+
+    def __init__(self, base: Path, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(base, extra_env)
+        self.system = System(self)

@@ -50,13 +50,25 @@ def test_parse_each_kind() -> None:
 def test_parse_survives_garbage() -> None:
     assert parse(b"") == []
     assert parse(b"\xff" * 7) == []
-    assert parse(datagram(EXEC, b"\x01")) == []  # body too short
-    assert parse(datagram(0x1234, b"\0" * 40)) == []  # unknown kind
+    # a body too short, a kind we do not use: numbered events all the same (their seq
+    # counts), of kinds the tracker ignores
+    (short,) = parse(datagram(EXEC, b"\x01"))
+    assert (short.what, short.pid) == (netlink.MALFORMED, 0)
+    (unknown,) = parse(datagram(0x1234, b"\0" * 40))
+    assert (unknown.what, unknown.pid) == (0x1234, 0)
     bad_len = bytearray(datagram(EXEC, struct.pack("=2I", 1, 1)))
     bad_len[0:4] = struct.pack("=I", 5000)
     assert parse(bytes(bad_len)) == []
     two = datagram(EXEC, struct.pack("=2I", 1, 1)) + datagram(EXEC, struct.pack("=2I", 2, 2))
     assert [e.pid for e in parse(two)] == [1, 2]
+
+
+def test_parse_reads_cpu_and_sequence_number() -> None:
+    data = bytearray(datagram(EXEC, struct.pack("=2I", 11, 11)))
+    struct.pack_into("=I", data, 16 + 8, 4242)  # cn_msg.seq
+    struct.pack_into("=I", data, 36 + 4, 3)  # proc_event.cpu
+    (ev,) = parse(bytes(data))
+    assert (ev.cpu, ev.seq, ev.pid) == (3, 4242, 11)
 
 
 def test_real_connector_sees_fork_exec_exit() -> None:

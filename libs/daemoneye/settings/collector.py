@@ -32,6 +32,18 @@ class CollectorSettings(BaseModel):
     realtime_priority: int = Field(
         10, ge=0, le=99, description="SCHED_FIFO priority of the netlink reader; 0: normal"
     )
+    reader_linger_s: float = Field(
+        60.0,
+        gt=0,
+        description="the netlink reader outlives the main process (a crash, a restart, an "
+        "upgrade) this long, spooling events for the next one, then exits",
+    )
+    reader_spool_bytes: int = Field(
+        64 << 20,
+        ge=1 << 20,
+        description="events the reader keeps for a main process that is away; past this "
+        "the oldest go, counted in collector.lost",
+    )
     autostart: bool = Field(True, description="monitor at start; else wait for begin_monitoring")
     publish_initial: bool = Field(True, description="publish a start for every process at start")
     fork_publish_delay_s: float = Field(

@@ -1,0 +1,229 @@
+"""The netlink reader outlives the collector's main process: a restart (planned or a
+kill -9) adopts it and gets every event of the time no main ran, once; an upgrade
+(other reader code) replaces it make-before-break; `daemoneye up` stopping leaves no
+reader behind. The fault suite (tests/faults/test_collector_handover.py) runs the
+same under a storm, with the whole system."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from daemoneye.bus import Subscriber
+from daemoneye.config import Settings
+from daemoneye.rpc import RpcClient, RpcError
+from tests.conftest import wait_for
+
+from .test_collector_live import Events, needs_netlink, start_collector
+
+TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
+TARGET = "control.collector"
+
+pytestmark = needs_netlink
+
+
+@pytest.fixture
+def events(broker: Any, subscribe: Callable[..., Subscriber]) -> Events:
+    return Events(subscribe("events."))
+
+
+def marked(events: Events, kind: str, marker: str) -> Counter:
+    """argv[2] of every `kind` event whose argv[1] is `marker` -> times seen."""
+    events.pump()
+    out: Counter = Counter()
+    for topic, body in events.seen:
+        if topic == f"events.process.{kind}":
+            argv = body["record"]["cmdline"]
+            if len(argv) == 3 and argv[1] == marker:
+                out[argv[2]] += 1
+    return out
+
+
+def unique(name: str) -> str:
+    """A marker no other run on this host uses (every collector sees every process)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def run_marked(marker: str, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        subprocess.run([TRUE, marker, str(i)], check=False)
+
+
+def test_a_restart_gets_what_happened_while_no_main_ran(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    before, between = unique("before"), unique("between")
+    first = start_collector(start_service, rpc_client, run_env)
+    reader = rpc_client.call(TARGET, "health").value["reader_pid"]
+    run_marked(before, 0, 20)
+    wait_for(lambda: len(marked(events, "start", before)) == 20, 15, "the first 20")
+    assert first.stop() == 0  # SIGTERM, as systemctl stop: the reader stays
+    assert psutil.pid_exists(reader)
+    run_marked(between, 0, 50)  # no main process runs now
+    start_collector(start_service, rpc_client, run_env)
+    health = rpc_client.call(TARGET, "health").value
+    assert health["reader_pid"] == reader, "the new main did not adopt the reader"
+    wait_for(lambda: len(marked(events, "stop", between)) == 50, 15, "the 50 from the gap")
+    for kind in ("start", "stop"):
+        seen = marked(events, kind, between)
+        assert set(seen) == {str(i) for i in range(50)}, f"{kind}: {sorted(seen)}"
+        assert max(seen.values()) == 1, f"{kind} twice: {seen.most_common(3)}"
+        earlier = marked(events, kind, before)
+        assert max(earlier.values()) == 1, f"{kind} of the first 20 again: {earlier}"
+    assert health["metrics"]["collector.lost"] == 0
+
+
+def test_an_upgrade_replaces_the_reader_make_before_break(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    """A main that wants another reader (other code after an upgrade, or as here other
+    settings) starts a new reader, then retires the old one: the old one's events,
+    then the new one's, none twice."""
+    upgrade = unique("upgrade")
+    first = start_collector(start_service, rpc_client, run_env)
+    old = rpc_client.call(TARGET, "health").value["reader_pid"]
+    assert first.stop() == 0
+    run_marked(upgrade, 0, 30)  # kept by the old reader
+    env = dict(run_env, DAEMONEYE_COLLECTOR__REALTIME_PRIORITY="11")
+    start_collector(start_service, rpc_client, env)
+    health = rpc_client.call(TARGET, "health").value
+    assert health["reader_pid"] not in (0, old)
+    wait_for(lambda: not psutil.pid_exists(old) or _zombie(old), 10, "the old reader to retire")
+    run_marked(upgrade, 30, 30)  # the new reader's
+    wait_for(lambda: len(marked(events, "stop", upgrade)) == 60, 15, "all 60")
+    for kind in ("start", "stop"):
+        seen = marked(events, kind, upgrade)
+        assert set(seen) == {str(i) for i in range(60)} and max(seen.values()) == 1, seen
+    metrics = rpc_client.call(TARGET, "health").value["metrics"]
+    assert metrics["collector.lost"] == 0  # the sockets overlapped: nothing skipped
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_up_stopping_leaves_no_reader(
+    run_env, settings: Settings, tmp_path: Path, rpc_client: RpcClient
+) -> None:
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "daemoneye", "up", "--only", "collector"],
+            env=run_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def reader() -> tuple[int, int] | None:
+            try:
+                health = rpc_client.call(TARGET, "health", timeout_s=1).value
+            except RpcError:
+                return None
+            pids = (health.get("reader_pid", 0), health.get("spare_pid", 0))
+            return pids if all(pids) else None
+
+        pids = wait_for(reader, 30, "the collector's reader and spare")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(30)
+    assert code == 0, log.read_text()
+    for pid in pids:  # type: ignore[union-attr]
+        assert not psutil.pid_exists(pid) or _zombie(pid), f"reader process {pid} left running"
+    assert list(settings.run_dir.glob("*")) == [], "socket files left behind"
+
+
+def test_a_dead_spare_is_replaced_and_takes_over_in_turn(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    start_collector(start_service, rpc_client, run_env)
+    first = rpc_client.call(TARGET, "health").value
+    os.kill(first["spare_pid"], signal.SIGKILL)
+    # the reader forks another spare; the next hello (after a takeover) names it, so
+    # kill the reader once the old spare is gone and see the new one take over
+    wait_for(lambda: _zombie(first["spare_pid"]), 10, "the killed spare to be gone")
+    reader = psutil.Process(first["reader_pid"])
+    wait_for(lambda: len(reader.children()) == 1, 10, "a new spare")
+    new_spare = reader.children()[0].pid
+    assert new_spare != first["spare_pid"]
+    reader.kill()
+    wait_for(
+        lambda: rpc_client.call(TARGET, "health").value["reader_pid"] == new_spare,
+        15,
+        "the new spare to take over",
+    )
+    mark = unique("after-spare")
+    run_marked(mark, 0, 10)
+    wait_for(lambda: len(marked(events, "stop", mark)) == 10, 15, "all 10 after the takeover")
+    assert max(marked(events, "start", mark).values()) == 1
+
+
+def test_the_reader_killed_while_no_main_runs_is_a_counted_loss(
+    events: Events,
+    start_service: Callable[..., Any],
+    rpc_client: RpcClient,
+    run_env: dict,
+    settings: Settings,
+) -> None:
+    """What the reader spooled for an absent main dies with it: the spare goes on from
+    the kernel socket, and the next main, starting from the numbers the last one wrote
+    down, counts the hole in collector.lost (not silent)."""
+    first = start_collector(start_service, rpc_client, run_env)
+    health = rpc_client.call(TARGET, "health").value
+    wal = Path(settings.data_dir) / "collector" / health["service_id"] / "wal"
+    written = wal / "kernel-positions.json"  # the numbers taken, written down at each ack
+    wait_for(written.exists, 10, "the first main to write down what it took")
+    assert first.stop() == 0
+    gone = unique("spooled-then-lost")
+    run_marked(gone, 0, 20)  # taken and spooled by the reader: no main to send them to
+    psutil.Process(health["reader_pid"]).kill()  # at real-time priority it took them all
+    wait_for(lambda: _zombie(health["reader_pid"]), 10, "the reader to be gone")
+    after = unique("after")
+    run_marked(after, 0, 10)
+    start_collector(start_service, rpc_client, run_env)
+    wait_for(lambda: len(marked(events, "stop", after)) == 10, 15, "the 10 after the kill")
+    metrics = rpc_client.call(TARGET, "health").value["metrics"]
+    missing = 20 - len(marked(events, "start", gone))
+    assert missing > 0, "the spooled events were not lost: the test proves nothing"
+    assert metrics["collector.lost"] >= 2 * missing, (missing, metrics)
+
+
+def test_a_restart_after_the_privilege_drop_adopts_the_reader(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    """As the systemd unit runs it (collector.user): the reader runs as that user (it
+    keeps CAP_DAC_READ_SEARCH, so it still sees its socket in the root-owned run dir,
+    and would assume it is there if it could not) and waits for the next main."""
+    if os.geteuid() != 0:
+        pytest.skip("privilege drop needs the collector started as root")
+    wal = tempfile.mkdtemp(prefix="de-wal-")  # a path nobody can reach (pytest's is 0700)
+    os.chmod(wal, 0o755)
+    env = dict(run_env, DAEMONEYE_COLLECTOR__USER="nobody", DAEMONEYE_COLLECTOR__WAL_DIR=wal)
+    try:
+        first = start_collector(start_service, rpc_client, env)
+        reader = rpc_client.call(TARGET, "health").value["reader_pid"]
+        assert first.stop() == 0
+        between = unique("dropped-between")
+        run_marked(between, 0, 20)
+        assert psutil.pid_exists(reader) and not _zombie(reader)
+        start_collector(start_service, rpc_client, env)
+        assert rpc_client.call(TARGET, "health").value["reader_pid"] == reader
+        wait_for(lambda: len(marked(events, "stop", between)) == 20, 15, "the 20 from the gap")
+        assert max(marked(events, "start", between).values()) == 1
+    finally:
+        subprocess.run(["rm", "-rf", wal], check=False)
