@@ -295,7 +295,11 @@ class Monitor:
             if any(marker in (d.record.get("rowJson") or "") for d in self.tail.snapshot()):
                 return time.monotonic() - start
             if time.monotonic() >= next_try:  # the collector may not be subscribed yet
-                subprocess.run(["/bin/sh", "-c", "sleep 0.3", marker], check=False)
+                # a session of its own: a canary is its own incident, so the alerter
+                # sends it at once instead of holding it for the last canary's update
+                subprocess.run(
+                    ["/bin/sh", "-c", "sleep 0.3", marker], check=False, start_new_session=True
+                )
                 next_try = time.monotonic() + 2
             time.sleep(0.05)  # a poll interval: the alert in the file decides
         raise RuntimeError(

@@ -142,6 +142,7 @@ def alert_storm_world(tmp_path: Path, marker: str, **env: str) -> World:
         {
             "DAEMONEYE_RULES_DIR": str(tmp_path / "rules"),
             "DAEMONEYE_ALERTER__RULE_RATE_LIMIT__RATE": "0",
+            "DAEMONEYE_ALERTER__INCIDENT_WINDOW_S": "0",  # every alert its own line
             **env,
         },
     )

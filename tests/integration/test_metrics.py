@@ -78,6 +78,8 @@ def test_scrape_counts_real_processes_per_stream_rule_and_sink(
         "DAEMONEYE_METRICS__LISTEN": f"127.0.0.1:{port}",
         "DAEMONEYE_DETECTOR__RULES_DIR": str(rules),
         "DAEMONEYE_COLLECTOR__SCAN_INTERVAL_S": "1",
+        # one delivery per matching process (not one per incident): deliveries are counted
+        "DAEMONEYE_ALERTER__INCIDENT_WINDOW_S": "0",
     }
     broker = start_service("broker", env=env)
     control = f"ipc://{env['DAEMONEYE_RUN_DIR']}/control"
