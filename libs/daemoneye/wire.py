@@ -26,6 +26,19 @@ SCHEMA_FILE = "daemoneye.capnp"
 TRAVERSAL_LIMIT_WORDS = 1 << 26  # what pycapnp may read in total, summed over every pass
 CHECK_LIMIT_WORDS = TRAVERSAL_LIMIT_WORDS // 16  # what one message may hold: room for 16 passes
 NESTING_LIMIT = 16  # our deepest message nests 4 levels
+# A sound message costs at most about a word of traversal per word it holds (an empty
+# object costs 1, paid for by the pointer word that reaches it). Lists of zero-sized
+# structs are the exception: a 1 KB frame can declare millions of elements that take no
+# bytes, and every reader expands each into a full record (a fuzzer found one that took
+# 2 GB in to_dict, and the detector would have queued a million events). So the check's
+# budget follows the frame's own size, not only the global limit.
+BUDGET_PER_WORD = 2
+BUDGET_SLACK_WORDS = 64
+
+
+def check_budget(size_bytes: int) -> int:
+    """Traversal words a frame of this size may cost in the check."""
+    return min(CHECK_LIMIT_WORDS, BUDGET_PER_WORD * (size_bytes // 8) + BUDGET_SLACK_WORDS)
 MAX_SEGMENTS = 64
 
 capnp.remove_import_hook()
@@ -391,7 +404,7 @@ def decode_parts(data: bytes | memoryview) -> tuple[Any, str, str, str, int]:
         base = size - sum(len(v) for v in views)  # where the first segment starts
     segments = [segment_words(v) for v in views]
     try:
-        check_words(segments, CHECK_LIMIT_WORDS, NESTING_LIMIT)
+        check_words(segments, check_budget(size), NESTING_LIMIT)
     except StructureError as exc:
         raise DecodeError(f"malformed message: {exc}", size) from None
     try:

@@ -463,3 +463,23 @@ def test_severities_are_the_schemas_enum_lowest_first() -> None:
         data = wire.encode_envelope(HEADER, "alert", {"ruleId": "r", "severity": severity})
         alert = wire.body_of(wire.decode_envelope(data))
         assert wire.tuple_reader(wire.Alert.schema, ["severity"], raw=True)(alert)[0].raw == rank
+
+
+def test_a_list_of_millions_of_empty_structs_in_a_small_frame_is_refused() -> None:
+    """What the wire fuzzer found: a 1,280-byte processEventBatch whose events list
+    declares 1.8 million zero-sized elements. It passed the check (a word of budget an
+    element, under the global limit) and to_dict then took 2 GB; the detector would
+    have queued every element as an event. The budget now follows the frame's size."""
+    header = wire.Header("collector@fuzz", "boot", 1, 1)
+    data = bytearray(wire.encode_envelope(header, "processEventBatch", {"events": [{}]}))
+    words = [int.from_bytes(data[i : i + 8], "little") for i in range(8, len(data), 8)]
+    lists = [  # (where, offset) of composite list pointers: kind 1, element size 7
+        (i, (w & 0xFFFFFFFF) >> 2) for i, w in enumerate(words) if w & 3 == 1 and (w >> 32) & 7 == 7
+    ]
+    assert len(lists) == 1, lists  # the events list
+    where, offset = lists[0]
+    tag = 8 + 8 * (where + 1 + offset)  # its tag, in bytes (after the segment table)
+    data[tag : tag + 8] = (2_000_000 << 2).to_bytes(8, "little")  # 2M elements of 0 words
+    with pytest.raises(wire.DecodeError, match="traversal limit"):
+        wire.decode_parts(bytes(data))
+    assert len(data) < 2048
