@@ -39,6 +39,8 @@ BUDGET_SLACK_WORDS = 64
 def check_budget(size_bytes: int) -> int:
     """Traversal words a frame of this size may cost in the check."""
     return min(CHECK_LIMIT_WORDS, BUDGET_PER_WORD * (size_bytes // 8) + BUDGET_SLACK_WORDS)
+
+
 MAX_SEGMENTS = 64
 
 capnp.remove_import_hook()
