@@ -244,6 +244,18 @@ class System:
             name = next((s for s in SERVICES if f"run {s}" in cmd or f".{s}" in cmd), cmd)
             pids = [child.pid] + [c.pid for c in child.children(recursive=True)]
             self.procs.setdefault(name, []).extend(pids)
+        # The collector's netlink reader and its spare outlive the main process by design:
+        # double-forked, so not our descendants. Found by the run dir in their environment.
+        counted = {p for pids in self.procs.values() for p in pids}
+        run_dir = os.environ.get("DAEMONEYE_RUN_DIR", "")
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if proc.pid in counted or "collector" not in " ".join(proc.info["cmdline"] or []):
+                continue
+            try:
+                if proc.environ().get("DAEMONEYE_RUN_DIR") == run_dir:
+                    self.procs.setdefault("collector", []).append(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
 
     def cpu(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.procs.items()}
@@ -393,6 +405,9 @@ def main() -> int:
             DAEMONEYE_RUN_DIR=str(work / "run"),
             DAEMONEYE_DATA_DIR=str(work / "data"),
             DAEMONEYE_LOG_LEVEL="warning",
+            # every probe alert to the sink: the generator's execs share one session, which
+            # the alerter would otherwise group into one incident (one line)
+            DAEMONEYE_ALERTER__INCIDENT_WINDOW_S="0",
         )
         os.environ.update({k: env[k] for k in ("DAEMONEYE_RUN_DIR", "DAEMONEYE_DATA_DIR")})
         settings = load_settings()
