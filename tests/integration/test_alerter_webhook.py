@@ -3,20 +3,13 @@ circuit breaker while the server is down, dead letters and `retry`, TLS verifica
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import json
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.conftest import wait_for
 from tests.integration.test_alerter_harness import (
@@ -27,6 +20,7 @@ from tests.integration.test_alerter_harness import (
     start_alerter,
     wait_live,
 )
+from tests.tls import self_signed_cert
 
 
 class Hook:
@@ -57,7 +51,7 @@ class Hook:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         if tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+            ctx.load_cert_chain(tls / "cert.pem", tls / "cert-key.pem")
             self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -202,42 +196,11 @@ def test_refused_alerts_go_dead_letter_and_retry_delivers_them(
         hook.close()
 
 
-def make_cert(tmp_path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    (tls / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tls / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return tls
-
-
 def test_https_verifies_certificates_by_default(
     broker, start_service, run_env, tmp_path, factory, settings, rpc_client
 ) -> None:
-    tls = make_cert(tmp_path)
+    tls = tmp_path / "tls"
+    self_signed_cert(tls)
     hook = Hook(tls=tls)
     try:
         url = f"https://127.0.0.1:{hook.port}/"

@@ -10,7 +10,8 @@ from daemoneye.config import ConfigError
 from daemoneye.jetstream import MSG_ID, JetStreamError, JetStreamLink, Outgoing
 from daemoneye.settings.nats import NatsConnection
 from tests.conftest import wait_for
-from tests.nats_server import NatsServer, nkey_pair, self_signed_cert, stream_contents
+from tests.nats_server import NatsServer, nkey_pair, stream_contents
+from tests.tls import self_signed_cert
 
 
 def batch(n: int, offset: int = 0) -> list[Outgoing]:

@@ -21,7 +21,8 @@ from tests.integration.test_alerter_harness import (
     start_alerter,
     wait_live,
 )
-from tests.nats_server import NatsServer, nkey_pair, self_signed_cert, stream_contents
+from tests.nats_server import NatsServer, nkey_pair, stream_contents
+from tests.tls import self_signed_cert
 
 
 def nats_toml(url: str, extra: str = "") -> str:
