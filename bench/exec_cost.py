@@ -14,9 +14,11 @@ with every service up (the shipped rules plus one probe rule):
 - the achieved rate against the asked one, and unpaced against the unmonitored rate;
 - execs captured: the generator's own count against the collector's WAL
   (each exec's argv carries a marker and its number);
-- exec -> alert p99 for one matching rule: every 20th exec carries an `alert` tag that
-  the probe rule matches; the exec's time is in its argv, the alert's arrival is when
-  its line shows up in the file sink;
+- exec -> alert p99 for one matching rule, in a window of its own after the loads
+  (100 exec/s, every 10th exec carries an `alert` tag that the probe rule matches; the
+  exec's time is in its argv, the alert's arrival is when its line shows up in the file
+  sink). The cost windows carry no tag: what they measure is the cost of execs no rule
+  matches, the load a monitored host carries all day;
 - idle CPU and PSS (/proc/<pid>/smaps_rollup) of every process at idle.
 
 Budget (DESIGN.md / issue 16): <= 0.3 ms of services' CPU per exec at 200 exec/s and
@@ -57,7 +59,7 @@ SHIPPED_RULES = ROOT / "deploy" / "rules"
 TRUE = "/bin/true" if os.path.exists("/bin/true") else "/usr/bin/true"
 TICK = os.sysconf("SC_CLK_TCK")
 SERVICES = ("broker", "collector", "detector", "alerter", "ledger")
-ALERT_EVERY = 20  # every 20th exec is tagged for the probe rule
+PROBE = (100.0, 10)  # the latency window: exec/s, every how many execs one is tagged
 BUDGET_MS_PER_EXEC = 0.3
 BUDGET_PSS_MB = 120.0
 
@@ -122,7 +124,9 @@ int main(int argc, char **argv) {
 """
 
 
-def python_generator(exe: str, marker: str, rate: float, seconds: float, workers: int) -> int:
+def python_generator(
+    exe: str, marker: str, rate: float, seconds: float, workers: int, every: int
+) -> int:
     """The fallback when no C compiler is here: the same loop with os.fork/os.execv."""
     counts = []
     for w in range(workers):
@@ -140,7 +144,7 @@ def python_generator(exe: str, marker: str, rate: float, seconds: float, workers
                     time.sleep(max(0.0, due - time.monotonic()))
                 k = n * workers + w
                 args = [exe, marker, str(k)]
-                if ALERT_EVERY and k % ALERT_EVERY == 0:
+                if every and k % every == 0:
                     args += ["alert", str(time.time_ns())]
                 pid = os.fork()
                 if pid == 0:
@@ -165,12 +169,13 @@ class Generator:
     exe: str  # the copy of /bin/true that the generator runs
     binary: str | None  # the compiled C generator, None for the Python fallback
 
-    def run(self, marker: str, rate: float, seconds: float, workers: int) -> int:
+    def run(self, marker: str, rate: float, seconds: float, workers: int, every: int = 0) -> int:
+        """Fork-exec the copy of true; with `every`, each every-th exec is tagged."""
         if self.binary is None:
-            return python_generator(self.exe, marker, rate, seconds, workers)
+            return python_generator(self.exe, marker, rate, seconds, workers, every)
         argv = [self.binary, self.exe, marker, str(rate), str(seconds), str(workers)]
         out = subprocess.run(
-            [*argv, str(ALERT_EVERY)],
+            [*argv, str(every)],
             capture_output=True,
             text=True,
             check=True,
@@ -360,11 +365,12 @@ class Load:
     label: str
     rate: float  # 0 = unpaced
     workers: int
+    every: int = 0  # tag every n-th exec for the probe rule (0: none)
 
 
 def measure(system: System, gen: Generator, load: Load, seconds: float, idle: dict, marker: str):
     before, t0 = system.cpu(), time.monotonic()
-    ran = gen.run(f"{marker}-{load.label}", load.rate, seconds, load.workers)
+    ran = gen.run(f"{marker}-{load.label}", load.rate, seconds, load.workers, load.every)
     elapsed = time.monotonic() - t0
     after = system.cpu()
     per_exec = {
@@ -381,6 +387,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each load")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2, help="unpaced loops")
+    parser.add_argument("--probe-seconds", type=float, default=10.0, help="latency window")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("exec_cost.py needs root (the collector's netlink reader): not run")
@@ -393,6 +400,7 @@ def main() -> int:
         marker = f"ec{uuid.uuid4().hex[:8]}"
         loads = [Load(f"{float(r):g}/s", float(r), 2) for r in args.rates.split(",") if r]
         loads.append(Load("unpaced", 0.0, args.workers))
+        probe = Load("probe", PROBE[0], 2, PROBE[1])
 
         gen.run(f"{marker}-warm", 0, 1.0, args.workers)
         bare = gen.run(f"{marker}-bare", 0, args.seconds, args.workers) / args.seconds
@@ -413,7 +421,7 @@ def main() -> int:
         settings = load_settings()
         up = start_system(env, rules_dir)
         try:
-            status, rows = run(System(up, settings), gen, loads, marker, bare, args)
+            status, rows = run(System(up, settings), gen, loads, probe, marker, bare, args)
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -432,7 +440,13 @@ def main() -> int:
 
 
 def run(
-    system: System, gen: Generator, loads: list[Load], marker: str, bare: float, args
+    system: System,
+    gen: Generator,
+    loads: list[Load],
+    probe: Load,
+    marker: str,
+    bare: float,
+    args,
 ) -> tuple[int, list]:
     settings = system.settings
     wait_healthy(settings, SERVICES, 60)
@@ -460,7 +474,11 @@ def run(
     for load in loads:
         ran, elapsed, per_exec = measure(system, gen, load, args.seconds, idle, marker)
         rows.append((load, ran, elapsed, per_exec))
-    time.sleep(2)  # the last alerts reach the sink
+    probed = gen.run(f"{marker}-probe", probe.rate, args.probe_seconds, probe.workers, probe.every)
+    tagged = (probed + probe.every - 1) // probe.every
+    deadline = time.monotonic() + 10
+    while len(watcher.latencies_ms) < tagged and time.monotonic() < deadline:
+        time.sleep(0.1)  # the last alerts reach the sink
     watcher.stop.set()
     watcher.join()
 
@@ -485,7 +503,8 @@ def run(
     lat = watcher.latencies_ms
     if lat:
         print(
-            f"\nexec -> alert in the file sink ({len(lat)} probe alerts): p50 "
+            f"\nexec -> alert in the file sink, {probe.rate:g} exec/s, 1 in {probe.every} "
+            f"matching ({len(lat)} of {tagged} probe alerts): p50 "
             f"{percentile(lat, 50):.1f} ms, p99 {percentile(lat, 99):.1f} ms "
             f"(budget p99 <= 50 ms: {verdict(percentile(lat, 99), 50, False)})"
         )
