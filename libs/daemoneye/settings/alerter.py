@@ -145,6 +145,9 @@ class NatsSink(SinkBase, NatsConnection):
     connection, TLS, auth and stream settings are daemoneye.settings.nats's."""
 
     kind: Literal["nats"] = "nats"
+    # json: our record, what `daemoneye fleet alerts` reads back; ocsf / ecs: for a SIEM
+    # or data lake consuming the stream (the fleet reader then shows the documents raw)
+    format: SchemaFormat = "json"
     max_attempts: int = Field(
         1_000_000,
         ge=1,
