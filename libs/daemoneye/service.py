@@ -114,6 +114,7 @@ class Service:
         self._timers: list[_Timer] = []
         self._process = psutil.Process()
         self._process.cpu_percent()  # prime: the first call always returns 0
+        self._early: list[Routed] = []  # requests that came before setup() was done
         self.verbs: dict[str, Callable[[Request], Any]] = {}
         for attr in dir(type(self)):
             verb = getattr(getattr(type(self), attr), "_rpc_verb", None)
@@ -226,6 +227,9 @@ class Service:
             self.log.error("cannot start: %s", exc)
             self.factory.close_all(linger_ms=0)
             return 1
+        for request in self._early:  # answered now: `health` means set up, not starting
+            self._answer(request)
+        self._early.clear()
         self.every(self.settings.heartbeat_interval_s, self.heartbeat)
         # freed heap pages back to the kernel now and then (see daemoneye.memory)
         self.every(memory.TRIM_INTERVAL_S, memory.trim, memory.TRIM_INTERVAL_S)
@@ -399,17 +403,22 @@ class Service:
 
     def reach_broker(self, timeout_s: float) -> bool:
         """Register and wait (bounded) for the broker to answer on the control socket,
-        then handle what came; False when nothing came in time. (The PUB socket connects
-        to the broker with the control socket: an answer means the bus is up too.)"""
+        then take what came; False when nothing came in time. (The PUB socket connects
+        to the broker with the control socket: an answer means the bus is up too.)
+        Requests routed to us meanwhile wait until setup() is done: answering `health`
+        now would tell a client we are up before we are (a collector not yet reading
+        the kernel's events)."""
         self._register("register")
         if self.control is None or not self.control.poll(int(timeout_s * 1000)):
             return False
-        self._on_control()
+        self._on_control(answer=False)
         return True
 
     # --- RPC ------------------------------------------------------------------
 
-    def _on_control(self) -> None:
+    def _on_control(self, answer: bool = True) -> None:
+        """Broker replies and requests routed to us; with `answer` False (still
+        starting), requests are kept for run() to answer once setup() is done."""
         assert self.control is not None
         for _ in range(100):
             try:
@@ -418,12 +427,19 @@ class Service:
                 return
             got = at_service(frames)
             if isinstance(got, Routed):
-                reply = self.handle_request(got.data, route=got.client)
-                self.control.send_multipart(reply_frames(got.client, reply))
+                if answer:
+                    self._answer(got)
+                else:
+                    self._early.append(got)
             elif got is not None:
                 self._on_broker_reply(got)
             else:
                 self.log.warning("dropped control frame with %d parts", len(frames))
+
+    def _answer(self, request: Routed) -> None:
+        assert self.control is not None
+        reply = self.handle_request(request.data, route=request.client)
+        self.control.send_multipart(reply_frames(request.client, reply))
 
     def _on_broker_reply(self, data: bytes) -> None:
         reply = decode_reply(data)

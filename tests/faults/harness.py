@@ -310,6 +310,10 @@ class System:
                 )
             pids = ledger_pids(self.settings, self.collector_id)
             out.storm_not_in_ledger = storm.unseen(pids, blind)
+        if out.storm_not_in_wal:
+            log = "\n".join([*self.old_logs.get("collector", []), self.procs["collector"].log()])
+            errors = [x for x in log.splitlines() if "level=error" in x or "failed" in x]
+            out.storm_not_in_wal += f"; collector errors: {errors[-5:]}"
         verify = daemoneye("ledger", "verify", env=self.env, timeout=120, COLUMNS="200")
         out.verify_rc, out.verify_out = verify.returncode, verify.stdout + verify.stderr
         out.logs = {
