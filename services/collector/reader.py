@@ -112,7 +112,11 @@ def spawn(
     """Start a reader (and its spare) on `listener` (bound to its path) that belongs to
     no one: a double fork, so it outlives this process and init reaps it. Returns the
     intermediate's exit code."""
-    gc.freeze()  # the children's collector then never touches (and copies) our objects
+    # the children's collector then never touches (and copies) our objects; a process
+    # forked frozen (daemoneye.zygote) stays so, or its own collections would copy the
+    # pages it shares with the supervisor
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -124,7 +128,8 @@ def spawn(
         except BaseException:
             code = 1
         os._exit(code)
-    gc.unfreeze()
+    if not was_frozen:
+        gc.unfreeze()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 

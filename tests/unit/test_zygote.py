@@ -1,0 +1,72 @@
+"""daemoneye.zygote: a forked `daemoneye <argv>` child, its exit code and its title."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from daemoneye import zygote
+
+pytestmark = pytest.mark.skipif(not zygote.supported(), reason="fork start is Linux-only")
+
+
+def test_a_forked_child_runs_the_command_and_exits_with_its_code(capfd) -> None:
+    ok = zygote.fork_service(["--version"], ["daemoneye", "--version"], lambda: None)
+    assert ok.wait(30) == 0
+    assert "daemoneye" in capfd.readouterr().out
+    usage = zygote.fork_service(["run", "nosuch"], ["daemoneye", "run", "nosuch"], lambda: None)
+    assert usage.wait(30) == 2  # a usage error, as `daemoneye run nosuch` exits
+    assert usage.poll() == 2
+
+
+def test_wait_times_out_and_a_killed_child_reads_as_popen_does(tmp_path) -> None:
+    # a child that blocks until killed: `in_child` never returns
+    def block() -> None:
+        signal.pause()
+
+    child = zygote.fork_service(["--version"], ["daemoneye"], block)
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(0.2)
+    child.kill()
+    assert child.wait(30) == -signal.SIGKILL
+    child.send_signal(signal.SIGTERM)  # reaped: no signal to a pid that may be reused
+
+
+TITLE_PROBE = (  # the title from the environment: the original argv stays short
+    "import json, os, sys\n"
+    "from daemoneye.zygote import set_title\n"
+    "set_title(json.loads(os.environ['TITLE']))\n"
+    "sys.stdout.write(open('/proc/self/cmdline', 'rb').read().hex())\n"
+)
+
+
+def _title_of(*args: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", TITLE_PROBE],
+        env={**os.environ, "TITLE": json.dumps(args)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return [a for a in bytes.fromhex(out.stdout).decode().split("\0") if a]
+
+
+def test_the_title_replaces_the_command_line_whole_arguments_only() -> None:
+    assert _title_of("py", "-m", "daemoneye", "run", "broker") == [
+        "py",
+        "-m",
+        "daemoneye",
+        "run",
+        "broker",
+    ]
+    # longer than the original argv: the python path goes, `daemoneye run X` stays
+    long = "/" + "x" * 300
+    title = _title_of(long, "-m", "daemoneye", "run", "detector", "--data-dir", long)
+    assert title[:3] == ["daemoneye", "run", "detector"]
+    assert title == ["daemoneye", "run", "detector"]  # not a flag without its value
