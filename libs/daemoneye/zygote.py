@@ -19,8 +19,10 @@ frameworks, no fork on Windows) `supported()` is False and the supervisor execs.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import io
 import logging
 import os
 import select
@@ -87,6 +89,27 @@ def set_title(argv: Sequence[str]) -> None:
         mem.write(title.ljust(room, b"\0"))
 
 
+def prepare(argv: list[str]) -> argparse.Namespace | None:
+    """`daemoneye run ...`'s arguments and settings, parsed in the supervisor before each
+    fork (so a restart reads the configuration again, as an exec'd start did): the
+    child then does not redo that work, which would copy the pages of every module it
+    walks (argparse, pydantic). Anything amiss is left to the child, which reports it
+    as `daemoneye run` does."""
+    if argv[:1] != ["run"]:
+        return None
+    from daemoneye.console import cli
+    from daemoneye.console.common import settings_from
+
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            args = cli.build_parser(argv).parse_args(argv)
+            args.settings = settings_from(args)
+    except (Exception, SystemExit):
+        return None
+    return args
+
+
 def _fit(argv: Sequence[str], room: int) -> bytes:
     parts: list[bytes] = []
     for arg in argv:
@@ -102,9 +125,11 @@ def _fit(argv: Sequence[str], room: int) -> bytes:
 def fork_service(argv: list[str], title: list[str], in_child: Callable[[], None]) -> Forked:
     """Fork a child that runs `daemoneye <argv>` (cli.main) and exits with its code.
     `in_child` runs first in the child (the supervisor's own descriptors closed)."""
+    prepared = prepare(argv)
     for stream in (sys.stdout, sys.stderr):  # else buffered bytes go out twice
         with contextlib.suppress(Exception):
             stream.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return Forked(pid)
@@ -114,11 +139,13 @@ def fork_service(argv: list[str], title: list[str], in_child: Callable[[], None]
             signal.signal(sig, handler)
         os.setsid()  # its own session, as `start_new_session`: a terminal's Ctrl-C is ours
         in_child()
+        if os.getppid() != parent:  # the supervisor died before in_child could tie us to it
+            os._exit(1)
         set_title(title)
         sys.argv = [sys.argv[0], *argv]
         from daemoneye.console import cli
 
-        code = cli.main(argv)
+        code = cli.execute(prepared) if prepared is not None else cli.main(argv)
     except SystemExit as exc:  # argparse and friends
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -70,3 +70,13 @@ def test_the_title_replaces_the_command_line_whole_arguments_only() -> None:
     title = _title_of(long, "-m", "daemoneye", "run", "detector", "--data-dir", long)
     assert title[:3] == ["daemoneye", "run", "detector"]
     assert title == ["daemoneye", "run", "detector"]  # not a flag without its value
+
+
+def test_the_supervisor_parses_a_service_s_arguments_and_settings(settings) -> None:
+    args = zygote.prepare(["run", "detector", "--data-dir", "/tmp/de-zygote-data"])
+    assert args is not None and args.service == "detector" and args.handler is not None
+    assert args.settings.run_dir == settings.run_dir  # from the environment, as a child's
+    assert str(args.settings.data_dir) == "/tmp/de-zygote-data"  # and the flags
+    # not a service, or not parseable: left to the child, which reports it
+    assert zygote.prepare(["--version"]) is None
+    assert zygote.prepare(["run", "broker", "--no-such-flag"]) is None
