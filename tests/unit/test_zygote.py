@@ -80,3 +80,18 @@ def test_the_supervisor_parses_a_service_s_arguments_and_settings(settings) -> N
     # not a service, or not parseable: left to the child, which reports it
     assert zygote.prepare(["--version"]) is None
     assert zygote.prepare(["run", "broker", "--no-such-flag"]) is None
+
+
+def test_the_preload_of_every_service_leaves_out_what_only_some_paths_use() -> None:
+    """What `up` imports is in every service's memory: not Rich (a human stdout sink,
+    the console's verbs) nor prometheus_client (/metrics, off by default)."""
+    script = (
+        "import sys\n"
+        "from daemoneye import zygote\n"
+        "from daemoneye.services import available\n"
+        "zygote.preload(available())\n"
+        "print(','.join(m for m in ('rich', 'prometheus_client', 'zmq') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "zmq"  # the preload is real: the bus is in it
