@@ -59,13 +59,23 @@ def socket_path(run_dir: str | Path, service_id: str) -> Path:
     return Path(run_dir) / f"collector-{digest}.reader"
 
 
-def code_version() -> str:
-    """The reader's code: a main with other code replaces the reader (an upgrade)."""
+def _hash_of_code() -> str:
     h = hashlib.sha1()
     for path in (__file__, netlink.__file__, procfs.__file__):
         with contextlib.suppress(OSError):
             h.update(Path(path).read_bytes())
     return h.hexdigest()[:16]
+
+
+# Read when this module is imported: the code this process runs, even when the files
+# changed since (an upgrade on disk while `daemoneye up` forks its collector from the
+# modules it loaded at start: daemoneye.zygote).
+_CODE_VERSION = _hash_of_code()
+
+
+def code_version() -> str:
+    """The reader's code: a main with other code replaces the reader (an upgrade)."""
+    return _CODE_VERSION
 
 
 def capture(ev: ProcEvent) -> dict[str, Any] | None:
