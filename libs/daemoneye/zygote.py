@@ -13,8 +13,10 @@ PSS divides them among the processes that share them.
 The child then runs exactly what `daemoneye run <service> ...` runs (cli.main, the same
 argv), so a service forked here and one started alone, by systemd or in a container,
 are the same program; only the start differs. Restarts fork again from the supervisor,
-which never touches what it preloaded. Where fork is not safe (not Linux: macOS
-frameworks, no fork on Windows) `supported()` is False and the supervisor execs.
+which never touches what it preloaded: a restarted service runs the code `up` loaded
+at start, not files upgraded on disk since (restart `up` to upgrade). Where fork is not
+safe (not Linux: macOS frameworks, no fork on Windows) `supported()` is False and the
+supervisor execs.
 """
 
 from __future__ import annotations
