@@ -30,7 +30,7 @@ from typing import Any
 from .lineage import sql_functions
 from .live import Batch, EventIn, LiveTables, Proc
 from .model import Problem, Rule
-from .prefilter import Screening, screening_sql
+from .prefilter import CHECK_MIN_ROWS, Screening, screening_sql
 from .sandbox import BudgetExceeded, Sandbox
 from .scheduling import IDENTITY, Plan, make_plan
 from .tables import INCREMENTAL_TABLES
@@ -238,13 +238,21 @@ class Engine:
 
     def _screened_in(self, screening: Screening, batch: Batch, bound: int) -> list[Active]:
         """The screened rules that could match the batch's rows: every need met by some
-        row, and the screen held for some row. The others' statements need not run."""
+        row, and the screen held for some row. The others' statements need not run.
+
+        A small batch (a quiet host's exec or two) is judged in Python, row by row
+        (judge.py): only the screens it cannot be sure of go to SQLite."""
         if screening.table == "processes":
             rows = [proc.row for proc in batch.procs.values()]
         else:
             rows = batch.event_rows
+        candidates = screening.candidates(rows)
         passed: list[Active] = []
-        for sql, chunk in screening.statements(screening.candidates(rows)):
+        if len(rows) < CHECK_MIN_ROWS:
+            passed, candidates = screening.judge(rows, candidates)
+            if not candidates:
+                return passed
+        for sql, chunk in screening.statements(candidates):
             verdicts = self._judge(sql, bound)
             if verdicts is None:  # no verdict: judge each screen alone
                 verdicts = [self._judge_alone(active, bound) for active in chunk]

@@ -33,11 +33,11 @@ is no longer disabled for them.
 from __future__ import annotations
 
 import re
-import string
 from typing import Any
 
 from sqlglot import exp
 
+from .judge import MAYBE, fold
 from .tables import TABLES
 
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
@@ -80,12 +80,6 @@ def _stable(node: exp.Expression) -> bool:
 #   ("any", "", tuple of needs)         one of them (OR)
 #   ("all", "", tuple of needs)         each of them (AND; maybe on different rows: weaker)
 Need = tuple[str, str, Any]
-_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def fold(text: str) -> str:
-    """SQLite's LIKE ignores case for ASCII letters only."""
-    return text.lower() if text.isascii() else text.translate(_ASCII_FOLD)
 
 
 def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tuple[Need, ...]]:
@@ -93,14 +87,27 @@ def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tup
     the bare table with unqualified columns (None when nothing can be screened), and the
     needs of its conjuncts, which the engine checks against the batch's distinct values
     before any SQL runs."""
+    conjuncts, needs = screen_parts(tree, table, alias)
+    return screen_sql(conjuncts), needs
+
+
+def screen_sql(conjuncts: list[exp.Expression]) -> str | None:
+    kept = [f"({c.sql(dialect='sqlite')})" for c in conjuncts]
+    return " AND ".join(kept) if kept else None
+
+
+def screen_parts(
+    tree: exp.Select, table: str, alias: str
+) -> tuple[list[exp.Expression], tuple[Need, ...]]:
+    """The conjuncts of the screen, copied with unqualified columns, and their needs."""
     where = tree.args.get("where")
     if where is None:
-        return None, ()
+        return [], ()
     columns = set(TABLES[table].column_names) | ROWID_NAMES
     text = {c.name for c in TABLES[table].columns if c.type == "TEXT"}
     single = not tree.args.get("joins")
     own = {alias.lower(), table} if single else {alias.lower()}
-    kept: list[str] = []
+    kept: list[exp.Expression] = []
     needs: list[Need] = []
     for conjunct in _conjuncts(where.this):
         if not _stable(conjunct):
@@ -116,8 +123,8 @@ def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tup
         bare = conjunct.copy()
         for col in bare.find_all(exp.Column):
             col.set("table", None)
-        kept.append(f"({bare.sql(dialect='sqlite')})")
-    return (" AND ".join(kept) if kept else None), tuple(needs)
+        kept.append(bare)
+    return kept, tuple(needs)
 
 
 def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
@@ -193,6 +200,19 @@ def _statement(table: str, terms: list[str]) -> str:
     return f"SELECT {', '.join(terms)} FROM {table} WHERE rowid >= ?"
 
 
+def row_layout(table: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Where each column of `table` sits in the engine's row tuples, and its type. An event
+    row starts with its eid, which is its rowid."""
+    columns = TABLES[table].columns
+    offset = 1 if table == "process_events" else 0
+    position = {c.name: i + offset for i, c in enumerate(columns)}
+    types = {c.name: c.type for c in columns}
+    if offset:
+        for name in ROWID_NAMES:
+            position[name], types[name] = 0, "INTEGER"
+    return position, types
+
+
 class Screening:
     """The screens of the incremental rules that follow one table, indexed by their needs
     (by the values of one column a rule needs, see `_key`).
@@ -202,9 +222,7 @@ class Screening:
 
     def __init__(self, table: str, rules: list[Any]) -> None:
         self.table = table
-        names = TABLES[table].column_names
-        offset = 1 if table == "process_events" else 0  # event rows start with the eid
-        self.position = {name: names.index(name) + offset for name in names}
+        self.position = {n: i for n, i in row_layout(table)[0].items() if n not in ROWID_NAMES}
         # a rule with an `in` need is indexed under its smallest: a set lookup per distinct
         # value of the batch finds it; its other needs are checked after
         self.index: dict[int, dict[str, list[Any]]] = {}
@@ -236,8 +254,9 @@ class Screening:
         return kind, self.position[column], arg
 
     def candidates(self, rows: list[tuple]) -> list[Any]:
-        """The rules with needs that some row of `rows` meets (those without needs are
-        always candidates: `statements` adds them)."""
+        """The rules that `rows` could match by their needs: those without needs, and
+        those with needs some row meets (on a small batch, the `in` needs only: the judge
+        or the statement does the rest)."""
         batch = _BatchValues(rows)
         met: dict[str, Any] = {}
         for pos, by_value in self.index.items():
@@ -249,21 +268,47 @@ class Screening:
                 group = by_value.get(value)
                 if group is not None:
                     met.update((a.rule.id, a) for a in group)
-        if len(rows) < CHECK_MIN_ROWS:  # the screening statement judges the rest
-            return [*met.values(), *(a for a, _ in self.checked)]
+        if len(rows) < CHECK_MIN_ROWS:
+            return [*self.free, *met.values(), *(a for a, _ in self.checked)]
         holds = batch.holds
         out = [a for rule_id, a in met.items() if all(map(holds, self.rest[rule_id]))]
         out += [a for a, needs in self.checked if all(map(holds, needs))]
-        return out
+        return [*self.free, *out]
 
-    def statements(self, met: list[Any]) -> list[tuple[str, list[Any]]]:
-        """The screening statements for the rules without needs and `met` (cached)."""
-        key = tuple(sorted(a.order for a in met))
+    @staticmethod
+    def judge(rows: list[tuple], rules: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The rules whose screen (judged in Python, judge.py) holds for some row, and those
+        it cannot rule out (MAYBE); the others cannot match any row."""
+        sure: list[Any] = []
+        unsure: list[Any] = []
+        folded: list[dict] = [{} for _ in rows]  # each row's texts folded for LIKE, once
+        for active in rules:
+            judged = active.plan.judge
+            verdict: Any = False
+            for row, low in zip(rows, folded, strict=True):
+                try:
+                    v = judged(row, low)
+                except Exception:  # a judge's own failure is no verdict: never a skip
+                    v = MAYBE
+                if v is True:
+                    verdict = True
+                    break
+                if v is MAYBE:
+                    verdict = MAYBE
+            if verdict is True:
+                sure.append(active)
+            elif verdict is MAYBE:
+                unsure.append(active)
+        return sure, unsure
+
+    def statements(self, rules: list[Any]) -> list[tuple[str, list[Any]]]:
+        """The screening statements judging `rules` (cached by the subset)."""
+        key = tuple(sorted(a.order for a in rules))
         cached = self._statements.get(key)
         if cached is None:
             if len(self._statements) >= 256:  # a bounded cache of the subsets seen
                 self._statements.clear()
-            judged = sorted(self.free + met, key=lambda a: a.order)
+            judged = sorted(rules, key=lambda a: a.order)
             cached, at = [], 0
             for sql, count in screening_sql(self.table, [a.plan.screen for a in judged]):
                 cached.append((sql, judged[at : at + count]))

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from .prefilter import Need, screen_of
+from .judge import Judge, compile_screen
+from .prefilter import Need, row_layout, screen_parts, screen_sql
 from .tables import INCREMENTAL_TABLES
 
 IDENTITY = "__de_identity"
@@ -32,6 +33,7 @@ class Plan:
     identity_columns: list[str] | None = None  # scheduled: None = the whole row
     screen: str | None = None  # incremental: see prefilter.py; None = nothing to screen in SQL
     needs: tuple[Need, ...] = ()  # incremental: values some changed row must hold
+    judge: Judge | None = None  # incremental: the screen judged in Python (judge.py)
 
 
 def _has_outer(select: exp.Select, kinds: tuple[type[exp.Expression], ...]) -> bool:
@@ -68,9 +70,12 @@ def _incremental(tree: exp.Expression) -> Plan | None:
     bound = exp.GTE(this=exp.column("rowid", table=alias), expression=exp.Placeholder())
     rewritten.where(bound, append=True, copy=False)
     rewritten.select(exp.column("rowid", table=alias).as_(IDENTITY), copy=False)
-    screen, needs = screen_of(tree, base, alias)
+    conjuncts, needs = screen_parts(tree, base, alias)
+    judge = compile_screen(conjuncts, *row_layout(base)) if conjuncts else None
     sql = rewritten.sql(dialect="sqlite")
-    return Plan("incremental", sql, driver=base, screen=screen, needs=needs)
+    return Plan(
+        "incremental", sql, driver=base, screen=screen_sql(conjuncts), needs=needs, judge=judge
+    )
 
 
 def _identity_columns(tree: exp.Expression) -> list[str] | None:
