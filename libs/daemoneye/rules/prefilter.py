@@ -244,6 +244,20 @@ class Screening:
                 self.checked.append((active, needs))
             else:
                 self.free.append(active)
+        # for a small batch, the other rules with needs are indexed under texts one of
+        # which a row must hold (`_pieces`): a value, or a piece of a LIKE pattern; a set
+        # lookup per value and a substring test per piece and row find them
+        self.by_piece: dict[int, dict[str, list[Any]]] = {}
+        self.by_exact: dict[int, dict[str, list[Any]]] = {}
+        self.unpieced: list[Any] = []
+        for active, needs in self.checked:
+            keys = [k for k in map(_pieces, needs) if k is not None]
+            if not keys:
+                self.unpieced.append(active)
+                continue
+            for exact, pos, text in min(keys, key=len):
+                index = self.by_exact if exact else self.by_piece
+                index.setdefault(pos, {}).setdefault(text, []).append(active)
         self._statements: dict[tuple[int, ...], list[tuple[str, list[Any]]]] = {}
 
     def _at(self, need: Need) -> Need:
@@ -269,11 +283,40 @@ class Screening:
                 if group is not None:
                     met.update((a.rule.id, a) for a in group)
         if len(rows) < CHECK_MIN_ROWS:
-            return [*self.free, *met.values(), *(a for a, _ in self.checked)]
+            return [*self.free, *met.values(), *self._pieces_met(rows), *self.unpieced]
         holds = batch.holds
         out = [a for rule_id, a in met.items() if all(map(holds, self.rest[rule_id]))]
         out += [a for a, needs in self.checked if all(map(holds, needs))]
         return [*self.free, *out]
+
+    def _pieces_met(self, rows: list[tuple]) -> list[Any]:
+        """The rules indexed by texts that some row holds one of (or where a value is not
+        text, so it cannot be told)."""
+        met: dict[str, Any] = {}
+        for pos, by_exact in self.by_exact.items():
+            for row in rows:
+                value = row[pos]
+                if value is None:
+                    continue  # NULL equals nothing
+                if type(value) is not str:
+                    met.update((a.rule.id, a) for group in by_exact.values() for a in group)
+                    break
+                group = by_exact.get(value)
+                if group is not None:
+                    met.update((a.rule.id, a) for a in group)
+        for pos, by_piece in self.by_piece.items():
+            for row in rows:
+                value = row[pos]
+                if value is None:
+                    continue  # NULL is LIKE nothing
+                if type(value) is not str:
+                    met.update((a.rule.id, a) for group in by_piece.values() for a in group)
+                    break
+                text = value.lower() if value.isascii() else fold(value)
+                for piece, group in by_piece.items():
+                    if piece in text:
+                        met.update((a.rule.id, a) for a in group)
+        return list(met.values())
 
     @staticmethod
     def judge(rows: list[tuple], rules: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -334,6 +377,27 @@ def _key(need: Need) -> tuple[int, frozenset[str]] | None:
         if not keys or any(k is None for k in keys) or len({k[0] for k in keys}) != 1:
             return None
         return keys[0][0], frozenset().union(*(k[1] for k in keys))
+    return None
+
+
+def _pieces(need: Need) -> set[tuple[bool, int, str]] | None:
+    """Texts one of which some row must hold for `need` to be met, when there are such, as
+    (exact, position, text): a value of an `in` (exact), a LIKE's longest piece (folded,
+    contained); for `all`, its smallest set; for `any`, the union of its branches' when
+    each has one."""
+    kind, pos, arg = need
+    if kind == "in":
+        return {(True, pos, value) for value in arg}
+    if kind == "like":
+        return {(False, pos, max(arg, key=len))}
+    if kind == "all":
+        keys = [k for k in map(_pieces, arg) if k is not None]
+        return min(keys, key=len) if keys else None
+    if kind == "any":
+        keys = [_pieces(n) for n in arg]
+        if not keys or any(k is None for k in keys):
+            return None
+        return set().union(*keys)  # type: ignore[arg-type]
     return None
 
 
