@@ -181,3 +181,57 @@ def test_like_matches_as_sqlite_does() -> None:
             (want,) = conn.execute("SELECT ? LIKE ? ESCAPE '!'", (value, pattern)).fetchone()
             assert matcher(fold(value)) == bool(want), (value, pattern)
     assert _like_matcher("ab!", "!") is None  # an escape at the end: left to SQLite
+
+
+# --- a join to what a named tool did in the window ----------------------------------------
+
+FETCHED = (
+    "SELECT p.pid, d.cmdline AS by FROM processes p JOIN process_events d "
+    "ON d.session_id = p.session_id AND d.name IN ('curl', 'wget', '5') AND d.pid != p.pid "
+    "WHERE p.path LIKE '/tmp/%'"
+)
+
+
+def test_window_names_of_inner_joins_only() -> None:
+    from daemoneye.rules.prefilter import window_names
+
+    def names(sql: str) -> object:
+        return window_names(parse_one(sql, read="sqlite"))
+
+    assert names(FETCHED) == frozenset({"curl", "wget", "5"})
+    assert names(FETCHED.replace("JOIN", "LEFT JOIN")) is None
+    where = "SELECT p.pid FROM processes p JOIN process_events d ON d.pid = p.pid"
+    assert names(f"{where} WHERE d.name = 'nc' AND p.pid = 1") == frozenset({"nc"})
+    assert names(f"{where} WHERE d.name = 'nc' OR p.pid = 1") is None
+    assert names("SELECT pid FROM process_events WHERE name = 'nc'") is None  # not joined
+    assert names(FETCHED.replace("d.name IN", "d.name NOT IN")) is None
+
+
+def test_a_join_rule_runs_only_while_its_tool_is_in_the_window() -> None:
+    from daemoneye.rules.model import Rule
+
+    runs = []
+    for screening in (True, False):
+        engine = Engine(screening=screening, window_rows=3)
+        engine.load([engine.validator.check(Rule(id="f", name="f", sql=FETCHED))])
+        fired = []
+        base = {"ppid": 1, "sessionId": 7, "startTime": time.time(), "uid": 0}
+        steps = [
+            {"pid": 10, "name": "sh", "exePath": "/tmp/a", "cmdline": ["/tmp/a"]},  # no tool
+            {"pid": 11, "name": "curl", "exePath": "/usr/bin/curl", "cmdline": ["curl", "x"]},
+            {"pid": 12, "name": "sh", "exePath": "/tmp/b", "cmdline": ["/tmp/b"]},  # fires
+            {"pid": 13, "name": 5, "exePath": "/usr/bin/x", "cmdline": ["x"]},  # stored '5'
+            {"pid": 14, "name": "sh", "exePath": "/tmp/c", "cmdline": ["/tmp/c"]},  # fires
+        ]
+        for i, step in enumerate(steps):
+            record = {**base, **step, "startTicks": 100 + i}
+            fired += [f.row["pid"] for f in engine.apply([EventIn("start", record)])[0]]
+            engine.tables.trim_events()  # at most 3 rows: the curl leaves after step 4
+        engine.tables.trim_events()
+        gone = {"pid": 15, "name": "sh", "exePath": "/tmp/d", "cmdline": ["/tmp/d"]}
+        record = {**base, **gone, "startTicks": 200}
+        fired += [f.row["pid"] for f in engine.apply([EventIn("start", record)])[0]]
+        runs.append((fired, engine.rules["f"].runs))
+    (fired, ran), (want, ran_all) = runs
+    assert fired == want == [12, 14, 15]  # 15: the name 5, stored as text, is in the window
+    assert ran < ran_all  # the rule did not run before the first tool came

@@ -186,6 +186,10 @@ class Engine:
             if lane.screening is not None:
                 actives += self._screened_in(lane.screening, batch, bounds[driver])
             self.screened_out += len(lane.rules)
+        # a rule joining what a named tool did in the window: none of those tools in it
+        if self.screening:
+            names = self.tables.has_event_name
+            actives = [a for a in actives if not a.plan.window_names or names(a.plan.window_names)]
         self.screened_out -= len(actives)
         actives.sort(key=_order)
         # every changed row may match once: the bound grows with the batch
@@ -246,10 +250,12 @@ class Engine:
             rows = [proc.row for proc in batch.procs.values()]
         else:
             rows = batch.event_rows
-        candidates = screening.candidates(rows)
+        small = len(rows) < CHECK_MIN_ROWS
+        folded: list[dict] = [{} for _ in rows] if small else []  # texts folded for LIKE
+        candidates = screening.candidates(rows, folded)
         passed: list[Active] = []
-        if len(rows) < CHECK_MIN_ROWS:
-            passed, candidates = screening.judge(rows, candidates)
+        if small:
+            passed, candidates = screening.judge(rows, candidates, folded)
             if not candidates:
                 return passed
         for sql, chunk in screening.statements(candidates):

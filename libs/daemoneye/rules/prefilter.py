@@ -127,6 +127,40 @@ def screen_parts(
     return kept, tuple(needs)
 
 
+def window_names(tree: exp.Select) -> frozenset[str] | None:
+    """Names one of which some row of `process_events` must have for the rule to return a
+    row, when it joins that table (inner) under a condition on the joined row's name
+    (`d.name IN ('curl', 'wget')`): a rule looking for what a named tool did in the
+    window need not run while no such tool is in it. None when there is no such need."""
+    if not isinstance(tree, exp.Select):
+        return None
+    where = tree.args.get("where")
+    text = {c.name for c in TABLES["process_events"].columns if c.type == "TEXT"}
+    found: list[frozenset[str]] = []
+    for join in tree.args.get("joins") or []:
+        table = join.this
+        if (
+            not isinstance(table, exp.Table)
+            or table.name.lower() != "process_events"
+            or table.args.get("db")
+            or join.args.get("side")
+            or join.args.get("kind")
+            or join.args.get("using")
+        ):
+            continue
+        alias = (table.alias or table.name).lower()
+        terms = _conjuncts(join.args["on"]) if join.args.get("on") is not None else []
+        terms += _conjuncts(where.this) if where is not None else []
+        for term in terms:
+            refs = list(term.find_all(exp.Column))
+            if not refs or any(c.table.lower() != alias for c in refs) or not _stable(term):
+                continue
+            need = _need(term, text)
+            if need is not None and need[0] == "in" and need[1] == "name":
+                found.append(need[2])
+    return min(found, key=len) if found else None
+
+
 def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
     """The need of a condition whose columns are all the driving row's; None when there is
     nothing to check (anything else: NOT, <, IS, GLOB, functions...). Exact reasoning:
@@ -267,7 +301,7 @@ class Screening:
             return kind, -1, tuple(self._at(n) for n in arg)
         return kind, self.position[column], arg
 
-    def candidates(self, rows: list[tuple]) -> list[Any]:
+    def candidates(self, rows: list[tuple], folded: list[dict] | None = None) -> list[Any]:
         """The rules that `rows` could match by their needs: those without needs, and
         those with needs some row meets (on a small batch, the `in` needs only: the judge
         or the statement does the rest)."""
@@ -283,15 +317,17 @@ class Screening:
                 if group is not None:
                     met.update((a.rule.id, a) for a in group)
         if len(rows) < CHECK_MIN_ROWS:
-            return [*self.free, *met.values(), *self._pieces_met(rows), *self.unpieced]
+            pieced = self._pieces_met(rows, folded or [{} for _ in rows])
+            return [*self.free, *met.values(), *pieced, *self.unpieced]
         holds = batch.holds
         out = [a for rule_id, a in met.items() if all(map(holds, self.rest[rule_id]))]
         out += [a for a, needs in self.checked if all(map(holds, needs))]
         return [*self.free, *out]
 
-    def _pieces_met(self, rows: list[tuple]) -> list[Any]:
+    def _pieces_met(self, rows: list[tuple], folded: list[dict]) -> list[Any]:
         """The rules indexed by texts that some row holds one of (or where a value is not
-        text, so it cannot be told)."""
+        text, so it cannot be told). `folded`: each row's folded texts by position, shared
+        with the judge."""
         met: dict[str, Any] = {}
         for pos, by_exact in self.by_exact.items():
             for row in rows:
@@ -305,26 +341,32 @@ class Screening:
                 if group is not None:
                     met.update((a.rule.id, a) for a in group)
         for pos, by_piece in self.by_piece.items():
-            for row in rows:
+            for row, low in zip(rows, folded, strict=True):
                 value = row[pos]
                 if value is None:
                     continue  # NULL is LIKE nothing
                 if type(value) is not str:
                     met.update((a.rule.id, a) for group in by_piece.values() for a in group)
                     break
-                text = value.lower() if value.isascii() else fold(value)
+                text = low.get(pos)
+                if text is None:
+                    text = low[pos] = value.lower() if value.isascii() else fold(value)
                 for piece, group in by_piece.items():
                     if piece in text:
                         met.update((a.rule.id, a) for a in group)
         return list(met.values())
 
     @staticmethod
-    def judge(rows: list[tuple], rules: list[Any]) -> tuple[list[Any], list[Any]]:
+    def judge(
+        rows: list[tuple], rules: list[Any], folded: list[dict] | None = None
+    ) -> tuple[list[Any], list[Any]]:
         """The rules whose screen (judged in Python, judge.py) holds for some row, and those
-        it cannot rule out (MAYBE); the others cannot match any row."""
+        it cannot rule out (MAYBE); the others cannot match any row. `folded`: each row's
+        texts folded for LIKE by position, filled as needed (one dict per row)."""
         sure: list[Any] = []
         unsure: list[Any] = []
-        folded: list[dict] = [{} for _ in rows]  # each row's texts folded for LIKE, once
+        if folded is None:
+            folded = [{} for _ in rows]
         for active in rules:
             judged = active.plan.judge
             verdict: Any = False

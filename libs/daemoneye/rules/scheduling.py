@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from .judge import Judge, compile_screen
-from .prefilter import Need, row_layout, screen_parts, screen_sql
+from .prefilter import Need, row_layout, screen_parts, screen_sql, window_names
 from .tables import INCREMENTAL_TABLES
 
 IDENTITY = "__de_identity"
@@ -34,6 +34,8 @@ class Plan:
     screen: str | None = None  # incremental: see prefilter.py; None = nothing to screen in SQL
     needs: tuple[Need, ...] = ()  # incremental: values some changed row must hold
     judge: Judge | None = None  # incremental: the screen judged in Python (judge.py)
+    # incremental: names one of which a process_events row must have (prefilter.py)
+    window_names: frozenset[str] | None = None
 
 
 def _has_outer(select: exp.Select, kinds: tuple[type[exp.Expression], ...]) -> bool:
@@ -74,7 +76,13 @@ def _incremental(tree: exp.Expression) -> Plan | None:
     judge = compile_screen(conjuncts, *row_layout(base)) if conjuncts else None
     sql = rewritten.sql(dialect="sqlite")
     return Plan(
-        "incremental", sql, driver=base, screen=screen_sql(conjuncts), needs=needs, judge=judge
+        "incremental",
+        sql,
+        driver=base,
+        screen=screen_sql(conjuncts),
+        needs=needs,
+        judge=judge,
+        window_names=window_names(tree),
     )
 
 
