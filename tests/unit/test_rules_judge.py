@@ -235,3 +235,18 @@ def test_a_join_rule_runs_only_while_its_tool_is_in_the_window() -> None:
     (fired, ran), (want, ran_all) = runs
     assert fired == want == [12, 14, 15]  # 15: the name 5, stored as text, is in the window
     assert ran < ran_all  # the rule did not run before the first tool came
+
+
+def test_a_screen_without_a_python_judge_goes_to_sqlite() -> None:
+    from daemoneye.rules.model import Rule
+
+    engine = Engine()
+    sql = "SELECT pid FROM processes WHERE path LIKE '/tmp/%' AND name = 'sh'"
+    engine.load([engine.validator.check(Rule(id="r", name="r", sql=sql))])
+    engine.rules["r"].plan.judge = None  # as when a tree would not compile
+    base = {"ppid": 1, "startTime": time.time(), "cmdline": ["sh"], "name": "sh"}
+    hit = {**base, "pid": 3, "startTicks": 3, "exePath": "/tmp/x"}
+    miss = {**base, "pid": 4, "startTicks": 4, "exePath": "/usr/bin/x"}
+    assert [f.row["pid"] for f in engine.apply([EventIn("start", hit)])[0]] == [3]
+    assert engine.apply([EventIn("start", miss)])[0] == []
+    assert engine.rules["r"].runs == 1  # the miss was screened out by SQLite

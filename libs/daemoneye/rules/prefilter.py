@@ -369,6 +369,9 @@ class Screening:
             folded = [{} for _ in rows]
         for active in rules:
             judged = active.plan.judge
+            if judged is None:
+                unsure.append(active)
+                continue
             verdict: Any = False
             for row, low in zip(rows, folded, strict=True):
                 try:

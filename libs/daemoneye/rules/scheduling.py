@@ -73,7 +73,7 @@ def _incremental(tree: exp.Expression) -> Plan | None:
     rewritten.where(bound, append=True, copy=False)
     rewritten.select(exp.column("rowid", table=alias).as_(IDENTITY), copy=False)
     conjuncts, needs = screen_parts(tree, base, alias)
-    judge = compile_screen(conjuncts, *row_layout(base)) if conjuncts else None
+    judge = _compiled(conjuncts, base) if conjuncts else None
     sql = rewritten.sql(dialect="sqlite")
     return Plan(
         "incremental",
@@ -84,6 +84,14 @@ def _incremental(tree: exp.Expression) -> Plan | None:
         judge=judge,
         window_names=window_names(tree),
     )
+
+
+def _compiled(conjuncts: list[exp.Expression], table: str) -> Judge | None:
+    """The screen judged in Python; None (SQLite screens it) if it will not compile."""
+    try:
+        return compile_screen(conjuncts, *row_layout(table))
+    except Exception:  # an unforeseen tree: no Python verdict is ever a skip
+        return None
 
 
 def _identity_columns(tree: exp.Expression) -> list[str] | None:
