@@ -25,6 +25,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 _ticks = itertools.count(100)
 
 TEXTS = ["sh", "Bash", "BASH", "bash", "", "/tmp/x", "/TMP/a_b", "a%b", "é", "É", "x\ny", "5"]
+TEXTS += ["ba\x00sh"]  # SQLite's LIKE stops at a NUL
 TEXT_COLUMNS = ["name", "path", "cmdline", "cwd", "parent_name", "username", "tty"]
 INT_COLUMNS = ["uid", "euid", "pid", "threads", "on_disk", "session_id"]
 PATTERNS = ["%sh", "b_sh", "%/tmp/%", "%a\\_b%", "\\%%", "%", "", "_", "%é%", "%x%y%", "x%"]

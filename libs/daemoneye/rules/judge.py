@@ -73,6 +73,14 @@ def fold(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_FOLD)
 
 
+def like_text(value: str) -> Any:
+    """`value` as LIKE sees it: ASCII case folded; MAYBE with a NUL in it (SQLite's LIKE
+    stops reading at the first NUL, Python's `in` does not)."""
+    if "\x00" in value:
+        return MAYBE
+    return value.lower() if value.isascii() else fold(value)
+
+
 def _maybe(_row: tuple, _low: dict) -> Any:
     return MAYBE
 
@@ -229,7 +237,9 @@ class _Compiler:
                     return None
                 if type(x) is not str:
                     return MAYBE  # a number is compared as its text: not judged here
-                f = low[pos] = x.lower() if x.isascii() else fold(x)
+                f = low[pos] = like_text(x)
+            if f is MAYBE:
+                return MAYBE
             for matcher in matchers:  # noqa: SIM110 (a loop: no generator per row)
                 if matcher(f):
                     return True
@@ -317,7 +327,8 @@ class _Compiler:
                 return x
             if type(x) is not str:
                 return MAYBE  # a number is compared as its text: not judged here
-            return matcher(x.lower() if x.isascii() else fold(x))
+            f = like_text(x)
+            return MAYBE if f is MAYBE else matcher(f)
 
         return like
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from .judge import MAYBE, fold
+from .judge import MAYBE, fold, like_text
 from .tables import TABLES
 
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
@@ -350,7 +350,10 @@ class Screening:
                     break
                 text = low.get(pos)
                 if text is None:
-                    text = low[pos] = value.lower() if value.isascii() else fold(value)
+                    text = low[pos] = like_text(value)
+                if text is MAYBE:  # cannot be told
+                    met.update((a.rule.id, a) for group in by_piece.values() for a in group)
+                    continue
                 for piece, group in by_piece.items():
                     if piece in text:
                         met.update((a.rule.id, a) for a in group)
