@@ -25,6 +25,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 _ticks = itertools.count(100)
 
 TEXTS = ["sh", "Bash", "BASH", "bash", "", "/tmp/x", "/TMP/a_b", "a%b", "é", "É", "x\ny", "5"]
+LITERALS = list(TEXTS)  # rule SQL holds no NUL (validation refuses it); a value may
 TEXTS += ["ba\x00sh"]  # SQLite's LIKE stops at a NUL
 TEXT_COLUMNS = ["name", "path", "cmdline", "cwd", "parent_name", "username", "tty"]
 INT_COLUMNS = ["uid", "euid", "pid", "threads", "on_disk", "session_id"]
@@ -39,7 +40,7 @@ def quoted(text: str) -> str:
 def leaf() -> st.SearchStrategy[str]:
     text = st.sampled_from(TEXT_COLUMNS)
     ints = st.sampled_from(INT_COLUMNS)
-    value = st.sampled_from(TEXTS).map(quoted)
+    value = st.sampled_from(LITERALS).map(quoted)
     op = st.sampled_from(["=", "!=", "<", ">=", "<>"])
     return st.one_of(
         st.tuples(text, op, value).map(" ".join),

@@ -41,6 +41,7 @@ MAYBE: Any = type("Maybe", (), {"__repr__": lambda self: "MAYBE", "__slots__": (
 Judge = Callable[[tuple, dict], Any]
 LIKE_PATTERN_MAX = 1000  # sandbox.LIMITS' SQLITE_LIMIT_LIKE_PATTERN_LENGTH: longer errors
 _NUMBER = (int, float)
+_DIGITS = re.compile("[0-9]+")
 _COMPARE: dict[type[exp.Expression], Callable[[Any, Any], bool]] = {
     exp.EQ: operator.eq,
     exp.NEQ: operator.ne,
@@ -416,6 +417,12 @@ def _flatten(node: exp.Expression, kind: type[exp.Expression]) -> list[exp.Expre
 
 def _constant(node: exp.Expression) -> Any:
     """The value SQLite gives a column-free expression (MAYBE when it will not say)."""
+    if isinstance(node, exp.Literal) and node.is_string:
+        return node.this  # as SQLite reads it ('' already one quote; no other escape)
+    if isinstance(node, exp.Literal) and _DIGITS.fullmatch(node.this) and len(node.this) < 18:
+        return int(node.this)
+    if isinstance(node, exp.Null):
+        return None
     try:
         row = _constants.execute(f"SELECT {node.sql(dialect='sqlite')}").fetchone()
     except (sqlite3.Error, ValueError, OverflowError):

@@ -153,10 +153,10 @@ def window_names(tree: exp.Select) -> frozenset[str] | None:
         terms += _conjuncts(where.this) if where is not None else []
         for term in terms:
             refs = list(term.find_all(exp.Column))
-            if not refs or any(c.table.lower() != alias for c in refs) or not _stable(term):
+            if not refs or any(c.table.lower() != alias for c in refs):
                 continue
             need = _need(term, text)
-            if need is not None and need[0] == "in" and need[1] == "name":
+            if need is not None and need[0] == "in" and need[1] == "name" and _stable(term):
                 found.append(need[2])
     return min(found, key=len) if found else None
 
