@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from daemoneye import wire
-from daemoneye.bus import stream_of
 from daemoneye.metrics import BASE_LABELS, BY_FIGURE, PREFIX, Source, figures_of
 
 if TYPE_CHECKING:
@@ -94,11 +93,9 @@ class Exporter:
         return collect(sources, self._live(own))
 
     def _live(self, own: Source) -> list[tuple[Source, str, dict[str, str], float]]:
-        """The broker's counts as of now: messages per stream, drops per reason."""
-        per_stream: dict[str, int] = {}
-        for topic, count in dict(self.broker.topic_counts).items():
-            stream = stream_of(topic.decode(errors="replace"))
-            per_stream[stream] = per_stream.get(stream, 0) + count
+        """The broker's counts as of now: messages per stream (from the sources'
+        heartbeats), drops per reason."""
+        per_stream = dict(self.broker.streams.counts)
         live = [
             (own, "broker.stream_messages", {"stream": s}, float(n)) for s, n in per_stream.items()
         ]
