@@ -141,7 +141,11 @@ class Registry:
                 return entry
             if target == by_service:
                 candidates.append(entry)
-        candidates.sort(key=lambda e: (e.state == "healthy", e.registered_ns), reverse=True)
+        # one that can be reached first (an entry heard by heartbeat has no route yet)
+        candidates.sort(
+            key=lambda e: (e.route is not None, e.state == "healthy", e.registered_ns),
+            reverse=True,
+        )
         return candidates[0] if candidates else None
 
     def listing(self) -> list[dict[str, Any]]:

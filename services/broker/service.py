@@ -292,7 +292,16 @@ class Broker(Service):
             self._send_quietly(client_frames(client, self.handle_request(data, route=client)))
             return
         entry = self.registry.route_for(target)
-        if entry is None or entry.route is None:
+        if entry is not None and entry.route is None:
+            self._refuse(
+                client,
+                data,
+                "unreachable",
+                f"{target} is heard on the bus but its control connection is not known yet "
+                "(it registers again with its next heartbeat)",
+            )
+            return
+        if entry is None:
             known = ", ".join(sorted(e.targets[0] for e in self.registry.entries.values()))
             self._refuse(
                 client,

@@ -65,6 +65,13 @@ def test_routing_by_id_and_by_service() -> None:
     assert r.route_for("control.detector") is None
 
 
+def test_an_instance_heard_only_by_heartbeat_is_not_chosen_over_a_registered_one() -> None:
+    r = Registry()
+    r.register(reg("collector", "collector@a"), b"ra")
+    r.heartbeat({"serviceId": "collector@b", "service": "collector", "intervalMs": 1000})
+    assert r.route_for("control.collector").route == b"ra"
+
+
 def test_deregister() -> None:
     r = Registry()
     r.register(reg("ledger", "l1"), b"r")
