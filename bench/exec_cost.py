@@ -209,7 +209,7 @@ def write_probe_rule(rules_dir: Path, marker: str) -> None:
         "name: exec_cost.py probe\n"
         "severity: low\n"
         "description: matches the tagged execs of bench/exec_cost.py\n"
-        f"sql: SELECT pid, name, cmdline FROM processes WHERE cmdline LIKE '%{marker} % alert %'\n"
+        f"sql: SELECT pid, name, cmdline FROM processes WHERE cmdline LIKE '%{marker}-% alert %'\n"
         "enabled: true\n"
     )
 
