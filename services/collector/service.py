@@ -38,6 +38,8 @@ from .tracker import Out, Tracker
 from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
+DRAIN_QUIET_S = 0.05  # at stop: the reader has sent all it had when it says nothing this long
+DRAIN_MAX_S = 5.0  # ... and a stop waits at most this long for it (the supervisor's grace: 10)
 SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
 
 
@@ -256,11 +258,32 @@ class Collector(Service):
 
     def teardown(self) -> None:
         if self.realtime is not None:
+            self._drain()
             self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
         if self.wal is not None:
             self.wal.close()
+
+    def _drain(self) -> None:
+        """Before we stop: take in what the reader has sent or is still sending (a
+        storm's backlog), into the WAL. A final stop (`daemoneye up` ending) then tells
+        the reader to quit, and what it still spooled for the next main would be gone;
+        a restart gets it from the reader anyway (held back as published)."""
+        source = self.realtime
+        if source is None or not self.monitoring:
+            return
+        deadline = time.monotonic() + DRAIN_MAX_S
+        while source.links and not source.dead and time.monotonic() < deadline:
+            link = source.links[0]
+            ready, _, _ = select.select([link.sock], [], [], DRAIN_QUIET_S)
+            if not ready:
+                break  # quiet: the reader has sent everything it had
+            try:
+                self._on_realtime()
+            except Exception:  # stopping: log it, never hang the stop on it
+                self.log.exception("draining the netlink reader failed")
+                break
 
     # --- the loop's work ------------------------------------------------------
 
@@ -270,7 +293,7 @@ class Collector(Service):
         items = source.take()
         if source.wake_fd != self._reader_fd:  # a hand-over: the next reader's socket
             self._rewatch_reader()
-        if source.dead:
+        if source.dead and not self.stopping:  # stopping: no new reader
             self._reader_died()
         if not self.monitoring:
             return  # before begin_monitoring: the initial snapshot will see these
