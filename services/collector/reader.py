@@ -75,7 +75,7 @@ def capture(ev: ProcEvent) -> dict[str, Any] | None:
     """The /proc read that races the process's exit (argv first)."""
     if ev.what == EXEC:
         cmd = procfs.read_cmdline(ev.pid)
-        return procfs.read_process(ev.pid, cmdline_first=cmd)
+        return procfs.read_process(ev.pid, cmdline_first=cmd, with_io=False)
     if ev.what in (UID, GID) and not ev.is_thread:
         return procfs.read_process(ev.pid)
     return None

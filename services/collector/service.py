@@ -96,7 +96,7 @@ class Collector(Service):
         self.realtime = self._start_reader()  # needs root: before any privilege drop
         if self.realtime is not None:
             self._reader_fd = self.realtime.wake_fd
-            self.watch(self._reader_fd, self._on_realtime)
+            self.watch(self._reader_fd, self._on_reader_ready)
         self._drop_privileges(wal_dir)
         if self.cfg.hash_executables:
             self.hasher = Hasher(self.cfg.hash_max_bytes, self.cfg.hash_cache_entries)
@@ -287,6 +287,26 @@ class Collector(Service):
 
     # --- the loop's work ------------------------------------------------------
 
+    def _on_reader_ready(self) -> None:
+        """The reader sent something: take it `realtime_gather_ms` later, with what
+        follows meanwhile (a short-lived process's fork, exec and exit in one go, not
+        three wake-ups). The socket is not watched while we wait: the reader's sends
+        then wake nobody."""
+        gather_s = self.cfg.realtime_gather_ms / 1000
+        if gather_s <= 0:
+            self._on_realtime()
+            return
+        self.unwatch(self._reader_fd)
+        self.once(gather_s, self._gathered)
+
+    def _gathered(self) -> None:
+        try:
+            if self.realtime is not None:
+                self._on_realtime()
+        finally:
+            if self.realtime is not None and self._reader_fd >= 0:
+                self.watch(self._reader_fd, self._on_reader_ready)
+
     def _on_realtime(self) -> None:
         assert self.realtime is not None and self.tracker is not None
         source = self.realtime
@@ -335,7 +355,7 @@ class Collector(Service):
         self.unwatch(self._reader_fd)
         self._reader_fd = self.realtime.wake_fd
         if self._reader_fd >= 0:
-            self.watch(self._reader_fd, self._on_realtime)
+            self.watch(self._reader_fd, self._on_reader_ready)
 
     def _reader_died(self) -> None:
         """The reader and its spare are both gone (or it was told to leave): start
@@ -346,7 +366,7 @@ class Collector(Service):
         self.realtime = self._start_reader() if os.geteuid() == 0 else None
         if self.realtime is not None:
             self._reader_fd = self.realtime.wake_fd
-            self.watch(self._reader_fd, self._on_realtime)
+            self.watch(self._reader_fd, self._on_reader_ready)
             self.log.warning("the netlink reader and its spare were gone; started another")
             return
         self.tracker.full_rescan_reads = True
