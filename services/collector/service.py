@@ -38,6 +38,7 @@ from .tracker import Out, Tracker
 from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
+ACK_INTERVAL_S = 0.5  # acks (each writes the kernel numbers down: a file) this often
 DRAIN_QUIET_S = 0.05  # at stop: the reader has sent all it had when it says nothing this long
 DRAIN_MAX_S = 5.0  # ... and a stop waits at most this long for it (the supervisor's grace: 10)
 SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
@@ -61,6 +62,7 @@ class Collector(Service):
         self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
         self._next_scan = 0.0
         self._next_sync = 0.0
+        self._next_ack = 0.0
         self._next_retention = 0.0
         self._degraded_why = ""
         self._wal_failing = ""  # why WAL appends fail now ('' when they work)
@@ -266,17 +268,21 @@ class Collector(Service):
             self.wal.close()
 
     def _drain(self) -> None:
-        """Before we stop: take in what the reader has sent or is still sending (a
-        storm's backlog), into the WAL. A final stop (`daemoneye up` ending) then tells
-        the reader to quit, and what it still spooled for the next main would be gone;
-        a restart gets it from the reader anyway (held back as published)."""
+        """Before we stop: take in what the reader made before now (a storm's backlog),
+        into the WAL: up to its first frame made after now (frames come in order), or
+        until it is quiet. A final stop (`daemoneye up` ending) then tells the reader
+        to quit, and what it still spooled for the next main would be gone; a restart
+        gets it from the reader anyway (held back as published)."""
         source = self.realtime
         if source is None or not self.monitoring:
             return
+        now_ns = time.time_ns()
         deadline = time.monotonic() + DRAIN_MAX_S
         while source.links and not source.dead and time.monotonic() < deadline:
-            link = source.links[0]
-            ready, _, _ = select.select([link.sock], [], [], DRAIN_QUIET_S)
+            link = source.links[-1]
+            if link.last_ns >= now_ns:
+                break  # it has caught up with the stop: all it made before is taken
+            ready, _, _ = select.select([source.links[0].sock], [], [], DRAIN_QUIET_S)
             if not ready:
                 break  # quiet: the reader has sent everything it had
             try:
@@ -386,8 +392,9 @@ class Collector(Service):
         now = time.monotonic()
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
-        if self.realtime is not None:  # the WAL has what we took: the reader may drop it
-            self._ack(now)
+        if self.realtime is not None and now >= self._next_ack:  # the WAL has what we
+            self._ack(now)  # took: the reader may drop it
+            self._next_ack = now + ACK_INTERVAL_S
         if self.tracker.pending:
             self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
         if now >= self._next_scan:
