@@ -54,7 +54,6 @@ FRAME = struct.Struct("<I")
 CMD = struct.Struct("<cQ")  # main -> reader: b"A" ack n, b"R" retire, b"Q" quit
 SEND_BUF = 4 << 20  # room for bursts while the main is busy
 IDLE_WAKE_S = 1.0
-SEND_EVERY = 8  # in a storm, what was spooled goes to the main at least this often
 
 
 def socket_path(run_dir: str | Path, service_id: str) -> Path:
@@ -298,38 +297,28 @@ class Reader:
         return now in (self.ino, UNKNOWN)
 
     def _read_netlink(self, limit: int = 256) -> None:
-        """Peek, work, spool, consume: a datagram leaves the socket only when what we
-        made of it is in the spool, so the spare that takes over misses nothing. The
-        spool goes to the main once per wake-up (or every SEND_EVERY datagrams in a
-        storm): one send, and one wake-up of the main, for all of them."""
+        """Peek, work, send, consume: a datagram leaves the socket only when what we
+        made of it is sent (or, with no main connected or one more than its socket
+        holds behind, spooled), so the spare that takes over misses nothing."""
         sock = self.nl.sock
-        unsent = 0
-        try:
-            for _ in range(limit):
-                try:
-                    data = sock.recv(65536, socket.MSG_PEEK)
-                except BlockingIOError:
-                    return
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    self.nl.lost += 1
-                    self._emit([(None, None, 1)])  # the kernel dropped some: the main repairs
-                    continue
-                items = [(event_tuple(ev), capture(ev), 0) for ev in parse(data)]
-                if items:
-                    self._emit(items, send=False)
-                    unsent += 1
-                with contextlib.suppress(BlockingIOError):
-                    sock.recv(16, socket.MSG_TRUNC)
-                if unsent >= SEND_EVERY and self.client is not None:
-                    self._flush()
-                    unsent = 0
-        finally:
-            if unsent and self.client is not None:
-                self._flush()
+        for _ in range(limit):
+            try:
+                data = sock.recv(65536, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.nl.lost += 1
+                self._emit([(None, None, 1)])  # the kernel dropped some: the main repairs
+                continue
+            items = [(event_tuple(ev), capture(ev), 0) for ev in parse(data)]
+            if items:
+                self._emit(items)
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(16, socket.MSG_TRUNC)
 
-    def _emit(self, items: list[tuple[Any, ...]], send: bool = True) -> None:
+    def _emit(self, items: list[tuple[Any, ...]]) -> None:
         self.n += 1
         frame = pack(("F", self.n, time.time_ns(), items))
         spool = self.spool
@@ -341,7 +330,7 @@ class Reader:
             _, old = spool.popleft()
             self.spool_size -= len(old)
             self.spool_dropped += 1
-        if send and self.client is not None:
+        if self.client is not None:
             self._flush()
 
     def _unsent(self) -> bool:
