@@ -48,6 +48,43 @@ def wal_pids(settings: Settings, collector_id: str) -> set[int]:
         wal.close()
 
 
+def wal_argv_pids(settings: Settings, collector_id: str, marker: str) -> dict[str, set[int]]:
+    """argv[2] (a storm's process number) -> pids of WAL events whose argv[1] is
+    `marker`: tells a process logged under another pid from one never logged."""
+    wal = Wal(_wal_path(settings, collector_id))
+    out: dict[str, set[int]] = {}
+    try:
+        for e in wal.read(0, None, 10**9):
+            if not e.topic.startswith(PROCESS_PREFIX):
+                continue
+            env = wire.decode_envelope(e.data)
+            if wire.body_kind(env) == "processEventBatch":
+                records = [ev.record for ev in env.body.processEventBatch.events]
+            else:
+                records = [env.body.processEvent.record]
+            for rec in records:
+                argv = list(rec.cmdline)
+                if len(argv) >= 3 and argv[1] == marker:
+                    out.setdefault(argv[2], set()).add(rec.pid)
+    finally:
+        wal.close()
+    return out
+
+
+LOSS_METRICS = ("collector.lost", "netlink.duplicates", "lost_events", "wal.unlogged")
+
+
+def capture_diagnosis(
+    settings: Settings, collector_id: str, marker: str, missing: list[Any], metrics: dict
+) -> str:
+    """Why storm processes are missing from the WAL: logged under another pid, or
+    never logged, and the collector's loss counters."""
+    by_n = wal_argv_pids(settings, collector_id, marker)
+    seen = {r.n: sorted(by_n.get(str(r.n), ())) for r in missing[:5]}
+    counters = {k: metrics.get(k) for k in LOSS_METRICS}
+    return f"argv found under pids {seen}; collector {counters}"
+
+
 def ledger_pids(settings: Settings, collector_id: str) -> set[int]:
     """Pids of every process event of this collector the ledger holds (with payload)."""
     ledger = LedgerStore(open_store(settings.ledger.db_path(settings.data_dir), read_only=True))

@@ -102,7 +102,7 @@ class BrokerSettings(BaseModel):
         12, ge=2, description="missed heartbeats before a service is removed from the registry"
     )
     max_counted_topics: int = Field(
-        4096, ge=16, description="distinct topics counted by name; the rest as (other)"
+        4096, ge=16, description="distinct streams counted by name; the rest as (other)"
     )
     uplink: str = Field(
         "", description="a central broker's control endpoint to forward topics to (off if empty)"

@@ -95,9 +95,17 @@ class LinkStats:
         return asdict(self)
 
 
-def classify(exc: BaseException) -> str:
-    """Why a connection or request failed, as one of LinkStats.reason's words."""
+def classify(exc: BaseException, tls_handshake: bool = False) -> str:
+    """Why a connection or request failed, as one of LinkStats.reason's words.
+
+    `tls_handshake`: the error ended a TLS connection that never came up. A server
+    that wants a client certificate sends its alert after the client's side of a TLS
+    1.3 handshake is done, so the client may see only the reset that follows it:
+    that is a TLS refusal, not a server that is down (which refuses the connection).
+    """
     text = str(exc).lower()
+    if tls_handshake and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return "tls"
     if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
         return "refused"
     if "authentication" in text or "user authentication" in text:
@@ -279,7 +287,7 @@ class JetStreamLink:
                 log.exception("NATS link %s: on_up failed", self.name)
 
     def _down(self, exc: BaseException) -> None:
-        reason = classify(exc)
+        reason = classify(exc, tls_handshake=self.cfg.uses_tls() and not self.stats.link_up)
         message = describe(exc)
         if reason == "refused":
             message = f"the NATS server refused our credentials ({message})"

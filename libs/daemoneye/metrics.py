@@ -97,9 +97,10 @@ FAMILIES: tuple[Family, ...] = (
     *SERVICE_FAMILIES,
     # the broker, live
     _c("bus_messages", "broker.stream_messages",
-       "bus messages the broker forwarded, per stream (a topic's first two labels)", "stream"),
+       "bus messages published per stream (a topic's first two labels), from heartbeats",
+       "stream"),
     _c("broker_dropped_frames", "broker.dropped",
-       "frames the broker dropped, by reason (shape, oversize, malformed, rpc)", "reason"),
+       "frames the broker dropped, by reason (malformed, rpc)", "reason"),
     _c("rpc_routed", "rpc.routed", "RPC requests the broker routed to a service"),
     _c("rpc_unroutable", "rpc.unroutable", "RPC requests with no live target"),
     _c("auth_refused", "auth.refused", "CurveZMQ clients the broker refused"),

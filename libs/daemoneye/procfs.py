@@ -143,9 +143,11 @@ def parse_stat(pid: int, data: bytes) -> Stat | None:
         pid=pid,
         name=name,
         state=f[0].decode(),
-        ppid=int(f[1]),
-        pgroup=int(f[2]),
-        session_id=int(f[3]),
+        # never negative on the wire (unsigned there); a kernel or a namespace that
+        # says -1 means "none", as 0 does
+        ppid=max(0, int(f[1])),
+        pgroup=max(0, int(f[2])),
+        session_id=max(0, int(f[3])),
         tty_nr=int(f[4]),
         user_ticks=int(f[11]),
         system_ticks=int(f[12]),

@@ -9,6 +9,7 @@ stops cleanly on SIGTERM/SIGINT. Unit tests call handlers directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,7 +43,12 @@ from daemoneye.rpc import (
 
 __all__ = ["Request", "RpcFault", "RpcResult", "Service", "rpc"]
 
-MAX_POLL_MS = 200  # the longest the loop sleeps: bounds how late a stop flag is seen
+# The longest the loop sleeps. Signals and stop() write to a wake-up pipe the loop
+# polls, so it sleeps until its next timer; without the pipe (a loop run off the main
+# thread cannot have signals write to it), a short bound on how late a stop flag is seen.
+IDLE_POLL_MS = 60_000
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+MAX_POLL_MS = 200
 
 
 def rpc(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -89,6 +95,11 @@ class Service:
     # How long one wake-up may spend on bus messages before RPCs and timers get a turn
     # (a batch message can hold hundreds of events).
     drain_budget_s: ClassVar[float] = 0.05
+    # How long the first message of a burst may wait for more before the service handles
+    # them (0: at once). At moderate rates (a message every few ms) a wait of 10-20 ms
+    # makes one wake-up, one on_drained and one flush of many messages instead of one
+    # each; a backlog (a drain cut by drain_budget_s) is handled without waiting.
+    bus_batch_wait_s: ClassVar[float] = 0.0
     # Whether it registers with the broker (and deregisters on the way out): every
     # service but the broker, which is the registry.
     registers: ClassVar[bool] = True
@@ -111,9 +122,15 @@ class Service:
         self._stop_reason = ""
         self._watched: dict[zmq.Socket | int, Callable[[], None]] = {}
         self._poller_dirty = True
+        self._wake_r: int | None = None  # the wake-up pipe (see IDLE_POLL_MS)
+        self._wake_w: int | None = None
+        self._poll_bound_ms = MAX_POLL_MS
+        self._trimmed_at = -1  # activity count at the last heap trim
+        self._bus_backlog = False  # the last drain was cut by drain_budget_s
         self._timers: list[_Timer] = []
         self._process = psutil.Process()
         self._process.cpu_percent()  # prime: the first call always returns 0
+        self._early: list[Routed] = []  # requests that came before setup() was done
         self.verbs: dict[str, Callable[[Request], Any]] = {}
         for attr in dir(type(self)):
             verb = getattr(getattr(type(self), attr), "_rpc_verb", None)
@@ -201,6 +218,14 @@ class Service:
             self._stopping = True
             self._stop_reason = reason
             self.state = "stopping"
+            self._wake()
+
+    def _wake(self) -> None:
+        """Make the loop's poll return now (from a thread, or a signal handler)."""
+        if self._wake_w is not None:
+            # full (the loop is already due to wake) or closed: nothing to do
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
 
     @property
     def stopping(self) -> bool:
@@ -226,13 +251,18 @@ class Service:
             self.log.error("cannot start: %s", exc)
             self.factory.close_all(linger_ms=0)
             return 1
+        for request in self._early:  # answered now: `health` means set up, not starting
+            self._answer(request)
+        self._early.clear()
         self.every(self.settings.heartbeat_interval_s, self.heartbeat)
         # freed heap pages back to the kernel now and then (see daemoneye.memory)
-        self.every(memory.TRIM_INTERVAL_S, memory.trim, memory.TRIM_INTERVAL_S)
+        self.every(memory.TRIM_INTERVAL_S, self._trim, memory.TRIM_INTERVAL_S)
         self.log.info("started", extra={"pid": os.getpid(), "boot_id": self.boot_id})
+        self._open_wakeup()
         try:
             self._loop()
         finally:
+            self._close_wakeup()
             self.log.info("stopping", extra={"reason": self._stop_reason})
             try:
                 self.teardown()
@@ -248,6 +278,48 @@ class Service:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self._safely(self.on_reload))
 
+    def _open_wakeup(self) -> None:
+        """A pipe that signals (through signal.set_wakeup_fd) and stop() write to, polled
+        with the sockets: the loop can then sleep until its next timer instead of waking
+        every MAX_POLL_MS to look at its stop flag."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wake_r, self._wake_w = r, w
+        self.watch(r, self._drain_wakeup)
+        try:
+            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: signals cannot wake the poll
+            return
+        self._poll_bound_ms = IDLE_POLL_MS
+
+    def _close_wakeup(self) -> None:
+        if self._wake_r is None:
+            return
+        if self._poll_bound_ms == IDLE_POLL_MS:
+            signal.set_wakeup_fd(-1)
+        self.unwatch(self._wake_r)
+        r, w = self._wake_r, self._wake_w
+        self._wake_r = self._wake_w = None
+        self._poll_bound_ms = MAX_POLL_MS
+        os.close(r)
+        os.close(w)  # type: ignore[arg-type]
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):  # type: ignore[arg-type]
+                pass
+        except (BlockingIOError, TypeError):
+            pass
+
+    def _trim(self) -> None:
+        """Hand freed heap pages back, when there was work since the last time: at idle
+        nothing is freed, and a trim walks every heap (see daemoneye.memory)."""
+        activity = self.events.count + (self.publisher.sent if self.publisher else 0)
+        if activity != self._trimmed_at:
+            self._trimmed_at = activity
+            memory.trim()
+
     def _loop(self) -> None:
         poller = zmq.Poller()
         while not self._stopping:
@@ -258,7 +330,7 @@ class Service:
                 self._poller_dirty = False
             now = time.monotonic()
             next_due = min((t.due for t in self._timers), default=now + 1)
-            timeout_ms = max(0, min(MAX_POLL_MS, int((next_due - now) * 1000) + 1))
+            timeout_ms = max(0, min(self._poll_bound_ms, int((next_due - now) * 1000) + 1))
             try:
                 ready = poller.poll(timeout_ms)
             except zmq.ZMQError as exc:
@@ -288,22 +360,48 @@ class Service:
             self.log.exception("handler %s failed; continuing", getattr(fn, "__name__", fn))
 
     def _on_bus(self) -> None:
-        assert self.subscriber is not None
+        sub = self.subscriber
+        assert sub is not None
+        if self.bus_batch_wait_s > 0 and not self._bus_backlog:
+            # The first message of a burst: let more come; the socket is not watched
+            # until the timer drains it (else every arrival would wake the loop).
+            self.unwatch(sub.sock)
+            self.once(self.bus_batch_wait_s, self._on_bus_after_wait)
+            return
+        self._drain_bus(sub)
+
+    def _on_bus_after_wait(self) -> None:
+        sub = self.subscriber
+        assert sub is not None
+        self.watch(sub.sock, self._on_bus)
+        self._drain_bus(sub)
+
+    def _drain_bus(self, sub: Subscriber) -> None:
         deadline = time.monotonic() + self.drain_budget_s
+        on_message = self.on_message
+        handled = 0
+        cut = False
         try:
-            for msg in self.subscriber.drain():
-                self.events.add()
+            for msg in sub.drain():
+                handled += 1
                 try:
-                    self.on_message(msg)
+                    on_message(msg)
                 except wire.DecodeError as exc:
-                    self.subscriber.count_malformed(
+                    sub.count_malformed(
                         f"{msg.topic} from {msg.envelope.sourceId}: {exc}", msg.topic
                     )
                 except Exception:
                     self.log.exception("handling %s failed; continuing", msg.topic)
                 if time.monotonic() > deadline:
+                    cut = True
                     break  # the rest waits on the socket; the poller wakes the loop at once
         finally:
+            self.events.add(handled)  # once a burst, not per message
+            # a backlog (cut by the budget or by drain's frame limit) is handled without
+            # the batch wait until it is gone
+            self._bus_backlog = cut or (
+                self.bus_batch_wait_s > 0 and bool(sub.sock.getsockopt(_EVENTS) & _POLLIN)
+            )
             self.on_drained()
 
     def audit(self, action: str, subject: str = "", detail: dict[str, Any] | None = None) -> None:
@@ -399,17 +497,22 @@ class Service:
 
     def reach_broker(self, timeout_s: float) -> bool:
         """Register and wait (bounded) for the broker to answer on the control socket,
-        then handle what came; False when nothing came in time. (The PUB socket connects
-        to the broker with the control socket: an answer means the bus is up too.)"""
+        then take what came; False when nothing came in time. (The PUB socket connects
+        to the broker with the control socket: an answer means the bus is up too.)
+        Requests routed to us meanwhile wait until setup() is done: answering `health`
+        now would tell a client we are up before we are (a collector not yet reading
+        the kernel's events)."""
         self._register("register")
         if self.control is None or not self.control.poll(int(timeout_s * 1000)):
             return False
-        self._on_control()
+        self._on_control(answer=False)
         return True
 
     # --- RPC ------------------------------------------------------------------
 
-    def _on_control(self) -> None:
+    def _on_control(self, answer: bool = True) -> None:
+        """Broker replies and requests routed to us; with `answer` False (still
+        starting), requests are kept for run() to answer once setup() is done."""
         assert self.control is not None
         for _ in range(100):
             try:
@@ -418,12 +521,19 @@ class Service:
                 return
             got = at_service(frames)
             if isinstance(got, Routed):
-                reply = self.handle_request(got.data, route=got.client)
-                self.control.send_multipart(reply_frames(got.client, reply))
+                if answer:
+                    self._answer(got)
+                else:
+                    self._early.append(got)
             elif got is not None:
                 self._on_broker_reply(got)
             else:
                 self.log.warning("dropped control frame with %d parts", len(frames))
+
+    def _answer(self, request: Routed) -> None:
+        assert self.control is not None
+        reply = self.handle_request(request.data, route=request.client)
+        self.control.send_multipart(reply_frames(request.client, reply))
 
     def _on_broker_reply(self, data: bytes) -> None:
         reply = decode_reply(data)

@@ -1,9 +1,10 @@
 """`daemoneye up`: the one owner of child processes.
 
 Starts each service as a `daemoneye run <service>` child (the broker first, the
-others once its control socket answers), restarts a crashed child with
-exponential backoff, and on SIGTERM/SIGINT stops them all (producers first, the
-broker last), reaps every child and removes the socket files.
+others once its control socket answers; on Linux forked from this process once it
+has imported what they run, so they share those pages: daemoneye.zygote), restarts
+a crashed child with exponential backoff, and on SIGTERM/SIGINT stops them all
+(producers first, the broker last), reaps every child and removes the socket files.
 
 A collector's netlink reader outlives its main process on purpose (a crash or a
 restart must not blind it), so a final stop also tells each reader in the run
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemoneye import zygote
 from daemoneye.bus import endpoint_in_use, ipc_path, wait_for_endpoint
 from daemoneye.config import Settings
 
@@ -53,8 +55,8 @@ def _die_with_parent() -> None:
 @dataclass
 class Child:
     name: str
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
+    args: list[str]  # after `daemoneye`: run <name> ...
+    proc: subprocess.Popen[bytes] | zygote.Forked | None = None
     started_at: float = 0.0
     restarts: int = 0
     backoff_s: float = BACKOFF_START_S
@@ -63,15 +65,24 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, services: list[str], extra_args: list[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        services: list[str],
+        extra_args: list[str],
+        fork: bool | None = None,
+    ) -> None:
         self.settings = settings
-        self.children = [Child(name, self._argv(name, extra_args)) for name in services]
+        self.children = [Child(name, ["run", name, *extra_args]) for name in services]
+        self.fork = zygote.supported() if fork is None else fork
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
-    def _argv(self, name: str, extra_args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "daemoneye", "run", name, *extra_args]
+    @staticmethod
+    def argv(child: Child) -> list[str]:
+        """The command that runs the child alone (exec'd, or its title when forked)."""
+        return [sys.executable, "-m", "daemoneye", *child.args]
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -81,6 +92,8 @@ class Supervisor:
         if endpoint_in_use(control):
             log.error("a broker already answers at %s; is `daemoneye up` already running?", control)
             return 1
+        if self.fork:
+            zygote.preload([c.name for c in self.children])
         try:
             for child in self.children:
                 self._start(child)
@@ -117,12 +130,21 @@ class Supervisor:
             signal.signal(sig, wake)
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(
-            child.argv, preexec_fn=_die_with_parent, start_new_session=True
-        )
+        if self.fork:
+            child.proc = zygote.fork_service(child.args, self.argv(child), self._in_child)
+        else:
+            child.proc = subprocess.Popen(
+                self.argv(child), preexec_fn=_die_with_parent, start_new_session=True
+            )
         child.started_at = time.monotonic()
         child.restart_due = None
         log.info("started %s pid=%d", child.name, child.proc.pid)
+
+    def _in_child(self) -> None:
+        """In a forked child, first: nothing of the supervisor's own stays open."""
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        _die_with_parent()
 
     def _watch(self) -> None:
         while not self._stopping:

@@ -31,6 +31,8 @@ import time
 from collections import defaultdict
 from typing import Any, ClassVar
 
+import zmq
+
 from daemoneye import wire
 from daemoneye.bus import Gap, Message, Topics
 from daemoneye.replay import Intake
@@ -78,6 +80,7 @@ class Alerter(Service):
         self.summaries = 0
         self._reject_logged_at = 0.0
         self.gc_max_pause_ms = 0.0
+        self.read_windows = 0  # coalescing windows the bus was left to fill (see on_drained)
         self._gc_started = 0.0
         self.clock = time.monotonic  # dedup windows and buckets run on this (tests set it)
         # (store key, JSON, sinks, alert id): the record dict itself is not kept
@@ -218,14 +221,34 @@ class Alerter(Service):
         """Write what the burst staged: one store write per burst, not per alert, is what
         keeps up with 10,000/s. At low rates a burst is one alert, and each write, sink
         wake-up and fsync costs as much as the alert itself: so within `coalesce_s` of
-        the last write the burst waits (on a timer) to go with the next ones."""
+        the last write the burst waits to go with the next ones. Nor is the bus read
+        alert by alert meanwhile: it is left until the window ends and what queued is
+        read then, in one wake-up with its write (the first alert after a quiet spell
+        still goes at once: a socket read dry with nothing staged stays watched)."""
         if not (self._staged or self.intake.cursors.pending):
             return
+        coalesce = self.cfg.coalesce_s
         since = time.monotonic() - self._flushed_at
-        if since >= self.cfg.coalesce_s:
+        if since >= coalesce:
             self.flush()
-        else:  # `once` does not schedule it twice
-            self.once(self.cfg.coalesce_s - since, self.flush)
+            since = 0.0
+        if coalesce <= 0:
+            return
+        sub = self.subscriber
+        if sub is not None and not sub.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.unwatch(sub.sock)  # read dry: the bus queues the window's alerts
+            self.read_windows += 1
+            self.once(coalesce - since, self._read_window)
+        elif self._staged or self.intake.cursors.pending:  # `once` does not schedule twice
+            self.once(coalesce - since, self.flush)
+
+    def _read_window(self) -> None:
+        """The coalescing window ended: read what the bus queued meanwhile (on_drained
+        then writes it with what was staged, and leaves the bus again if it read any)."""
+        if self.subscriber is None:
+            return
+        self.watch(self.subscriber.sock, self._on_bus)
+        self._on_bus()
 
     def on_message(self, msg: Message) -> None:
         if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
@@ -480,6 +503,7 @@ class Alerter(Service):
             "dedup.keys": len(self.dedup.windows),
             **self.intake.metrics("alerts"),
             "gc.max_pause_ms": self.gc_max_pause_ms,
+            "alerts.read_windows": self.read_windows,
         }
         for worker in self.workers:
             figures.update(worker.metrics())

@@ -16,15 +16,16 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from daemoneye import wire
-from daemoneye.bus import stream_of
 from daemoneye.metrics import BASE_LABELS, BY_FIGURE, PREFIX, Source, figures_of
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from .service import Broker
+
+# prometheus_client is imported where it is used: /metrics is off by default, and a
+# broker that does not serve it should not carry its modules (~2 MB)
 
 log = logging.getLogger("daemoneye.broker")
 
@@ -92,11 +93,9 @@ class Exporter:
         return collect(sources, self._live(own))
 
     def _live(self, own: Source) -> list[tuple[Source, str, dict[str, str], float]]:
-        """The broker's counts as of now: messages per stream, drops per reason."""
-        per_stream: dict[str, int] = {}
-        for topic, count in dict(self.broker.topic_counts).items():
-            stream = stream_of(topic.decode(errors="replace"))
-            per_stream[stream] = per_stream.get(stream, 0) + count
+        """The broker's counts as of now: messages per stream (from the sources'
+        heartbeats), drops per reason."""
+        per_stream = dict(self.broker.streams.counts)
         live = [
             (own, "broker.stream_messages", {"stream": s}, float(n)) for s, n in per_stream.items()
         ]
@@ -112,6 +111,8 @@ def collect(
 ) -> list[Metric]:
     """Metric families from every source's heartbeat, and `live` (source, figure, labels,
     value) figures read at scrape time; figures not in FAMILIES are left out."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     families: dict[str, Metric] = {}
     now_s = time.time()
 
@@ -141,6 +142,8 @@ class MetricsServer:
     """The HTTP endpoint; `start` says why not when the address cannot be bound."""
 
     def __init__(self, broker: Broker, address: tuple[str, int]) -> None:
+        from prometheus_client import CollectorRegistry
+
         self.address = address
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Exporter(broker))  # type: ignore[arg-type]
@@ -148,6 +151,8 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> str:
+        from prometheus_client import start_http_server
+
         host, port = self.address
         try:
             self._server, self._thread = start_http_server(port, host, self.registry)

@@ -1,23 +1,24 @@
 """The broker: forwards the bus (XSUB events-in -> XPUB events-out), routes RPC on its
-ROUTER `control`, keeps the service registry and counts traffic per topic.
+ROUTER `control`, keeps the service registry and counts traffic per stream.
 
-It never decodes event bodies on the forwarding path (only heartbeats, to track
-health): each frame is checked for shape, size and a coherent Cap'n Proto segment
-table, counted and forwarded. The XSUB subscribes to everything, so the broker
-counts every topic whether or not anyone downstream listens.
+Forwarding is libzmq's proxy in a thread (forwarder.py): no Python runs per frame.
+Frames are checked where they are received, by every subscriber (`bus.Subscriber`),
+which drops and counts what is malformed before its service acts on it. The broker's
+Python loop reads the bus like any subscriber, for what it needs: heartbeats (health,
+/metrics, messages per stream from their positions), its own lifecycle announcements,
+and the topics an uplink carries off the host.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from functools import partial
 from typing import Any, ClassVar
 
 import zmq
 
 from daemoneye import wire
-from daemoneye.bus import Publisher, Topics
+from daemoneye.bus import Publisher, Subscriber, Topics
 from daemoneye.rpc import (
     Replied,
     Routed,
@@ -28,16 +29,16 @@ from daemoneye.rpc import (
 )
 from daemoneye.service import Request, RpcFault, Service, rpc
 
+from .counts import StreamCounts
+from .forwarder import Forwarder, ProxyStats
 from .metrics import MetricsServer, heartbeat_of
 from .registry import Registry, Transition
 from .uplinks import build_uplinks
 
-HEARTBEAT_PREFIX = Topics.HEARTBEAT.encode()
-DRAIN_LIMIT = 5000  # frames per wake-up before the loop looks at its other sockets
-BURST_FRAMES = 2 * 128  # checked [topic, envelope] frames held before they are sent
-OTHER_TOPICS = b"(other)"
+DRAIN_LIMIT = 5000  # messages per wake-up before the loop looks at its other sockets
+JOIN_TIMEOUT_S = 5.0  # for the forwarder to pass the broker's own first frames
 # plain ints: pyzmq converts its IntEnum flags on every call
-NOBLOCK, RCVMORE, SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
+SNDMORE = int(zmq.SNDMORE)
 
 
 _SEGMENT_HEAD = struct.Struct("<II").unpack_from  # segment count - 1, first segment's words
@@ -65,39 +66,63 @@ class Broker(Service):
         super().__init__(settings, service_id)
         cfg = settings.broker
         self.registry = Registry(cfg.unhealthy_after_missed, cfg.remove_after_missed)
-        self.max_topics = cfg.max_counted_topics
-        self.topic_counts: dict[bytes, int] = {}  # bytes keys: no decode on the hot path
-        self.forwarded = 0
-        self.dropped: dict[str, int] = {"shape": 0, "oversize": 0, "malformed": 0, "rpc": 0}
+        self.streams = StreamCounts(cfg.max_counted_topics)
+        self.forwarder: Forwarder | None = None
+        self.proxy = ProxyStats()
+        self.dropped: dict[str, int] = {"malformed": 0, "rpc": 0}
         self.rpc_routed = 0
         self.rpc_unroutable = 0
+        # sources whose frames came by `ingest` (another host's uplink): not sent up again
+        self.ingested_from: set[str] = set()
         self._last_drop_log = 0.0
         self.uplink = build_uplinks(settings, self.service_id)  # CurveZMQ and/or NATS
         listen = settings.metrics
         self.metrics_server = MetricsServer(self, listen.address()) if listen.listen else None
 
+    @property
+    def forwarded(self) -> int:
+        return self.proxy.messages
+
     # --- sockets --------------------------------------------------------------
 
     def open_sockets(self) -> None:
-        s = self.settings
-        self.xsub = self.factory.bind(zmq.XSUB, s.endpoint("events-in"))
-        self.xpub = self.factory.bind(zmq.XPUB, s.endpoint("events-out"))
+        s, factory = self.settings, self.factory
+        tag = f"broker-{id(self):x}"
+        own_in, own_out = f"inproc://{tag}-in", f"inproc://{tag}-out"
+        xsub = factory.bind(zmq.XSUB, s.endpoint("events-in"))
+        xpub = factory.bind(zmq.XPUB, s.endpoint("events-out"))
+        xsub.bind(own_in)  # the broker's own publisher, through the proxy like any other
+        xpub.bind(own_out)  # the broker's own subscriber
+        xsub.send(b"\x01")  # subscribe to everything upstream
+        steer = factory.bind(zmq.PAIR, f"inproc://{tag}-steer")
+        control = factory.connect(zmq.PAIR, f"inproc://{tag}-steer")
+        self.forwarder = Forwarder(xsub, xpub, steer, control, self._forwarder_failed)
+        self.forwarder.start()
         self.router = self.factory.bind(zmq.ROUTER, s.endpoint("control"), ROUTER_MANDATORY=1)
-        self.xsub.send(b"\x01")  # subscribe to everything upstream
-        self.publisher = Publisher(self.xpub, self.service_id, self.boot_id)
-        self.watch(self.xsub, self._forward)
-        self.watch(self.xpub, self._drain_subscriptions)
+        # An XPUB, not a PUB: it hears the XSUB's subscription, so the broker knows when
+        # its own frames (its registration, first) stop being dropped for want of one.
+        own_pub = factory.connect(zmq.XPUB, own_in)
+        self.publisher = Publisher(own_pub, self.service_id, self.boot_id)
+        if not own_pub.poll(int(JOIN_TIMEOUT_S * 1000)):
+            raise RuntimeError("the forwarder did not start")
+        own_pub.recv()  # the subscription; later ones (forwarded upstream) are drained
+        prefixes = (Topics.HEARTBEAT, Topics.SERVICE_LIFECYCLE)
+        if self.uplink is not None:
+            prefixes += tuple(p.decode() for p in self.uplink.prefixes)
+        self.tap = Subscriber(factory.connect(zmq.SUB, own_out), prefixes, s.bus.max_event_bytes)
+        self.watch(self.tap.sock, self._on_tap)
+        self.watch(own_pub, self._drain_subscriptions)
         self.watch(self.router, self._route)
-        # pyzmq's Socket.send is a Python wrapper for routing ids and groups (~0.3 us a
-        # call); the forwarding path sends plain bytes, so it calls the Cython send.
-        self._send_frame = partial(zmq.backend.Socket.send, self.xpub)
 
     def niceness(self) -> int:
         return self.settings.broker.nice
 
     def setup(self) -> None:
         self.registry.register(self.registration(), route=None)
-        self.every(min(1.0, self.settings.heartbeat_interval_s), self._sweep)
+        # Health is judged in missed heartbeats: a sweep each half interval (at most
+        # 2.5 s apart) is soon enough, and wakes an idle broker less often
+        hb = self.settings.heartbeat_interval_s
+        self.every(max(min(1.0, hb), min(2.5, hb / 2)), self._sweep)
         if self.uplink is not None:
             self.uplink.start()
         if self.metrics_server is not None:
@@ -110,109 +135,69 @@ class Broker(Service):
         own = self.registry.entries.get(self.service_id)
         if own is not None:
             self._announce(Transition(own, "deregister", "broker stopping"))
+            self._await_own("deregister")
+        if self.forwarder is not None:
+            self.forwarder.stop()
         if self.uplink is not None:
             self.uplink.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
-    # --- forwarding -----------------------------------------------------------
+    # --- the broker's view of the bus ----------------------------------------
 
-    def _forward(self) -> None:
-        # The hot path, ~4 us a frame in Python: single-frame recv with int flags,
-        # because recv_multipart/send_multipart cost ~3 us each in pyzmq's Python layer.
-        # Checked frames are sent in bursts: sent one by one as they arrive, each send
-        # woke libzmq's I/O thread to write that one frame (three syscalls a frame).
-        max_bytes = self.settings.bus.max_event_bytes
-        sock_in = self.xsub
-        recv, more = sock_in.recv, sock_in.getsockopt
-        counts = self.topic_counts
-        count_of = counts.get
-        head = _SEGMENT_HEAD
+    def _await_own(self, action: str, timeout_s: float = 1.0) -> None:
+        """Wait (bounded) until the broker's own announcement has come back through the
+        forwarder: stopped before, the proxy would drop it with its queue."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.tap.recv(int(left * 1000) + 1)
+            if msg is None:
+                return
+            if (
+                msg.kind == "registration"
+                and msg.source_id == self.service_id
+                and msg.body.action == action
+            ):
+                return
+
+    def _forwarder_failed(self, why: str) -> None:  # from the forwarder's thread
+        self.notes.append(why)
+        self.stop(why)
+
+    def _on_tap(self) -> None:
+        tap, own = self.tap, self.service_id
         uplink = self.uplink
         upward: list[tuple[bytes, bytes]] = []
-        burst: list[bytes] = []  # topic, envelope, topic, envelope, ...
-        forwarded = 0
+        for msg in tap.drain(DRAIN_LIMIT):
+            if msg.kind == "heartbeat":
+                self._observe_heartbeat(msg, own)
+            if uplink is not None and msg.source_id not in self.ingested_from:
+                topic = msg.topic.encode()
+                if uplink.wants(topic):
+                    upward.append((topic, msg.raw))
+        self.dropped["malformed"] = tap.stats.dropped_malformed
+        if upward:
+            uplink.offer(upward)
+
+    def _observe_heartbeat(self, msg: Any, own: str) -> None:
         try:
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    topic = recv(NOBLOCK)
-                except zmq.Again:
-                    return
-                if not more(RCVMORE):
-                    self._drop("shape", "expected [topic, envelope], got 1 frame")
-                    continue
-                data = recv(NOBLOCK)  # a multipart message arrives whole: never Again here
-                if more(RCVMORE):
-                    self._drop("shape", f"expected [topic, envelope], got {self._discard_rest()}")
-                    continue
-                size = len(data)
-                if size > max_bytes:
-                    self._drop("oversize", f"{size} bytes on {topic[:80]!r} > {max_bytes}")
-                    continue
-                # the one-segment case of _plausible_envelope inline: no call per frame
-                if (size < 16 or size & 7 or head(data) != (0, (size >> 3) - 1)) and (
-                    not _plausible_envelope(data, size)
-                ):
-                    self._drop("malformed", f"topic {topic[:80]!r}: not a Cap'n Proto message")
-                    continue
-                seen = count_of(topic)  # one lookup less than `in` and `+=`
-                if seen is not None:
-                    counts[topic] = seen + 1
-                elif not self._admit_topic(topic):
-                    continue
-                if topic.startswith(HEARTBEAT_PREFIX):
-                    self._observe_heartbeat(data)
-                burst += (topic, data)
-                if len(burst) >= BURST_FRAMES:
-                    forwarded += self._send_burst(burst)
-                if uplink is not None and uplink.wants(topic):
-                    upward.append((topic, data))
-        finally:
-            forwarded += self._send_burst(burst)
-            self.forwarded += forwarded
-            self.events.add(forwarded)
-            if upward:
-                uplink.offer(upward)
-
-    def _send_burst(self, burst: list[bytes]) -> int:
-        """Send [topic, envelope] pairs back to back; empty the list; return how many."""
-        send = self._send_frame
-        for i in range(0, len(burst), 2):
-            send(burst[i], SNDMORE)
-            send(burst[i + 1])
-        sent = len(burst) >> 1
-        burst.clear()
-        return sent
-
-    def _discard_rest(self) -> str:
-        """Read off the remaining frames of an over-long message; say how many it had."""
-        frames = 2
-        while True:
-            self.xsub.recv()
-            frames += 1
-            if not self.xsub.getsockopt(RCVMORE):
-                return f"{frames} frames"
-
-    def _admit_topic(self, topic: bytes) -> bool:
-        """First sight of a topic: it must be UTF-8; counted by name while there is room."""
-        try:
-            topic.decode()
-        except UnicodeDecodeError:
-            self._drop("malformed", f"topic {topic[:80]!r} is not UTF-8")
-            return False
-        counts = self.topic_counts
-        if len(counts) < self.max_topics:
-            counts[topic] = 1
-        else:
-            counts[OTHER_TOPICS] = counts.get(OTHER_TOPICS, 0) + 1
-        return True
+            body = msg.body
+            self.streams.observe(
+                msg.source_id, msg.boot_id, [(p.stream, p.lastSeq) for p in body.streams]
+            )
+            if msg.source_id != own:  # its own is recorded when sent
+                self._announce(self.registry.heartbeat(heartbeat_of(body, msg.raw)))
+        except wire.DecodeError as exc:
+            self.tap.count_malformed(f"heartbeat from {msg.source_id}: {exc}", msg.topic)
 
     def _drain_subscriptions(self) -> None:
-        """Downstream subscriptions need no forwarding: upstream sends everything."""
+        """Subscriptions forwarded upstream to the broker's own publisher: not needed
+        (the forwarder subscribes to everything)."""
+        sock = self.publisher.sock if self.publisher is not None else None
         for _ in range(DRAIN_LIMIT):
             try:
-                self.xpub.recv(zmq.NOBLOCK)
-            except zmq.Again:
+                sock.recv(zmq.NOBLOCK)
+            except (zmq.Again, AttributeError):
                 return
 
     def _drop(self, kind: str, reason: str) -> None:
@@ -224,35 +209,23 @@ class Broker(Service):
                 "dropped frame: %s", reason, extra={"dropped": sum(self.dropped.values())}
             )
 
-    def _observe_heartbeat(self, data: bytes) -> None:
-        try:
-            envelope = wire.decode_envelope(data)
-        except wire.DecodeError as exc:
-            self._drop("malformed", f"heartbeat: {exc}")
-            return
-        if wire.body_kind(envelope) != "heartbeat":
-            return
-        try:
-            heartbeat = heartbeat_of(envelope.body.heartbeat, data)
-        except wire.DecodeError as exc:
-            self._drop("malformed", f"heartbeat: {exc}")
-            return
-        self._announce(self.registry.heartbeat(heartbeat))
+    def _refresh_proxy(self) -> None:
+        if self.forwarder is not None:
+            self.proxy = self.forwarder.stats()
+            self.events.count = self.proxy.messages
 
     # --- heartbeats and the registry -----------------------------------------
 
     def heartbeat(self) -> None:
         assert self.publisher is not None
+        self._refresh_proxy()
         self.events.sample()
-        body = self.heartbeat_body()
-        topic = Topics.heartbeat(self.service_id)
-        _, data = self.publisher.encode(topic, "heartbeat", body)
-        self.publisher.send_encoded(topic, data)
-        self.registry.heartbeat(body)
         if self.uplink is not None:
             self.notes[:] = [n for n in self.notes if " uplink " not in n] + self.uplink.notes()
-            if self.uplink.wants(topic.encode()):
-                self.uplink.offer([(topic.encode(), data)])
+        body = self.heartbeat_body()
+        # through the forwarder, like every heartbeat: the tap offers it to the uplink
+        self.publisher.publish(Topics.heartbeat(self.service_id), "heartbeat", body)
+        self.registry.heartbeat(body)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -372,15 +345,19 @@ class Broker(Service):
                     "malformed", f"ingested frame on {topic[:80]!r} from {request.source_id}"
                 )
                 continue
-            if topic in self.topic_counts:
-                self.topic_counts[topic] += 1
-            elif not self._admit_topic(topic):
+            try:
+                topic.decode()
+                source_id = wire.decode_parts(data)[2]
+            except (UnicodeDecodeError, wire.DecodeError) as exc:
+                self._drop("malformed", f"ingested frame on {topic[:80]!r}: {exc}")
                 continue
-            if topic.startswith(HEARTBEAT_PREFIX):
-                self._observe_heartbeat(data)  # edge services appear in the center's status
-            self.xpub.send_multipart([topic, data])
+            if len(self.ingested_from) < self.settings.broker.max_counted_topics:
+                self.ingested_from.add(source_id)
+            # through the forwarder like any frame: the tap sees an edge's heartbeats, so
+            # edge services appear in the center's status
+            self.publisher.sock.send(topic, SNDMORE)  # verbatim: another source's seq
+            self.publisher.sock.send(data)
             accepted += 1
-        self.forwarded += accepted
         return {"accepted": accepted, "dropped": len(request.payloads) - accepted}
 
     @rpc("uplink")
@@ -426,14 +403,18 @@ class Broker(Service):
 
     @rpc("stats")
     def rpc_stats(self, request: Request) -> dict[str, Any]:
+        self._refresh_proxy()
         return {
             "forwarded": self.forwarded,
+            "frames_in": self.proxy.frames_in,
+            "frames_out": self.proxy.frames_out,
             "dropped": dict(self.dropped),
             "rpc_routed": self.rpc_routed,
             "rpc_unroutable": self.rpc_unroutable,
             "auth_refused": self.auth_refused(),
             "uplink": self.uplink.status() if self.uplink else None,
-            "topics": {t.decode(): n for t, n in self.topic_counts.items()},
+            # messages per stream, from the sources' heartbeats (counts.py)
+            "topics": dict(self.streams.counts),
         }
 
 

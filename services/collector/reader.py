@@ -62,13 +62,23 @@ def socket_path(run_dir: str | Path, service_id: str) -> Path:
     return Path(run_dir) / f"collector-{digest}.reader"
 
 
-def code_version() -> str:
-    """The reader's code: a main with other code replaces the reader (an upgrade)."""
+def _hash_of_code() -> str:
     h = hashlib.sha1()
     for path in (__file__, netlink.__file__, procfs.__file__):
         with contextlib.suppress(OSError):
             h.update(Path(path).read_bytes())
     return h.hexdigest()[:16]
+
+
+# Read when this module is imported: the code this process runs, even when the files
+# changed since (an upgrade on disk while `daemoneye up` forks its collector from the
+# modules it loaded at start: daemoneye.zygote).
+_CODE_VERSION = _hash_of_code()
+
+
+def code_version() -> str:
+    """The reader's code: a main with other code replaces the reader (an upgrade)."""
+    return _CODE_VERSION
 
 
 def capture(ev: ProcEvent) -> dict[str, Any] | None:
@@ -115,7 +125,11 @@ def spawn(
     """Start a reader (and its spare) on `listener` (bound to its path) that belongs to
     no one: a double fork, so it outlives this process and init reaps it. Returns the
     intermediate's exit code."""
-    gc.freeze()  # the children's collector then never touches (and copies) our objects
+    # the children's collector then never touches (and copies) our objects; a process
+    # forked frozen (daemoneye.zygote) stays so, or its own collections would copy the
+    # pages it shares with the supervisor
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -127,7 +141,8 @@ def spawn(
         except BaseException:
             code = 1
         os._exit(code)
-    gc.unfreeze()
+    if not was_frozen:
+        gc.unfreeze()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 

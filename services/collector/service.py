@@ -67,6 +67,7 @@ class Collector(Service):
         self._degraded_why = ""
         self._wal_failing = ""  # why WAL appends fail now ('' when they work)
         self.unlogged = 0  # events published without a WAL record (cannot be replayed)
+        self.unencodable = 0  # events the schema refused (a value out of range): a bug
         self._batch: list[Out] = []  # batching: events waiting for their envelope
         self._batch_since = 0.0
         self._batch_bytes = 0  # batching: an estimate of the batch's encoded size
@@ -470,12 +471,19 @@ class Collector(Service):
         outs, self._batch = self._batch, []
         if len(outs) <= 1:
             for out in outs:
-                self.emit(out)
+                self._emit_or_count(out)
             return
         assert self.publisher is not None and self.wal is not None
         topic = f"{Topics.PROCESS}{outs[0].kind}"
         body = {"events": [self.event_body(out) for out in outs]}
-        seq, data = self.publisher.encode(topic, "processEventBatch", body)
+        try:
+            seq, data = self.publisher.encode(topic, "processEventBatch", body)
+        except (ValueError, TypeError):
+            # one event the schema refuses must not take its batch down with it: each
+            # goes alone, and the one that cannot is counted and named
+            for out in outs:
+                self._emit_or_count(out)
+            return
         try:  # as emit: a failing WAL degrades replay, never the live stream
             self.wal.append(seq, topic, data)
             if self._wal_failing:
@@ -502,6 +510,15 @@ class Collector(Service):
         if out.previous is not None:
             body["previous"] = out.previous
         return body
+
+    def _emit_or_count(self, out: Out) -> None:
+        try:
+            self.emit(out)
+        except (ValueError, TypeError) as exc:
+            self.unencodable += 1
+            self.log.error(
+                "cannot encode a %s event of pid %s: %s", out.kind, out.record.get("pid"), exc
+            )
 
     def emit(self, out: Out) -> int:
         """WAL first, then the bus: a crash between the two is repaired by replay."""
@@ -568,6 +585,7 @@ class Collector(Service):
             m["wal.cuts"] = len(self.wal.cuts)
             m["wal.write_errors"] = self.wal.write_errors
             m["wal.unlogged"] = self.unlogged
+            m["collector.unencodable"] = self.unencodable
             m["wal.bytes"] = self.wal.size_bytes()
         if self.hasher is not None:
             m["hash.done"] = self.hasher.hashed

@@ -23,7 +23,14 @@ from typing import Any
 
 from daemoneye.rpc import RpcError
 from tests.conftest import ServiceProcess, World, daemoneye, wait_for
-from tests.stored import ledger_pids, read_history, read_ledger, read_wal, wal_pids
+from tests.stored import (
+    capture_diagnosis,
+    ledger_pids,
+    read_history,
+    read_ledger,
+    read_wal,
+    wal_pids,
+)
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 # kill -9 loses what the collector had read but not yet logged: storm processes that
@@ -100,12 +107,19 @@ class Storm:
         self._stop.set()
         self._thread.join(10)
 
+    def missing(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> list[Ran]:
+        """The processes the storm ran that have none of `pids`, except those that
+        overlap a `blind` window (the collector down)."""
+        windows = blind or []
+        due = [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
+        return [r for r in due if r.pid not in pids]
+
     def unseen(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> str:
         """'' when every process the storm ran has one of `pids`; else what is missing.
         Processes that overlap a `blind` window (the collector down) are excused."""
         windows = blind or []
         due = [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
-        missing = [r for r in due if r.pid not in pids]
+        missing = self.missing(pids, blind)
         if not missing:
             return ""
         return (
@@ -284,9 +298,22 @@ class System:
         out.detector_times = read_history(self.settings, self.collector_id)
         if storm is not None:
             out.storm_ran, blind = len(storm.ran), self.collector_blind
-            out.storm_not_in_wal = storm.unseen(wal_pids(self.settings, self.collector_id), blind)
+            in_wal = wal_pids(self.settings, self.collector_id)
+            out.storm_not_in_wal = storm.unseen(in_wal, blind)
+            if out.storm_not_in_wal:
+                out.storm_not_in_wal += "; " + capture_diagnosis(
+                    self.settings,
+                    self.collector_id,
+                    storm.marker,
+                    storm.missing(in_wal, blind),
+                    out.metrics["collector"],
+                )
             pids = ledger_pids(self.settings, self.collector_id)
             out.storm_not_in_ledger = storm.unseen(pids, blind)
+        if out.storm_not_in_wal:
+            log = "\n".join([*self.old_logs.get("collector", []), self.procs["collector"].log()])
+            errors = [x for x in log.splitlines() if "level=error" in x or "failed" in x]
+            out.storm_not_in_wal += f"; collector errors: {errors[-5:]}"
         verify = daemoneye("ledger", "verify", env=self.env, timeout=120, COLUMNS="200")
         out.verify_rc, out.verify_out = verify.returncode, verify.stdout + verify.stderr
         out.logs = {

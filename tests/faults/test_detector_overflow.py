@@ -34,7 +34,7 @@ from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.store import Store
 from tests.conftest import World, wait_for
 from tests.faults.harness import Storm, System, needs_realtime
-from tests.stored import wal_pids
+from tests.stored import capture_diagnosis, wal_pids
 
 pytestmark = needs_realtime()
 
@@ -189,9 +189,15 @@ def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: 
         caught_up = settle(lambda: max(sink_alerts(data, marker)[0], default=-1) >= after, 60)
         assert caught_up, f"no alert for storm processes from {after} on within 60 s"
         storm.stop()
+        collector = system.health("collector")["metrics"]
         assert system.procs["collector"].stop() == 0, system.procs["collector"].log()
         execs = wal_execs(world.settings, system.collector_id, marker)
-        unlogged = storm.unseen(wal_pids(world.settings, system.collector_id))
+        in_wal = wal_pids(world.settings, system.collector_id)
+        unlogged = storm.unseen(in_wal)
+        if unlogged:
+            unlogged += "; " + capture_diagnosis(
+                world.settings, system.collector_id, marker, storm.missing(in_wal), collector
+            )
 
         def metrics(name: str, timeout_s: float = 10) -> dict[str, float]:
             # a generous deadline: a detector catching up on a replay answers late

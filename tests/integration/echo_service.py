@@ -7,6 +7,7 @@ It subscribes to `test.` topics (counting what it gets) and answers `echo` and
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any, ClassVar
 
 from daemoneye.bus import Message
@@ -18,8 +19,18 @@ class Echo(Service):
     name: ClassVar[str] = "echo"
     subscriptions: ClassVar[tuple[str, ...]] = ("test.",)
 
+    slow_start_s = 0.0  # --slow-start: a setup that registers early, as the collector's
+
     def setup(self) -> None:
         self.received: list[int] = []
+        self.set_up = False
+        if self.slow_start_s:
+            # Registered, then busy (the collector starting its reader, its snapshot):
+            # requests routed to us meanwhile queue beside the broker's reply.
+            self._register("register")
+            time.sleep(self.slow_start_s)
+            self.reach_broker(5.0)
+        self.set_up = True
 
     def on_message(self, msg: Message) -> None:
         self.received.append(msg.envelope.seq)
@@ -27,6 +38,10 @@ class Echo(Service):
     @rpc("echo")
     def rpc_echo(self, request: Request) -> dict[str, Any]:
         return {"params": request.params, "payload": request.payload.hex()}
+
+    @rpc("ready")
+    def rpc_ready(self, request: Request) -> dict[str, Any]:
+        return {"set_up": self.set_up}
 
     @rpc("received")
     def rpc_received(self, request: Request) -> dict[str, Any]:
@@ -41,5 +56,7 @@ class Echo(Service):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--id")
+    parser.add_argument("--slow-start", type=float, default=0.0)
     args = parser.parse_args()
+    Echo.slow_start_s = args.slow_start
     raise SystemExit(Echo(load_settings(), args.id).run())

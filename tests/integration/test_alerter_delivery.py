@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import threading
+import time
 
 from tests.conftest import DAEMONEYE, wait_for
 from tests.integration.test_alerter_harness import (
@@ -131,6 +132,37 @@ path = "{out}"
     assert metric(rpc_client, "alerts.rule_limited") == 500 - len(delivered)
     held = call(rpc_client, "alerts.list", {"rule": "r.many", "limit": 1000})["alerts"]
     assert sum(1 for r in held if r.get("heldBy") == ["rule"]) == 500 - len(delivered)
+
+
+def test_a_trickle_is_read_and_written_in_windows(
+    broker, start_service, run_env, tmp_path, factory, settings, rpc_client
+) -> None:
+    """Alerts arriving one at a time: the first goes at once, the rest are read and
+    written a coalescing window at a time (the bus left to fill meanwhile), all of them
+    delivered once."""
+    out = tmp_path / "alerts.jsonl"
+    toml = f"""
+[alerter]
+coalesce_s = 0.05
+[[alerter.sinks]]
+kind = "file"
+path = "{out}"
+"""
+    proc = start_alerter(start_service, run_env, tmp_path, toml)
+    feed = Feed(factory, settings)
+    wait_live(feed, rpc_client, proc)
+    before = metric(rpc_client, "alerts.read_windows")
+    count = 60
+    for n in range(count):
+        feed.alert(alert_body("r.trickle", n, exe=f"/bin/t{n}"))
+        time.sleep(0.002)  # pacing the sender into a trickle, not synchronising
+    wait_for(lambda: len(file_lines(out)) >= count, 30, "the trickle in the file")
+    lines = file_lines(out)
+    assert sorted(r["process"]["exePath"] for r in lines) == sorted(
+        f"/bin/t{n}" for n in range(count)
+    )
+    windows = metric(rpc_client, "alerts.read_windows") - before
+    assert 1 <= windows < count // 2, f"{windows} windows for {count} alerts"
 
 
 def test_malformed_frames_are_dropped_and_counted(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 
+from daemoneye import memory, zygote
 from daemoneye.bus import endpoint_in_use
 from daemoneye.config import Settings
 from tests.conftest import DAEMONEYE, daemoneye, wait_for
@@ -51,6 +52,11 @@ def test_up_status_tap_and_clean_stop(run_env, settings: Settings, tmp_path: Pat
 
         children = psutil.Process(up.pid).children(recursive=True)
         assert children, "up started no child"
+        # forked from `up` (daemoneye.zygote), it reads as the command that runs it alone
+        assert "daemoneye run broker" in " ".join(children[0].cmdline())
+        if zygote.supported():  # and shares the modules `up` imported: no copy of its own
+            shared = memory.rss_breakdown(children[0].pid).get("Shared_Dirty", 0)
+            assert shared > 8 << 20, f"the broker shares {shared} bytes with `up`"
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(30)
@@ -74,6 +80,8 @@ def test_up_restarts_a_crashed_child(run_env, settings: Settings, tmp_path: Path
 
         wait_for(restarted, 20, "the broker to be restarted")
         assert "broker exited with code -9; restarting" in log.read_text()
+        [second] = psutil.Process(up.pid).children()
+        assert "daemoneye run broker" in " ".join(second.cmdline())
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0

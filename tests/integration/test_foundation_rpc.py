@@ -49,6 +49,29 @@ def test_rpc_reaches_a_service_by_id_and_by_name(echo, rpc_client) -> None:
     assert rpc_client.call("control.echo", "health").value["service_id"] == "echo-1"
 
 
+def test_a_service_answers_only_once_set_up(broker, run_env, tmp_path, rpc_client) -> None:
+    """A request routed to a service still in setup() (registered early, as the
+    collector does to know the bus is up) is answered after setup, not during it: a
+    `health` answered then told tests the collector was up before it read the kernel."""
+    log = open(tmp_path / "slow.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, str(ECHO), "--id", "slow-1", "--slow-start", "2"],
+        env=run_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: registered(rpc_client, "slow-1"), 15, "slow-1 to register")
+        # sent while it sleeps in setup(): queued beside the broker's reply to register
+        assert rpc_client.call("control.echo.slow-1", "ready", timeout_s=15).value == {
+            "set_up": True
+        }
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
 def test_unknown_verb_and_unknown_target_are_clear_errors(echo, rpc_client) -> None:
     wait_for(lambda: registered(rpc_client, "echo-1"), 15, "echo to register")
     with pytest.raises(RpcError, match="has no verb 'nope'") as err:

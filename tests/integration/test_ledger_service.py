@@ -174,6 +174,28 @@ def test_undecodable_frames_do_not_stop_it(
     assert ledger.proc.poll() is None
 
 
+def test_a_trickle_is_read_in_batches_and_all_recorded(
+    broker, start_service, rpc_client, pub
+) -> None:
+    """Messages arriving one at a time are read a batch per wake-up (once read dry, the
+    bus is left to fill for read_interval_ms), and every one is recorded."""
+    start_ledger(start_service, rpc_client)
+    start = join(pub, rpc_client)
+
+    def pauses() -> float:
+        return rpc_client.call("control.ledger", "health").value["metrics"]["ledger.read_pauses"]
+
+    before = pauses()
+    count = 60
+    for i in range(count):
+        event = {"kind": "start", "record": {"pid": 2000 + i, "name": "sh"}}
+        pub.publish(Topics.PROCESS_START, "processEvent", event)
+        time.sleep(0.002)  # pacing the sender into a trickle, not synchronising
+    wait_for(lambda: ledger_head(rpc_client) >= start + count, 20, "the trickle recorded")
+    batches = pauses() - before
+    assert 1 <= batches < count // 2, f"{batches} pauses for {count} messages"
+
+
 @pytest.fixture
 def stopped_ledger(broker, start_service, rpc_client, pub, settings, run_env) -> Path:
     """A ledger with 300 entries and checkpoints, stopped cleanly: its data dir."""

@@ -22,6 +22,7 @@ from tests.integration.test_alerter_harness import (
     wait_live,
 )
 from tests.nats_server import NatsServer, nkey_pair, stream_contents
+from tests.schemas.check import ecs_problems, ocsf_problems
 from tests.tls import self_signed_cert
 
 
@@ -181,3 +182,26 @@ def _client_tls(cert):
     import ssl
 
     return ssl.create_default_context(cafile=str(cert))
+
+
+@pytest.mark.parametrize("fmt", ["ocsf", "ecs"])
+def test_the_sink_publishes_ocsf_or_ecs_documents(
+    fmt, nats_server, broker, start_service, run_env, tmp_path, factory, settings, rpc_client
+) -> None:
+    """With `format`, what JetStream stores is the schema's document, valid against it,
+    still one per alert (the message id is the alert's)."""
+    toml = nats_toml(nats_server.url, f'format = "{fmt}"')
+    proc = start_alerter(start_service, run_env, tmp_path, toml)
+    feed = Feed(factory, settings)
+    wait_live(feed, rpc_client, proc)
+    for i in range(3):
+        feed.alert(alert_body(f"r.{fmt}", i))
+    wait_for(lambda: metric(rpc_client, "sink.fleet.delivered") == 3, 20, "3 deliveries")
+    stored = stream_contents(nats_server.url)
+    assert len(stored) == 3
+    assert len({m.headers[MSG_ID] for m in stored}) == 3
+    problems = ocsf_problems if fmt == "ocsf" else ecs_problems
+    for msg in stored:
+        doc = json.loads(msg.data)
+        assert not problems(doc), problems(doc)
+        assert "ruleId" not in doc  # the schema's document, not our record

@@ -85,3 +85,20 @@ def test_batches_are_cut_by_count_and_by_size(collector: Collector) -> None:
     assert [pid for pids, _ in bigs for pid in pids] == list(range(100, 106))
     assert all(n <= collector.settings.bus.max_event_bytes for _, n in bigs)
     assert len(bigs) >= 3  # cut by size, not by count
+
+
+def test_an_event_the_schema_refuses_does_not_take_its_batch_down(collector: Collector) -> None:
+    bad = out("start", 21)
+    bad.record["pgroup"] = -1  # out of range for the wire's UInt32
+    collector._holding = True  # one netlink read: the three would share an envelope
+    collector._publish_all([out("start", 20), bad, out("start", 22)])
+    collector._holding = False
+    collector._send_batch()
+    assert [pid for r in sent(collector) for pid in r[2]] == [20, 22]
+    assert collector.unencodable == 1
+
+
+def test_a_negative_process_group_in_stat_reads_as_none() -> None:
+    raw = b"5 (x) S 1 -1 -1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0"
+    st = procfs.parse_stat(5, raw)
+    assert st is not None and (st.pgroup, st.session_id) == (0, 0)

@@ -72,6 +72,12 @@ def test_failures_are_classified() -> None:
     assert classify(nats.errors.Error("nats: 'Authorization Violation'")) == "refused"
     assert classify(ConnectionRefusedError(111, "refused")) == "down"
     assert classify(nats.errors.AuthorizationError()) == "refused"
+    # a reset that ends a TLS connection before it came up is the server's refusal of
+    # the handshake (a client certificate it wants); on a link that was up it is a drop
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    assert classify(reset, tls_handshake=True) == "tls"
+    assert classify(reset) == "down"
+    assert classify(ConnectionRefusedError(111, "refused"), tls_handshake=True) == "down"
 
 
 def test_services_without_nats_do_not_load_nats_py() -> None:

@@ -72,16 +72,27 @@ def test_deregister() -> None:
     assert r.deregister("l1") is None and r.listing() == []
 
 
-def test_broker_counts_topics_within_a_bound(settings) -> None:
-    from daemoneye.services.broker.service import OTHER_TOPICS, Broker
+def test_messages_per_stream_from_heartbeat_positions() -> None:
+    from daemoneye.services.broker.counts import OTHER, StreamCounts
 
-    broker = Broker(
-        settings.model_copy(
-            update={"broker": settings.broker.model_copy(update={"max_counted_topics": 16})}
-        )
-    )
-    for i in range(40):
-        assert broker._admit_topic(f"t{i}".encode())
-    assert not broker._admit_topic(b"\xff\xfe")  # not UTF-8: dropped, counted
-    assert len(broker.topic_counts) == 17 and broker.topic_counts[OTHER_TOPICS] == 24
-    assert broker.dropped["malformed"] == 1
+    c = StreamCounts(max_streams=2)
+    c.observe("col@h", "b1", [("events.process", 10), ("control.health", 3)])
+    c.observe("col@h", "b1", [("events.process", 25), ("control.health", 3)])
+    c.observe("col@h", "b1", [("events.process", 20)])  # a late, older heartbeat
+    assert c.counts == {"events.process": 25, "control.health": 3}
+    c.observe("col@h", "b2", [("events.process", 30)])  # a new boot continuing (a WAL)
+    c.observe("det@h", "x1", [("alerts.high", 4)])  # a third stream: beyond the bound
+    assert c.counts == {"events.process": 30, "control.health": 3, OTHER: 4}
+    c.observe("col@h", "b3", [("events.process", 2)])  # restarted at 1
+    assert c.counts["events.process"] == 32
+
+
+def test_stream_positions_are_bounded() -> None:
+    from daemoneye.services.broker.counts import StreamCounts
+
+    c = StreamCounts(max_streams=8, max_positions=2)
+    for i in range(5):  # sources invented by a publisher: only two tracked
+        c.observe(f"s{i}", "b", [("t.x", 1)])
+    for i in range(5):  # and the untracked are not counted again and again
+        c.observe(f"s{i}", "b", [("t.x", 1)])
+    assert c.counts == {"t.x": 2}

@@ -42,3 +42,43 @@ def test_every_keeps_repeating(settings: Settings) -> None:
         make_due(svc)
         svc._run_timers()
     assert calls == [1, 1, 1] and len(svc._timers) == 1
+
+
+def test_an_idle_loop_sleeps_until_its_timer_and_stop_wakes_it(settings: Settings) -> None:
+    """With the wake-up pipe the poll is bounded by the next timer, not MAX_POLL_MS; a
+    stop() from another thread (or a signal, through set_wakeup_fd) ends the sleep."""
+    import threading
+    import time
+
+    from daemoneye import service as service_mod
+
+    svc = Plain(settings)
+    svc.every(3600, lambda: None, first_in_s=3600)  # the only timer: an hour away
+    svc._open_wakeup()
+    try:
+        assert svc._poll_bound_ms == service_mod.IDLE_POLL_MS  # pytest runs on the main thread
+        stopper = threading.Timer(0.3, svc.stop, ("test",))
+        stopper.start()
+        started = time.monotonic()
+        svc._loop()
+        # bound far below IDLE_POLL_MS (60 s): the stop woke the poll, not its timeout
+        assert time.monotonic() - started < 10
+        stopper.join()
+    finally:
+        svc._close_wakeup()
+    assert svc._poll_bound_ms == service_mod.MAX_POLL_MS
+
+
+def test_the_heap_is_trimmed_only_after_work(settings: Settings, monkeypatch) -> None:
+    from daemoneye import memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
+    svc = Plain(settings)
+    svc._trim()  # the first: the start-up's garbage
+    svc._trim()  # idle since: nothing freed, no walk of the heaps
+    assert len(trims) == 1
+    svc.events.add(5)
+    svc._trim()
+    svc._trim()
+    assert len(trims) == 2

@@ -210,10 +210,11 @@ def test_nesting_is_limited_as_pycapnp_counts_it(text_leaf: bool) -> None:
 
 
 def header_the_slow_way(data: bytes) -> tuple[str, str, str, int] | None:
-    """What pycapnp reads from the same bytes once they pass the structure check."""
+    """What pycapnp reads from the same bytes once they pass the structure check (with
+    the traversal budget every reader gives a frame of that size)."""
     segments = segments_of(data)
     try:
-        wirecheck.check_message(segments, wire.CHECK_LIMIT_WORDS, wire.NESTING_LIMIT)
+        wirecheck.check_message(segments, wire.check_budget(len(data)), wire.NESTING_LIMIT)
         reader = wire.Envelope.from_segments(segments, nesting_limit=wire.NESTING_LIMIT)
         return wire._read_header_slowly(reader, len(data))
     except (wirecheck.StructureError, wire.DecodeError):

@@ -107,7 +107,12 @@ def error_line(name: str, message: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    return execute(build_parser(argv).parse_args(argv))
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run a parsed command, every error one line and an exit code (main's second half;
+    a service forked by `daemoneye up` comes here with its arguments parsed)."""
     name = command_name(args)
     debug = bool(getattr(args, "debug", False) or getattr(args, "debug_first", False))
     try:

@@ -30,7 +30,7 @@ from typing import Any
 from .lineage import sql_functions
 from .live import Batch, EventIn, LiveTables, Proc
 from .model import Problem, Rule
-from .prefilter import Screening, screening_sql
+from .prefilter import CHECK_MIN_ROWS, Screening, screening_sql
 from .sandbox import BudgetExceeded, Sandbox
 from .scheduling import IDENTITY, Plan, make_plan
 from .tables import INCREMENTAL_TABLES
@@ -186,6 +186,10 @@ class Engine:
             if lane.screening is not None:
                 actives += self._screened_in(lane.screening, batch, bounds[driver])
             self.screened_out += len(lane.rules)
+        # a rule joining what a named tool did in the window: none of those tools in it
+        if self.screening:
+            names = self.tables.has_event_name
+            actives = [a for a in actives if not a.plan.window_names or names(a.plan.window_names)]
         self.screened_out -= len(actives)
         actives.sort(key=_order)
         # every changed row may match once: the bound grows with the batch
@@ -238,13 +242,23 @@ class Engine:
 
     def _screened_in(self, screening: Screening, batch: Batch, bound: int) -> list[Active]:
         """The screened rules that could match the batch's rows: every need met by some
-        row, and the screen held for some row. The others' statements need not run."""
+        row, and the screen held for some row. The others' statements need not run.
+
+        A small batch (a quiet host's exec or two) is judged in Python, row by row
+        (judge.py): only the screens it cannot be sure of go to SQLite."""
         if screening.table == "processes":
             rows = [proc.row for proc in batch.procs.values()]
         else:
             rows = batch.event_rows
+        small = len(rows) < CHECK_MIN_ROWS
+        folded: list[dict] = [{} for _ in rows] if small else []  # texts folded for LIKE
+        candidates = screening.candidates(rows, folded)
         passed: list[Active] = []
-        for sql, chunk in screening.statements(screening.candidates(rows)):
+        if small:
+            passed, candidates = screening.judge(rows, candidates, folded)
+            if not candidates:
+                return passed
+        for sql, chunk in screening.statements(candidates):
             verdicts = self._judge(sql, bound)
             if verdicts is None:  # no verdict: judge each screen alone
                 verdicts = [self._judge_alone(active, bound) for active in chunk]

@@ -14,6 +14,7 @@ A record arrives as the dict form of a ProcessRecord (camelCase names, as on the
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -155,6 +156,12 @@ def env_text(env: list[dict[str, str]]) -> str:
 
 
 Key = tuple[int, int, int]  # (pid namespace, pid, startTicks)
+_EVENT_NAME = 1 + [c.name for c in PROCESS_COLUMNS + EVENT_COLUMNS].index("name")
+_ANY_NAME = ("not text",)  # the key of a name that is not text
+
+
+def _name_key(name: Any) -> Any:
+    return name if name is None or type(name) is str else _ANY_NAME
 
 
 def key_of(rec: dict[str, Any]) -> Key:
@@ -175,6 +182,9 @@ class LiveTables:
         self._files: dict[str, tuple | None] = {}
         self.events_seen = 0
         self.exits = RecentExits()  # ancestors that exited stay named (lineage.py)
+        # the names in process_events, counted (a name that is not text, which SQLite
+        # may store converted, counts as any): see `has_event_name`
+        self.event_names: Counter[Any] = Counter()
 
     # --- processes -------------------------------------------------------------
 
@@ -303,6 +313,7 @@ class LiveTables:
                 event_rows.append((eid, *row[:-2], *self._event_columns(ev, rec, eid, row)))
         self.events_seen += len(event_rows)
         batch.event_rows = event_rows
+        self.event_names.update(_name_key(r[_EVENT_NAME]) for r in event_rows)
         hash_rows, file_rows, hash_gone = self._paths(paths)
         conn = self.sandbox.conn
         self.sandbox.trust(True)
@@ -411,14 +422,22 @@ class LiveTables:
     def trim_events(self, now: float | None = None) -> int:
         """Keep process_events within its time and row limits; returns rows dropped."""
         now = time.time() if now is None else now
+        names = self.event_names
         with self.sandbox.trusted() as c:
             before = c.total_changes
-            c.execute(
-                "DELETE FROM process_events WHERE rowid <= ?",
-                (self.next_eid - 1 - self.window_rows,),
-            )
-            c.execute("DELETE FROM process_events WHERE time < ?", (int(now - self.window_s),))
+            for sql, arg in (
+                ("rowid <= ?", self.next_eid - 1 - self.window_rows),
+                ("time < ?", int(now - self.window_s)),
+            ):
+                gone = c.execute(f"DELETE FROM process_events WHERE {sql} RETURNING name", (arg,))
+                names.subtract(_name_key(name) for (name,) in gone.fetchall())
+            names += Counter()  # drops the names no row has any more
             return c.total_changes - before
+
+    def has_event_name(self, names: frozenset[str]) -> bool:
+        """Whether some process_events row may have one of `names`."""
+        counts = self.event_names
+        return counts[_ANY_NAME] > 0 or any(counts[n] > 0 for n in names)
 
     def refresh_users(self) -> None:
         rows = sources.users_rows()

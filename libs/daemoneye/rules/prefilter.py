@@ -33,11 +33,11 @@ is no longer disabled for them.
 from __future__ import annotations
 
 import re
-import string
 from typing import Any
 
 from sqlglot import exp
 
+from .judge import MAYBE, fold, like_text
 from .tables import TABLES
 
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
@@ -50,9 +50,10 @@ _UNSTABLE = re.compile(
 )
 CHUNK_RULES = 200  # rules per screening statement: short SQL, narrow result rows
 CHUNK_SQL = 64 * 1024  # and well inside SQLITE_LIMIT_SQL_LENGTH
-# Checking needs other than `in` costs a few microseconds a rule in Python whatever the
-# batch's size, the screening statement ~0.05 us a rule and row: below this many rows, the
-# statement alone is the cheaper judge
+# Below this many rows (a quiet host's exec or two), the rules are found by the texts a
+# row must hold and judged row by row in Python (judge.py), ~1 us a rule and row; from it
+# on, needs are checked on the batch's distinct values and one screening statement judges
+# the rest (a fixed ~3 us a rule, then ~0.05 us a rule and row)
 CHECK_MIN_ROWS = 32
 
 
@@ -80,12 +81,6 @@ def _stable(node: exp.Expression) -> bool:
 #   ("any", "", tuple of needs)         one of them (OR)
 #   ("all", "", tuple of needs)         each of them (AND; maybe on different rows: weaker)
 Need = tuple[str, str, Any]
-_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def fold(text: str) -> str:
-    """SQLite's LIKE ignores case for ASCII letters only."""
-    return text.lower() if text.isascii() else text.translate(_ASCII_FOLD)
 
 
 def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tuple[Need, ...]]:
@@ -93,14 +88,27 @@ def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tup
     the bare table with unqualified columns (None when nothing can be screened), and the
     needs of its conjuncts, which the engine checks against the batch's distinct values
     before any SQL runs."""
+    conjuncts, needs = screen_parts(tree, table, alias)
+    return screen_sql(conjuncts), needs
+
+
+def screen_sql(conjuncts: list[exp.Expression]) -> str | None:
+    kept = [f"({c.sql(dialect='sqlite')})" for c in conjuncts]
+    return " AND ".join(kept) if kept else None
+
+
+def screen_parts(
+    tree: exp.Select, table: str, alias: str
+) -> tuple[list[exp.Expression], tuple[Need, ...]]:
+    """The conjuncts of the screen, copied with unqualified columns, and their needs."""
     where = tree.args.get("where")
     if where is None:
-        return None, ()
+        return [], ()
     columns = set(TABLES[table].column_names) | ROWID_NAMES
     text = {c.name for c in TABLES[table].columns if c.type == "TEXT"}
     single = not tree.args.get("joins")
     own = {alias.lower(), table} if single else {alias.lower()}
-    kept: list[str] = []
+    kept: list[exp.Expression] = []
     needs: list[Need] = []
     for conjunct in _conjuncts(where.this):
         if not _stable(conjunct):
@@ -116,8 +124,42 @@ def screen_of(tree: exp.Select, table: str, alias: str) -> tuple[str | None, tup
         bare = conjunct.copy()
         for col in bare.find_all(exp.Column):
             col.set("table", None)
-        kept.append(f"({bare.sql(dialect='sqlite')})")
-    return (" AND ".join(kept) if kept else None), tuple(needs)
+        kept.append(bare)
+    return kept, tuple(needs)
+
+
+def window_names(tree: exp.Select) -> frozenset[str] | None:
+    """Names one of which some row of `process_events` must have for the rule to return a
+    row, when it joins that table (inner) under a condition on the joined row's name
+    (`d.name IN ('curl', 'wget')`): a rule looking for what a named tool did in the
+    window need not run while no such tool is in it. None when there is no such need."""
+    if not isinstance(tree, exp.Select):
+        return None
+    where = tree.args.get("where")
+    text = {c.name for c in TABLES["process_events"].columns if c.type == "TEXT"}
+    found: list[frozenset[str]] = []
+    for join in tree.args.get("joins") or []:
+        table = join.this
+        if (
+            not isinstance(table, exp.Table)
+            or table.name.lower() != "process_events"
+            or table.args.get("db")
+            or join.args.get("side")
+            or join.args.get("kind")
+            or join.args.get("using")
+        ):
+            continue
+        alias = (table.alias or table.name).lower()
+        terms = _conjuncts(join.args["on"]) if join.args.get("on") is not None else []
+        terms += _conjuncts(where.this) if where is not None else []
+        for term in terms:
+            refs = list(term.find_all(exp.Column))
+            if not refs or any(c.table.lower() != alias for c in refs):
+                continue
+            need = _need(term, text)
+            if need is not None and need[0] == "in" and need[1] == "name" and _stable(term):
+                found.append(need[2])
+    return min(found, key=len) if found else None
 
 
 def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
@@ -193,6 +235,19 @@ def _statement(table: str, terms: list[str]) -> str:
     return f"SELECT {', '.join(terms)} FROM {table} WHERE rowid >= ?"
 
 
+def row_layout(table: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Where each column of `table` sits in the engine's row tuples, and its type. An event
+    row starts with its eid, which is its rowid."""
+    columns = TABLES[table].columns
+    offset = 1 if table == "process_events" else 0
+    position = {c.name: i + offset for i, c in enumerate(columns)}
+    types = {c.name: c.type for c in columns}
+    if offset:
+        for name in ROWID_NAMES:
+            position[name], types[name] = 0, "INTEGER"
+    return position, types
+
+
 class Screening:
     """The screens of the incremental rules that follow one table, indexed by their needs
     (by the values of one column a rule needs, see `_key`).
@@ -202,9 +257,7 @@ class Screening:
 
     def __init__(self, table: str, rules: list[Any]) -> None:
         self.table = table
-        names = TABLES[table].column_names
-        offset = 1 if table == "process_events" else 0  # event rows start with the eid
-        self.position = {name: names.index(name) + offset for name in names}
+        self.position = {n: i for n, i in row_layout(table)[0].items() if n not in ROWID_NAMES}
         # a rule with an `in` need is indexed under its smallest: a set lookup per distinct
         # value of the batch finds it; its other needs are checked after
         self.index: dict[int, dict[str, list[Any]]] = {}
@@ -226,6 +279,20 @@ class Screening:
                 self.checked.append((active, needs))
             else:
                 self.free.append(active)
+        # for a small batch, the other rules with needs are indexed under texts one of
+        # which a row must hold (`_pieces`): a value, or a piece of a LIKE pattern; a set
+        # lookup per value and a substring test per piece and row find them
+        self.by_piece: dict[int, dict[str, list[Any]]] = {}
+        self.by_exact: dict[int, dict[str, list[Any]]] = {}
+        self.unpieced: list[Any] = []
+        for active, needs in self.checked:
+            keys = [k for k in map(_pieces, needs) if k is not None]
+            if not keys:
+                self.unpieced.append(active)
+                continue
+            for exact, pos, text in min(keys, key=len):
+                index = self.by_exact if exact else self.by_piece
+                index.setdefault(pos, {}).setdefault(text, []).append(active)
         self._statements: dict[tuple[int, ...], list[tuple[str, list[Any]]]] = {}
 
     def _at(self, need: Need) -> Need:
@@ -235,9 +302,10 @@ class Screening:
             return kind, -1, tuple(self._at(n) for n in arg)
         return kind, self.position[column], arg
 
-    def candidates(self, rows: list[tuple]) -> list[Any]:
-        """The rules with needs that some row of `rows` meets (those without needs are
-        always candidates: `statements` adds them)."""
+    def candidates(self, rows: list[tuple], folded: list[dict] | None = None) -> list[Any]:
+        """The rules that `rows` could match by their needs: those without needs, and
+        those with needs some row meets (on a small batch, the `in` needs only: the judge
+        or the statement does the rest)."""
         batch = _BatchValues(rows)
         met: dict[str, Any] = {}
         for pos, by_value in self.index.items():
@@ -249,21 +317,90 @@ class Screening:
                 group = by_value.get(value)
                 if group is not None:
                     met.update((a.rule.id, a) for a in group)
-        if len(rows) < CHECK_MIN_ROWS:  # the screening statement judges the rest
-            return [*met.values(), *(a for a, _ in self.checked)]
+        if len(rows) < CHECK_MIN_ROWS:
+            pieced = self._pieces_met(rows, folded or [{} for _ in rows])
+            return [*self.free, *met.values(), *pieced, *self.unpieced]
         holds = batch.holds
         out = [a for rule_id, a in met.items() if all(map(holds, self.rest[rule_id]))]
         out += [a for a, needs in self.checked if all(map(holds, needs))]
-        return out
+        return [*self.free, *out]
 
-    def statements(self, met: list[Any]) -> list[tuple[str, list[Any]]]:
-        """The screening statements for the rules without needs and `met` (cached)."""
-        key = tuple(sorted(a.order for a in met))
+    def _pieces_met(self, rows: list[tuple], folded: list[dict]) -> list[Any]:
+        """The rules indexed by texts that some row holds one of (or where a value is not
+        text, so it cannot be told). `folded`: each row's folded texts by position, shared
+        with the judge."""
+        met: dict[str, Any] = {}
+        for pos, by_exact in self.by_exact.items():
+            for row in rows:
+                value = row[pos]
+                if value is None:
+                    continue  # NULL equals nothing
+                if type(value) is not str:
+                    met.update((a.rule.id, a) for group in by_exact.values() for a in group)
+                    break
+                group = by_exact.get(value)
+                if group is not None:
+                    met.update((a.rule.id, a) for a in group)
+        for pos, by_piece in self.by_piece.items():
+            for row, low in zip(rows, folded, strict=True):
+                value = row[pos]
+                if value is None:
+                    continue  # NULL is LIKE nothing
+                if type(value) is not str:
+                    met.update((a.rule.id, a) for group in by_piece.values() for a in group)
+                    break
+                text = low.get(pos)
+                if text is None:
+                    text = low[pos] = like_text(value)
+                if text is MAYBE:  # cannot be told
+                    met.update((a.rule.id, a) for group in by_piece.values() for a in group)
+                    continue
+                for piece, group in by_piece.items():
+                    if piece in text:
+                        met.update((a.rule.id, a) for a in group)
+        return list(met.values())
+
+    @staticmethod
+    def judge(
+        rows: list[tuple], rules: list[Any], folded: list[dict] | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """The rules whose screen (judged in Python, judge.py) holds for some row, and those
+        it cannot rule out (MAYBE); the others cannot match any row. `folded`: each row's
+        texts folded for LIKE by position, filled as needed (one dict per row)."""
+        sure: list[Any] = []
+        unsure: list[Any] = []
+        if folded is None:
+            folded = [{} for _ in rows]
+        for active in rules:
+            judged = active.plan.judge
+            if judged is None:
+                unsure.append(active)
+                continue
+            verdict: Any = False
+            for row, low in zip(rows, folded, strict=True):
+                try:
+                    v = judged(row, low)
+                except Exception:  # a judge's own failure is no verdict: never a skip
+                    v = MAYBE
+                if v is True:
+                    verdict = True
+                    break
+                if v is MAYBE:
+                    verdict = MAYBE
+            if verdict is True:
+                sure.append(active)
+            elif verdict is MAYBE:
+                unsure.append(active)
+        return sure, unsure
+
+    def statements(self, rules: list[Any]) -> list[tuple[str, list[Any]]]:
+        """The screening statements judging `rules` (cached by the subset)."""
+        key = tuple(sorted(a.order for a in rules))
         cached = self._statements.get(key)
         if cached is None:
             if len(self._statements) >= 256:  # a bounded cache of the subsets seen
                 self._statements.clear()
-            judged = sorted(self.free + met, key=lambda a: a.order)
+            judged = sorted(rules, key=lambda a: a.order)
             cached, at = [], 0
             for sql, count in screening_sql(self.table, [a.plan.screen for a in judged]):
                 cached.append((sql, judged[at : at + count]))
@@ -289,6 +426,27 @@ def _key(need: Need) -> tuple[int, frozenset[str]] | None:
         if not keys or any(k is None for k in keys) or len({k[0] for k in keys}) != 1:
             return None
         return keys[0][0], frozenset().union(*(k[1] for k in keys))
+    return None
+
+
+def _pieces(need: Need) -> set[tuple[bool, int, str]] | None:
+    """Texts one of which some row must hold for `need` to be met, when there are such, as
+    (exact, position, text): a value of an `in` (exact), a LIKE's longest piece (folded,
+    contained); for `all`, its smallest set; for `any`, the union of its branches' when
+    each has one."""
+    kind, pos, arg = need
+    if kind == "in":
+        return {(True, pos, value) for value in arg}
+    if kind == "like":
+        return {(False, pos, max(arg, key=len))}
+    if kind == "all":
+        keys = [k for k in map(_pieces, arg) if k is not None]
+        return min(keys, key=len) if keys else None
+    if kind == "any":
+        keys = [_pieces(n) for n in arg]
+        if not keys or any(k is None for k in keys):
+            return None
+        return set().union(*keys)  # type: ignore[arg-type]
     return None
 
 

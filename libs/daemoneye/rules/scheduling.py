@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from .prefilter import Need, screen_of
+from .judge import Judge, compile_screen
+from .prefilter import Need, row_layout, screen_parts, screen_sql, window_names
 from .tables import INCREMENTAL_TABLES
 
 IDENTITY = "__de_identity"
@@ -32,6 +33,9 @@ class Plan:
     identity_columns: list[str] | None = None  # scheduled: None = the whole row
     screen: str | None = None  # incremental: see prefilter.py; None = nothing to screen in SQL
     needs: tuple[Need, ...] = ()  # incremental: values some changed row must hold
+    judge: Judge | None = None  # incremental: the screen judged in Python (judge.py)
+    # incremental: names one of which a process_events row must have (prefilter.py)
+    window_names: frozenset[str] | None = None
 
 
 def _has_outer(select: exp.Select, kinds: tuple[type[exp.Expression], ...]) -> bool:
@@ -68,9 +72,26 @@ def _incremental(tree: exp.Expression) -> Plan | None:
     bound = exp.GTE(this=exp.column("rowid", table=alias), expression=exp.Placeholder())
     rewritten.where(bound, append=True, copy=False)
     rewritten.select(exp.column("rowid", table=alias).as_(IDENTITY), copy=False)
-    screen, needs = screen_of(tree, base, alias)
+    conjuncts, needs = screen_parts(tree, base, alias)
+    judge = _compiled(conjuncts, base) if conjuncts else None
     sql = rewritten.sql(dialect="sqlite")
-    return Plan("incremental", sql, driver=base, screen=screen, needs=needs)
+    return Plan(
+        "incremental",
+        sql,
+        driver=base,
+        screen=screen_sql(conjuncts),
+        needs=needs,
+        judge=judge,
+        window_names=window_names(tree),
+    )
+
+
+def _compiled(conjuncts: list[exp.Expression], table: str) -> Judge | None:
+    """The screen judged in Python; None (SQLite screens it) if it will not compile."""
+    try:
+        return compile_screen(conjuncts, *row_layout(table))
+    except Exception:  # an unforeseen tree: no Python verdict is ever a skip
+        return None
 
 
 def _identity_columns(tree: exp.Expression) -> list[str] | None:

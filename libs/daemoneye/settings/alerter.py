@@ -145,6 +145,9 @@ class NatsSink(SinkBase, NatsConnection):
     connection, TLS, auth and stream settings are daemoneye.settings.nats's."""
 
     kind: Literal["nats"] = "nats"
+    # json: our record, what `daemoneye fleet alerts` reads back; ocsf / ecs: for a SIEM
+    # or data lake consuming the stream (the fleet reader then shows the documents raw)
+    format: SchemaFormat = "json"
     max_attempts: int = Field(
         1_000_000,
         ge=1,
@@ -176,12 +179,12 @@ class AlerterSettings(BaseModel):
     summary_interval_s: float = Field(60.0, gt=0, description="how often held-back counts report")
     history_retention_days: float = Field(30.0, gt=0)
     coalesce_s: float = Field(
-        0.005,
+        0.01,
         ge=0,
         le=1,
-        description="at low rates, one store write and sink hand-off per this interval: "
-        "the first alert after a quiet spell goes at once, the rest of a steady stream in "
-        "batches (fewer fsyncs, writes and thread wake-ups per alert); 0: every burst",
+        description="at low rates, one bus read, store write and sink hand-off per this "
+        "interval: the first alert after a quiet spell goes at once, the rest of a steady "
+        "stream in batches (fewer fsyncs, writes and thread wake-ups per alert); 0: every burst",
     )
     store_sync: bool = Field(
         False, description="fsync the delivery store on every write: survives power loss, slower"

@@ -44,7 +44,7 @@ class NatsSink(Sink):
         msg_id = item.alert_id or record.get("alertId") or f"{self.hostname}-{item.key}"
         return Outgoing(
             subject_of(self.config, self.hostname, f"alerts.{severity}"),
-            item.data,
+            self.body(item),  # our JSON, or OCSF / ECS (`format`)
             str(msg_id),
             {HOST_HEADER: self.hostname},
         )

@@ -8,9 +8,6 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-
 from .base import Delivery, Sink, SinkError
 
 CSV_COLUMNS = (
@@ -60,6 +57,8 @@ def iso_time(time_ns: int) -> str:
 
 
 def human_line(record: dict[str, Any]) -> str:
+    from rich.markup import escape  # here: Rich only in an alerter with a human stdout sink
+
     proc = record.get("process") or {}
     severity = record.get("severity", "info")
     count = record.get("count", 1)
@@ -74,13 +73,24 @@ def human_line(record: dict[str, Any]) -> str:
 
 
 class StdoutSink(Sink):
+    """Rich is imported only for the human format: every alerter has this module, and
+    most never print a human line (the default sink is the file)."""
+
     kind = "stdout"
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.out = sys.stdout
-        self.console = Console(file=self.out, highlight=False, soft_wrap=True)
+        self._console: Any = None  # Rich's, made on the first human line
         self._csv_header_written = False
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.out, highlight=False, soft_wrap=True)
+        return self._console
 
     def send(self, batch: list[Delivery]) -> None:
         fmt = self.config.format

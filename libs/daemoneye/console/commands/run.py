@@ -23,11 +23,13 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("service", help=f"one of: {', '.join(available())}")
     p.add_argument("--id", dest="service_id", help="service id (default: <service>@<hostname>)")
     p.add_argument("--rules-dir", type=Path, help="detector: rule files (env DAEMONEYE_RULES_DIR)")
-    p.set_defaults(handler=run)
+    # settings: given when `daemoneye up` parsed them before forking this service
+    # (daemoneye.zygote), so the child does not redo (and copy the pages of) that work
+    p.set_defaults(handler=run, settings=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = args.settings if args.settings is not None else settings_from(args)
     if args.rules_dir is not None:
         settings.detector.rules_dir = args.rules_dir
     try:

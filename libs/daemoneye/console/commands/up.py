@@ -10,7 +10,7 @@ from daemoneye import logs
 from daemoneye.services import available
 from daemoneye.supervisor import Supervisor
 
-from ..common import UsageError, add_command, console, settings_from
+from ..common import UsageError, add_command, settings_from
 
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -40,9 +40,12 @@ def run(args: argparse.Namespace) -> int:
             )
         names = [n for n in names if n == "broker" or n in args.only]
     logs.configure("supervisor", f"supervisor@{settings.hostname}", settings.log_level)
-    console.print(
-        f"[bold]DaemonEye[/bold] up: {', '.join(names)}  run dir {settings.run_dir}  "
-        f"data dir {settings.data_dir}  (Ctrl-C stops)"
+    # plain print, not Rich: every service is forked from this process (daemoneye.zygote),
+    # and Rich's modules would be memory that none of them uses
+    print(
+        f"DaemonEye up: {', '.join(names)}  run dir {settings.run_dir}  "
+        f"data dir {settings.data_dir}  (Ctrl-C stops)",
+        flush=True,
     )
     extra: list[str] = ["--run-dir", str(settings.run_dir), "--data-dir", str(settings.data_dir)]
     if settings.config:
