@@ -160,22 +160,7 @@ class _Compiler:
         parts = sorted((self.predicate(n) for n in nodes), key=lambda p: p[1])
         fns = tuple(fn for fn, _ in parts)
         cost = sum(c for _, c in parts)
-        if len(fns) == 1:
-            return fns[0], cost
-
-        def both(row: tuple, low: dict) -> Any:
-            out: Any = True
-            for fn in fns:
-                v = fn(row, low)
-                if v is False:
-                    return False
-                if v is MAYBE:
-                    out = MAYBE
-                elif v is None and out is True:
-                    out = None
-            return out
-
-        return both, cost
+        return (fns[0] if len(fns) == 1 else _fold(fns, decisive=False)), cost
 
     def any_of(self, nodes: list[exp.Expression]) -> Part:
         # LIKEs on one text column share its folded value and one loop
@@ -191,22 +176,7 @@ class _Compiler:
         parts.sort(key=lambda p: p[1])  # the cheap first: TRUE from any decides
         fns = tuple(fn for fn, _ in parts)
         cost = sum(c for _, c in parts)
-        if len(fns) == 1:
-            return fns[0], cost
-
-        def either(row: tuple, low: dict) -> Any:
-            out: Any = False
-            for fn in fns:
-                v = fn(row, low)
-                if v is True:
-                    return True
-                if v is MAYBE:
-                    out = MAYBE
-                elif v is None and out is False:
-                    out = None
-            return out
-
-        return either, cost
+        return (fns[0] if len(fns) == 1 else _fold(fns, decisive=True)), cost
 
     def _plain_like(self, node: exp.Expression) -> tuple[int, Callable[[str], bool]] | None:
         """(position, matcher) of `text_column LIKE 'constant'` (no NOT, no ESCAPE)."""
@@ -494,3 +464,24 @@ def _like_matcher(pattern: str, escape: str) -> Callable[[str], bool] | None:
         return True
 
     return pieces_in_order
+
+
+def _fold(fns: tuple[Callable[[tuple, dict], Any], ...], decisive: bool) -> Callable:
+    """AND (decisive False) or OR (decisive True) in SQL's three-valued logic, with
+    MAYBE (the judge cannot tell) above NULL: the decisive value from any part decides
+    at once; else MAYBE if any part is unsure, NULL if any is NULL, else the other."""
+    neutral = not decisive
+
+    def fold(row: tuple, low: dict) -> Any:
+        out: Any = neutral
+        for fn in fns:
+            v = fn(row, low)
+            if v is decisive:
+                return decisive
+            if v is MAYBE:
+                out = MAYBE
+            elif v is None and out is neutral:
+                out = None
+        return out
+
+    return fold
