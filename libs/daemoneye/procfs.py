@@ -306,17 +306,12 @@ def parse_env(data: bytes) -> list[dict[str, str]]:
 
 
 def read_process(
-    pid: int,
-    cmdline_first: list[str] | None = None,
-    stat_raw: bytes | None = None,
-    with_io: bool = True,
+    pid: int, cmdline_first: list[str] | None = None, stat_raw: bytes | None = None
 ) -> dict[str, Any] | None:
     """A full record of `pid`, or None when it was gone before anything could be read.
 
     `cmdline_first` is an argv already read by a caller racing the process's exit;
-    `stat_raw` the bytes of /proc/<pid>/stat a rescan read a moment ago (one read less);
-    `with_io` False leaves the disk byte counts at 0 (a process that has just exec'd
-    has done next to no I/O: one file less on the exec path).
+    `stat_raw` the bytes of /proc/<pid>/stat a rescan read a moment ago (one read less).
     """
     if not IS_LINUX:
         return read_process_psutil(pid)
@@ -357,7 +352,7 @@ def read_process(
     ns = _readlink(f"{base}/ns/pid")
     if ns and ns.startswith("pid:["):
         rec["pidNamespace"] = int(ns[5:-1])
-    io = _read(f"{base}/io") if with_io else None  # root or the owner only: not a failure
+    io = _read(f"{base}/io")  # root or the owner only: not counted as inaccessible
     if io:
         rec["diskReadBytes"] = _io_field(io, b"\nread_bytes:")
         rec["diskWriteBytes"] = _io_field(io, b"\nwrite_bytes:")

@@ -10,10 +10,7 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   as length-prefixed `marshal` frames, and stays in its spool until the main acks it
   (in the WAL), so a main process that dies loses nothing: the next one connects and
   gets every frame not acked yet. With no main connected it spools (bounded by
-  bytes) and waits `linger_s` for one before it exits. It never waits for the main:
-  a main behind in a storm gets the spool's frames when its socket has room again,
-  while the reader goes on reading `/proc` in time (a blocking send there made the
-  reader late and a short-lived process's argv gone before it was read).
+  bytes) and waits `linger_s` for one before it exits.
 - the *spare* is a fork of the reader: it holds the same socket (the same kernel
   object: a datagram the reader never consumed is still there) and the same
   listening socket, and does nothing but wait on a channel to the reader. When the
@@ -85,7 +82,7 @@ def capture(ev: ProcEvent) -> dict[str, Any] | None:
     """The /proc read that races the process's exit (argv first)."""
     if ev.what == EXEC:
         cmd = procfs.read_cmdline(ev.pid)
-        return procfs.read_process(ev.pid, cmdline_first=cmd, with_io=False)
+        return procfs.read_process(ev.pid, cmdline_first=cmd)
     if ev.what in (UID, GID) and not ev.is_thread:
         return procfs.read_process(ev.pid)
     return None
@@ -165,10 +162,6 @@ class Reader:
         self.linger_s = linger_s
         self.spool_max = spool_bytes
         self.client: socket.socket | None = None
-        self.sent_n = 0  # the last spool frame handed whole to the client's socket
-        self.partial: memoryview | None = None  # the rest of a frame half sent
-        self.partial_n = 0  # its number (0: a hello, not a spool frame)
-        self.control: deque[bytes] = deque()  # to send before the next spool frame
         self.peer: socket.socket | None = None  # the channel to the spare (or the reader)
         self.spare_pid = 0
         self.spool: deque[tuple[int, bytes]] = deque()  # (frame number, frame) not acked
@@ -225,8 +218,6 @@ class Reader:
                 self.client = None
             self.spool.clear()
             self.spool_size = 0
-            self.partial = None
-            self.control.clear()
             self.peer = theirs
             self._wait_as_spare()
             return  # the reader now: back to _serve
@@ -276,19 +267,14 @@ class Reader:
             fds: list[Any] = [nl_fd, self.listener]
             if self.peer is not None:
                 fds.append(self.peer)
-            wfds: list[Any] = []
             if self.client is not None:
                 fds.append(self.client)
-                if self._unsent():
-                    wfds.append(self.client)
             try:
-                ready, writable, _ = select.select(fds, wfds, [], IDLE_WAKE_S)
+                ready, _, _ = select.select(fds, [], [], IDLE_WAKE_S)
             except InterruptedError:
                 continue
             if nl_fd in ready:
                 self._read_netlink()
-            if writable and self.client is not None:
-                self._flush()
             if self.client is not None and self.client in ready:
                 self._read_commands()
             if self.listener in ready:
@@ -313,8 +299,7 @@ class Reader:
 
     def _read_netlink(self, limit: int = 256) -> None:
         """Peek, work, send, consume: a datagram leaves the socket only when what we
-        made of it is sent (or, with no main connected or one more than its socket
-        holds behind, spooled), so the spare that takes over misses nothing."""
+        made of it is sent or spooled, so the spare that takes over misses nothing."""
         sock = self.nl.sock
         for _ in range(limit):
             try:
@@ -336,65 +321,26 @@ class Reader:
     def _emit(self, items: list[tuple[Any, ...]]) -> None:
         self.n += 1
         frame = pack(("F", self.n, time.time_ns(), items))
-        spool = self.spool
-        spool.append((self.n, frame))
+        self.spool.append((self.n, frame))
         self.spool_size += len(frame)
-        while self.spool_size > self.spool_max and len(spool) > 1:
-            if self.partial is not None and spool[0][0] == self.partial_n:
-                break  # half sent: its rest must follow, or the stream is garbled
-            _, old = spool.popleft()
+        while self.spool_size > self.spool_max and len(self.spool) > 1:
+            _, old = self.spool.popleft()
             self.spool_size -= len(old)
             self.spool_dropped += 1
         if self.client is not None:
-            self._flush()
+            self._send(frame)
 
-    def _unsent(self) -> bool:
-        if self.partial is not None or self.control:
-            return True
-        return bool(self.spool) and self.spool[-1][0] > self.sent_n
-
-    def _flush(self) -> None:
-        """Send what the client has not had yet, as far as its socket takes it now:
-        never waiting (the rest goes when select says the socket is writable)."""
-        client = self.client
-        assert client is not None
-        spool = self.spool
-        while True:
-            if self.partial is None:
-                if self.control:
-                    self.partial, self.partial_n = memoryview(self.control.popleft()), 0
-                elif spool and spool[-1][0] > self.sent_n:
-                    at = max(0, self.sent_n + 1 - spool[0][0])  # dropped unsent: skip them
-                    n, frame = spool[at]
-                    self.partial, self.partial_n = memoryview(frame), n
-                else:
-                    return
-            try:
-                sent = client.send(self.partial, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._drop_client()
-                return
-            if sent < len(self.partial):
-                self.partial = self.partial[sent:]
-                continue
-            if self.partial_n:
-                self.sent_n = self.partial_n
-            self.partial = None
-
-    def _send_all(self) -> None:
-        """Everything not sent yet, waiting as long as it takes (retiring)."""
-        while self.client is not None and self._unsent():
-            select.select([], [self.client], [], IDLE_WAKE_S)
-            self._flush()
+    def _send(self, data: bytes) -> None:
+        assert self.client is not None
+        try:
+            self.client.sendall(data)  # blocks when the main is behind: the kernel then
+        except OSError:  # queues in the netlink socket, and drops with ENOBUFS at worst
+            self._drop_client()
 
     def _drop_client(self) -> None:
         if self.client is not None:
             self.client.close()
         self.client = None
-        self.partial = None
-        self.control.clear()
         self.alone_since = time.monotonic()
 
     def _accept(self) -> None:
@@ -408,7 +354,7 @@ class Reader:
             conn.close()
             return
         self._drop_client()  # one main at a time: the newest one
-        conn.setblocking(False)
+        conn.setblocking(True)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUF)
         self.client = conn
@@ -425,9 +371,11 @@ class Reader:
             "overruns": self.nl.lost,
             "started_ns": self.started_ns,
         }
-        self.control.append(pack(("H", hello)))  # then every frame of the spool
-        self.sent_n = self.spool[0][0] - 1 if self.spool else self.n
-        self._flush()
+        self._send(pack(("H", hello)))
+        for _, frame in list(self.spool):
+            if self.client is None:
+                return
+            self._send(frame)
 
     def _read_commands(self) -> None:
         assert self.client is not None
@@ -461,10 +409,8 @@ class Reader:
         so what our socket holds now is all we owe; send it, say bye, exit."""
         self.listener.close()
         self._read_netlink(limit=1 << 30)
-        self._send_all()
         if self.client is not None:
-            self.control.append(pack(("B",)))
-            self._send_all()
+            self._send(pack(("B",)))
         self._exit()
 
     def _exit(self) -> None:

@@ -58,7 +58,6 @@ class Link:
         self.ended = False
         self.taken_n = 0  # the last frame number taken
         self.frames = 0  # frames taken
-        self.last_ns = 0  # when the reader made the last frame taken (its clock)
         self.pending: list[Item] = []  # taken while waiting for the hello
         self._buf = bytearray()
         # read into one reused buffer: os.read(fd, 1 MB) allocates (mmaps) 1 MB a call,
@@ -95,7 +94,6 @@ class Link:
             at = start + length
             if msg[0] == "F":
                 self.taken_n = msg[1]
-                self.last_ns = msg[2]
                 self.frames += 1
                 for ev, record, lost in msg[3]:
                     out.append(Item(ProcEvent(*ev) if ev else None, record, lost))
@@ -150,8 +148,7 @@ class RealtimeSource:
 
     @property
     def hello(self) -> dict[str, Any]:
-        """The newest reader's (the one before it, if any, is retiring)."""
-        return self.links[-1].hello if self.links else {}
+        return self.links[0].hello if self.links else {}
 
     def attach(self) -> dict[str, Any] | None:
         """Connect to the reader already running at our path: its hello, or None."""

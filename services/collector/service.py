@@ -38,9 +38,6 @@ from .tracker import Out, Tracker
 from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
-ACK_INTERVAL_S = 0.5  # acks (each writes the kernel numbers down: a file) this often
-DRAIN_QUIET_S = 0.05  # at stop: the reader has sent all it had when it says nothing this long
-DRAIN_MAX_S = 5.0  # ... and a stop waits at most this long for it (the supervisor's grace: 10)
 SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
 
 
@@ -62,7 +59,6 @@ class Collector(Service):
         self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
         self._next_scan = 0.0
         self._next_sync = 0.0
-        self._next_ack = 0.0
         self._next_retention = 0.0
         self._degraded_why = ""
         self._wal_failing = ""  # why WAL appends fail now ('' when they work)
@@ -99,7 +95,7 @@ class Collector(Service):
         self.realtime = self._start_reader()  # needs root: before any privilege drop
         if self.realtime is not None:
             self._reader_fd = self.realtime.wake_fd
-            self.watch(self._reader_fd, self._on_reader_ready)
+            self.watch(self._reader_fd, self._on_realtime)
         self._drop_privileges(wal_dir)
         if self.cfg.hash_executables:
             self.hasher = Hasher(self.cfg.hash_max_bytes, self.cfg.hash_cache_entries)
@@ -261,58 +257,13 @@ class Collector(Service):
 
     def teardown(self) -> None:
         if self.realtime is not None:
-            self._drain()
             self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
         if self.wal is not None:
             self.wal.close()
 
-    def _drain(self) -> None:
-        """Before we stop: take in what the reader made before now (a storm's backlog),
-        into the WAL: up to its first frame made after now (frames come in order), or
-        until it is quiet. A final stop (`daemoneye up` ending) then tells the reader
-        to quit, and what it still spooled for the next main would be gone; a restart
-        gets it from the reader anyway (held back as published)."""
-        source = self.realtime
-        if source is None or not self.monitoring:
-            return
-        now_ns = time.time_ns()
-        deadline = time.monotonic() + DRAIN_MAX_S
-        while source.links and not source.dead and time.monotonic() < deadline:
-            link = source.links[-1]
-            if link.last_ns >= now_ns:
-                break  # it has caught up with the stop: all it made before is taken
-            ready, _, _ = select.select([source.links[0].sock], [], [], DRAIN_QUIET_S)
-            if not ready:
-                break  # quiet: the reader has sent everything it had
-            try:
-                self._on_realtime()
-            except Exception:  # stopping: log it, never hang the stop on it
-                self.log.exception("draining the netlink reader failed")
-                break
-
     # --- the loop's work ------------------------------------------------------
-
-    def _on_reader_ready(self) -> None:
-        """The reader sent something: take it `realtime_gather_ms` later, with what
-        follows meanwhile (a short-lived process's fork, exec and exit in one go, not
-        three wake-ups). The socket is not watched while we wait: the reader's sends
-        then wake nobody."""
-        gather_s = self.cfg.realtime_gather_ms / 1000
-        if gather_s <= 0:
-            self._on_realtime()
-            return
-        self.unwatch(self._reader_fd)
-        self.once(gather_s, self._gathered)
-
-    def _gathered(self) -> None:
-        try:
-            if self.realtime is not None:
-                self._on_realtime()
-        finally:
-            if self.realtime is not None and self._reader_fd >= 0:
-                self.watch(self._reader_fd, self._on_reader_ready)
 
     def _on_realtime(self) -> None:
         assert self.realtime is not None and self.tracker is not None
@@ -320,7 +271,7 @@ class Collector(Service):
         items = source.take()
         if source.wake_fd != self._reader_fd:  # a hand-over: the next reader's socket
             self._rewatch_reader()
-        if source.dead and not self.stopping:  # stopping: no new reader
+        if source.dead:
             self._reader_died()
         if not self.monitoring:
             return  # before begin_monitoring: the initial snapshot will see these
@@ -362,7 +313,7 @@ class Collector(Service):
         self.unwatch(self._reader_fd)
         self._reader_fd = self.realtime.wake_fd
         if self._reader_fd >= 0:
-            self.watch(self._reader_fd, self._on_reader_ready)
+            self.watch(self._reader_fd, self._on_realtime)
 
     def _reader_died(self) -> None:
         """The reader and its spare are both gone (or it was told to leave): start
@@ -373,7 +324,7 @@ class Collector(Service):
         self.realtime = self._start_reader() if os.geteuid() == 0 else None
         if self.realtime is not None:
             self._reader_fd = self.realtime.wake_fd
-            self.watch(self._reader_fd, self._on_reader_ready)
+            self.watch(self._reader_fd, self._on_realtime)
             self.log.warning("the netlink reader and its spare were gone; started another")
             return
         self.tracker.full_rescan_reads = True
@@ -393,9 +344,8 @@ class Collector(Service):
         now = time.monotonic()
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
-        if self.realtime is not None and now >= self._next_ack:  # the WAL has what we
-            self._ack(now)  # took: the reader may drop it
-            self._next_ack = now + ACK_INTERVAL_S
+        if self.realtime is not None:  # the WAL has what we took: the reader may drop it
+            self._ack(now)
         if self.tracker.pending:
             self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
         if now >= self._next_scan:

@@ -21,12 +21,9 @@ from typing import Any
 import psutil
 import pytest
 
-from daemoneye import wire
 from daemoneye.bus import Subscriber
 from daemoneye.config import Settings
 from daemoneye.rpc import RpcClient, RpcError
-from daemoneye.services.collector import reader
-from daemoneye.services.collector.wal import Wal
 from tests.conftest import wait_for
 
 from .test_collector_live import Events, needs_netlink, start_collector
@@ -230,80 +227,3 @@ def test_a_restart_after_the_privilege_drop_adopts_the_reader(
         assert max(marked(events, "start", between).values()) == 1
     finally:
         subprocess.run(["rm", "-rf", wal], check=False)
-
-
-# --- a main behind: the reader never waits for it, and a stop takes its backlog in ---
-
-PAD = "x" * 60_000  # a 60 KB argv: 200 execs make 12 MB of frames, more than the main's
-BEHIND = 200  # socket holds (SO_SNDBUF 4 MB, doubled by the kernel)
-
-
-def run_padded(marker: str, count: int) -> None:
-    for i in range(count):
-        subprocess.run([TRUE, marker, str(i), PAD], check=False)
-
-
-def padded(argvs: list[list[str]], marker: str) -> set[str]:
-    return {a[2] for a in argvs if len(a) == 4 and a[1] == marker and a[3] == PAD}
-
-
-def test_a_main_behind_never_delays_the_readers_proc_reads(
-    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
-) -> None:
-    """A main that does not read (here: stopped) must not make the reader wait on its
-    socket: the reader spools and reads each exec's /proc in time, argv included."""
-    marker = unique("behind")
-    main = start_collector(start_service, rpc_client, run_env)
-    os.kill(main.pid, signal.SIGSTOP)
-    try:
-        run_padded(marker, BEHIND)
-    finally:
-        os.kill(main.pid, signal.SIGCONT)
-
-    def starts() -> set[str]:
-        events.pump()
-        found = [b["record"]["cmdline"] for t, b in events.seen if t == "events.process.start"]
-        return padded(found, marker)
-
-    wait_for(lambda: len(starts()) == BEHIND, 30, "every start with its argv")
-
-
-def test_a_stop_takes_the_readers_backlog_into_the_wal_first(
-    broker: Any,
-    start_service: Callable[..., Any],
-    rpc_client: RpcClient,
-    run_env: dict,
-    settings: Settings,
-) -> None:
-    """`daemoneye up` ending stops the main, then tells the reader to quit: what the
-    main had not taken by then must be in the WAL, not in the reader's spool."""
-    marker = unique("backlog")
-    main = start_collector(start_service, rpc_client, run_env)
-    health = rpc_client.call(TARGET, "health").value
-    os.kill(main.pid, signal.SIGSTOP)
-    try:
-        run_padded(marker, BEHIND)
-        os.kill(main.pid, signal.SIGTERM)  # taken when it runs again: with a backlog
-    finally:
-        os.kill(main.pid, signal.SIGCONT)
-    assert main.stop() == 0
-    path = reader.socket_path(settings.run_dir, health["service_id"])
-    assert reader.stop_reader(path)  # as `up` does: its spool is gone
-    wal = Wal(Path(settings.data_dir) / "collector" / health["service_id"] / "wal")
-    try:
-        argvs = [
-            list(ev.record.cmdline)
-            for entry in wal.read(0, None, 10**6)
-            if entry.topic == "events.process.start"
-            for ev in _events(entry.data)
-        ]
-    finally:
-        wal.close()
-    assert len(padded(argvs, marker)) == BEHIND
-
-
-def _events(data: bytes) -> list[Any]:
-    env = wire.decode_envelope(data)
-    if wire.body_kind(env) == "processEventBatch":
-        return list(env.body.processEventBatch.events)
-    return [env.body.processEvent]

@@ -69,14 +69,6 @@ class CollectorSettings(BaseModel):
         "processEventBatch (one WAL entry and one seq per envelope); 1: one processEvent each. "
         "Only events produced together share one: a lone event goes out at once",
     )
-    realtime_gather_ms: float = Field(
-        2.0,
-        ge=0,
-        le=20,
-        description="the netlink reader's frames are taken this long after the first one "
-        "arrives, with what follows meanwhile (fewer wake-ups, larger batches; exec -> "
-        "publish waits this much more); 0: at once",
-    )
     publish_batch_ms: float = Field(
         1.0, ge=0, description="batching: the first event of a batch waits at most this long"
     )
