@@ -193,6 +193,10 @@ def test_the_reader_killed_while_no_main_runs_is_a_counted_loss(
     run_marked(gone, 0, 20)  # taken and spooled by the reader: no main to send them to
     psutil.Process(health["reader_pid"]).kill()  # at real-time priority it took them all
     wait_for(lambda: _zombie(health["reader_pid"]), 10, "the reader to be gone")
+    # the spare has taken over once it forked its own spare (right before it reads): the
+    # 10 below are then read at once, argv included, not while it is still waking up
+    spare = psutil.Process(health["spare_pid"])
+    wait_for(lambda: spare.children(), 10, "the spare to take over")
     after = unique("after")
     run_marked(after, 0, 10)
     start_collector(start_service, rpc_client, run_env)
