@@ -18,14 +18,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import zmq
 
 from daemoneye import config
-from daemoneye.bus import SocketFactory, Subscriber, wait_for_endpoint
+from daemoneye.bus import Publisher, SocketFactory, Subscriber, wait_for_endpoint
 from daemoneye.config import Settings, load_settings
 from daemoneye.rpc import RpcClient
 from daemoneye.service import Service
@@ -126,6 +127,35 @@ def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch | None = No
         if key.startswith("DAEMONEYE_"):
             monkeypatch.setenv(key, value)
     return load_settings()
+
+
+class Broker(NamedTuple):
+    proc: Any  # the ServiceProcess of start_service
+    settings: Settings
+    pub: Publisher
+    rpc: RpcClient
+    factory: SocketFactory
+
+
+@contextmanager
+def broker_with_clients(
+    start_service: Callable[..., Any],
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> Iterator[Broker]:
+    """A broker process started with `env` (an edge of the uplink tests), once it
+    answers: a publisher into it as `source` and an RPC client, closed afterwards."""
+    proc = start_service("broker", env=env)
+    settings = settings_of(env, monkeypatch)
+    assert wait_for_endpoint(settings.endpoint("control"), 20), proc.log()
+    factory = SocketFactory(settings, zmq.Context())
+    try:
+        pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), source)
+        rpc = RpcClient(factory, settings.endpoint("control"), "test", 3.0)
+        yield Broker(proc, settings, pub, rpc, factory)
+    finally:
+        factory.close_all(linger_ms=0)
 
 
 @pytest.fixture

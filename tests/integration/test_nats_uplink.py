@@ -10,13 +10,10 @@ import time
 from collections import Counter
 
 import pytest
-import zmq
 
-from daemoneye.bus import Publisher, SocketFactory, wait_for_endpoint
 from daemoneye.config import ConfigError, load_settings
 from daemoneye.jetstream import MSG_ID, TOPIC_HEADER, host_token
-from daemoneye.rpc import RpcClient
-from tests.conftest import settings_of, wait_for
+from tests.conftest import broker_with_clients, wait_for
 from tests.integration.test_console_json import documented, shape
 from tests.nats_server import NatsServer, stream_contents
 
@@ -41,13 +38,8 @@ def test_audit_records_cross_a_killed_server_once_each(
         DAEMONEYE_BROKER__NATS__RECONNECT_WAIT_S="0.2",
         DAEMONEYE_BROKER__NATS__BATCH="50",
     )
-    broker = start_service("broker", env=env)
-    settings = settings_of(env, monkeypatch)
-    assert wait_for_endpoint(settings.endpoint("control"), 20), broker.log()
-    factory = SocketFactory(settings, zmq.Context())
-    try:
-        pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), "ledger@edge")
-        rpc = RpcClient(factory, settings.endpoint("control"), "test", 3.0)
+    with broker_with_clients(start_service, env, monkeypatch, "ledger@edge") as edge_broker:
+        settings, pub, rpc = edge_broker.settings, edge_broker.pub, edge_broker.rpc
 
         def uplink() -> dict:
             return rpc.call("control.broker", "uplink").value
@@ -108,8 +100,6 @@ def test_audit_records_cross_a_killed_server_once_each(
             f"queued; {len(messages)} stored, none twice; duplicates acked: "
             f"{final['duplicates']}"
         )
-    finally:
-        factory.close_all(linger_ms=0)
 
 
 def test_alerts_are_refused_on_the_uplink_with_the_reason(monkeypatch) -> None:

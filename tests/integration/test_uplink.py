@@ -15,7 +15,7 @@ import zmq
 from daemoneye.bus import Publisher, SocketFactory, Subscriber, wait_for_endpoint
 from daemoneye.rpc import RpcClient
 from daemoneye.security import generate_keypair
-from tests.conftest import free_port, settings_of, wait_for
+from tests.conftest import broker_with_clients, free_port, settings_of, wait_for
 
 
 def listening(endpoint: str) -> bool:
@@ -134,13 +134,14 @@ def test_the_queue_survives_an_edge_restart(start_service, hosts, monkeypatch) -
     """Frames queued while the center is unreachable are still delivered after the edge
     broker itself restarts: the queue is on disk."""
     central_env, edge_env = hosts
-    edge = start_service("broker", env=edge_env)
-    es = settings_of(edge_env, monkeypatch)
-    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
-    factory = SocketFactory(es, zmq.Context())
-    try:
-        pub = Publisher(factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
-        rpc = RpcClient(factory, es.endpoint("control"), "test", 3.0)
+    with broker_with_clients(start_service, edge_env, monkeypatch, "det-e") as edge_broker:
+        edge, es, pub, rpc, factory = (
+            edge_broker.proc,
+            edge_broker.settings,
+            edge_broker.pub,
+            edge_broker.rpc,
+            edge_broker.factory,
+        )
 
         def queued() -> int:
             pub.publish("alerts.low", "alert", {"ruleId": "x", "severity": "low"})
@@ -164,8 +165,6 @@ def test_the_queue_survives_an_edge_restart(start_service, hosts, monkeypatch) -
             "the queue to drain into the center",
         )
         assert central.proc.poll() is None
-    finally:
-        factory.close_all(linger_ms=0)
 
 
 def test_ingest_rejects_a_malformed_batch(broker, rpc_client) -> None:
@@ -210,13 +209,8 @@ def test_a_refused_key_is_told_apart_from_a_center_that_is_down(
         DAEMONEYE_BUS__KEYS_DIR=str(stranger_keys),
         DAEMONEYE_BUS__CLIENT_KEY="stranger",
     )
-    edge = start_service("broker", env=edge_env)
-    es = settings_of(edge_env, monkeypatch)
-    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
-    factory = SocketFactory(es, zmq.Context())
-    try:
-        pub = Publisher(factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
-        rpc = RpcClient(factory, es.endpoint("control"), "test", 3.0)
+    with broker_with_clients(start_service, edge_env, monkeypatch, "det-e") as edge_broker:
+        pub, rpc = edge_broker.pub, edge_broker.rpc
 
         def state() -> dict:
             pub.publish("alerts.low", "alert", {"ruleId": "x", "severity": "low"})
@@ -245,8 +239,6 @@ def test_a_refused_key_is_told_apart_from_a_center_that_is_down(
         center_rpc = RpcClient(SocketFactory(cs, zmq.Context()), cs.endpoint("control"), "c", 3)
         assert center_rpc.call("control.broker", "stats").value["auth_refused"] >= 1
         assert central.proc.poll() is None
-    finally:
-        factory.close_all(linger_ms=0)
 
 
 def test_delivery_resumes_as_soon_as_the_center_returns(start_service, hosts, monkeypatch) -> None:
@@ -254,13 +246,8 @@ def test_delivery_resumes_as_soon_as_the_center_returns(start_service, hosts, mo
     handshake with the returning center ends it at once."""
     central_env, edge_env = hosts
     edge_env = dict(edge_env, DAEMONEYE_BUS__RECONNECT_IVL_MAX_MS="200")
-    edge = start_service("broker", env=edge_env)
-    es = settings_of(edge_env, monkeypatch)
-    assert wait_for_endpoint(es.endpoint("control"), 20), edge.log()
-    factory = SocketFactory(es, zmq.Context())
-    try:
-        pub = Publisher(factory.connect(zmq.PUB, es.endpoint("events-in")), "det-e")
-        rpc = RpcClient(factory, es.endpoint("control"), "test", 3.0)
+    with broker_with_clients(start_service, edge_env, monkeypatch, "det-e") as edge_broker:
+        pub, rpc = edge_broker.pub, edge_broker.rpc
 
         def failures() -> int:
             pub.publish("alerts.low", "alert", {"ruleId": "x", "severity": "low"})
@@ -281,5 +268,3 @@ def test_delivery_resumes_as_soon_as_the_center_returns(start_service, hosts, mo
         assert took < 4.0, f"drained {took:.1f} s after the center returned (backoff: 16 s)"
         assert central.proc.poll() is None
         print(f"\nqueue drained {took:.2f} s after the center listened")
-    finally:
-        factory.close_all(linger_ms=0)
