@@ -35,6 +35,21 @@ def bench_env(**extra: str) -> Iterator[tuple[Settings, dict[str, str]]]:
             os.environ.update(saved)
 
 
+def config_env(root: Path, run_dir: Path) -> tuple[dict[str, str], Settings]:
+    """The environment (and its settings) of services run from `root`: data under
+    root/data, settings from root/alerter.toml, a short run dir, heartbeats each second;
+    set in this process too, so its clients see what the services see."""
+    env = dict(
+        os.environ,
+        DAEMONEYE_RUN_DIR=str(run_dir),
+        DAEMONEYE_DATA_DIR=str(root / "data"),
+        DAEMONEYE_CONFIG=str(root / "alerter.toml"),
+        DAEMONEYE_HEARTBEAT_INTERVAL_S="1",
+    )
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DAEMONEYE_")})
+    return env, load_settings()
+
+
 @contextmanager
 def service(
     name: str, settings: Settings, env: dict[str, str], *args: str

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import psutil
 import zmq
-from _harness import alerts_received
+from _harness import alerts_received, config_env
 
 from daemoneye.bus import Publisher, SocketFactory, wait_for_endpoint
-from daemoneye.config import load_settings
 from daemoneye.rpc import call_once
 
 
@@ -132,15 +131,7 @@ fsync = "{args.fsync}"
 rotate_bytes = 0
 """
     )
-    env = dict(
-        os.environ,
-        DAEMONEYE_RUN_DIR=str(run_dir),
-        DAEMONEYE_DATA_DIR=str(root / "data"),
-        DAEMONEYE_CONFIG=str(root / "alerter.toml"),
-        DAEMONEYE_HEARTBEAT_INTERVAL_S="1",
-    )
-    os.environ.update({k: v for k, v in env.items() if k.startswith("DAEMONEYE_")})
-    settings = load_settings()
+    env, settings = config_env(root, run_dir)
     procs = []
     try:
         for name in ("broker", "alerter"):

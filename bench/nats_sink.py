@@ -25,10 +25,9 @@ from pathlib import Path
 import nats
 import psutil
 import zmq
-from _harness import alerts_received
+from _harness import alerts_received, config_env
 
 from daemoneye.bus import Publisher, SocketFactory, wait_for_endpoint
-from daemoneye.config import load_settings
 
 
 def free_port() -> int:
@@ -91,15 +90,7 @@ def main() -> int:
         f"[alerter]\nrule_rate_limit = {{ rate = 0 }}\n"
         f'[[alerter.sinks]]\nkind = "nats"\nservers = ["{url}"]\n'
     )
-    env = dict(
-        os.environ,
-        DAEMONEYE_RUN_DIR=str(run_dir),
-        DAEMONEYE_DATA_DIR=str(root / "data"),
-        DAEMONEYE_CONFIG=str(root / "alerter.toml"),
-        DAEMONEYE_HEARTBEAT_INTERVAL_S="1",
-    )
-    os.environ.update({k: v for k, v in env.items() if k.startswith("DAEMONEYE_")})
-    settings = load_settings()
+    env, settings = config_env(root, run_dir)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with open(root / "nats.log", "wb") as log:
