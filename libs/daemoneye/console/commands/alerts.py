@@ -241,13 +241,21 @@ def delivery_summary(a: dict[str, Any]) -> str:
     return f"[{style}]{done}/{len(states)}[/]{held}" if states else held.strip() or "-"
 
 
-def print_failed(rows: list[dict[str, Any]], as_json: bool) -> int:
+def said_plainly(rows: list[dict[str, Any]], as_json: bool, none: str) -> bool:
+    """JSON lines (--json), or `none` when there are no rows: True when that said it all
+    and no table is due."""
     if as_json:
         for row in rows:
             print(json.dumps(row), flush=True)
-        return 0
+        return True
     if not rows:
-        console.print("no dead-lettered deliveries")
+        console.print(none)
+        return True
+    return False
+
+
+def print_failed(rows: list[dict[str, Any]], as_json: bool) -> int:
+    if said_plainly(rows, as_json, "no dead-lettered deliveries"):
         return 0
     t = Table(title=f"dead letters ({len(rows)})")
     for column in ("key", "sink", "attempts", "failed at", "rule", "title", "error"):
@@ -269,12 +277,7 @@ def print_failed(rows: list[dict[str, Any]], as_json: bool) -> int:
 
 
 def print_incidents(rows: list[dict[str, Any]], as_json: bool) -> int:
-    if as_json:
-        for row in rows:
-            print(json.dumps(row), flush=True)
-        return 0
-    if not rows:
-        console.print("no incidents")
+    if said_plainly(rows, as_json, "no incidents"):
         return 0
     t = Table(title=f"incidents ({len(rows)})")
     for column in ("id", "state", "severity", "first", "last", "alerts", "rules", "processes"):
