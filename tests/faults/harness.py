@@ -107,19 +107,21 @@ class Storm:
         self._stop.set()
         self._thread.join(10)
 
-    def missing(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> list[Ran]:
-        """The processes the storm ran that have none of `pids`, except those that
-        overlap a `blind` window (the collector down)."""
+    def due(self, blind: list[tuple[float, float]] | None = None) -> list[Ran]:
+        """The processes the storm ran, except those that overlap a `blind` window (the
+        collector down)."""
         windows = blind or []
-        due = [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
-        return [r for r in due if r.pid not in pids]
+        return [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
+
+    def missing(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> list[Ran]:
+        """The due processes that have none of `pids`."""
+        return [r for r in self.due(blind) if r.pid not in pids]
 
     def unseen(self, pids: set[int], blind: list[tuple[float, float]] | None = None) -> str:
         """'' when every process the storm ran has one of `pids`; else what is missing.
         Processes that overlap a `blind` window (the collector down) are excused."""
-        windows = blind or []
-        due = [r for r in self.ran if not any(r.ended >= a and r.started <= b for a, b in windows)]
-        missing = self.missing(pids, blind)
+        due = self.due(blind)
+        missing = [r for r in due if r.pid not in pids]
         if not missing:
             return ""
         return (
