@@ -48,11 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.stored
 from _harness import percentile, verdict
 
-from daemoneye import wire
 from daemoneye.bus import SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
 from daemoneye.rpc import RpcError, call_once
-from daemoneye.services.collector.wal import Wal
+from tests.stored import wal_argv_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = ROOT / "deploy" / "rules"
@@ -335,28 +334,7 @@ class SinkWatcher(threading.Thread):
 
 def captured(settings, collector_id: str, marker: str) -> set[int]:
     """Numbers of the generator's execs that the collector's WAL holds with their argv."""
-    path = Path(settings.data_dir) / "collector" / collector_id.replace("/", "_") / "wal"
-    seen: set[int] = set()
-    wal = Wal(path)
-    try:
-        for e in wal.read(0, None, 10**9):
-            if not e.topic.startswith("events.process."):
-                continue
-            env = wire.decode_envelope(e.data)
-            kind = wire.body_kind(env)
-            if kind == "processEventBatch":
-                events = list(env.body.processEventBatch.events)
-            elif kind == "processEvent":
-                events = [env.body.processEvent]
-            else:
-                continue
-            for ev in events:
-                argv = list(ev.record.cmdline)
-                if len(argv) >= 3 and argv[1] == marker and argv[2].isdigit():
-                    seen.add(int(argv[2]))
-    finally:
-        wal.close()
-    return seen
+    return {int(n) for n in wal_argv_pids(settings, collector_id, marker) if n.isdigit()}
 
 
 # --- the run -------------------------------------------------------------------------

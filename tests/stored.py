@@ -57,15 +57,10 @@ def wal_argv_pids(settings: Settings, collector_id: str, marker: str) -> dict[st
         for e in wal.read(0, None, 10**9):
             if not e.topic.startswith(PROCESS_PREFIX):
                 continue
-            env = wire.decode_envelope(e.data)
-            if wire.body_kind(env) == "processEventBatch":
-                records = [ev.record for ev in env.body.processEventBatch.events]
-            else:
-                records = [env.body.processEvent.record]
-            for rec in records:
-                argv = list(rec.cmdline)
+            for ev in events_of(wire.decode_envelope(e.data)):
+                argv = list(ev.record.cmdline)
                 if len(argv) >= 3 and argv[1] == marker:
-                    out.setdefault(argv[2], set()).add(rec.pid)
+                    out.setdefault(argv[2], set()).add(ev.record.pid)
     finally:
         wal.close()
     return out
@@ -100,11 +95,16 @@ def ledger_pids(settings: Settings, collector_id: str) -> set[int]:
     return pids
 
 
+def events_of(envelope: Any) -> list[Any]:
+    """The event(s) of a processEvent or processEventBatch envelope."""
+    if wire.body_kind(envelope) == "processEventBatch":
+        return list(envelope.body.processEventBatch.events)
+    return [envelope.body.processEvent]
+
+
 def event_pids(envelope: Any) -> tuple[int, ...]:
     """Pids of the event(s) of a processEvent or processEventBatch envelope."""
-    if wire.body_kind(envelope) == "processEventBatch":
-        return tuple(e.record.pid for e in envelope.body.processEventBatch.events)
-    return (envelope.body.processEvent.record.pid,)
+    return tuple(e.record.pid for e in events_of(envelope))
 
 
 def _wal_path(settings: Settings, collector_id: str) -> Path:
@@ -113,9 +113,7 @@ def _wal_path(settings: Settings, collector_id: str) -> Path:
 
 def event_times(envelope: Any) -> tuple[int, ...]:
     """timeNs of the event(s) of a processEvent or processEventBatch envelope."""
-    if wire.body_kind(envelope) == "processEventBatch":
-        return tuple(e.timeNs for e in envelope.body.processEventBatch.events)
-    return (envelope.body.processEvent.timeNs,)
+    return tuple(e.timeNs for e in events_of(envelope))
 
 
 def read_ledger(settings: Settings, collector_id: str) -> tuple[Counter, list[str]]:
