@@ -57,7 +57,7 @@ def wal_argv_pids(settings: Settings, collector_id: str, marker: str) -> dict[st
         for e in wal.read(0, None, 10**9):
             if not e.topic.startswith(PROCESS_PREFIX):
                 continue
-            for ev in events_of(wire.decode_envelope(e.data)):
+            for ev in wire.process_events(wire.decode_envelope(e.data)):
                 argv = list(ev.record.cmdline)
                 if len(argv) >= 3 and argv[1] == marker:
                     out.setdefault(argv[2], set()).add(ev.record.pid)
@@ -95,16 +95,9 @@ def ledger_pids(settings: Settings, collector_id: str) -> set[int]:
     return pids
 
 
-def events_of(envelope: Any) -> list[Any]:
-    """The event(s) of a processEvent or processEventBatch envelope."""
-    if wire.body_kind(envelope) == "processEventBatch":
-        return list(envelope.body.processEventBatch.events)
-    return [envelope.body.processEvent]
-
-
 def event_pids(envelope: Any) -> tuple[int, ...]:
     """Pids of the event(s) of a processEvent or processEventBatch envelope."""
-    return tuple(e.record.pid for e in events_of(envelope))
+    return tuple(e.record.pid for e in wire.process_events(envelope))
 
 
 def _wal_path(settings: Settings, collector_id: str) -> Path:
@@ -113,7 +106,7 @@ def _wal_path(settings: Settings, collector_id: str) -> Path:
 
 def event_times(envelope: Any) -> tuple[int, ...]:
     """timeNs of the event(s) of a processEvent or processEventBatch envelope."""
-    return tuple(e.timeNs for e in events_of(envelope))
+    return tuple(e.timeNs for e in wire.process_events(envelope))
 
 
 def read_ledger(settings: Settings, collector_id: str) -> tuple[Counter, list[str]]:

@@ -495,6 +495,15 @@ def body_of(reader: Any) -> Any:
     return getattr(reader.body, str(reader.body.which()))
 
 
+def process_events(reader: Any) -> list[Any]:
+    """The ProcessEvent(s) of a processEvent or processEventBatch envelope; [] for any
+    other body."""
+    kind = body_kind(reader)
+    if kind == "processEventBatch":
+        return list(reader.body.processEventBatch.events)
+    return [reader.body.processEvent] if kind == "processEvent" else []
+
+
 # --- reading bodies ------------------------------------------------------------------
 
 

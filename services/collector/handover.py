@@ -64,10 +64,7 @@ def published_since(wal: Wal, since_ns: int) -> set[Key]:
 
 def _events(data: bytes) -> list[Any]:
     try:
-        env = wire.decode_envelope(data)
-        if wire.body_kind(env) == "processEventBatch":
-            return list(env.body.processEventBatch.events)
-        return [env.body.processEvent]
+        return wire.process_events(wire.decode_envelope(data))
     except Exception:  # a damaged entry: nothing to hold back for it
         return []
 
