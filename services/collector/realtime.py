@@ -148,7 +148,8 @@ class RealtimeSource:
 
     @property
     def hello(self) -> dict[str, Any]:
-        return self.links[0].hello if self.links else {}
+        """The newest reader's (the one before it, if any, is retiring)."""
+        return self.links[-1].hello if self.links else {}
 
     def attach(self) -> dict[str, Any] | None:
         """Connect to the reader already running at our path: its hello, or None."""
