@@ -6,9 +6,10 @@ import json
 import time
 
 import pytest
+import zmq
 
 from daemoneye import wire
-from daemoneye.bus import Gap, Message
+from daemoneye.bus import Gap, Message, Subscriber
 from daemoneye.config import Settings
 from daemoneye.ledger.note import open_checkpoint
 from daemoneye.ledger.verify import verify_ledger
@@ -174,3 +175,34 @@ def test_process_events_and_alerts_are_replayed_audit_records_are_not() -> None:
     assert replayable("alerts.high") and replayable("alerts.low")
     assert not replayable("audit.detector")
     assert not replayable("events.collector")
+
+
+def test_a_read_that_pauses_commits_at_once(service: Ledger) -> None:
+    """Reads pause read_interval_ms once the bus is dry: a commit due within the pause
+    could gather nothing more, so it is written at the end of the read (no wake-up of
+    its own); with a longer commit interval it waits as a group commit."""
+    context = zmq.Context()
+    sock = context.socket(zmq.SUB)  # a real socket with nothing waiting: read dry
+    try:
+        service.subscriber = Subscriber(sock, service.subscriptions, 1 << 20)
+        _, event_bytes = envelope("processEvent", {"kind": "start", "record": {"pid": 5}})
+        message = service.subscriber.accept([b"events.process.start", event_bytes])
+        durable = service.writer.durable_size
+        service.on_message(message)
+        service.on_drained()
+        assert service.writer.durable_size == durable + 1 and service.writer.pending == 0
+        assert service.read_pauses == 1
+        assert not any(t.fn == service._safe_flush for t in service._timers)
+
+        service._resume_reads()
+        service.cfg.commit_interval_ms = service.cfg.read_interval_ms + 1
+        header = wire.Header("src@h", "boot", 2, time.time_ns())
+        later = wire.encode_envelope(header, "processEvent", {"kind": "stop"})
+        service.on_message(service.subscriber.accept([b"events.process.stop", later]))
+        service.on_drained()
+        assert service.writer.pending == 1  # waits for the group commit's timer
+        assert any(t.fn == service._safe_flush for t in service._timers)
+    finally:
+        service.subscriber = None
+        sock.close(0)
+        context.term()
