@@ -127,8 +127,13 @@ class Ledger(Service):
 
     def teardown(self) -> None:
         if self.writer is not None and self.subscriber is not None:
-            # What waits on the socket (reads pause up to read_interval_ms) is recorded
-            # before the stop entry, not left to a replay after the restart.
+            # What waits on the socket (reads pause up to read_interval_ms: other
+            # services' last audit records, at a shutdown) is recorded before the stop
+            # entry, not left to show as a gap after the restart. A gap it reveals is
+            # replayed without waiting for a source to register: its source may be gone,
+            # and the supervisor kills what does not stop within its grace.
+            if self.intake.replayer is not None:
+                self.intake.replayer.routing_wait_s = 0.0
             self._drain_bus(self.subscriber)
         if self.writer is not None:
             try:

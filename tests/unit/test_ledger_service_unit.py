@@ -15,6 +15,7 @@ from daemoneye.ledger.note import open_checkpoint
 from daemoneye.ledger.verify import verify_ledger
 from daemoneye.service import Request, RpcFault
 from daemoneye.services.ledger.service import Ledger, replayable
+from tests.conftest import wait_for
 
 
 def envelope(kind: str, body: dict, source: str = "src@h") -> tuple[object, bytes]:
@@ -205,4 +206,36 @@ def test_a_read_that_pauses_commits_at_once(service: Ledger) -> None:
     finally:
         service.subscriber = None
         sock.close(0)
+        context.term()
+
+
+def test_teardown_records_what_waits_on_the_socket(settings: Settings) -> None:
+    """Reads pause up to read_interval_ms: what waits on the socket when the ledger
+    stops (other services' last audit records, at a shutdown) is recorded before its
+    stop entry, not left to show as a gap after the restart."""
+    svc = Ledger(settings)
+    svc.setup()
+    context = zmq.Context()
+    pub, sub = context.socket(zmq.PUB), context.socket(zmq.SUB)
+    try:
+        pub.bind("inproc://ledger-teardown")
+        sub.connect("inproc://ledger-teardown")
+        svc.subscriber = Subscriber(sub, svc.subscriptions, 1 << 20)
+        _, data = envelope("auditRecord", {"actor": "x", "action": "last.words", "timeNs": 1})
+
+        def waiting() -> bool:  # resent until the subscription is in (same seq: one entry)
+            pub.send_multipart([b"audit.tester", data])
+            return bool(sub.poll(10))
+
+        wait_for(waiting, 10, "the audit record to wait on the socket")
+        size = svc.writer.size
+        svc.teardown()
+        svc = Ledger(settings)
+        svc.setup()  # reopened: what the first one left on disk
+        actions = [svc.ledger.entry(i).action for i in range(size, size + 2)]
+        assert actions == ["last.words", "ledger.stop"]
+    finally:
+        svc.teardown()
+        pub.close(0)
+        sub.close(0)
         context.term()
