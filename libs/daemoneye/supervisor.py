@@ -13,6 +13,7 @@ directory to quit (services/collector/reader.py: the command `Q`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import logging
@@ -92,11 +93,14 @@ class Supervisor:
         if endpoint_in_use(control):
             log.error("a broker already answers at %s; is `daemoneye up` already running?", control)
             return 1
+        prepared: list = [None] * len(self.children)
         if self.fork:
-            zygote.preload([c.name for c in self.children])
+            prepared = zygote.preload(
+                [c.name for c in self.children], [c.args for c in self.children]
+            )
         try:
-            for child in self.children:
-                self._start(child)
+            for child, ready in zip(self.children, prepared, strict=True):
+                self._start(child, ready)
                 if child.name == "broker" and not self._wait_broker(child, control):
                     return 1
             self._watch()
@@ -129,9 +133,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, wake)
 
-    def _start(self, child: Child) -> None:
+    def _start(self, child: Child, prepared: argparse.Namespace | None = None) -> None:
         if self.fork:
-            child.proc = zygote.fork_service(child.args, self.argv(child), self._in_child)
+            child.proc = zygote.fork_service(child.args, self.argv(child), self._in_child, prepared)
         else:
             child.proc = subprocess.Popen(
                 self.argv(child), preexec_fn=_die_with_parent, start_new_session=True

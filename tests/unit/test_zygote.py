@@ -82,16 +82,39 @@ def test_the_supervisor_parses_a_service_s_arguments_and_settings(settings) -> N
     assert zygote.prepare(["run", "broker", "--no-such-flag"]) is None
 
 
+def test_the_preload_parses_every_service_s_arguments_before_the_first_fork(settings) -> None:
+    """`up` prepares each child's arguments while nothing is forked yet (a parse after a
+    fork copies the pages it walks); a failed parse is None, as `prepare` says."""
+    script = (
+        "import json\n"
+        "from daemoneye import zygote\n"
+        "argvs = [['run', 'broker'], ['run', 'ledger', '--data-dir', '/tmp/de-zyg'], ['x']]\n"
+        "got = zygote.preload(['broker', 'ledger'], argvs)\n"
+        "print(json.dumps([None if a is None else [a.service, str(a.settings.run_dir),\n"
+        "    str(a.settings.data_dir)] for a in got] + [zygote.preload(['broker'])]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    broker, ledger, bad, none = json.loads(out.stdout)
+    assert broker[:2] == ["broker", str(settings.run_dir)]  # from the environment
+    assert ledger[0] == "ledger" and ledger[2] == "/tmp/de-zyg"  # and the flags
+    assert bad is None and none == []
+
+
 def test_the_preload_of_every_service_leaves_out_what_only_some_paths_use() -> None:
     """What `up` imports is in every service's memory: not Rich (a human stdout sink,
-    the console's verbs) nor prometheus_client (/metrics, off by default)."""
+    the console's verbs) nor prometheus_client (/metrics, off by default), nor what
+    one service alone uses (the detector's rule engine: sqlglot), with its arguments
+    parsed as `up` does."""
     script = (
         "import sys\n"
         "from daemoneye import zygote\n"
         "from daemoneye.services import available\n"
-        "zygote.preload(available())\n"
-        "print(','.join(m for m in ('rich', 'prometheus_client', 'zmq') if m in sys.modules))\n"
+        "zygote.preload(available(), [['run', name] for name in available()])\n"
+        "heavy = ('rich', 'prometheus_client', 'sqlglot', 'daemoneye.rules', 'zmq', 'rocksdict')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "zmq"  # the preload is real: the bus is in it
+    # the preload is real: the bus is in it, and RocksDB (three services use it)
+    assert out.stdout.strip() == "zmq,rocksdict"

@@ -23,9 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from daemoneye.ed25519 import NotEd25519, PrivateKey, PublicKey, from_pem
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "
@@ -90,10 +88,8 @@ class Verifier:
             if name != self.name or sig[:4] != self.key_id:
                 continue
             found_name = True
-            try:
-                Ed25519PublicKey.from_public_bytes(self.public).verify(sig[4:], text.encode())
-            except InvalidSignature:
-                raise NoteError(f"signature by {self.name} does not match the note") from None
+            if not PublicKey(self.public).verify(sig[4:], text.encode()):
+                raise NoteError(f"signature by {self.name} does not match the note")
             return text
         if found_name:
             raise NoteError(f"no valid signature by {self.name}")
@@ -101,14 +97,12 @@ class Verifier:
 
 
 class Signer:
-    def __init__(self, name: str, private: Ed25519PrivateKey) -> None:
+    def __init__(self, name: str, private: PrivateKey) -> None:
+        """`private`: a daemoneye.ed25519 key, or cryptography's (the same methods)."""
         _check_name(name)
         self.name = name
         self.private = private
-        public = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self.verifier = Verifier(name, public)
+        self.verifier = Verifier(name, private.public_key().public_bytes_raw())
 
     def sign(self, text: str) -> str:
         if not text.endswith("\n"):
@@ -156,17 +150,13 @@ def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
 # --- the signing key ---------------------------------------------------------
 
 
-def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+def load_or_create_key(path: Path) -> PrivateKey:
     """The private key at `path`, created (mode 0600, never overwritten) when missing."""
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key = PrivateKey.generate()
+        pem = key.pem()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -179,7 +169,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     return load_key(path)
 
 
-def load_key(path: Path) -> Ed25519PrivateKey:
+def load_key(path: Path) -> PrivateKey:
     path = Path(path)
     try:
         mode = path.stat().st_mode & 0o777
@@ -189,12 +179,11 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     if mode & 0o077:
         raise NoteError(f"signing key {path} has mode {mode:04o}; it must be 0600")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        return from_pem(data)
+    except NotEd25519:
+        raise NoteError(f"signing key {path} is not an Ed25519 key") from None
     except (ValueError, TypeError) as exc:
         raise NoteError(f"signing key {path} is not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise NoteError(f"signing key {path} is not an Ed25519 key")
-    return key
 
 
 def public_key_path(key_path: Path) -> Path:
