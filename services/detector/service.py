@@ -1,10 +1,11 @@
 """The detector: a live process table in SQLite, SQL rules run over what changes,
 alerts on `alerts.<severity>`, process history in RocksDB.
 
-Events are applied in batches: messages accumulate while more are waiting on the
-socket, and a batch is applied (and the incremental rules run once over it) when
-the socket is momentarily empty or the batch is full. Aggregate rules run on their
-own cadence. Rule loads, reloads and disables are audited on `audit.detector`.
+Events are applied in batches: the first message of a burst waits `batch_wait_ms` on
+the socket (the service loop's bus wait), then everything waiting is read and applied
+as one batch (the incremental rules run once over it); a backlog is read without the
+wait, and a batch is applied early when full. Aggregate rules run on their own
+cadence. Rule loads, reloads and disables are audited on `audit.detector`.
 
 No event missed silently: a gap in a collector's `events.process` stream is filled by
 a `replay` RPC to that collector (its WAL answers) before the message that revealed
