@@ -6,14 +6,16 @@ import json
 import time
 
 import pytest
+import zmq
 
 from daemoneye import wire
-from daemoneye.bus import Gap, Message
+from daemoneye.bus import Gap, Message, Subscriber
 from daemoneye.config import Settings
 from daemoneye.ledger.note import open_checkpoint
 from daemoneye.ledger.verify import verify_ledger
 from daemoneye.service import Request, RpcFault
 from daemoneye.services.ledger.service import Ledger, replayable
+from tests.conftest import wait_for
 
 
 def envelope(kind: str, body: dict, source: str = "src@h") -> tuple[object, bytes]:
@@ -174,3 +176,66 @@ def test_process_events_and_alerts_are_replayed_audit_records_are_not() -> None:
     assert replayable("alerts.high") and replayable("alerts.low")
     assert not replayable("audit.detector")
     assert not replayable("events.collector")
+
+
+def test_a_read_that_pauses_commits_at_once(service: Ledger) -> None:
+    """Reads pause read_interval_ms once the bus is dry: a commit due within the pause
+    could gather nothing more, so it is written at the end of the read (no wake-up of
+    its own); with a longer commit interval it waits as a group commit."""
+    context = zmq.Context()
+    sock = context.socket(zmq.SUB)  # a real socket with nothing waiting: read dry
+    try:
+        service.subscriber = Subscriber(sock, service.subscriptions, 1 << 20)
+        _, event_bytes = envelope("processEvent", {"kind": "start", "record": {"pid": 5}})
+        message = service.subscriber.accept([b"events.process.start", event_bytes])
+        durable = service.writer.durable_size
+        service.on_message(message)
+        service.on_drained()
+        assert service.writer.durable_size == durable + 1 and service.writer.pending == 0
+        assert service.read_pauses == 1
+        assert not any(t.fn == service._safe_flush for t in service._timers)
+
+        service._resume_reads()
+        service.cfg.commit_interval_ms = service.cfg.read_interval_ms + 1
+        header = wire.Header("src@h", "boot", 2, time.time_ns())
+        later = wire.encode_envelope(header, "processEvent", {"kind": "stop"})
+        service.on_message(service.subscriber.accept([b"events.process.stop", later]))
+        service.on_drained()
+        assert service.writer.pending == 1  # waits for the group commit's timer
+        assert any(t.fn == service._safe_flush for t in service._timers)
+    finally:
+        service.subscriber = None
+        sock.close(0)
+        context.term()
+
+
+def test_teardown_records_what_waits_on_the_socket(settings: Settings) -> None:
+    """Reads pause up to read_interval_ms: what waits on the socket when the ledger
+    stops (other services' last audit records, at a shutdown) is recorded before its
+    stop entry, not left to show as a gap after the restart."""
+    svc = Ledger(settings)
+    svc.setup()
+    context = zmq.Context()
+    pub, sub = context.socket(zmq.PUB), context.socket(zmq.SUB)
+    try:
+        pub.bind("inproc://ledger-teardown")
+        sub.connect("inproc://ledger-teardown")
+        svc.subscriber = Subscriber(sub, svc.subscriptions, 1 << 20)
+        _, data = envelope("auditRecord", {"actor": "x", "action": "last.words", "timeNs": 1})
+
+        def waiting() -> bool:  # resent until the subscription is in (same seq: one entry)
+            pub.send_multipart([b"audit.tester", data])
+            return bool(sub.poll(10))
+
+        wait_for(waiting, 10, "the audit record to wait on the socket")
+        size = svc.writer.size
+        svc.teardown()
+        svc = Ledger(settings)
+        svc.setup()  # reopened: what the first one left on disk
+        actions = [svc.ledger.entry(i).action for i in range(size, size + 2)]
+        assert actions == ["last.words", "ledger.stop"]
+    finally:
+        svc.teardown()
+        pub.close(0)
+        sub.close(0)
+        context.term()

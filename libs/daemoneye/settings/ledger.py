@@ -27,17 +27,19 @@ class LedgerSettings(BaseModel):
         100.0,
         ge=0,
         description="group commit: entries wait at most this long for others to share their "
-        "durable write (0 commits after every read of the bus); collector events and alerts "
-        "that a crash catches uncommitted are replayed from their source, the rest show as a "
-        "gap on restart",
+        "durable write (0 commits after every read of the bus; at most read_interval_ms "
+        "commits at the end of each read, as nothing joins before the next); collector "
+        "events and alerts that a crash catches uncommitted are replayed from their source, "
+        "the rest show as a gap on restart",
     )
     read_interval_ms: float = Field(
-        50.0,
+        250.0,
         ge=0,
         le=1000,
         description="once the bus is read dry, wait this long before reading it again, so a "
         "trickle is read (and recorded) in batches, not a wake-up per message; the bus queues "
-        "what arrives meanwhile (0 reads each message as it arrives)",
+        "what arrives meanwhile, so an entry is durable up to this long plus the commit "
+        "interval after its message was sent (0 reads each message as it arrives)",
     )
     payload_retention_days: float = Field(
         0.0, ge=0, description="drop payloads (never entries) older than this; 0 keeps all"
