@@ -262,16 +262,11 @@ class Detector(Service):
         if kind in EVENT_KINDS:
             # the header as the subscriber decoded it: each read through the envelope
             # reader costs ~0.5 us, and the cursor and the events need five
-            topic, envelope, source = msg.topic, msg.envelope, msg.source_id
-            cursors = self.intake.cursors
-            stream = cursors.stream(topic)  # "" for a stream not tracked
-            if (
-                stream and self.cfg.catch_up_new_streams and (source, stream) not in cursors.known
-            ):  # joined mid-stream: its beginning first
-                self.intake.catch_up(topic, envelope)
-            self._queue(envelope, kind, source)
-            if stream:  # what cursors.note(topic, envelope) keeps, read from the header
-                cursors.pending[(source, stream)] = (msg.boot_id, msg.seq)
+            topic, source, seq = msg.topic, msg.source_id, msg.seq
+            if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
+                self.intake.catch_up_at(topic, source, seq)
+            self._queue(msg.envelope, kind, source)
+            self.intake.cursors.note_seq(topic, source, msg.boot_id, seq)
             if len(self.pending) >= self.cfg.max_batch:
                 self.flush()
         elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
