@@ -47,6 +47,9 @@ def leaf() -> st.SearchStrategy[str]:
         st.tuples(text, op, text).map(" ".join),
         st.tuples(ints, op, st.integers(-1, 1001).map(str)).map(" ".join),
         st.tuples(ints, op, value).map(" ".join),  # mixed: an affinity converts
+        st.tuples(value, op, text).map(" ".join),  # the constant first
+        st.tuples(st.integers(-1, 1001).map(str), op, ints).map(" ".join),
+        st.tuples(value, op, ints).map(" ".join),
         st.tuples(text, op, st.integers(0, 6).map(str)).map(" ".join),
         st.tuples(text, st.lists(value | st.just("NULL"), min_size=1, max_size=3)).map(
             lambda t: f"{t[0]} IN ({', '.join(t[1])})"

@@ -221,6 +221,9 @@ class _Compiler:
     def compare(
         self, op: Callable[[Any, Any], bool], left: exp.Expression, right: exp.Expression
     ) -> Judge:
+        direct = self._column_vs_constant(op, left, right)
+        if direct is not None:
+            return direct
         a, b = self.value(left), self.value(right)
 
         def compared(row: tuple, low: dict) -> Any:
@@ -235,6 +238,54 @@ class _Compiler:
             return MAYBE  # an affinity would convert one of them first
 
         return compared
+
+    def _column_vs_constant(
+        self, op: Callable[[Any, Any], bool], left: exp.Expression, right: exp.Expression
+    ) -> Judge | None:
+        """`text_column op 'text'` or `integer_column op number` (either side first) as
+        one closure reading the row: what `compare` computes for them, without its two
+        value closures and type dispatch per row (most screens are made of these)."""
+        flipped = False
+        pos, constant = self._typed_column(left), right
+        if pos is None:
+            pos, constant, flipped = self._typed_column(right), left, True
+        if pos is None or constant.find(exp.Column) is not None:
+            return None
+        at, kind = pos
+        c = _constant(constant)
+        if kind == "TEXT" and type(c) is str:
+            accepted: type | tuple[type, ...] = str
+        elif kind == "INTEGER" and type(c) in _NUMBER:
+            accepted = int
+        else:
+            return None  # NULL, MAYBE or mixed types: the general case says what
+        if flipped:
+
+            def constant_vs_column(row: tuple, low: dict) -> Any:
+                x = row[at]
+                if type(x) is accepted:
+                    return op(c, x)
+                return None if x is None else MAYBE
+
+            return constant_vs_column
+
+        def column_vs_constant(row: tuple, low: dict) -> Any:
+            x = row[at]
+            if type(x) is accepted:
+                return op(x, c)
+            return None if x is None else MAYBE
+
+        return column_vs_constant
+
+    def _typed_column(self, node: exp.Expression) -> tuple[int, str] | None:
+        """(position, affinity) of an unqualified TEXT or INTEGER column."""
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if not isinstance(node, exp.Column) or node.args.get("table") is not None:
+            return None
+        name = node.name.lower()
+        pos, kind = self.position.get(name), self.types.get(name)
+        return (pos, kind) if pos is not None and kind in ("TEXT", "INTEGER") else None
 
     def member(self, node: exp.In) -> Judge:
         if any(node.args.get(k) for k in ("query", "unnest", "field", "is_global")):
@@ -251,6 +302,18 @@ class _Compiler:
         else:
             return _maybe
         allowed = frozenset(v for v in values if v is not None)
+        column = self._typed_column(node.this)
+        if column is not None and (column[1], accepted) in (("TEXT", (str,)), ("INTEGER", _NUMBER)):
+            at, exact = column[0], (str if accepted == (str,) else int)
+            missing = None if has_null else False
+
+            def column_member(row: tuple, low: dict) -> Any:
+                x = row[at]
+                if type(x) is exact:
+                    return True if x in allowed else missing
+                return None if x is None else MAYBE
+
+            return column_member
         left = self.value(node.this)
 
         def member(row: tuple, low: dict) -> Any:

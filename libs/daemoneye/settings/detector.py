@@ -38,10 +38,12 @@ class DetectorSettings(BaseModel):
         "as started",
     )
     batch_wait_ms: float = Field(
-        5.0,
+        10.0,
         ge=0,
-        description="an event waits at most this long for others to share its run of the "
-        "rules and its history write (0: apply what each read of the bus brought at once)",
+        description="an event waits at most this long on the bus for others to share its "
+        "wake-up, its run of the rules and its history write (0: apply what each read of "
+        "the bus brought at once); at 200 exec/s 10 ms costs about a quarter less CPU than "
+        "5 ms and adds ~5 ms to exec -> alert (20 ms: p99 over the 50 ms budget)",
     )
     retention_days: float = Field(7.0, gt=0, description="process history kept in RocksDB")
     persist: bool = Field(True, description="keep process history in <data_dir>/detector")
