@@ -241,6 +241,11 @@ _EMPTY: dict[str, Any] = {
 }
 
 
+# A record's keys, in the order every record built here has them (a copy of _EMPTY):
+# the netlink reader sends a record as the tuple of its values in this order.
+FIELDS = tuple(_EMPTY)
+
+
 def empty_record(pid: int) -> dict[str, Any]:
     rec = _EMPTY.copy()  # a copy of a template: cheaper than building 41 keys anew
     rec["pid"] = pid
