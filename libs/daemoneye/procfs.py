@@ -241,6 +241,11 @@ _EMPTY: dict[str, Any] = {
 }
 
 
+# A record's keys, in the order every record built here has them (a copy of _EMPTY):
+# the netlink reader sends a record as the tuple of its values in this order.
+FIELDS = tuple(_EMPTY)
+
+
 def empty_record(pid: int) -> dict[str, Any]:
     rec = _EMPTY.copy()  # a copy of a template: cheaper than building 41 keys anew
     rec["pid"] = pid
@@ -332,7 +337,9 @@ def read_process(
         ok = False
     else:
         rec["cmdline"] = cmd
-    ok &= _apply_status(rec, _read(f"{base}/status"))
+    # What the process's exit takes away (its memory: environ; its exe, cwd and root)
+    # before what stays readable until its parent reaps it (ids, cgroup, namespaces).
+    rec["env"] = read_env(pid)
     ok &= _apply_exe(rec, base)
     cwd = _readlink(f"{base}/cwd")
     root = _readlink(f"{base}/root")
@@ -340,12 +347,12 @@ def read_process(
         ok = False
     rec["cwd"] = cwd or ""
     rec["root"] = root or ""
+    ok &= _apply_status(rec, _read(f"{base}/status"))
     cg = _read(f"{base}/cgroup")
     if cg:
         rec["cgroupPath"] = _unified_cgroup(cg)
         m = _CONTAINER_ID_B.search(cg)
         rec["containerId"] = m.group(1)[:12].decode() if m else ""
-    rec["env"] = read_env(pid)
     login = _read(f"{base}/loginuid")
     if login:
         rec["loginUid"] = int(login)

@@ -65,49 +65,57 @@ def parse(data: bytes) -> list[ProcEvent]:
     """Every proc event in one datagram (usually one); malformed parts are skipped.
     Kinds we do not use (sid, ptrace, coredump...) come back too, with only `what`,
     `cpu` and `seq`: their sequence numbers count in the per-CPU accounting."""
-    out: list[ProcEvent] = []
+    return [ProcEvent(*t) for t in parse_tuples(data)]
+
+
+EventTuple = tuple[int, int, int, int, int, int, int, int, int, str, int, int]
+
+
+def parse_tuples(data: bytes) -> list[EventTuple]:
+    """`parse`, as tuples of ProcEvent's fields in order (the reader sends these on:
+    building the dataclasses first costs the reader as much again)."""
+    out: list[EventTuple] = []
     offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
+    size = len(data)
+    while offset + NLMSG_HDR.size <= size:
         length, msg_type, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size or offset + length > len(data):
+        if length < NLMSG_HDR.size or offset + length > size:
             break
-        if msg_type not in (NLMSG_ERROR,) and length >= HEADER_LEN + EVENT_HDR.size:
+        if msg_type != NLMSG_ERROR and length >= HEADER_LEN + EVENT_HDR.size:
             seq = CN_MSG.unpack_from(data, offset + NLMSG_HDR.size)[2]
-            ev = _parse_event(data, offset + HEADER_LEN, offset + length)
-            ev.seq = seq
-            out.append(ev)
+            at = offset + HEADER_LEN
+            what, cpu, ts = EVENT_HDR.unpack_from(data, at)
+            out.append(_body(what, ts, data, at + EVENT_HDR.size, offset + length, cpu, seq))
         offset += (length + 3) & ~3
     return out
 
 
-def _parse_event(data: bytes, at: int, end: int) -> ProcEvent:
-    what, cpu, ts = EVENT_HDR.unpack_from(data, at)
-    ev = _parse_body(what, ts, data, at + EVENT_HDR.size, end)
-    ev.cpu = cpu
-    return ev
-
-
-def _parse_body(what: int, ts: int, data: bytes, body: int, end: int) -> ProcEvent:
+def _body(what: int, ts: int, data: bytes, body: int, end: int, cpu: int, seq: int) -> EventTuple:
     room = end - body
     if what == FORK and room >= 16:
-        ppid, ptgid, cpid, ctgid = struct.unpack_from("=4I", data, body)
-        return ProcEvent(FORK, ts, ctgid, cpid, ppid=ptgid)
+        _ppid, ptgid, cpid, ctgid = _FOUR.unpack_from(data, body)
+        return (FORK, ts, ctgid, cpid, ptgid, -1, -1, 0, 0, "", cpu, seq)
     if what == EXEC and room >= 8:
-        pid, tgid = struct.unpack_from("=2I", data, body)
-        return ProcEvent(EXEC, ts, tgid, pid)
-    if what in (UID, GID) and room >= 16:
-        pid, tgid, real, eff = struct.unpack_from("=4I", data, body)
-        return ProcEvent(what, ts, tgid, pid, ruid=real, euid=eff)
-    if what == COMM and room >= 24:
-        pid, tgid = struct.unpack_from("=2I", data, body)
-        comm = data[body + 8 : body + 24].split(b"\0", 1)[0].decode(errors="replace")
-        return ProcEvent(COMM, ts, tgid, pid, comm=comm)
+        pid, tgid = _TWO.unpack_from(data, body)
+        return (EXEC, ts, tgid, pid, 0, -1, -1, 0, 0, "", cpu, seq)
     if what == EXIT and room >= 16:
-        pid, tgid, code, sig = struct.unpack_from("=4I", data, body)
-        ppid = struct.unpack_from("=2I", data, body + 16)[1] if room >= 24 else 0
-        return ProcEvent(EXIT, ts, tgid, pid, ppid=ppid, exit_code=code, exit_signal=sig)
+        pid, tgid, code, sig = _FOUR.unpack_from(data, body)
+        ppid = _TWO.unpack_from(data, body + 16)[1] if room >= 24 else 0
+        return (EXIT, ts, tgid, pid, ppid, -1, -1, code, sig, "", cpu, seq)
+    if what in (UID, GID) and room >= 16:
+        pid, tgid, real, eff = _FOUR.unpack_from(data, body)
+        return (what, ts, tgid, pid, 0, real, eff, 0, 0, "", cpu, seq)
+    if what == COMM and room >= 24:
+        pid, tgid = _TWO.unpack_from(data, body)
+        comm = data[body + 8 : body + 24].split(b"\0", 1)[0].decode(errors="replace")
+        return (COMM, ts, tgid, pid, 0, -1, -1, 0, 0, comm, cpu, seq)
     known = what in (FORK, EXEC, UID, GID, COMM, EXIT)
-    return ProcEvent(MALFORMED if known else what, ts, 0, 0)  # the tracker ignores these
+    # the tracker ignores these
+    return (MALFORMED if known else what, ts, 0, 0, 0, -1, -1, 0, 0, "", cpu, seq)
+
+
+_TWO = struct.Struct("=2I")
+_FOUR = struct.Struct("=4I")
 
 
 def _control_message(op: int) -> bytes:

@@ -44,13 +44,15 @@ from typing import Any
 from daemoneye import procfs
 
 from . import netlink
-from .netlink import EXEC, GID, UID, ProcConnector, ProcEvent, parse
+from .netlink import EXEC, GID, UID, EventTuple, ProcConnector, parse_tuples
 
-PROTOCOL = 1  # the frames and commands below; a main speaking another one replaces us
+# the frames and commands below; a main speaking another one replaces us. 2: a record is
+# the tuple of its values, in the order of the hello's "fields" (1: a dict)
+PROTOCOL = 2
 FRAME = struct.Struct("<I")
 CMD = struct.Struct("<cQ")  # main -> reader: b"A" ack n, b"R" retire, b"Q" quit
 SEND_BUF = 4 << 20  # room for bursts while the main is busy
-IDLE_WAKE_S = 1.0
+IDLE_WAKE_MS = 1000
 
 
 def socket_path(run_dir: str | Path, service_id: str) -> Path:
@@ -78,31 +80,20 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
-def capture(ev: ProcEvent) -> dict[str, Any] | None:
+def capture(what: int, pid: int, tid: int) -> dict[str, Any] | None:
     """The /proc read that races the process's exit (argv first)."""
-    if ev.what == EXEC:
-        cmd = procfs.read_cmdline(ev.pid)
-        return procfs.read_process(ev.pid, cmdline_first=cmd)
-    if ev.what in (UID, GID) and not ev.is_thread:
-        return procfs.read_process(ev.pid)
+    if what == EXEC:
+        cmd = procfs.read_cmdline(pid)
+        return procfs.read_process(pid, cmdline_first=cmd)
+    if what in (UID, GID) and pid == tid:
+        return procfs.read_process(pid)
     return None
 
 
-def event_tuple(ev: ProcEvent) -> tuple[Any, ...]:
-    return (
-        ev.what,
-        ev.timestamp_ns,
-        ev.pid,
-        ev.tid,
-        ev.ppid,
-        ev.ruid,
-        ev.euid,
-        ev.exit_code,
-        ev.exit_signal,
-        ev.comm,
-        ev.cpu,
-        ev.seq,
-    )
+def captured(ev: EventTuple) -> tuple[Any, ...] | None:
+    """`capture` of an event as sent: the record's values in `procfs.FIELDS` order."""
+    rec = capture(ev[0], ev[2], ev[3])
+    return None if rec is None else tuple(rec.values())
 
 
 def pack(message: tuple[Any, ...]) -> bytes:
@@ -263,23 +254,30 @@ class Reader:
 
     def _serve(self) -> None:
         nl_fd = self.nl.fileno()
+        poller = select.poll()
+        watched: tuple[int, ...] = ()
         while True:
-            fds: list[Any] = [nl_fd, self.listener]
-            if self.peer is not None:
-                fds.append(self.peer)
-            if self.client is not None:
-                fds.append(self.client)
+            # what we wait on changes rarely (a main comes or goes, a spare is forked):
+            # the poll set is rebuilt only then, not on each of ~3 wake-ups an exec
+            want = (nl_fd, self.listener.fileno(), _fd(self.peer), _fd(self.client))
+            if want != watched:
+                poller = select.poll()
+                for fd in want:
+                    if fd >= 0:
+                        poller.register(fd, select.POLLIN)
+                watched = want
             try:
-                ready, _, _ = select.select(fds, [], [], IDLE_WAKE_S)
+                events = poller.poll(IDLE_WAKE_MS)
             except InterruptedError:
                 continue
+            ready = {fd for fd, _ in events}
             if nl_fd in ready:
                 self._read_netlink()
-            if self.client is not None and self.client in ready:
+            if self.client is not None and self.client.fileno() in ready:
                 self._read_commands()
-            if self.listener in ready:
+            if self.listener.fileno() in ready:
                 self._accept()
-            if self.peer is not None and self.peer in ready:
+            if self.peer is not None and self.peer.fileno() in ready:
                 self._on_peer()
             if self.retiring:
                 self._retire()
@@ -312,7 +310,7 @@ class Reader:
                 self.nl.lost += 1
                 self._emit([(None, None, 1)])  # the kernel dropped some: the main repairs
                 continue
-            items = [(event_tuple(ev), capture(ev), 0) for ev in parse(data)]
+            items = [(ev, captured(ev), 0) for ev in parse_tuples(data)]
             if items:
                 self._emit(items)
             with contextlib.suppress(BlockingIOError):
@@ -370,6 +368,7 @@ class Reader:
             "takeovers": self.takeovers,
             "overruns": self.nl.lost,
             "started_ns": self.started_ns,
+            "fields": procfs.FIELDS,
         }
         self._send(pack(("H", hello)))
         for _, frame in list(self.spool):
@@ -439,6 +438,10 @@ def stop_reader(path: str | Path, timeout_s: float = 2.0) -> bool:
 
 
 UNKNOWN = -1  # the path could not be looked at (permissions)
+
+
+def _fd(sock: socket.socket | None) -> int:
+    return -1 if sock is None else sock.fileno()
 
 
 def _ino(path: str) -> int:

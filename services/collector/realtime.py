@@ -54,6 +54,7 @@ class Link:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.hello: dict[str, Any] = {}
+        self.fields: tuple[str, ...] = ()  # a record's keys, when it comes as its values
         self.bye = False
         self.ended = False
         self.taken_n = 0  # the last frame number taken
@@ -96,9 +97,12 @@ class Link:
                 self.taken_n = msg[1]
                 self.frames += 1
                 for ev, record, lost in msg[3]:
+                    if record is not None and type(record) is not dict:  # protocol 2
+                        record = dict(zip(self.fields, record, strict=False))
                     out.append(Item(ProcEvent(*ev) if ev else None, record, lost))
             elif msg[0] == "H":
                 self.hello = msg[1]
+                self.fields = tuple(self.hello.get("fields", ()))
             elif msg[0] == "B":
                 self.bye = True
         del buf[:at]

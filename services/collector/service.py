@@ -38,6 +38,7 @@ from .tracker import Out, Tracker
 from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
+ACK_INTERVAL_S = 0.5  # acks to the reader (each writes the kernel numbers down) this often
 SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
 
 
@@ -59,6 +60,7 @@ class Collector(Service):
         self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
         self._next_scan = 0.0
         self._next_sync = 0.0
+        self._next_ack = 0.0
         self._next_retention = 0.0
         self._degraded_why = ""
         self._wal_failing = ""  # why WAL appends fail now ('' when they work)
@@ -344,8 +346,9 @@ class Collector(Service):
         now = time.monotonic()
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
-        if self.realtime is not None:  # the WAL has what we took: the reader may drop it
-            self._ack(now)
+        if self.realtime is not None and now >= self._next_ack:  # the WAL has what we
+            self._ack(now)  # took: the reader may drop it
+            self._next_ack = now + ACK_INTERVAL_S
         if self.tracker.pending:
             self._publish_all(self.tracker.flush_pending(self.cfg.fork_publish_delay_s))
         if now >= self._next_scan:
