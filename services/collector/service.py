@@ -39,7 +39,7 @@ from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
 ACK_INTERVAL_S = 0.5  # acks to the reader (each writes the kernel numbers down) this often
-SWITCH_INTERVAL_S = 0.0005  # the netlink thread must get the GIL before a process exits
+SWITCH_INTERVAL_S = 0.0005  # the hasher thread hands the GIL back to the main loop this soon
 
 
 class Collector(Service):
