@@ -265,29 +265,29 @@ class Detector(Service):
             topic, source, seq = msg.topic, msg.source_id, msg.seq
             if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
                 self.intake.catch_up_at(topic, source, seq)
-            self._queue(msg.envelope, kind, source)
-            self.intake.cursors.note_seq(topic, source, msg.boot_id, seq)
-            if len(self.pending) >= self.cfg.max_batch:
-                self.flush()
+            self._take(topic, msg.envelope, kind, source, msg.boot_id, seq)
         elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
             self._on_lifecycle(msg.body)
 
     def take(self, topic: str, envelope: Any, kind: str) -> None:
-        """Queue a collector envelope's events for the next batch, with its cursor."""
-        if kind not in EVENT_KINDS:
-            return
-        self._queue(envelope, kind, envelope.sourceId)
-        self.intake.cursors.note(topic, envelope)
-        if len(self.pending) >= self.cfg.max_batch:
-            self.flush()
+        """Queue a collector envelope read by hand (a replayed one), its header read
+        from the envelope."""
+        if kind in EVENT_KINDS:
+            self._take(topic, envelope, kind, envelope.sourceId, envelope.bootId, envelope.seq)
 
-    def _queue(self, envelope: Any, kind: str, source: str) -> None:
+    def _take(
+        self, topic: str, envelope: Any, kind: str, source: str, boot_id: str, seq: int
+    ) -> None:
+        """Queue an envelope's events for the next batch, with its cursor."""
         if kind == "processEvent":
             self.pending.append(event_in(envelope.body.processEvent, source))
         else:
             # read whole before queued: a malformed event drops its envelope, not half of it
             events = [event_in(e, source) for e in envelope.body.processEventBatch.events]
             self.pending.extend(events)
+        self.intake.cursors.note_seq(topic, source, boot_id, seq)
+        if len(self.pending) >= self.cfg.max_batch:
+            self.flush()
 
     def on_drained(self) -> None:
         """Apply what arrived as one batch: its first event has waited `batch_wait_ms`
