@@ -5,6 +5,7 @@ twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections import Counter
@@ -72,12 +73,15 @@ def outcome(tmp_path_factory) -> Iterator[tuple[Counter, Counter]]:
         storm.stop()
 
         def settled() -> bool:
+            # every alert published so far in the sink, those of the dead window (the
+            # alert log's replay) included; a last pump after this check could take an
+            # alert the detector published meanwhile, before the alerter wrote it
             pump()
             after = set(published) - before_restart
-            return bool(after) and after <= set(sink_ids(data))
+            return bool(after) and set(published) <= set(sink_ids(data))
 
-        wait_for(settled, 30, "every alert published after the restart in the sink")
-        pump()
+        with contextlib.suppress(pytest.fail.Exception):  # the tests below say what is missing
+            wait_for(settled, 30, "every published alert in the sink")
         yield published, sink_ids(data)
     finally:
         storm.stop()
