@@ -72,6 +72,14 @@ class CollectorSettings(BaseModel):
     publish_batch_ms: float = Field(
         1.0, ge=0, description="batching: the first event of a batch waits at most this long"
     )
+    gather_ms: float = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="while events keep coming, the netlink reader's frames are taken this "
+        "often, many per wake-up, rather than each at once (a lone event is still taken at "
+        "once); 0: each at once",
+    )
     user: str = Field("", description="drop to this user after opening netlink (root only)")
     shell_parents: list[str] = Field(
         default_factory=lambda: [

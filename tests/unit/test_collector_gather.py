@@ -1,0 +1,97 @@
+"""The main takes the reader's frames at once after a quiet spell, then every gather_ms
+while more keep coming (one wake-up for several execs), and watches the reader's socket
+again once a look finds nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from daemoneye import procfs
+from daemoneye.bus import Publisher
+from daemoneye.config import Settings
+from daemoneye.services.collector import reader
+from daemoneye.services.collector.netlink import EXEC
+from daemoneye.services.collector.realtime import Link, RealtimeSource
+from daemoneye.services.collector.service import Collector
+from daemoneye.services.collector.tracker import Tracker
+from daemoneye.services.collector.wal import Wal
+
+pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
+
+
+@pytest.fixture
+def wired(settings: Settings, tmp_path: Path) -> Iterator[tuple[Collector, socket.socket]]:
+    """A collector whose reader is the other end of a socket pair (the test sends frames)."""
+    c = Collector(settings)
+    pub = c.factory.bind(zmq.PUB, f"inproc://gather-{id(c)}")  # nobody listens: the WAL tells
+    c.publisher = Publisher(pub, c.service_id, c.boot_id)
+    c.wal = Wal(tmp_path / "wal")
+    c.tracker = Tracker()
+    mine, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    c.realtime = RealtimeSource(tmp_path / "reader.sock")
+    c.realtime.links.append(Link(theirs))
+    mine.sendall(reader.pack(("H", {"protocol": 2, "fields": procfs.FIELDS})))
+    c._reader_fd = c.realtime.wake_fd
+    c._watch_reader()
+    c.monitoring = True
+    yield c, mine
+    mine.close()
+    c.realtime.close()
+    c.wal.close()
+    c.factory.close_all(linger_ms=0)
+
+
+def send_exec(sock: socket.socket, n: int) -> None:
+    rec = procfs.read_process(os.getpid())
+    assert rec is not None
+    rec["pid"] = rec["startTicks"] = 50_000 + n  # a process of its own each time
+    ev = (EXEC, n, rec["pid"], rec["pid"], 0, -1, -1, 0, 0, "", 0, n)
+    sock.sendall(reader.pack(("F", n, 0, [(ev, tuple(rec.values()), 0)])))
+
+
+def logged(c: Collector) -> int:
+    """Starts published (each after its WAL entry)."""
+    return c.published["start"]
+
+
+def gather_timers(c: Collector) -> int:
+    return sum(1 for t in c._timers if t.fn == c._on_gathered)
+
+
+def test_a_frame_after_quiet_is_taken_at_once_then_frames_are_gathered(
+    wired: tuple[Collector, socket.socket],
+) -> None:
+    c, sock = wired
+    fd = c._reader_fd
+    assert c._watched.get(fd) == c._on_reader_ready
+    send_exec(sock, 1)
+    c._on_reader_ready()
+    assert logged(c) == 1, "a lone exec waits for nothing"
+    assert fd not in c._watched and gather_timers(c) == 1, "then: gathered by a timer"
+    send_exec(sock, 2)
+    send_exec(sock, 3)
+    assert logged(c) == 1  # nothing wakes the loop for these
+    c._timers.clear()
+    c._on_gathered()
+    assert logged(c) == 3
+    assert fd not in c._watched and gather_timers(c) == 1, "more came: gather again"
+    c._timers.clear()
+    c._on_gathered()  # nothing came since
+    assert logged(c) == 3
+    assert c._watched.get(fd) == c._on_reader_ready and gather_timers(c) == 0
+
+
+def test_gather_ms_0_takes_every_frame_at_once(wired: tuple[Collector, socket.socket]) -> None:
+    c, sock = wired
+    c.cfg = c.cfg.model_copy(update={"gather_ms": 0.0})
+    send_exec(sock, 1)
+    c._on_reader_ready()
+    assert logged(c) == 1
+    assert c._watched.get(c._reader_fd) == c._on_reader_ready and gather_timers(c) == 0
