@@ -70,6 +70,9 @@ class Collector(Service):
         self._batch_since = 0.0
         self._batch_bytes = 0  # batching: an estimate of the batch's encoded size
         self._holding = False  # batching: a handler is still producing events
+        # encoded envelopes waiting for their WAL write (one per hold) and their send:
+        # (seq, topic, envelope, kind, events in it)
+        self._staged: list[tuple[int, str, bytes, str, int]] = []
         self.kseq = SeqCheck()  # the kernel's per-CPU numbers: duplicates and losses
         self._handover: Handover | None = None  # what a previous main already published
         self._reader_fd = -1
@@ -434,32 +437,38 @@ class Collector(Service):
         limit, wait_s = self.cfg.publish_batch_max, self.cfg.publish_batch_ms / 1000
         max_bytes = self.settings.bus.max_event_bytes // 2
         for out in outs:
-            size = _approx_bytes(out)
             batch = self._batch
-            if batch and (
-                batch[0].kind != out.kind
-                or self._batch_bytes + size > max_bytes
-                or time.monotonic() - self._batch_since >= wait_s
-            ):
+            if batch:
+                if batch[0].kind == out.kind and time.monotonic() - self._batch_since < wait_s:
+                    if len(batch) == 1:  # sizes are worked out once a second event joins:
+                        self._batch_bytes = _approx_bytes(batch[0])  # a lone one goes as is
+                    size = _approx_bytes(out)
+                    if self._batch_bytes + size <= max_bytes:
+                        batch.append(out)
+                        self._batch_bytes += size
+                        if len(batch) >= limit:
+                            self._send_batch()
+                        continue
                 self._send_batch()
-            if not self._batch:
-                self._batch_since = time.monotonic()
-                self._batch_bytes = 0
-            self._batch.append(out)
-            self._batch_bytes += size
-            if len(self._batch) >= limit:
-                self._send_batch()
+            self._batch = [out]
+            self._batch_since = time.monotonic()
         if not self._holding:
             self._send_batch()
 
     def _send_batch(self) -> None:
-        """One processEventBatch envelope: one seq, one WAL entry (WAL first, as emit)."""
+        """One processEventBatch envelope: one seq, one WAL entry (WAL first, as emit);
+        outside a hold, what is staged goes out with it."""
         outs, self._batch = self._batch, []
         if len(outs) <= 1:
             for out in outs:
                 self._emit_or_count(out)
-            return
-        assert self.publisher is not None and self.wal is not None
+        else:
+            self._encode_batch(outs)
+        if not self._holding:
+            self._flush_staged()
+
+    def _encode_batch(self, outs: list[Out]) -> None:
+        assert self.publisher is not None
         topic = f"{Topics.PROCESS}{outs[0].kind}"
         body = {"events": [self.event_body(out) for out in outs]}
         try:
@@ -470,15 +479,31 @@ class Collector(Service):
             for out in outs:
                 self._emit_or_count(out)
             return
-        try:  # as emit: a failing WAL degrades replay, never the live stream
-            self.wal.append(seq, topic, data)
+        self._staged.append((seq, topic, data, outs[0].kind, len(outs)))
+
+    def _flush_staged(self) -> None:
+        """The staged envelopes: into the WAL with one write, then onto the bus (WAL
+        first: a crash between the two is repaired by replay). A hold (one take of the
+        reader's frames) stages all it encodes, so it costs one write, and its sends go
+        out back to back (ZeroMQ's I/O thread wakes once for them)."""
+        staged, self._staged = self._staged, []
+        if not staged:
+            return
+        assert self.publisher is not None and self.wal is not None
+        try:  # a failing WAL degrades replay, never the live stream
+            self.wal.append_many([(seq, topic, data) for seq, topic, data, _, _ in staged])
             if self._wal_failing:
                 self._wal_recovered()
         except OSError as exc:
-            self._wal_failed(exc)
-        self.publisher.send_encoded(topic, data)
-        self.published[outs[0].kind] += len(outs)
-        self.events.add(len(outs))
+            self._wal_failed(exc, len(staged))  # still published: live subscribers lose nothing
+        send = self.publisher.send_encoded
+        published = self.published
+        n = 0
+        for _, topic, data, kind, count in staged:
+            send(topic, data)
+            published[kind] += count
+            n += count
+        self.events.add(n)
 
     def event_body(self, out: Out) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -507,23 +532,17 @@ class Collector(Service):
             )
 
     def emit(self, out: Out) -> int:
-        """WAL first, then the bus: a crash between the two is repaired by replay."""
-        assert self.publisher is not None and self.wal is not None
+        """WAL first, then the bus (_flush_staged); in a hold, when the hold ends."""
+        assert self.publisher is not None
         topic = f"{Topics.PROCESS}{out.kind}"
         seq, data = self.publisher.encode(topic, "processEvent", self.event_body(out))
-        try:
-            self.wal.append(seq, topic, data)
-            if self._wal_failing:
-                self._wal_recovered()
-        except OSError as exc:
-            self._wal_failed(exc)  # still published: live subscribers lose nothing
-        self.publisher.send_encoded(topic, data)
-        self.published[out.kind] += 1
-        self.events.add()
+        self._staged.append((seq, topic, data, out.kind, 1))
+        if not self._holding:
+            self._flush_staged()
         return seq
 
-    def _wal_failed(self, exc: OSError) -> None:
-        self.unlogged += 1
+    def _wal_failed(self, exc: OSError, envelopes: int = 1) -> None:
+        self.unlogged += envelopes
         if self._wal_failing:
             return
         self._wal_failing = f"WAL writes failing ({exc.strerror or exc}): events are published "

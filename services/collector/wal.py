@@ -175,6 +175,45 @@ class Wal:
         else:
             self._dirty = True
 
+    def append_many(self, entries: list[tuple[int, str, bytes]]) -> None:
+        """Append (seq, topic, envelope) records in order with one write: what one
+        wake-up of the service produced. The same records as `append` each, so a torn
+        write is cut on open as one torn record would be. A batch that would cross the
+        segment limit goes record by record (each may open a new segment)."""
+        if len(entries) == 1:
+            self.append(*entries[0])
+            return
+        records = []
+        last = self.last_seq
+        for seq, topic, data in entries:
+            if seq <= last:
+                raise ValueError(f"WAL seq must grow: {seq} after {last}")
+            last = seq
+            t = topic.encode()
+            payload = PAYLOAD_HDR.pack(seq, len(t)) + t + data
+            records.append(RECORD_HDR.pack(len(payload), crc32c.crc32c(payload)) + payload)
+        blob = b"".join(records)
+        if self._fd < 0 or self._size + len(blob) > self.segment_bytes:
+            for entry in entries:
+                self.append(*entry)
+            return
+        try:
+            written = os.write(self._fd, blob)
+            if written != len(blob):
+                raise OSError(28, f"short WAL write ({written} of {len(blob)} bytes)")
+        except OSError:
+            self.write_errors += 1
+            with contextlib.suppress(OSError):  # as append: the log stays readable past here
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(blob)
+        self.last_seq = last
+        self.appended += len(entries)
+        if self.fsync_policy == "always":
+            os.fsync(self._fd)
+        else:
+            self._dirty = True
+
     def _rotate(self, first_seq: int) -> None:
         if self._fd >= 0:
             os.fsync(self._fd)

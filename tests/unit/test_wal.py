@@ -72,6 +72,51 @@ def test_seq_must_grow(tmp_path: Path) -> None:
         wal.append(3, "events.process.stop", b"x")
 
 
+def batch(first: int, last: int) -> list[tuple[int, str, bytes]]:
+    return [
+        (seq, "events.process.stop", f"envelope-{seq}".encode() * 3)
+        for seq in range(first, last + 1)
+    ]
+
+
+def test_append_many_writes_the_records_append_writes(tmp_path: Path) -> None:
+    one, many = Wal(tmp_path / "one"), Wal(tmp_path / "many")
+    for seq, topic, data in batch(1, 20):
+        one.append(seq, topic, data)
+    many.append_many(batch(1, 5))
+    many.append_many(batch(6, 6))
+    many.append_many(batch(7, 20))
+    one.close()
+    many.close()
+    assert newest(tmp_path / "many").read_bytes() == newest(tmp_path / "one").read_bytes()
+    again = Wal(tmp_path / "many")
+    assert again.last_seq == 20 and again.appended == 0 and not again.cuts
+    with pytest.raises(ValueError, match="seq must grow: 20 after 20"):
+        again.append_many(batch(20, 21))
+
+
+def test_append_many_across_a_segment_limit_rotates(tmp_path: Path) -> None:
+    wal = Wal(tmp_path, segment_bytes=4096)
+    for first in range(1, 300, 50):
+        wal.append_many(batch(first, first + 49))
+    assert len(wal.segments()) > 1 and wal.appended == 300
+    assert all(p.stat().st_size <= 4096 for _, p in wal.segments())
+    assert [e.seq for e in wal.read(1)] == list(range(1, 301))
+
+
+def test_a_torn_batch_is_cut_to_its_whole_records(tmp_path: Path) -> None:
+    """A crash in the middle of one batch's write: the records before the tear stay."""
+    wal = Wal(tmp_path)
+    wal.append_many(batch(1, 10))
+    wal.close()
+    seg = newest(tmp_path)
+    os.truncate(seg, seg.stat().st_size - 40)  # the last record loses its end
+    again = Wal(tmp_path)
+    assert again.last_seq == 9 and len(again.cuts) == 1 and "torn" in again.cuts[0].reason
+    again.append_many(batch(10, 12))
+    assert [e.seq for e in again.read(1)] == list(range(1, 13))
+
+
 def newest(path: Path) -> Path:
     return sorted(path.glob("*.wal"))[-1]
 
