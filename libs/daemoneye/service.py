@@ -121,7 +121,10 @@ class Service:
         self._stopping = False
         self._stop_reason = ""
         self._watched: dict[zmq.Socket | int, Callable[[], None]] = {}
-        self._poller_dirty = True
+        # kept up to date by watch/unwatch, not rebuilt: services unwatch a socket while
+        # they gather (bus_batch_wait_s, the collector's gather_ms) and watch it again
+        # after, several times a second under load
+        self._poller = zmq.Poller()
         self._wake_r: int | None = None  # the wake-up pipe (see IDLE_POLL_MS)
         self._wake_w: int | None = None
         self._poll_bound_ms = MAX_POLL_MS
@@ -190,12 +193,13 @@ class Service:
 
     def watch(self, sock: zmq.Socket | int, handler: Callable[[], None]) -> None:
         """Call `handler` when `sock` (a ZeroMQ socket or a file descriptor) is readable."""
+        if sock not in self._watched:
+            self._poller.register(sock, zmq.POLLIN)
         self._watched[sock] = handler
-        self._poller_dirty = True
 
     def unwatch(self, sock: zmq.Socket | int) -> None:
-        self._watched.pop(sock, None)
-        self._poller_dirty = True
+        if self._watched.pop(sock, None) is not None:
+            self._poller.unregister(sock)
 
     def every(self, interval_s: float, fn: Callable[[], None], first_in_s: float = 0.0) -> None:
         self._timers.append(_Timer(interval_s, fn, time.monotonic() + first_in_s))
@@ -321,13 +325,8 @@ class Service:
             memory.trim()
 
     def _loop(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller
         while not self._stopping:
-            if self._poller_dirty:
-                poller = zmq.Poller()
-                for sock in self._watched:
-                    poller.register(sock, zmq.POLLIN)
-                self._poller_dirty = False
             now = time.monotonic()
             next_due = min((t.due for t in self._timers), default=now + 1)
             timeout_ms = max(0, min(self._poll_bound_ms, int((next_due - now) * 1000) + 1))
