@@ -77,6 +77,7 @@ class Collector(Service):
         self._handover: Handover | None = None  # what a previous main already published
         self._reader_fd = -1
         self._gathering = False  # the reader's socket is unwatched: a timer takes its frames
+        self._last_ready = -1e9  # monotonic time the reader's socket last woke us
         self._positions_path: Path | None = None  # the kernel numbers taken (kseq.save)
         self.held_back = 0  # events a previous main had published, not sent again
 
@@ -276,10 +277,15 @@ class Collector(Service):
             self.watch(self._reader_fd, self._on_reader_ready)
 
     def _on_reader_ready(self) -> None:
-        """Frames after a quiet spell: taken at once (a lone exec waits for nothing),
-        then gathered while more keep coming (see _gather)."""
+        """Frames after a quiet spell are taken at once (a lone exec waits for nothing);
+        when the last ones came less than gather_ms ago, the next are gathered (see
+        _gather): below 1000/gather_ms frames a second, each wakes us as before."""
+        now = time.monotonic()
+        busy = now - self._last_ready < self.cfg.gather_ms / 1000
+        self._last_ready = now
         self._on_realtime()
-        self._gather()
+        if busy:
+            self._gather()
 
     def _gather(self) -> None:
         """Take the reader's frames every gather_ms instead of waking for each: a wake-up
@@ -298,6 +304,7 @@ class Collector(Service):
         if self.realtime is None:
             return  # gone meanwhile (_reader_died): nothing to watch
         if self._on_realtime():
+            self._last_ready = time.monotonic()  # frames still come: as if they woke us
             self._gather()
         else:
             self._watch_reader()

@@ -1,11 +1,12 @@
-"""The main takes the reader's frames at once after a quiet spell, then every gather_ms
-while more keep coming (one wake-up for several execs), and watches the reader's socket
-again once a look finds nothing."""
+"""The main takes the reader's frames at once after a quiet spell; when they come
+faster than one per gather_ms, it takes them every gather_ms (one wake-up for several
+execs) and watches the reader's socket again once a look finds nothing."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,17 +75,22 @@ def test_a_frame_after_quiet_is_taken_at_once_then_frames_are_gathered(
     send_exec(sock, 1)
     c._on_reader_ready()
     assert logged(c) == 1, "a lone exec waits for nothing"
-    assert fd not in c._watched and gather_timers(c) == 1, "then: gathered by a timer"
+    assert c._watched.get(fd) == c._on_reader_ready and gather_timers(c) == 0
     send_exec(sock, 2)
+    c._last_ready = time.monotonic() + 3600  # as if the last frame came just now
+    c._on_reader_ready()
+    assert logged(c) == 2, "nor does one that comes soon after"
+    assert fd not in c._watched and gather_timers(c) == 1, "but the next are gathered"
     send_exec(sock, 3)
-    assert logged(c) == 1  # nothing wakes the loop for these
+    send_exec(sock, 4)
+    assert logged(c) == 2  # nothing wakes the loop for these
     c._timers.clear()
     c._on_gathered()
-    assert logged(c) == 3
+    assert logged(c) == 4
     assert fd not in c._watched and gather_timers(c) == 1, "more came: gather again"
     c._timers.clear()
     c._on_gathered()  # nothing came since
-    assert logged(c) == 3
+    assert logged(c) == 4
     assert c._watched.get(fd) == c._on_reader_ready and gather_timers(c) == 0
 
 
@@ -92,6 +98,7 @@ def test_gather_ms_0_takes_every_frame_at_once(wired: tuple[Collector, socket.so
     c, sock = wired
     c.cfg = c.cfg.model_copy(update={"gather_ms": 0.0})
     send_exec(sock, 1)
+    c._last_ready = time.monotonic() + 3600
     c._on_reader_ready()
     assert logged(c) == 1
     assert c._watched.get(c._reader_fd) == c._on_reader_ready and gather_timers(c) == 0

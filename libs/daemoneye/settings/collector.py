@@ -76,9 +76,9 @@ class CollectorSettings(BaseModel):
         10.0,
         ge=0,
         le=100,
-        description="while events keep coming, the netlink reader's frames are taken this "
-        "often, many per wake-up, rather than each at once (a lone event is still taken at "
-        "once); 0: each at once",
+        description="when the netlink reader's frames come faster than one per gather_ms, "
+        "they are taken this often, many per wake-up, rather than each at once (a frame "
+        "after a quiet spell is taken at once); 0: each at once",
     )
     user: str = Field("", description="drop to this user after opening netlink (root only)")
     shell_parents: list[str] = Field(
