@@ -264,6 +264,8 @@ class Collector(Service):
 
     def teardown(self) -> None:
         if self.realtime is not None:
+            if self.monitoring:  # what gather_ms left waiting: logged now, not next start
+                self._safely(self._on_realtime)
             self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
