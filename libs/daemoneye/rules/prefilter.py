@@ -33,12 +33,13 @@ is no longer disabled for them.
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from sqlglot import exp
+from typing import TYPE_CHECKING, Any
 
 from .judge import MAYBE, fold, like_text
 from .tables import TABLES
+
+if TYPE_CHECKING:  # sqlglot is imported only where rules are compiled, not where they run
+    from sqlglot import exp
 
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
 # calls whose value may differ between two statements (judged on the generated SQL: a
@@ -58,6 +59,8 @@ CHECK_MIN_ROWS = 32
 
 
 def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    from sqlglot import exp
+
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.And):
@@ -68,6 +71,8 @@ def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
 def _stable(node: exp.Expression) -> bool:
     """Judged the same in any statement: no subquery, parameter, aggregate or window, and
     no 'now' (SQLite's date and time functions default to it) or random()."""
+    from sqlglot import exp
+
     unstable = (exp.Subquery, exp.Select, exp.Exists, exp.Placeholder, exp.Parameter)
     if node.find(*unstable, exp.AggFunc, exp.Window) is not None:
         return False
@@ -101,6 +106,8 @@ def screen_parts(
     tree: exp.Select, table: str, alias: str
 ) -> tuple[list[exp.Expression], tuple[Need, ...]]:
     """The conjuncts of the screen, copied with unqualified columns, and their needs."""
+    from sqlglot import exp
+
     where = tree.args.get("where")
     if where is None:
         return [], ()
@@ -133,6 +140,8 @@ def window_names(tree: exp.Select) -> frozenset[str] | None:
     row, when it joins that table (inner) under a condition on the joined row's name
     (`d.name IN ('curl', 'wget')`): a rule looking for what a named tool did in the
     window need not run while no such tool is in it. None when there is no such need."""
+    from sqlglot import exp
+
     if not isinstance(tree, exp.Select):
         return None
     where = tree.args.get("where")
@@ -167,6 +176,8 @@ def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
     nothing to check (anything else: NOT, <, IS, GLOB, functions...). Exact reasoning:
     TEXT columns hold text as given (NULL matches nothing), `=` and IN compare with binary
     collation, and a LIKE that matches contains each literal piece of its pattern."""
+    from sqlglot import exp
+
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.And | exp.Or):
@@ -200,10 +211,14 @@ def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
 
 
 def _text_column(node: exp.Expression, text_columns: set[str]) -> bool:
+    from sqlglot import exp
+
     return isinstance(node, exp.Column) and node.name.lower() in text_columns
 
 
 def _is_text(node: exp.Expression) -> bool:
+    from sqlglot import exp
+
     return isinstance(node, exp.Literal) and node.is_string
 
 
