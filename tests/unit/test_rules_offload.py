@@ -141,8 +141,9 @@ def test_a_reload_in_a_child_keeps_the_differential_state(tmp_path: Path) -> Non
 
 
 def test_the_detector_runs_its_rules_without_importing_sqlglot(tmp_path: Path) -> None:
-    """What the detector does with rules (load, reload, an ad-hoc query, `rules try`),
-    in a fresh interpreter: sqlglot is imported only by the children."""
+    """What the detector does with rules (load, reload, an ad-hoc query, `rules try`'s
+    check), in a fresh interpreter: sqlglot (and the YAML parser) are imported only by
+    the children."""
     script = (
         "import sys, time\n"
         "from daemoneye.services.detector.service import Detector, default_rules_dir\n"
@@ -154,7 +155,7 @@ def test_the_detector_runs_its_rules_without_importing_sqlglot(tmp_path: Path) -
         "assert e.apply([EventIn('start', rec)])[0]\n"
         "e.query('SELECT pid FROM processes', 1.0, 10)\n"
         "assert e.check_rules(list(e.rules[r].rule for r in list(e.rules)[:3])) == [None] * 3\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlglot'))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlglot', 'yaml')))\n"
     )
     argv = [sys.executable, "-c", script]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
