@@ -57,6 +57,13 @@ def prefix_end(prefix: bytes) -> bytes:
 MEMTABLE_BYTES = 8 << 20
 MEMTABLES = 2
 BLOCK_CACHE_BYTES = 8 << 20
+# For a store written all the time and read now and then (the ledger, the alerter):
+# RocksDB loads the index partitions of every SST file it writes into the block cache
+# (~5 KB per MB of SST), so an 8 MB cache fills over the first ~1.5 GB of data, and a
+# soak reads that as growth (+5 MB per service in 10 minutes at 2,000 entries/s). With
+# 1 MB the cache is full within minutes and stays there; a read whose index partition
+# was evicted reads it from the page cache (a proof or an RPC, not a per-event path).
+SMALL_BLOCK_CACHE_BYTES = 1 << 20
 # Blocks of SST files that compaction deleted are erased from the block cache at once
 # instead of ageing out of it: a compaction that rewrites a whole file (the alerter's
 # windows and pending keys span it) otherwise leaves a dead index the size of the
@@ -65,7 +72,9 @@ BLOCK_CACHE_BYTES = 8 << 20
 UNCACHE_AGGRESSIVENESS = 300
 
 
-def _options(memtable_bytes: int = MEMTABLE_BYTES) -> Options:
+def _options(
+    memtable_bytes: int = MEMTABLE_BYTES, block_cache_bytes: int = BLOCK_CACHE_BYTES
+) -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_max_background_jobs(2)
@@ -73,7 +82,7 @@ def _options(memtable_bytes: int = MEMTABLE_BYTES) -> Options:
     options.set_write_buffer_size(memtable_bytes)
     options.set_max_write_buffer_number(MEMTABLES)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_block_cache(Cache(block_cache_bytes))
     # Index blocks bounded too: by default each SST file's whole index stays in memory
     # outside the cache (rocksdb.estimate-table-readers-mem), ~3.7 KB per 1,000 ledger
     # entries for ever: +7 MB in a 10-minute soak at 2,000 entries/s. A partitioned
@@ -93,10 +102,12 @@ class Store:
         sync: bool = False,
         read_only: bool = False,
         memtable_bytes: int = MEMTABLE_BYTES,
+        block_cache_bytes: int = BLOCK_CACHE_BYTES,
     ) -> None:
         self.path = Path(path)
         self.memtable_bytes = memtable_bytes
-        options = _options(memtable_bytes)
+        self.block_cache_bytes = block_cache_bytes
+        options = _options(memtable_bytes, block_cache_bytes)
         try:
             if not read_only:
                 self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -117,7 +128,12 @@ class Store:
         """A fresh handle on the same directory: RocksDB refuses every write after an
         I/O error (a full disk) until the database is reopened."""
         self.close()
-        return Store(self.path, sync=self.sync, memtable_bytes=self.memtable_bytes)
+        return Store(
+            self.path,
+            sync=self.sync,
+            memtable_bytes=self.memtable_bytes,
+            block_cache_bytes=self.block_cache_bytes,
+        )
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
@@ -181,8 +197,14 @@ class Store:
 
 
 def service_store(
-    data_dir: Path, service: str, sync: bool = False, memtable_bytes: int = MEMTABLE_BYTES
+    data_dir: Path,
+    service: str,
+    sync: bool = False,
+    memtable_bytes: int = MEMTABLE_BYTES,
+    block_cache_bytes: int = BLOCK_CACHE_BYTES,
 ) -> Store:
     path = Path(data_dir) / service
     os.makedirs(path.parent, mode=0o750, exist_ok=True)
-    return Store(path, sync=sync, memtable_bytes=memtable_bytes)
+    return Store(
+        path, sync=sync, memtable_bytes=memtable_bytes, block_cache_bytes=block_cache_bytes
+    )

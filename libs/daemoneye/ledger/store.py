@@ -29,7 +29,7 @@ import blake3
 from daemoneye import merkle
 from daemoneye.ledger import entry as entries
 from daemoneye.ledger.note import Checkpoint, Signer
-from daemoneye.store import Store, StoreError, be64, un_be64
+from daemoneye.store import SMALL_BLOCK_CACHE_BYTES, Store, StoreError, be64, un_be64
 
 ENTRY = b"e"
 PAYLOAD = b"p"
@@ -64,7 +64,8 @@ def checkpoint_key(size: int) -> bytes:
 def open_store(path: Path, read_only: bool = False, sync: bool = False) -> Store:
     if read_only and not (Path(path) / "CURRENT").exists():
         raise StoreError(f"no ledger database at {path}")
-    return Store(path, sync=sync, read_only=read_only)
+    # written per event, read for proofs and checkpoints only: a small cache
+    return Store(path, sync=sync, read_only=read_only, block_cache_bytes=SMALL_BLOCK_CACHE_BYTES)
 
 
 class LedgerStore:
