@@ -70,10 +70,16 @@ SMALL_BLOCK_CACHE_BYTES = 1 << 20
 # live one in the cache each time (alerter: ~2.7 MB of RSS growth in 10 minutes at
 # 100 alerts/s). 300 is RocksDB's suggested value; a mutable option (RocksDB >= 9.8).
 UNCACHE_AGGRESSIVENESS = 300
+# RocksDB's level-0 thresholds, in files: compact at 4, slow writes at 20, stop at 36.
+L0_FILES = 4
+L0_SLOWDOWN_FILES = 20
+L0_STOP_FILES = 36
 
 
 def _options(
-    memtable_bytes: int = MEMTABLE_BYTES, block_cache_bytes: int = BLOCK_CACHE_BYTES
+    memtable_bytes: int = MEMTABLE_BYTES,
+    block_cache_bytes: int = BLOCK_CACHE_BYTES,
+    l0_files: int = L0_FILES,
 ) -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
@@ -81,6 +87,10 @@ def _options(
     options.increase_parallelism(2)
     options.set_write_buffer_size(memtable_bytes)
     options.set_max_write_buffer_number(MEMTABLES)
+    if l0_files != L0_FILES:  # the slowdown and stop thresholds move with it
+        options.set_level_zero_file_num_compaction_trigger(l0_files)
+        options.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_FILES * l0_files // L0_FILES)
+        options.set_level_zero_stop_writes_trigger(L0_STOP_FILES * l0_files // L0_FILES)
     table = BlockBasedOptions()
     table.set_block_cache(Cache(block_cache_bytes))
     # Index blocks bounded too: by default each SST file's whole index stays in memory
@@ -103,11 +113,13 @@ class Store:
         read_only: bool = False,
         memtable_bytes: int = MEMTABLE_BYTES,
         block_cache_bytes: int = BLOCK_CACHE_BYTES,
+        l0_files: int = L0_FILES,
     ) -> None:
         self.path = Path(path)
         self.memtable_bytes = memtable_bytes
         self.block_cache_bytes = block_cache_bytes
-        options = _options(memtable_bytes, block_cache_bytes)
+        self.l0_files = l0_files
+        options = _options(memtable_bytes, block_cache_bytes, l0_files)
         try:
             if not read_only:
                 self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -133,6 +145,7 @@ class Store:
             sync=self.sync,
             memtable_bytes=self.memtable_bytes,
             block_cache_bytes=self.block_cache_bytes,
+            l0_files=self.l0_files,
         )
 
     def get(self, key: bytes) -> bytes | None:
