@@ -60,7 +60,7 @@ BLOCK_CACHE_BYTES = 8 << 20
 # For a store written all the time and read now and then (the ledger, the alerter):
 # RocksDB loads the index partitions of every SST file it writes into the block cache
 # (~5 KB per MB of SST), so an 8 MB cache fills over the first ~1.5 GB of data, and a
-# soak reads that as growth (+5 MB per service in 10 minutes at 2,000 entries/s). With
+# soak reads that as growth (4.7 MB at 1.2M ledger entries, a 10-minute soak's). With
 # 1 MB the cache is full within minutes and stays there; a read whose index partition
 # was evicted reads it from the page cache (a proof or an RPC, not a per-event path).
 SMALL_BLOCK_CACHE_BYTES = 1 << 20
