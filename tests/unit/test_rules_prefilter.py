@@ -25,7 +25,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 NAMES = ["sh", "bash", "Bash", "nginx", "xmrig", "ls", "python3", "5", ""]
 PATHS = ["/tmp/x", "/TMP/y", "/dev/shm/z", "/usr/bin/ls", "/bin/bash", "/opt/gen1", ""]
 WORDS = ["-c", "/dev/tcp/1.2.3.4/4444", "--donate-level", "STRATUM+TCP://pool", "%", "_", "é"]
-TEXT_COLUMNS = ["name", "path", "cmdline", "cwd", "parent_name", "username", "state"]
+TEXT_COLUMNS = ["name", "path", "cmdline", "cwd", "parent_name", "username", "state", "tty"]
 INT_COLUMNS = ["uid", "euid", "pid", "parent", "on_disk", "threads"]
 LIKES = ["%sh%", "/tmp/%", "%BASH%", "_s", "%/dev/tcp/%", "%stratum%", "%\\%%", "%é%", "%"]
 
@@ -133,6 +133,7 @@ def record(rnd: random.Random, pid: int, ppid: int) -> dict:
         "username": rnd.choice(["root", "user", ""]),
         "onDisk": rnd.choice([-1, 0, 1]),
         "threads": rnd.randrange(3),
+        "tty": rnd.choice(["", "", "pts/0"]),  # mostly none, as daemons (see _rank)
     }
 
 
@@ -164,7 +165,9 @@ def leaf(qualifier: str) -> st.SearchStrategy[str]:
     q = qualifier
     text = st.sampled_from(TEXT_COLUMNS).map(lambda c: q + c)
     ints = st.sampled_from(INT_COLUMNS).map(lambda c: q + c)
-    value = st.sampled_from(NAMES + PATHS).map(lambda v: "'" + v.replace("'", "''") + "'")
+    value = st.sampled_from([*NAMES, *PATHS, "pts/0"]).map(
+        lambda v: "'" + v.replace("'", "''") + "'"
+    )
     return st.one_of(
         st.tuples(text, value).map(lambda t: f"{t[0]} = {t[1]}"),
         st.tuples(value, text).map(lambda t: f"{t[0]} = {t[1]}"),
