@@ -102,3 +102,63 @@ def test_overrun_is_reported_as_lost() -> None:
         assert overruns >= 1 and conn.lost >= 1
     finally:
         conn.close()
+
+
+def _read_until(conns: list[ProcConnector], done, timeout: float = 10) -> list[list]:
+    got: list[list] = [[] for _ in conns]
+    deadline = time.monotonic() + timeout
+    while not done(got) and time.monotonic() < deadline:
+        select.select([c.fileno() for c in conns], [], [], 0.1)
+        for out, conn in zip(got, conns, strict=True):
+            out.extend(conn.read()[0])
+    return got
+
+
+def test_the_pair_splits_by_kind_and_together_sees_every_number() -> None:
+    """URGENT gets exec (uid, gid) only, OTHER the rest, the answers to subscriptions
+    included; every number a socket of every kind sees, one of the two sees."""
+    try:
+        urgent, other = netlink.open_pair()
+    except NetlinkUnavailable as exc:
+        pytest.skip(f"netlink process connector unavailable: {exc}")
+    assert other is not None, "this kernel took no socket filter"
+    every = ProcConnector()
+    answer = ProcConnector()  # its subscription's answer is numbered on some CPU
+    try:
+        answer.close()
+        pids = []
+        for _ in range(40):  # some tens of ms of events
+            child = subprocess.Popen(["true"])
+            child.wait()
+            pids.append(child.pid)
+        last = pids[-1]
+
+        def done(got: list[list]) -> bool:
+            return all(any(e.pid == last and e.what == EXIT for e in g) for g in got[1:])
+
+        u, o, a = _read_until([urgent, other, every], done)
+        u += urgent.read()[0]  # read after OTHER: every exec queued before OTHER's last read
+        assert {e.what for e in u} <= set(netlink.URGENT_KINDS) and EXEC in {e.what for e in u}
+        assert not {e.what for e in o} & set(netlink.URGENT_KINDS)
+        assert {FORK, EXIT, 0} <= {e.what for e in o}  # 0: an answer to a subscription
+        both = {(e.cpu, e.seq) for e in u + o}
+        # what `every` got well before OTHER's newest, the pair got (the kernel stamps the
+        # time before it queues: two CPUs' events may be queued a little out of time order)
+        until = max(e.timestamp_ns for e in o) - 10_000_000
+        upto = {(e.cpu, e.seq) for e in a if e.timestamp_ns <= until}
+        assert len(upto) >= 20 and upto <= both
+    finally:
+        for conn in (urgent, other, every):
+            conn.close()
+
+
+def test_the_filters_read_what_where_the_kernel_puts_it() -> None:
+    """A BPF absolute load reads network order: the program compares `what` as laid
+    out in a datagram of this host."""
+    prog = netlink.bpf_program(netlink.URGENT)
+    code, _jt, _jf, k = netlink.SOCK_FILTER.unpack_from(prog, 0)
+    assert (code, k) == (netlink.BPF_LD_W_ABS, netlink.HEADER_LEN)
+    raw = datagram(EXEC, struct.pack("=2I", 5, 5))
+    what_be = int.from_bytes(raw[netlink.HEADER_LEN : netlink.HEADER_LEN + 4], "big")
+    _, jt, _, k = netlink.SOCK_FILTER.unpack_from(prog, netlink.SOCK_FILTER.size)
+    assert k == what_be and jt == len(netlink.URGENT_KINDS)

@@ -44,6 +44,14 @@ class CollectorSettings(BaseModel):
         description="events the reader keeps for a main process that is away; past this "
         "the oldest go, counted in collector.lost",
     )
+    reader_hold_ms: int = Field(
+        30,
+        ge=0,
+        le=100,
+        description="forks, exits and other events that need no /proc read wait this long "
+        "in the kernel for the reader, which sends them with the next exec (one wake-up "
+        "and one frame an exec, not three): the delay of a stop without a following exec",
+    )
     autostart: bool = Field(True, description="monitor at start; else wait for begin_monitoring")
     publish_initial: bool = Field(True, description="publish a start for every process at start")
     fork_publish_delay_s: float = Field(
