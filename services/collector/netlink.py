@@ -5,10 +5,11 @@ into small tuples. The kernel drops events when our receive buffer is full and
 tells us with ENOBUFS on the next recv; `read` reports that as a `lost` count so
 the caller can repair with a snapshot.
 
-`open_pair` splits the events over two sockets by kind: URGENT (exec, uid, gid: their
-/proc read races the process's exit) and OTHER (everything else: fork, exit, comm,
-sid, ptrace, coredump, and the answers to subscriptions), so a reader can wake for
-the first and let the second wait. The split is a classic BPF socket filter on the
+`open_sockets` splits the events over three sockets by kind: URGENT (exec, uid, gid:
+their /proc read races the process's exit), EXITS, and OTHER (everything else: fork,
+comm, sid, ptrace, coredump, and the answers to subscriptions), so a reader can wake
+for the first and let the others wait (exits longest: a batch of them is one
+envelope downstream). The split is a classic BPF socket filter on the
 event's `what` (SO_ATTACH_FILTER: every kernel), not the connector's own per-socket
 filter (`struct proc_input`, 6.6+): that one drops the answers to subscriptions
 (what 0) from a socket asking for less than every kind, yet the kernel numbers them
@@ -144,7 +145,12 @@ BPF_LD_W_ABS = 0x20
 BPF_JEQ_K = 0x15
 BPF_RET_K = 0x06
 SOCK_FILTER = struct.Struct("=HBBI")  # code, jt, jf, k
-ALL, URGENT, OTHER = "all", "urgent", "other"
+ALL, URGENT, OTHER, EXITS = "all", "urgent", "other", "exits"
+SPLIT: dict[str, tuple[tuple[int, ...], bool]] = {  # kinds: (compared with, pass if equal)
+    URGENT: (URGENT_KINDS, True),
+    EXITS: ((EXIT,), True),
+    OTHER: ((*URGENT_KINDS, EXIT), False),
+}
 
 
 def _word(value: int) -> int:
@@ -153,16 +159,17 @@ def _word(value: int) -> int:
 
 
 def bpf_program(kinds: str) -> bytes:
-    """URGENT passes exec, uid and gid; OTHER passes every datagram URGENT does not (a
-    datagram too short to hold `what` carries no event: both drop it)."""
+    """URGENT passes exec, uid and gid; EXITS exit; OTHER every datagram the two others
+    do not (a datagram too short to hold `what` carries no event: all drop it)."""
     accept, drop = 0xFFFFFFFF, 0
-    n = len(URGENT_KINDS)
+    whats, equal = SPLIT[kinds]
+    n = len(whats)
     code = [SOCK_FILTER.pack(BPF_LD_W_ABS, 0, 0, WHAT_OFFSET)]
-    for i, what in enumerate(URGENT_KINDS):  # a match jumps to the last instruction
+    for i, what in enumerate(whats):  # a match jumps to the last instruction
         code.append(SOCK_FILTER.pack(BPF_JEQ_K, n - i, 0, _word(what)))
-    mine, theirs = (accept, drop) if kinds == URGENT else (drop, accept)
-    code.append(SOCK_FILTER.pack(BPF_RET_K, 0, 0, theirs))  # no match
-    code.append(SOCK_FILTER.pack(BPF_RET_K, 0, 0, mine))  # an urgent kind
+    match, other = (accept, drop) if equal else (drop, accept)
+    code.append(SOCK_FILTER.pack(BPF_RET_K, 0, 0, other))  # no match
+    code.append(SOCK_FILTER.pack(BPF_RET_K, 0, 0, match))
     return b"".join(code)
 
 
@@ -172,24 +179,30 @@ def _attach_filter(sock: socket.socket, program: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
 
 
-def open_pair(rcvbuf: int = RCVBUF_BYTES) -> tuple[ProcConnector, ProcConnector | None]:
-    """(URGENT, OTHER) subscribed sockets; (ALL, None) where a socket filter cannot be
-    attached: one socket then gets every kind, as before the split."""
+Sockets = tuple["ProcConnector", "ProcConnector | None", "ProcConnector | None"]
+
+
+def open_sockets(rcvbuf: int = RCVBUF_BYTES) -> Sockets:
+    """(URGENT, OTHER, EXITS) subscribed sockets; (ALL, None, None) where a socket
+    filter cannot be attached: one socket then gets every kind, as before the split."""
     try:
         urgent = ProcConnector(rcvbuf, URGENT)
     except OSError:  # the filter refused (NetlinkUnavailable is not an OSError)
-        return ProcConnector(rcvbuf), None
+        return ProcConnector(rcvbuf), None, None
+    opened = [urgent]
     try:
-        other = ProcConnector(rcvbuf, OTHER)
+        for kinds in (OTHER, EXITS):
+            opened.append(ProcConnector(rcvbuf, kinds))
     except BaseException:
-        urgent.close()
+        for conn in opened:
+            conn.close()
         raise
-    return urgent, other
+    return urgent, opened[1], opened[2]
 
 
 class ProcConnector:
     """A subscribed process-connector socket: every kind of event, or those `kinds` says
-    (URGENT or OTHER: the filter is attached before the subscription, so no datagram
+    (URGENT, OTHER or EXITS: the filter is attached before the subscription, so no datagram
     of the other kind is ever queued here)."""
 
     def __init__(self, rcvbuf: int = RCVBUF_BYTES, kinds: str = ALL) -> None:

@@ -4,17 +4,20 @@ The kernel's process connector keeps nothing for a listener that is not there, s
 whoever holds the subscribed socket must never be away. Two processes hold it:
 
 - the *reader* reads it at real-time priority and, on exec, reads `/proc/<pid>` at
-  once (argv first), before a short-lived process can exit. The events come on two
-  sockets (netlink.open_pair): URGENT (exec, uid, gid) is watched always; OTHER (fork,
-  exit...) is left to wait in the kernel, and read when the reader wakes for an
-  urgent one, when its hold (`hold_ms`) ends, and before it retires or quits. So an
-  exec costs one wake-up and one frame, not three. A wake-up reads URGENT first (the
-  /proc reads race), then OTHER up to the kernel time where URGENT stopped (the next
-  datagram left there, or the clock when it was found empty), and sends both in one
-  frame in the kernel's time order. An exit sent is then never ahead of its exec (the
-  exec is older), and a fork never behind it; only events stamped but not queued yet
-  when read (nanoseconds) can come a frame late: the tracker ignores a fork after its
-  exec (tracker._late_fork), and the per-CPU numbers allow it (kseq.py). Nothing
+  once (argv first), before a short-lived process can exit. The events come on three
+  sockets (netlink.open_sockets): URGENT (exec, uid, gid) is watched always; OTHER
+  (fork, comm...) and EXITS are left to wait in the kernel. OTHER is read when the
+  reader wakes for an urgent one; both when a hold (`hold_ms`, started by the first
+  datagram either gets) ends, and before it retires or quits. So an exec costs one
+  wake-up and one frame, not three, and the exits of a hold go in one frame (one stop
+  envelope downstream). A wake-up reads URGENT first (the /proc reads race), then the
+  others up to the kernel time where URGENT stopped (the next datagram left there, or
+  the clock when it was found empty), and sends them in one frame in the kernel's time
+  order. An exit sent is then never ahead of its exec (the exec is older), and a fork
+  never behind it; only events stamped but not queued yet when read (nanoseconds) can
+  come a frame late: the tracker ignores a fork after its exec (tracker._late_fork).
+  One CPU's numbers do come out of order (exits held while execs pass): the per-CPU
+  check allows it (kseq.py). Nothing
   leaves a socket before it is sent or spooled, or else copied to the *journal*
   (shared memory the spare sees): it peeks, copies, consumes, and after the frame is
   sent clears the journal; a spare taking over sends the journal's datagrams again
@@ -72,14 +75,14 @@ from .netlink import (
 
 # the frames and commands below; a main speaking another one replaces us. 2: a record is
 # the tuple of its values, in the order of the hello's "fields" (1: a dict). 3: a frame
-# holds the events of every datagram read in one wake-up, of two sockets, in kernel time
-# order: one CPU's numbers may come out of order between frames (a main reads 2 as 3)
+# holds the events of every datagram read in one wake-up, of three sockets, in kernel
+# time order: one CPU's numbers come out of order between frames (a main reads 2 as 3)
 PROTOCOL = 3
 FRAME = struct.Struct("<I")
 CMD = struct.Struct("<cQ")  # main -> reader: b"A" ack n, b"R" retire, b"Q" quit
 SEND_BUF = 4 << 20  # room for bursts while the main is busy
 IDLE_WAKE_MS = 1000
-HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER may wait without an exec
+HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
 BATCH = 512  # datagrams a frame takes at most from each socket
 JOURNAL_BYTES = 1 << 20  # the datagrams of one frame, until it is sent
 JOURNAL_HEAD = struct.Struct("<I")  # bytes used after the head
@@ -140,6 +143,7 @@ def spawn(
     child_init: Callable[[], None] | None = None,
     config: dict[str, Any] | None = None,
     other: ProcConnector | None = None,
+    exits: ProcConnector | None = None,
 ) -> int:
     """Start a reader (and its spare) on `listener` (bound to its path) that belongs to
     no one: a double fork, so it outlives this process and init reaps it. Returns the
@@ -155,7 +159,9 @@ def spawn(
         try:
             if os.fork() == 0:
                 path = listener.getsockname()
-                reader = Reader(connector, listener, linger_s, spool_bytes, path, config, other)
+                reader = Reader(
+                    connector, listener, linger_s, spool_bytes, path, config, other, exits
+                )
                 reader.main(priority, child_init)
         except BaseException:
             code = 1
@@ -176,12 +182,15 @@ class Reader:
         path: str = "",
         config: dict[str, Any] | None = None,
         other: ProcConnector | None = None,
+        exits: ProcConnector | None = None,
     ) -> None:
         self.config = config or {}  # what it was started with: a main wanting other replaces it
         self.nl = connector  # URGENT (or every kind, with no OTHER)
         self.other = other  # OTHER: read with URGENT, or when the hold ends
+        self.exits = exits  # EXITS: read when the hold ends
+        self.held = [c for c in (other, exits) if c is not None]
         self.hold_s = float(self.config.get("hold_ms", HOLD_MS)) / 1000
-        self.hold_until = 0.0  # OTHER is not watched until then: the timer reads it
+        self.hold_until = 0.0  # OTHER and EXITS are not watched until then: the timer
         # MAP_SHARED and anonymous: this reader's spares see what it writes
         self.journal = mmap.mmap(-1, JOURNAL_BYTES)
         self.journal_used = 0
@@ -228,8 +237,7 @@ class Reader:
             os.dup2(null, fd)
         os.close(null)
         keep = {0, 1, 2, self.nl.fileno(), self.listener.fileno()}
-        if self.other is not None:
-            keep.add(self.other.fileno())
+        keep.update(conn.fileno() for conn in self.held)
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
             if fd not in keep:
@@ -314,16 +322,17 @@ class Reader:
 
     def _serve(self) -> None:
         nl_fd = self.nl.fileno()
-        other_fd = _fd(self.other.sock if self.other is not None else None)
+        held_fds = tuple(conn.fileno() for conn in self.held)
         poller = select.poll()
         watched: tuple[int, ...] = ()
         while True:
             # what we wait on changes rarely (a main comes or goes, a spare is forked, a
-            # hold starts or ends): the poll set is rebuilt only then. OTHER is watched
-            # only when nothing is held: its first datagram starts the hold, unread
+            # hold starts or ends): the poll set is rebuilt only then. OTHER and EXITS
+            # are watched only when nothing is held: a first datagram starts the hold
             held = self.hold_until > 0
-            want = (nl_fd, -1 if held else other_fd, self.listener.fileno())
-            want += (_fd(self.peer), _fd(self.client))
+            want = (nl_fd, self.listener.fileno(), _fd(self.peer), _fd(self.client))
+            if not held:
+                want += held_fds
             if want != watched:
                 poller = select.poll()
                 for fd in want:
@@ -338,15 +347,15 @@ class Reader:
             except InterruptedError:
                 continue
             ready = {fd for fd, _ in events}
-            if nl_fd in ready:
+            if held and time.monotonic() >= self.hold_until:
+                # a busy host: the next hold starts now (watching for its first datagram
+                # would cost a wake-up a hold); a quiet one: back to watching them
+                took = self._read_netlink(exits=True)
+                self.hold_until = time.monotonic() + self.hold_s if took else 0.0
+            elif nl_fd in ready:
                 self._read_netlink()
-                if other_fd >= 0:  # OTHER is empty now: the next exec reads it, or the timer
-                    self.hold_until = time.monotonic() + self.hold_s
-            elif held and time.monotonic() >= self.hold_until:
-                self._read_netlink()
-                self.hold_until = 0.0  # back to watching OTHER
-            elif other_fd in ready and not held:
-                self.hold_until = time.monotonic() + self.hold_s
+            if not held and not ready.isdisjoint(held_fds):
+                self.hold_until = time.monotonic() + self.hold_s  # read when it ends
             if self.client is not None and self.client.fileno() in ready:
                 self._read_commands()
             if self.listener.fileno() in ready:
@@ -369,17 +378,19 @@ class Reader:
         now = _ino(self.path)
         return now in (self.ino, UNKNOWN)
 
-    def _read_netlink(self, limit: int = BATCH) -> int:
-        """One frame: URGENT, then OTHER up to where URGENT stopped in kernel time (see
-        the module's docstring), in kernel time order. Peek, copy to the journal,
-        consume: a datagram leaves its socket only once a spare taking over would find
-        it in the journal, and the journal is cleared once the frame is sent or
-        spooled. Returns how many datagrams it read (the limit or a full journal leave
-        the rest queued)."""
+    def _read_netlink(self, limit: int = BATCH, exits: bool = False) -> int:
+        """One frame: URGENT, then OTHER (and EXITS) up to where URGENT stopped in kernel
+        time (see the module's docstring), in kernel time order. Peek, copy to the
+        journal, consume: a datagram leaves its socket only once a spare taking over
+        would find it in the journal, and the journal is cleared once the frame is sent
+        or spooled. Returns how many datagrams it read (the limit or a full journal
+        leave the rest queued)."""
         items: list[tuple[Any, ...]] = []
         n, until = self._take(self.nl, items, limit, True, 0)
         if self.other is not None:
             n += self._take(self.other, items, limit, False, until)[0]
+        if exits and self.exits is not None:
+            n += self._take(self.exits, items, limit, False, until)[0]
         if items:
             items.sort(key=_when)
             self._emit(items)
@@ -491,10 +502,10 @@ class Reader:
             "oldest_ns": _frame_time(self.spool[0][1]) if self.spool else 0,
             "spool_dropped": self.spool_dropped,
             "takeovers": self.takeovers,
-            "overruns": self.nl.lost + (self.other.lost if self.other is not None else 0),
+            "overruns": self.nl.lost + sum(conn.lost for conn in self.held),
             "started_ns": self.started_ns,
             "fields": procfs.FIELDS,
-            "sockets": 1 if self.other is None else 2,
+            "sockets": 1 + len(self.held),
         }
         self._send(pack(("H", hello)))
         for _, frame in list(self.spool):
@@ -541,17 +552,16 @@ class Reader:
 
     def _drain(self) -> None:
         """Both sockets to their end (to the main connected, if any)."""
-        while self.client is not None and self._read_netlink():
+        while self.client is not None and self._read_netlink(exits=True):
             pass
 
     def _exit(self) -> None:
         if self.peer is not None:  # tell the spare it is on purpose
             with contextlib.suppress(OSError):
                 self.peer.send(b"bye")
-        for conn in (self.nl, self.other):
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    conn.close()
+        for conn in (self.nl, *self.held):
+            with contextlib.suppress(OSError):
+                conn.close()
         os._exit(0)
 
 

@@ -184,7 +184,7 @@ class Collector(Service):
             if self._same_reader(hello):
                 return source
         try:
-            connector, other = netlink.open_pair(self.cfg.netlink_rcvbuf_bytes)
+            connector, other, exits = netlink.open_sockets(self.cfg.netlink_rcvbuf_bytes)
             source.spawn(
                 connector,
                 self.cfg.realtime_priority,
@@ -193,6 +193,7 @@ class Collector(Service):
                 self._child_drop if self.cfg.user else None,
                 self._reader_config(),
                 other,
+                exits,
             )
         except (NetlinkUnavailable, RuntimeError, OSError) as exc:
             if hello is not None:  # cannot replace it: keep the old reader

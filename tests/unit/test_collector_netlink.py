@@ -114,14 +114,15 @@ def _read_until(conns: list[ProcConnector], done, timeout: float = 10) -> list[l
     return got
 
 
-def test_the_pair_splits_by_kind_and_together_sees_every_number() -> None:
-    """URGENT gets exec (uid, gid) only, OTHER the rest, the answers to subscriptions
-    included; every number a socket of every kind sees, one of the two sees."""
+def test_the_sockets_split_by_kind_and_together_see_every_number() -> None:
+    """URGENT gets exec (uid, gid) only, EXITS exits, OTHER the rest, the answers to
+    subscriptions included; every number a socket of every kind sees, one of the three
+    sees."""
     try:
-        urgent, other = netlink.open_pair()
+        urgent, other, exits = netlink.open_sockets()
     except NetlinkUnavailable as exc:
         pytest.skip(f"netlink process connector unavailable: {exc}")
-    assert other is not None, "this kernel took no socket filter"
+    assert other is not None and exits is not None, "this kernel took no socket filter"
     every = ProcConnector()
     answer = ProcConnector()  # its subscription's answer is numbered on some CPU
     try:
@@ -134,21 +135,23 @@ def test_the_pair_splits_by_kind_and_together_sees_every_number() -> None:
         last = pids[-1]
 
         def done(got: list[list]) -> bool:
-            return all(any(e.pid == last and e.what == EXIT for e in g) for g in got[1:])
+            return all(any(e.pid == last and e.what == EXIT for e in g) for g in got[2:])
 
-        u, o, a = _read_until([urgent, other, every], done)
-        u += urgent.read()[0]  # read after OTHER: every exec queued before OTHER's last read
+        u, o, x, a = _read_until([urgent, other, exits, every], done)
+        u += urgent.read()[0]  # read after the others: every exec queued before theirs
+        o += other.read()[0]
         assert {e.what for e in u} <= set(netlink.URGENT_KINDS) and EXEC in {e.what for e in u}
-        assert not {e.what for e in o} & set(netlink.URGENT_KINDS)
-        assert {FORK, EXIT, 0} <= {e.what for e in o}  # 0: an answer to a subscription
-        both = {(e.cpu, e.seq) for e in u + o}
-        # what `every` got well before OTHER's newest, the pair got (the kernel stamps the
+        assert {e.what for e in x} == {EXIT}
+        assert not {e.what for e in o} & {*netlink.URGENT_KINDS, EXIT}
+        assert {FORK, 0} <= {e.what for e in o}  # 0: an answer to a subscription
+        all3 = {(e.cpu, e.seq) for e in u + o + x}
+        # what `every` got well before EXITS' newest, the three got (the kernel stamps the
         # time before it queues: two CPUs' events may be queued a little out of time order)
-        until = max(e.timestamp_ns for e in o) - 10_000_000
+        until = max(e.timestamp_ns for e in x) - 10_000_000
         upto = {(e.cpu, e.seq) for e in a if e.timestamp_ns <= until}
-        assert len(upto) >= 20 and upto <= both
+        assert len(upto) >= 20 and upto <= all3
     finally:
-        for conn in (urgent, other, every):
+        for conn in (urgent, other, exits, every):
             conn.close()
 
 

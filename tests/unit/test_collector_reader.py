@@ -1,5 +1,6 @@
-"""The netlink reader's frames from its two sockets: one frame a wake-up, in kernel
-time order, an exit never ahead of its exec; and the journal a spare sends again."""
+"""The netlink reader's frames from its three sockets: one frame a wake-up, in kernel
+time order, an exit never ahead of its exec, exits held for the hold's end; and the
+journal a spare sends again."""
 
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 @pytest.fixture
 def made() -> Iterator[reader.Reader]:
     try:
-        urgent, other = netlink.open_pair()
+        urgent, other, exits = netlink.open_sockets()
     except NetlinkUnavailable as exc:
         pytest.skip(f"netlink process connector unavailable: {exc}")
     listener, peer = socket.socketpair()  # never accepted on here: it only has to be one
-    made = reader.Reader(urgent, listener, 60, 1 << 20, "", {}, other)
+    made = reader.Reader(urgent, listener, 60, 1 << 20, "", {}, other, exits)
     yield made
-    for conn in (urgent, other):
+    for conn in (urgent, other, exits):
         if conn is not None:
             conn.close()
     listener.close()
@@ -51,23 +52,33 @@ def datagram(what: int, pid: int, seq: int, ts: int) -> bytes:
     )
 
 
-def test_a_wake_up_sends_both_sockets_in_one_frame_in_time_order(made: reader.Reader) -> None:
+def child_events(r: reader.Reader, pid: int) -> list[tuple[int, int]]:
+    """(frame, kind) of the process `pid`'s events spooled."""
+    return [
+        (i, ev[0])
+        for i, items in enumerate(frames(r))
+        for ev, _rec, _lost in items
+        if ev is not None and ev[2] == pid and ev[2] == ev[3]
+    ]
+
+
+def test_a_wake_up_sends_its_sockets_in_one_frame_in_time_order(made: reader.Reader) -> None:
     if made.other is None:
         pytest.skip("this kernel took no socket filter: one socket")
     child = subprocess.Popen(["true"])
     child.wait()
     deadline = time.monotonic() + 10
-    mine: list[tuple[int, int]] = []  # (frame, kind) of the child's events
+    mine: list[tuple[int, int]] = []
+    while len(mine) < 2 and time.monotonic() < deadline:
+        made._read_netlink()  # an exec's wake-up: URGENT and OTHER, EXITS held
+        mine = child_events(made, child.pid)
+    assert [kind for _, kind in mine] == [FORK, EXEC]
+    assert mine[0][0] == mine[1][0], "the fork and its exec went in two frames"
+    assert made.exits is not None
     while len(mine) < 3 and time.monotonic() < deadline:
-        made._read_netlink()
-        mine = [
-            (i, ev[0])
-            for i, items in enumerate(frames(made))
-            for ev, _rec, _lost in items
-            if ev is not None and ev[2] == child.pid and ev[2] == ev[3]
-        ]
+        made._read_netlink(exits=True)  # the hold's end
+        mine = child_events(made, child.pid)
     assert [kind for _, kind in mine] == [FORK, EXEC, EXIT]
-    assert mine[1][0] <= mine[2][0], "an exit went out ahead of its exec"
     for items in frames(made):
         times = [ev[1] for ev, _, _ in items if ev is not None]
         assert times == sorted(times)
