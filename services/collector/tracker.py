@@ -228,11 +228,13 @@ class Tracker:
         return out
 
     def _late_fork(self, ev: ProcEvent) -> bool:
-        """The fork of a process its exec already started: the reader reads exec and fork
-        from two sockets, so a fork queued after it drained one can come a frame after
-        the exec. The process started at the fork (the tick of the kernel's time, or the
-        one before); a pid reused since would have started later (the boot clock only
-        runs ahead of the kernel's monotonic one)."""
+        """The fork of a process already started, by its exec or by a snapshot: the reader
+        reads forks and execs from two sockets, so a fork stamped before its read but
+        queued after it comes a frame after its exec, and a fork the reader holds (when
+        no exec wakes it) can come after a snapshot found the child. The process started
+        at the fork (the tick of the kernel's time, or the one before); one that had the
+        pid before started earlier (the boot clock only runs ahead of the kernel's
+        monotonic one)."""
         tracked = self.procs.get(ev.pid)
         if tracked is None:
             return False
