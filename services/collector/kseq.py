@@ -47,6 +47,7 @@ class SeqCheck:
         self.lost = 0  # events the kernel numbered that no reader brought us
         self.duplicates = 0  # events brought twice (a hand-over's overlap), dropped
         self.late = 0  # counted lost, then brought after all (taken)
+        self.settles = 0  # settles that acted: two on, a gap open now is taken or counted
         self.last_loss: tuple[int, int, int] = (0, 0, 0)  # (cpu, last seq, next seq)
         self._written_off: dict[int, set[int]] = {}  # gaps counted lost, still takeable
         self._aging: dict[int, set[int]] = {}  # the gaps open at the last settle
@@ -109,6 +110,7 @@ class SeqCheck:
         if now < self._next_settle:
             return 0
         self._next_settle = now + SETTLE_S
+        self.settles += 1
         counted = 0
         for cpu, gaps in self.gaps.items():
             top = self.last[cpu]

@@ -550,6 +550,7 @@ class Collector(Service):
         m["collector.lost"] = self.kseq.lost
         m["netlink.duplicates"] = self.kseq.duplicates
         m["netlink.late"] = self.kseq.late
+        m["netlink.settles"] = self.kseq.settles
         m["handover.held_back"] = self.held_back + (
             self._handover.held_back if self._handover else 0
         )
