@@ -48,9 +48,10 @@ class CollectorSettings(BaseModel):
         30,
         ge=0,
         le=100,
-        description="forks, exits and other events that need no /proc read wait this long "
-        "in the kernel for the reader, which sends them with the next exec (one wake-up "
-        "and one frame an exec, not three): the delay of a stop without a following exec",
+        description="events that need no /proc read wait in the kernel this long at most: "
+        "forks go with the next exec's wake-up of the netlink reader, exits all together "
+        "when the hold ends (one wake-up and one frame an exec, not three; one stop "
+        "envelope a hold): the most a stop is delayed",
     )
     autostart: bool = Field(True, description="monitor at start; else wait for begin_monitoring")
     publish_initial: bool = Field(True, description="publish a start for every process at start")
