@@ -181,7 +181,7 @@ class Detector(Service):
         # the largest idle cost of the system.)
         self.every(1.0, self.flush)
         self.every(0.25, self.run_scheduled)
-        self.every(1.0, self._trim)
+        self.every(1.0, self._trim_events)
         self.every(300.0, self.engine.tables.refresh_users, first_in_s=300.0)
         self.every(3600.0, self._expire, first_in_s=60.0)
         self.every(cfg.store_retry_s, self._retry_store, first_in_s=cfg.store_retry_s)
@@ -384,7 +384,8 @@ class Detector(Service):
             history.dropped,
         )
 
-    def _trim(self) -> None:
+    def _trim_events(self) -> None:
+        """The window table's old rows (not named _trim: that is the service's heap trim)."""
         if self.engine is not None:
             self.engine.tables.trim_events()
 
