@@ -368,6 +368,11 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2, help="unpaced loops")
     parser.add_argument("--probe-seconds", type=float, default=10.0, help="latency window")
+    parser.add_argument(
+        "--idle-only",
+        action="store_true",
+        help="only the idle figures (CPU and PSS, each process's PSS too): no generator runs",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("exec_cost.py needs root (the collector's netlink reader): not run")
@@ -385,9 +390,11 @@ def main() -> int:
         loads.append(Load("unpaced", 0.0, args.workers))
         probe = Load("probe", PROBE[0], 2, PROBE[1])
 
-        gen.run(f"{marker}-warm", 0, 1.0, args.workers)
-        bare = gen.run(f"{marker}-bare", 0, args.seconds, args.workers) / args.seconds
-        print(f"unmonitored, unpaced ({args.workers} loops): {bare:,.0f} exec/s")
+        bare = 0.0
+        if not args.idle_only:
+            gen.run(f"{marker}-warm", 0, 1.0, args.workers)
+            bare = gen.run(f"{marker}-bare", 0, args.seconds, args.workers) / args.seconds
+            print(f"unmonitored, unpaced ({args.workers} loops): {bare:,.0f} exec/s")
 
         rules_dir = work / "rules"
         write_probe_rule(rules_dir, marker)
@@ -450,6 +457,10 @@ def run(
         f"   PSS {total_pss:6.1f} MB (budget {BUDGET_PSS_MB:g}: "
         f"{verdict(total_pss, BUDGET_PSS_MB, False)})"
     )
+    if args.idle_only:
+        for name, pids in sorted(system.procs.items()):
+            print(f"  {name:10s} " + "  ".join(f"{p}: {pss_mb(p):.1f}" for p in pids))
+        return int(total_pss > BUDGET_PSS_MB), []
 
     watcher = SinkWatcher(Path(settings.data_dir) / "alerts.jsonl", marker)
     watcher.start()

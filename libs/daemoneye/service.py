@@ -103,6 +103,8 @@ class Service:
     # Whether it registers with the broker (and deregisters on the way out): every
     # service but the broker, which is the registry.
     registers: ClassVar[bool] = True
+    # How often freed heap pages go back to the kernel while busy (see daemoneye.memory)
+    trim_interval_s: ClassVar[float] = memory.TRIM_INTERVAL_S
 
     def __init__(self, settings: Settings, service_id: str | None = None) -> None:
         self.settings = settings
@@ -260,7 +262,7 @@ class Service:
         self._early.clear()
         self.every(self.settings.heartbeat_interval_s, self.heartbeat)
         # freed heap pages back to the kernel now and then (see daemoneye.memory)
-        self.every(memory.TRIM_INTERVAL_S, self._trim, memory.TRIM_INTERVAL_S)
+        self.every(self.trim_interval_s, self._trim, self.trim_interval_s)
         self.log.info("started", extra={"pid": os.getpid(), "boot_id": self.boot_id})
         self._open_wakeup()
         try:

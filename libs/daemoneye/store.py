@@ -57,23 +57,42 @@ def prefix_end(prefix: bytes) -> bytes:
 MEMTABLE_BYTES = 8 << 20
 MEMTABLES = 2
 BLOCK_CACHE_BYTES = 8 << 20
+# For a store written all the time and read now and then (the ledger, the alerter):
+# RocksDB loads the index partitions of every SST file it writes into the block cache
+# (~5 KB per MB of SST), so an 8 MB cache fills over the first ~1.5 GB of data, and a
+# soak reads that as growth (4.7 MB at 1.2M ledger entries, a 10-minute soak's). With
+# 1 MB the cache is full within minutes and stays there; a read whose index partition
+# was evicted reads it from the page cache (a proof or an RPC, not a per-event path).
+SMALL_BLOCK_CACHE_BYTES = 1 << 20
 # Blocks of SST files that compaction deleted are erased from the block cache at once
 # instead of ageing out of it: a compaction that rewrites a whole file (the alerter's
 # windows and pending keys span it) otherwise leaves a dead index the size of the
 # live one in the cache each time (alerter: ~2.7 MB of RSS growth in 10 minutes at
 # 100 alerts/s). 300 is RocksDB's suggested value; a mutable option (RocksDB >= 9.8).
 UNCACHE_AGGRESSIVENESS = 300
+# RocksDB's level-0 thresholds, in files: compact at 4, slow writes at 20, stop at 36.
+L0_FILES = 4
+L0_SLOWDOWN_FILES = 20
+L0_STOP_FILES = 36
 
 
-def _options(memtable_bytes: int = MEMTABLE_BYTES) -> Options:
+def _options(
+    memtable_bytes: int = MEMTABLE_BYTES,
+    block_cache_bytes: int = BLOCK_CACHE_BYTES,
+    l0_files: int = L0_FILES,
+) -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_max_background_jobs(2)
     options.increase_parallelism(2)
     options.set_write_buffer_size(memtable_bytes)
     options.set_max_write_buffer_number(MEMTABLES)
+    if l0_files != L0_FILES:  # the slowdown and stop thresholds move with it
+        options.set_level_zero_file_num_compaction_trigger(l0_files)
+        options.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_FILES * l0_files // L0_FILES)
+        options.set_level_zero_stop_writes_trigger(L0_STOP_FILES * l0_files // L0_FILES)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_block_cache(Cache(block_cache_bytes))
     # Index blocks bounded too: by default each SST file's whole index stays in memory
     # outside the cache (rocksdb.estimate-table-readers-mem), ~3.7 KB per 1,000 ledger
     # entries for ever: +7 MB in a 10-minute soak at 2,000 entries/s. A partitioned
@@ -93,10 +112,14 @@ class Store:
         sync: bool = False,
         read_only: bool = False,
         memtable_bytes: int = MEMTABLE_BYTES,
+        block_cache_bytes: int = BLOCK_CACHE_BYTES,
+        l0_files: int = L0_FILES,
     ) -> None:
         self.path = Path(path)
         self.memtable_bytes = memtable_bytes
-        options = _options(memtable_bytes)
+        self.block_cache_bytes = block_cache_bytes
+        self.l0_files = l0_files
+        options = _options(memtable_bytes, block_cache_bytes, l0_files)
         try:
             if not read_only:
                 self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -117,7 +140,13 @@ class Store:
         """A fresh handle on the same directory: RocksDB refuses every write after an
         I/O error (a full disk) until the database is reopened."""
         self.close()
-        return Store(self.path, sync=self.sync, memtable_bytes=self.memtable_bytes)
+        return Store(
+            self.path,
+            sync=self.sync,
+            memtable_bytes=self.memtable_bytes,
+            block_cache_bytes=self.block_cache_bytes,
+            l0_files=self.l0_files,
+        )
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
@@ -181,8 +210,14 @@ class Store:
 
 
 def service_store(
-    data_dir: Path, service: str, sync: bool = False, memtable_bytes: int = MEMTABLE_BYTES
+    data_dir: Path,
+    service: str,
+    sync: bool = False,
+    memtable_bytes: int = MEMTABLE_BYTES,
+    block_cache_bytes: int = BLOCK_CACHE_BYTES,
 ) -> Store:
     path = Path(data_dir) / service
     os.makedirs(path.parent, mode=0o750, exist_ok=True)
-    return Store(path, sync=sync, memtable_bytes=memtable_bytes)
+    return Store(
+        path, sync=sync, memtable_bytes=memtable_bytes, block_cache_bytes=block_cache_bytes
+    )

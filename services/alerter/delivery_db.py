@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from daemoneye.replay import Cursor, StreamKey, load_cursors, put_cursors
-from daemoneye.store import Store, be64, service_store, un_be64
+from daemoneye.store import SMALL_BLOCK_CACHE_BYTES, Store, be64, service_store, un_be64
 
 from .model import key_digest
 
@@ -55,8 +55,14 @@ class DeliveryStore:
         # Smaller memtables than the shared default (8 MB, two): at 1,000 alerts/s the
         # memtables alone swing RSS by ~16 MB as they fill and flush, which reads as
         # growth in a soak. Flushing every ~2 MB costs little at the alerter's rates.
+        # The block cache small too (see store.SMALL_BLOCK_CACHE_BYTES): records are read
+        # back for a repeat summary or an RPC, not per alert.
         self.store: Store = service_store(
-            data_dir, "alerter", sync=sync, memtable_bytes=MEMTABLE_BYTES
+            data_dir,
+            "alerter",
+            sync=sync,
+            memtable_bytes=MEMTABLE_BYTES,
+            block_cache_bytes=SMALL_BLOCK_CACHE_BYTES,
         )
         last = self.store.last(HISTORY)
         self._last = un_be64(last[0][len(HISTORY) :]) if last else 0

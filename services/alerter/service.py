@@ -61,6 +61,7 @@ SWITCH_INTERVAL_S = 0.001
 class Alerter(Service):
     name: ClassVar[str] = "alerter"
     subscriptions: ClassVar[tuple[str, ...]] = (Topics.ALERTS,)
+    trim_interval_s: ClassVar[float] = 2.0  # as the ledger's: its RocksDB churns the heap
 
     def __init__(self, settings: Any, service_id: str | None = None) -> None:
         super().__init__(settings, service_id)

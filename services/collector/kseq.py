@@ -7,6 +7,16 @@ number. That makes a hand-over between two readers exact: an event already taken
 from one is a duplicate when the other brings it (dropped), and a number skipped
 is an event no reader brought (an overrun, or a hand-over that left a hole): a
 loss, counted in `lost`, never silent. The counter is 32 bits: compared modulo.
+
+A reader reads its two sockets (netlink.open_pair) at different times, so one CPU's
+numbers come out of order: a fork queued after the reader drained the OTHER socket
+comes a frame after the exec it precedes. So a number skipped is first a *gap*,
+remembered per CPU: when it comes later it is taken; a gap still open after two
+`settle` periods (the reader holds OTHER `reader_hold_ms` at most) is a loss; a
+number seen twice is a duplicate. Gaps are kept within WINDOW numbers of the
+highest one taken: what falls out of it is a loss, and what comes from below it a
+duplicate. A gap counted lost that still comes is taken (`late`): it was never
+taken, so it cannot be a duplicate.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from .netlink import ProcEvent
 
@@ -25,31 +36,115 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")  # the numbers start again at 
 NO_CPU = 0xFFFFFFFF  # an answer to a subscription on older kernels: not numbered per CPU
 HALF = 1 << 31
 MASK = (1 << 32) - 1
+WINDOW = 1 << 14  # numbers kept per CPU below the highest: far more than a hold reorders
+SETTLE_S = 0.25  # a gap open over two of these is a loss (the reader's hold is <= 0.1 s)
 
 
 class SeqCheck:
     def __init__(self) -> None:
-        self.last: dict[int, int] = {}  # cpu -> last seq taken
+        self.last: dict[int, int] = {}  # cpu -> highest seq taken
+        self.gaps: dict[int, set[int]] = {}  # cpu -> numbers below it not taken yet
         self.lost = 0  # events the kernel numbered that no reader brought us
         self.duplicates = 0  # events brought twice (a hand-over's overlap), dropped
+        self.late = 0  # counted lost, then brought after all (taken)
+        self.settles = 0  # settles that acted: two on, a gap open now is taken or counted
         self.last_loss: tuple[int, int, int] = (0, 0, 0)  # (cpu, last seq, next seq)
+        self._written_off: dict[int, set[int]] = {}  # gaps counted lost, still takeable
+        self._aging: dict[int, set[int]] = {}  # the gaps open at the last settle
+        # a CPU first seen: numbers below its first one may still come (late) for two
+        # settles; those taken meanwhile, so a second copy is a duplicate
+        self._below: dict[int, tuple[int, set[int]]] = {}
+        self._below_old: dict[int, tuple[int, set[int]]] = {}
+        self._next_settle = 0.0
 
     def take(self, ev: ProcEvent) -> bool:
         """True when `ev` is new (use it), False for a duplicate (drop it)."""
         if ev.seq < 0 or ev.cpu == NO_CPU:
             return True  # not numbered (an old kernel's subscription answer, a test's event)
-        cpu = ev.cpu
+        cpu, seq = ev.cpu, ev.seq
         last = self.last.get(cpu)
-        if last is not None:
-            ahead = (ev.seq - last) & MASK
-            if ahead == 0 or ahead >= HALF:
-                self.duplicates += 1
-                return False
+        if last is None:
+            self.last[cpu] = seq
+            self._below[cpu] = (seq, set())
+            return True
+        ahead = (seq - last) & MASK
+        if 0 < ahead < HALF:
             if ahead > 1:
-                self.lost += ahead - 1
-                self.last_loss = (cpu, last, ev.seq)
-        self.last[cpu] = ev.seq
-        return True
+                self._open(cpu, last, seq, ahead - 1)
+            self.last[cpu] = seq
+            return True
+        gaps = self.gaps.get(cpu)
+        if gaps and seq in gaps:
+            gaps.discard(seq)
+            return True
+        off = self._written_off.get(cpu)
+        if off and seq in off:
+            off.discard(seq)
+            self.late += 1
+            return True
+        below = self._below.get(cpu) or self._below_old.get(cpu)
+        if below and 0 < (below[0] - seq) & MASK <= WINDOW and seq not in below[1]:
+            below[1].add(seq)
+            return True
+        self.duplicates += 1
+        return False
+
+    def _open(self, cpu: int, last: int, seq: int, skipped: int) -> None:
+        """Numbers `last`+1 .. `seq`-1 were skipped: gaps, but a loss at once for those
+        beyond the window."""
+        beyond = skipped - WINDOW
+        if beyond > 0:
+            self._count(cpu, last, seq, beyond)
+            last = (last + beyond) & MASK
+            skipped = WINDOW
+        gaps = self.gaps.setdefault(cpu, set())
+        gaps.update((last + i) & MASK for i in range(1, skipped + 1))
+
+    def _count(self, cpu: int, last: int, seq: int, n: int) -> None:
+        self.lost += n
+        self.last_loss = (cpu, last, seq)
+
+    def settle(self, now: float) -> int:
+        """Count as lost the gaps open since the settle before the last one (called
+        often; it acts every SETTLE_S). Returns how many it counted."""
+        if now < self._next_settle:
+            return 0
+        self._next_settle = now + SETTLE_S
+        self.settles += 1
+        counted = 0
+        for cpu, gaps in self.gaps.items():
+            top = self.last[cpu]
+            if len(gaps) > WINDOW:  # fell out of the window: counted at once
+                for seq in [s for s in gaps if (top - s) & MASK > WINDOW]:
+                    gaps.discard(seq)
+                    counted += 1
+            old = self._aging.get(cpu)
+            stale = gaps & old if old else set()
+            if stale:
+                gaps -= stale
+                counted += len(stale)
+                off = self._written_off.setdefault(cpu, set())
+                off |= stale
+                for seq in [s for s in off if (top - s) & MASK > WINDOW]:
+                    off.discard(seq)
+                self.last_loss = (cpu, max(stale, key=lambda s: (top - s) & MASK), top)
+            self._aging[cpu] = set(gaps)
+        self._below_old, self._below = self._below, {}
+        self.lost += counted
+        return counted
+
+    def state(self) -> dict[str, Any]:
+        """What a main continuing from us needs: the numbers taken and the gaps open."""
+        return {
+            "last": dict(self.last),
+            "gaps": {cpu: sorted(g) for cpu, g in self.gaps.items() if g},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from `state()` of a previous main (`load` of its file)."""
+        self.last = dict(state.get("last", {}))
+        self.gaps = {int(cpu): set(g) for cpu, g in state.get("gaps", {}).items()}
+        self._aging, self._written_off, self._below, self._below_old = {}, {}, {}, {}
 
 
 def _boot_id() -> str:
@@ -59,21 +154,28 @@ def _boot_id() -> str:
         return ""
 
 
-def save(path: Path, last: dict[int, int]) -> None:
-    """Write down the numbers taken (replaced whole: a crash leaves the old or the new)."""
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write down the numbers taken and the gaps open (`SeqCheck.state`; replaced
+    whole: a crash leaves the old or the new)."""
     tmp = path.with_suffix(".tmp")
-    data = {"boot_id": _boot_id(), "time": time.time(), "last": last}
+    data = {"boot_id": _boot_id(), "time": time.time(), **state}
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
 
 
-def load(path: Path, max_age_s: float) -> dict[int, int]:
-    """The numbers a previous main wrote down, when they can be continued from: this
-    boot, and recent (a collector off for longer was off, not handing over; and an old
-    number could pass for one ahead modulo 2**32)."""
+def load(path: Path, max_age_s: float) -> dict[str, Any]:
+    """The state a previous main wrote down (`SeqCheck.restore`), when it can be
+    continued from: this boot, and recent (a collector off for longer was off, not
+    handing over; and an old number could pass for one ahead modulo 2**32). Empty
+    otherwise. A file without gaps (written before the reader had two sockets) has none."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
         data = json.loads(path.read_text())
         fresh = 0 <= time.time() - float(data["time"]) <= max_age_s
         if data.get("boot_id") == _boot_id() != "" and fresh:
-            return {int(cpu): int(seq) & MASK for cpu, seq in data["last"].items()}
+            last = {int(cpu): int(seq) & MASK for cpu, seq in data["last"].items()}
+            gaps = {
+                int(cpu): [int(s) & MASK for s in seqs]
+                for cpu, seqs in data.get("gaps", {}).items()
+            }
+            return {"last": last, "gaps": gaps}
     return {}

@@ -4,11 +4,22 @@ Opens the socket (needs CAP_NET_ADMIN), subscribes to proc events and parses the
 into small tuples. The kernel drops events when our receive buffer is full and
 tells us with ENOBUFS on the next recv; `read` reports that as a `lost` count so
 the caller can repair with a snapshot.
+
+`open_sockets` splits the events over three sockets by kind: URGENT (exec, uid, gid:
+their /proc read races the process's exit), EXITS, and OTHER (everything else: fork,
+comm, sid, ptrace, coredump, and the answers to subscriptions), so a reader can wake
+for the first and let the others wait (exits longest: a batch of them is one
+envelope downstream). The split is a classic BPF socket filter on the
+event's `what` (SO_ATTACH_FILTER: every kernel), not the connector's own per-socket
+filter (`struct proc_input`, 6.6+): that one drops the answers to subscriptions
+(what 0) from a socket asking for less than every kind, yet the kernel numbers them
+in the per-CPU sequence, so they would look like lost events (kseq.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import socket
@@ -34,6 +45,7 @@ UID = 0x00000004
 GID = 0x00000040
 COMM = 0x00000200
 EXIT = 0x80000000
+URGENT_KINDS = (EXEC, UID, GID)  # a /proc read races the process's exit: read at once
 MALFORMED = 0xFFFFFFFF  # ours: a known kind with a body too short to read (never a real kind)
 
 
@@ -125,16 +137,88 @@ def _control_message(op: int) -> bytes:
     return NLMSG_HDR.pack(total, NLMSG_DONE, 0, 0, os.getpid()) + cn + payload
 
 
-class ProcConnector:
-    """A subscribed process-connector socket."""
+# Classic BPF (linux/filter.h): the socket filter sees the datagram from its netlink
+# header on; `what` is the first word of the proc_event, after the nlmsghdr and cn_msg.
+SO_ATTACH_FILTER = 26
+WHAT_OFFSET = HEADER_LEN
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_RET_K = 0x06
+SOCK_FILTER = struct.Struct("=HBBI")  # code, jt, jf, k
+ALL, URGENT, OTHER, EXITS = "all", "urgent", "other", "exits"
+SPLIT: dict[str, tuple[tuple[int, ...], bool]] = {  # kinds: (compared with, pass if equal)
+    URGENT: (URGENT_KINDS, True),
+    EXITS: ((EXIT,), True),
+    OTHER: ((*URGENT_KINDS, EXIT), False),
+}
 
-    def __init__(self, rcvbuf: int = RCVBUF_BYTES) -> None:
+
+def _word(value: int) -> int:
+    """A host-order u32 as BPF's absolute load reads it (network order)."""
+    return int.from_bytes(struct.pack("=I", value), "big")
+
+
+def bpf_program(kinds: str) -> bytes:
+    """URGENT passes exec, uid and gid; EXITS exit; OTHER every datagram the two others
+    do not (a datagram too short to hold `what` carries no event: all drop it)."""
+    accept, drop = 0xFFFFFFFF, 0
+    whats, equal = SPLIT[kinds]
+    n = len(whats)
+    code = [SOCK_FILTER.pack(BPF_LD_W_ABS, 0, 0, WHAT_OFFSET)]
+    for i, what in enumerate(whats):  # a match jumps to the last instruction
+        code.append(SOCK_FILTER.pack(BPF_JEQ_K, n - i, 0, _word(what)))
+    match, other = (accept, drop) if equal else (drop, accept)
+    code.append(SOCK_FILTER.pack(BPF_RET_K, 0, 0, other))  # no match
+    code.append(SOCK_FILTER.pack(BPF_RET_K, 0, 0, match))
+    return b"".join(code)
+
+
+def _attach_filter(sock: socket.socket, program: bytes) -> None:
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("@HP", len(program) // SOCK_FILTER.size, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+
+
+Sockets = tuple["ProcConnector", "ProcConnector | None", "ProcConnector | None"]
+
+
+def open_sockets(rcvbuf: int = RCVBUF_BYTES) -> Sockets:
+    """(URGENT, OTHER, EXITS) subscribed sockets; (ALL, None, None) where a socket
+    filter cannot be attached: one socket then gets every kind, as before the split."""
+    try:
+        urgent = ProcConnector(rcvbuf, URGENT)
+    except OSError:  # the filter refused (NetlinkUnavailable is not an OSError)
+        return ProcConnector(rcvbuf), None, None
+    opened = [urgent]
+    try:
+        for kinds in (OTHER, EXITS):
+            opened.append(ProcConnector(rcvbuf, kinds))
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return urgent, opened[1], opened[2]
+
+
+class ProcConnector:
+    """A subscribed process-connector socket: every kind of event, or those `kinds` says
+    (URGENT, OTHER or EXITS: the filter is attached before the subscription, so no datagram
+    of the other kind is ever queued here)."""
+
+    def __init__(self, rcvbuf: int = RCVBUF_BYTES, kinds: str = ALL) -> None:
         if not hasattr(socket, "AF_NETLINK"):
             raise NetlinkUnavailable("netlink needs Linux; running on snapshots only")
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         except OSError as exc:
             raise NetlinkUnavailable(f"cannot open NETLINK_CONNECTOR: {exc.strerror}") from None
+        self.kinds = kinds
+        if kinds != ALL:
+            try:
+                _attach_filter(sock, bpf_program(kinds))
+            except OSError:
+                sock.close()
+                raise
         try:
             self._grow_buffer(sock, rcvbuf)
             sock.bind((0, CN_IDX_PROC))

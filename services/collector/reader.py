@@ -4,16 +4,32 @@ The kernel's process connector keeps nothing for a listener that is not there, s
 whoever holds the subscribed socket must never be away. Two processes hold it:
 
 - the *reader* reads it at real-time priority and, on exec, reads `/proc/<pid>` at
-  once (argv first), before a short-lived process can exit. It takes a datagram off
-  the socket only after it has sent (or spooled) what it made of it: it peeks, works,
-  sends, then consumes. What it sends goes to the main process over a unix socket,
-  as length-prefixed `marshal` frames, and stays in its spool until the main acks it
-  (in the WAL), so a main process that dies loses nothing: the next one connects and
-  gets every frame not acked yet. With no main connected it spools (bounded by
-  bytes) and waits `linger_s` for one before it exits.
-- the *spare* is a fork of the reader: it holds the same socket (the same kernel
-  object: a datagram the reader never consumed is still there) and the same
-  listening socket, and does nothing but wait on a channel to the reader. When the
+  once (argv first), before a short-lived process can exit. The events come on three
+  sockets (netlink.open_sockets): URGENT (exec, uid, gid) is watched always; OTHER
+  (fork, comm...) and EXITS are left to wait in the kernel. OTHER is read when the
+  reader wakes for an urgent one; both when a hold (`hold_ms`, started by the first
+  datagram either gets) ends, and before it retires or quits. So an exec costs one
+  wake-up and one frame, not three, and the exits of a hold go in one frame (one stop
+  envelope downstream). A wake-up reads URGENT first (the /proc reads race), then the
+  others up to the kernel time where URGENT stopped (the next datagram left there, or
+  the clock when it was found empty), and sends them in one frame in the kernel's time
+  order. An exit sent is then never ahead of its exec (the exec is older), and a fork
+  never behind it; only events stamped but not queued yet when read (nanoseconds) can
+  come a frame late: the tracker ignores a fork after its exec (tracker._late_fork).
+  One CPU's numbers do come out of order (exits held while execs pass): the per-CPU
+  check allows it (kseq.py). Nothing
+  leaves a socket before it is sent or spooled, or else copied to the *journal*
+  (shared memory the spare sees): it peeks, copies, consumes, and after the frame is
+  sent clears the journal; a spare taking over sends the journal's datagrams again
+  first (the main drops what it had by its kernel sequence number). What it sends
+  goes to the main process over a unix socket, as length-prefixed `marshal` frames,
+  and stays in its spool until the main acks it (in the WAL), so a main process that
+  dies loses nothing: the next one connects and gets every frame not acked yet. With
+  no main connected it spools (bounded by bytes) and waits `linger_s` for one before
+  it exits.
+- the *spare* is a fork of the reader: it holds the same sockets (the same kernel
+  objects: a datagram the reader never consumed is still there), the journal and the
+  same listening socket, and does nothing but wait on a channel to the reader. When the
   reader dies, the channel ends and the spare becomes the reader where it stopped
   (a datagram sent but not consumed comes again; the main drops it by its kernel
   sequence number), then forks a new spare. A dead spare is replaced by the reader.
@@ -30,6 +46,8 @@ import errno
 import gc
 import hashlib
 import marshal
+import math
+import mmap
 import os
 import select
 import signal
@@ -44,15 +62,30 @@ from typing import Any
 from daemoneye import procfs
 
 from . import netlink
-from .netlink import EXEC, GID, UID, EventTuple, ProcConnector, parse_tuples
+from .netlink import (
+    EVENT_HDR,
+    EXEC,
+    GID,
+    HEADER_LEN,
+    UID,
+    EventTuple,
+    ProcConnector,
+    parse_tuples,
+)
 
 # the frames and commands below; a main speaking another one replaces us. 2: a record is
-# the tuple of its values, in the order of the hello's "fields" (1: a dict)
-PROTOCOL = 2
+# the tuple of its values, in the order of the hello's "fields" (1: a dict). 3: a frame
+# holds the events of every datagram read in one wake-up, of three sockets, in kernel
+# time order: one CPU's numbers come out of order between frames (a main reads 2 as 3)
+PROTOCOL = 3
 FRAME = struct.Struct("<I")
 CMD = struct.Struct("<cQ")  # main -> reader: b"A" ack n, b"R" retire, b"Q" quit
 SEND_BUF = 4 << 20  # room for bursts while the main is busy
 IDLE_WAKE_MS = 1000
+HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
+BATCH = 512  # datagrams a frame takes at most from each socket
+JOURNAL_BYTES = 1 << 20  # the datagrams of one frame, until it is sent
+JOURNAL_HEAD = struct.Struct("<I")  # bytes used after the head
 
 
 def socket_path(run_dir: str | Path, service_id: str) -> Path:
@@ -109,6 +142,8 @@ def spawn(
     spool_bytes: int,
     child_init: Callable[[], None] | None = None,
     config: dict[str, Any] | None = None,
+    other: ProcConnector | None = None,
+    exits: ProcConnector | None = None,
 ) -> int:
     """Start a reader (and its spare) on `listener` (bound to its path) that belongs to
     no one: a double fork, so it outlives this process and init reaps it. Returns the
@@ -124,7 +159,9 @@ def spawn(
         try:
             if os.fork() == 0:
                 path = listener.getsockname()
-                reader = Reader(connector, listener, linger_s, spool_bytes, path, config)
+                reader = Reader(
+                    connector, listener, linger_s, spool_bytes, path, config, other, exits
+                )
                 reader.main(priority, child_init)
         except BaseException:
             code = 1
@@ -144,9 +181,19 @@ class Reader:
         spool_bytes: int,
         path: str = "",
         config: dict[str, Any] | None = None,
+        other: ProcConnector | None = None,
+        exits: ProcConnector | None = None,
     ) -> None:
         self.config = config or {}  # what it was started with: a main wanting other replaces it
-        self.nl = connector
+        self.nl = connector  # URGENT (or every kind, with no OTHER)
+        self.other = other  # OTHER: read with URGENT, or when the hold ends
+        self.exits = exits  # EXITS: read when the hold ends
+        self.held = [c for c in (other, exits) if c is not None]
+        self.hold_s = float(self.config.get("hold_ms", HOLD_MS)) / 1000
+        self.hold_until = 0.0  # OTHER and EXITS are not watched until then: the timer
+        # MAP_SHARED and anonymous: this reader's spares see what it writes
+        self.journal = mmap.mmap(-1, JOURNAL_BYTES)
+        self.journal_used = 0
         self.listener = listener
         self.path = path  # where mains find us; gone or another's: no main will come
         self.ino = _ino(path)
@@ -190,6 +237,7 @@ class Reader:
             os.dup2(null, fd)
         os.close(null)
         keep = {0, 1, 2, self.nl.fileno(), self.listener.fileno()}
+        keep.update(conn.fileno() for conn in self.held)
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
             if fd not in keep:
@@ -238,7 +286,27 @@ class Reader:
         self.takeovers += 1
         self.alone_since = time.monotonic()
         self.spare_pid = 0
+        self._replay_journal()
         self._fork_spare()
+
+    def _replay_journal(self) -> None:
+        """What the reader took off its sockets and may not have sent: sent again (into
+        our spool: the main connects to us next), before anything newer."""
+        (used,) = JOURNAL_HEAD.unpack_from(self.journal, 0)
+        at, end = JOURNAL_HEAD.size, JOURNAL_HEAD.size + min(used, JOURNAL_BYTES)
+        items: list[tuple[Any, ...]] = []
+        while at + FRAME.size <= end:
+            (size,) = FRAME.unpack_from(self.journal, at)
+            at += FRAME.size
+            if at + size > end:
+                break
+            data = self.journal[at : at + size]
+            at += size
+            items.extend((ev, captured(ev), 0) for ev in parse_tuples(data))
+        if items:
+            items.sort(key=_when)
+            self._emit(items)
+        self._journal_clear()
 
     def _on_peer(self) -> None:
         """The spare's channel: it only ever ends (the spare died): fork another."""
@@ -254,25 +322,40 @@ class Reader:
 
     def _serve(self) -> None:
         nl_fd = self.nl.fileno()
+        held_fds = tuple(conn.fileno() for conn in self.held)
         poller = select.poll()
         watched: tuple[int, ...] = ()
         while True:
-            # what we wait on changes rarely (a main comes or goes, a spare is forked):
-            # the poll set is rebuilt only then, not on each of ~3 wake-ups an exec
+            # what we wait on changes rarely (a main comes or goes, a spare is forked, a
+            # hold starts or ends): the poll set is rebuilt only then. OTHER and EXITS
+            # are watched only when nothing is held: a first datagram starts the hold
+            held = self.hold_until > 0
             want = (nl_fd, self.listener.fileno(), _fd(self.peer), _fd(self.client))
+            if not held:
+                want += held_fds
             if want != watched:
                 poller = select.poll()
                 for fd in want:
                     if fd >= 0:
                         poller.register(fd, select.POLLIN)
                 watched = want
+            timeout = IDLE_WAKE_MS
+            if held:
+                timeout = max(0, math.ceil((self.hold_until - time.monotonic()) * 1000))
             try:
-                events = poller.poll(IDLE_WAKE_MS)
+                events = poller.poll(timeout)
             except InterruptedError:
                 continue
             ready = {fd for fd, _ in events}
-            if nl_fd in ready:
+            if held and time.monotonic() >= self.hold_until:
+                # a busy host: the next hold starts now (watching for its first datagram
+                # would cost a wake-up a hold); a quiet one: back to watching them
+                took = self._read_netlink(exits=True)
+                self.hold_until = time.monotonic() + self.hold_s if took else 0.0
+            elif nl_fd in ready:
                 self._read_netlink()
+            if not held and not ready.isdisjoint(held_fds):
+                self.hold_until = time.monotonic() + self.hold_s  # read when it ends
             if self.client is not None and self.client.fileno() in ready:
                 self._read_commands()
             if self.listener.fileno() in ready:
@@ -295,26 +378,79 @@ class Reader:
         now = _ino(self.path)
         return now in (self.ino, UNKNOWN)
 
-    def _read_netlink(self, limit: int = 256) -> None:
-        """Peek, work, send, consume: a datagram leaves the socket only when what we
-        made of it is sent or spooled, so the spare that takes over misses nothing."""
-        sock = self.nl.sock
-        for _ in range(limit):
+    def _read_netlink(self, limit: int = BATCH, exits: bool = False) -> int:
+        """One frame: URGENT, then OTHER (and EXITS) up to where URGENT stopped in kernel
+        time (see the module's docstring), in kernel time order. Peek, copy to the
+        journal, consume: a datagram leaves its socket only once a spare taking over
+        would find it in the journal, and the journal is cleared once the frame is sent
+        or spooled. Returns how many datagrams it read (the limit or a full journal
+        leave the rest queued)."""
+        items: list[tuple[Any, ...]] = []
+        n, until = self._take(self.nl, items, limit, True, 0)
+        if self.other is not None:
+            n += self._take(self.other, items, limit, False, until)[0]
+        if exits and self.exits is not None:
+            n += self._take(self.exits, items, limit, False, until)[0]
+        if items:
+            items.sort(key=_when)
+            self._emit(items)
+        self._journal_clear()
+        return n
+
+    def _take(
+        self,
+        conn: ProcConnector,
+        items: list[tuple[Any, ...]],
+        limit: int,
+        urgent: bool,
+        until: int,
+    ) -> tuple[int, int]:
+        """Datagrams of `conn` into `items` (URGENT: with their /proc reads): all of
+        them, or (OTHER) those stamped before `until`. Returns how many, and the kernel
+        time the socket was read to: of the first datagram left, or of the clock when
+        it was found empty."""
+        sock = conn.sock
+        n = 0
+        while True:
+            now = time.monotonic_ns()  # the kernel's clock: ktime_get_ns
             try:
                 data = sock.recv(65536, socket.MSG_PEEK)
             except BlockingIOError:
-                return
+                return n, now
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                self.nl.lost += 1
-                self._emit([(None, None, 1)])  # the kernel dropped some: the main repairs
+                conn.lost += 1
+                items.append((None, None, 1))  # the kernel dropped some: the main repairs
                 continue
-            items = [(ev, captured(ev), 0) for ev in parse_tuples(data)]
-            if items:
-                self._emit(items)
+            stamp = _stamp(data)
+            if (not urgent and stamp >= until) or n >= limit or not self._journal_add(data):
+                return n, stamp  # the rest goes in the next frame
+            if urgent:
+                items.extend((ev, captured(ev), 0) for ev in parse_tuples(data))
+            else:
+                items.extend((ev, None, 0) for ev in parse_tuples(data))
+            n += 1
             with contextlib.suppress(BlockingIOError):
                 sock.recv(16, socket.MSG_TRUNC)
+
+    def _journal_add(self, data: bytes) -> bool:
+        at = JOURNAL_HEAD.size + self.journal_used
+        end = at + FRAME.size + len(data)
+        if end > JOURNAL_BYTES:
+            return False
+        FRAME.pack_into(self.journal, at, len(data))
+        self.journal[at + FRAME.size : end] = data
+        self.journal_used = end - JOURNAL_HEAD.size
+        JOURNAL_HEAD.pack_into(self.journal, 0, self.journal_used)  # then it counts
+        return True
+
+    def _journal_clear(self) -> None:
+        if self.journal_used:
+            JOURNAL_HEAD.pack_into(self.journal, 0, 0)
+            self.journal_used = 0
+        elif JOURNAL_HEAD.unpack_from(self.journal, 0)[0]:  # a replayed one
+            JOURNAL_HEAD.pack_into(self.journal, 0, 0)
 
     def _emit(self, items: list[tuple[Any, ...]]) -> None:
         self.n += 1
@@ -366,9 +502,10 @@ class Reader:
             "oldest_ns": _frame_time(self.spool[0][1]) if self.spool else 0,
             "spool_dropped": self.spool_dropped,
             "takeovers": self.takeovers,
-            "overruns": self.nl.lost,
+            "overruns": self.nl.lost + sum(conn.lost for conn in self.held),
             "started_ns": self.started_ns,
             "fields": procfs.FIELDS,
+            "sockets": 1 + len(self.held),
         }
         self._send(pack(("H", hello)))
         for _, frame in list(self.spool):
@@ -395,6 +532,7 @@ class Reader:
             elif cmd == b"R":
                 self.retiring = True
             elif cmd == b"Q":
+                self._drain()  # what the sockets hold goes to the main first
                 self._exit()
 
     def _acked(self, n: int) -> None:
@@ -407,17 +545,23 @@ class Reader:
         """The old half of a make-before-break hand-over: the new reader is subscribed,
         so what our socket holds now is all we owe; send it, say bye, exit."""
         self.listener.close()
-        self._read_netlink(limit=1 << 30)
+        self._drain()
         if self.client is not None:
             self._send(pack(("B",)))
         self._exit()
+
+    def _drain(self) -> None:
+        """Both sockets to their end (to the main connected, if any)."""
+        while self.client is not None and self._read_netlink(exits=True):
+            pass
 
     def _exit(self) -> None:
         if self.peer is not None:  # tell the spare it is on purpose
             with contextlib.suppress(OSError):
                 self.peer.send(b"bye")
-        with contextlib.suppress(OSError):
-            self.nl.close()
+        for conn in (self.nl, *self.held):
+            with contextlib.suppress(OSError):
+                conn.close()
         os._exit(0)
 
 
@@ -450,6 +594,18 @@ def _ino(path: str) -> int:
         return os.stat(path).st_ino if path else 0
     except (PermissionError, OSError) as exc:
         return UNKNOWN if isinstance(exc, PermissionError) else 0
+
+
+def _stamp(data: bytes) -> int:
+    """The kernel time of a datagram's (first) event; 0 when it has none."""
+    if len(data) < HEADER_LEN + EVENT_HDR.size:
+        return 0
+    return int(EVENT_HDR.unpack_from(data, HEADER_LEN)[2])
+
+
+def _when(item: tuple[Any, ...]) -> int:
+    """An item's kernel time (a loss marker first)."""
+    return item[0][1] if item[0] is not None else 0
 
 
 def _frame_time(frame: bytes) -> int:

@@ -177,10 +177,13 @@ class RealtimeSource:
         spool_bytes: int,
         child_init: Callable[[], None] | None = None,
         config: dict[str, Any] | None = None,
+        other: ProcConnector | None = None,
+        exits: ProcConnector | None = None,
     ) -> dict[str, Any]:
-        """Start a reader on `connector` at our path (replacing the path of one we are
-        attached to, which is then told to retire: it is subscribed no more than the
-        new one is) and connect to it."""
+        """Start a reader on `connector` (URGENT; `other` and `exits`: see
+        netlink.open_sockets) at our path (replacing the path of one we are attached
+        to, which is then told to retire: it is subscribed no more than the new one is)
+        and connect to it."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -192,11 +195,21 @@ class RealtimeSource:
         listener.listen(8)
         try:
             code = reader.spawn(
-                connector, listener, priority, linger_s, spool_bytes, child_init, config
+                connector,
+                listener,
+                priority,
+                linger_s,
+                spool_bytes,
+                child_init,
+                config,
+                other,
+                exits,
             )
         finally:
             listener.close()
-            connector.sock.close()  # the reader owns both now
+            for conn in (connector, other, exits):  # the reader owns them now
+                if conn is not None:
+                    conn.sock.close()
         if code != 0:
             raise RuntimeError(f"the netlink reader did not start (code {code})")
         sock = _connect(self.path)

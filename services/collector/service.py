@@ -28,11 +28,11 @@ from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 from daemoneye.wire import SEVERITIES
 
-from . import kseq, privdrop, reader
+from . import kseq, netlink, privdrop, reader
 from .handover import Handover
 from .hasher import Hasher
 from .kseq import SeqCheck
-from .netlink import NetlinkUnavailable, ProcConnector
+from .netlink import NetlinkUnavailable
 from .realtime import RealtimeSource
 from .tracker import Out, Tracker
 from .wal import Wal
@@ -148,6 +148,7 @@ class Collector(Service):
             "user": cfg.user,
             "linger_s": cfg.reader_linger_s,
             "spool_bytes": cfg.reader_spool_bytes,
+            "hold_ms": cfg.reader_hold_ms,
         }
 
     def _same_reader(self, hello: dict[str, Any]) -> bool:
@@ -171,7 +172,7 @@ class Collector(Service):
             return None
         if self._positions_path is None and self.wal is not None:  # at start: continue
             self._positions_path = self.wal.path / kseq.POSITIONS_FILE  # the old main's count
-            self.kseq.last = kseq.load(self._positions_path, 2 * self.cfg.reader_linger_s)
+            self.kseq.restore(kseq.load(self._positions_path, 2 * self.cfg.reader_linger_s))
             self.log.info("kernel numbers to continue from: %s", self.kseq.last or "none")
         source = RealtimeSource(path)
         hello = source.attach()
@@ -188,7 +189,7 @@ class Collector(Service):
             if self._same_reader(hello):
                 return source
         try:
-            connector = ProcConnector(self.cfg.netlink_rcvbuf_bytes)
+            connector, other, exits = netlink.open_sockets(self.cfg.netlink_rcvbuf_bytes)
             source.spawn(
                 connector,
                 self.cfg.realtime_priority,
@@ -196,6 +197,8 @@ class Collector(Service):
                 self.cfg.reader_spool_bytes,
                 self._child_drop if self.cfg.user else None,
                 self._reader_config(),
+                other,
+                exits,
             )
         except (NetlinkUnavailable, RuntimeError, OSError) as exc:
             if hello is not None:  # cannot replace it: keep the old reader
@@ -336,6 +339,7 @@ class Collector(Service):
         finally:
             self._holding = False
             self._send_batch()
+        check.settle(time.monotonic())  # a number still missing after the reader's hold: lost
         handover = self._handover
         if handover is not None and source.links and handover.done(source.links[0].frames):
             self.held_back += handover.held_back
@@ -410,10 +414,10 @@ class Collector(Service):
         main starts from them, so a hole in what it is given is counted, not silent."""
         assert self.realtime is not None
         delay = self.cfg.fork_publish_delay_s + TICK_S
-        n, last = self.realtime.due_ack(now, delay, lambda: dict(self.kseq.last))
+        n, last = self.realtime.due_ack(now, delay, self.kseq.state)
         if not n:
             return
-        if self._positions_path is not None and last:
+        if self._positions_path is not None and last["last"]:
             try:
                 kseq.save(self._positions_path, last)
             except OSError as exc:  # the WAL dir failing says so already; ack anyway
@@ -606,6 +610,8 @@ class Collector(Service):
             m["hash.pending"] = self.hasher.pending()
         m["collector.lost"] = self.kseq.lost
         m["netlink.duplicates"] = self.kseq.duplicates
+        m["netlink.late"] = self.kseq.late
+        m["netlink.settles"] = self.kseq.settles
         m["handover.held_back"] = self.held_back + (
             self._handover.held_back if self._handover else 0
         )

@@ -208,7 +208,7 @@ class Tracker:
     def on_event(self, ev: ProcEvent, rec: Record | None) -> list[Out]:
         out: list[Out] = []
         if ev.what == FORK:
-            if not ev.is_thread:
+            if not ev.is_thread and not self._late_fork(ev):
                 self.pending[ev.pid] = PendingFork(ev.ppid, ev.timestamp_ns, time.monotonic())
         elif ev.what == EXEC:
             self._on_exec(ev, rec, out)
@@ -226,6 +226,20 @@ class Tracker:
                 new = dict(tracked.record, name=ev.comm)
                 self._modify(tracked, new, "netlink", out)
         return out
+
+    def _late_fork(self, ev: ProcEvent) -> bool:
+        """The fork of a process already started, by its exec or by a snapshot: the reader
+        reads forks and execs from two sockets, so a fork stamped before its read but
+        queued after it comes a frame after its exec, and a fork the reader holds (when
+        no exec wakes it) can come after a snapshot found the child. The process started
+        at the fork (the tick of the kernel's time, or the one before); one that had the
+        pid before started earlier (the boot clock only runs ahead of the kernel's
+        monotonic one)."""
+        tracked = self.procs.get(ev.pid)
+        if tracked is None:
+            return False
+        ticks = ev.timestamp_ns * procfs.CLK_TCK // 1_000_000_000
+        return int(tracked.record.get("startTicks", 0)) >= ticks - 1
 
     def _on_exec(self, ev: ProcEvent, rec: Record | None, out: list[Out]) -> None:
         pending = self.pending.pop(ev.pid, None)

@@ -9,7 +9,7 @@ from typing import Any
 from daemoneye.rules.engine import Engine, Firing
 from daemoneye.rules.exceptions import Suppressor, allowlist_path, load_allowlist
 from daemoneye.rules.model import Problem
-from daemoneye.rules.validate import ALL_COLUMNS
+from daemoneye.rules.tables import ALL_COLUMNS
 
 
 class Tuning:

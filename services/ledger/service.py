@@ -64,6 +64,10 @@ REPLAY_TIMEOUT_S = 5.0
 class Ledger(Service):
     name: ClassVar[str] = "ledger"
     subscriptions: ClassVar[tuple[str, ...]] = (Topics.PROCESS, Topics.ALERTS, Topics.AUDIT)
+    # RocksDB's flushes and compactions free megabytes of heap every few seconds under
+    # load; trimmed every 10 s, 3-7 MB of it stayed resident at any instant (a soak's
+    # sample), every 2 s 1-3 MB, for ~0.3 ms a trim (2,200 entries/s).
+    trim_interval_s: ClassVar[float] = 2.0
 
     def __init__(self, settings: Any, service_id: str | None = None) -> None:
         super().__init__(settings, service_id)

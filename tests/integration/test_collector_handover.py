@@ -82,7 +82,22 @@ def test_a_restart_gets_what_happened_while_no_main_ran(
         assert max(seen.values()) == 1, f"{kind} twice: {seen.most_common(3)}"
         earlier = marked(events, kind, before)
         assert max(earlier.values()) == 1, f"{kind} of the first 20 again: {earlier}"
-    assert health["metrics"]["collector.lost"] == 0
+    assert settled_metrics(rpc_client)["collector.lost"] == 0
+
+
+def settled_metrics(rpc_client: RpcClient) -> dict[str, float]:
+    """The collector's metrics two settles of the kernel numbers on: a gap open when
+    called is then taken or counted lost (kseq.py)."""
+
+    def metrics() -> dict[str, float]:
+        return rpc_client.call(TARGET, "health").value["metrics"]
+
+    settles = metrics()["netlink.settles"]
+    return wait_for(  # type: ignore[return-value]
+        lambda: (m := metrics())["netlink.settles"] >= settles + 2 and m,
+        10,
+        "two settles of the kernel numbers",
+    )
 
 
 def test_an_upgrade_replaces_the_reader_make_before_break(
@@ -106,8 +121,7 @@ def test_an_upgrade_replaces_the_reader_make_before_break(
     for kind in ("start", "stop"):
         seen = marked(events, kind, upgrade)
         assert set(seen) == {str(i) for i in range(60)} and max(seen.values()) == 1, seen
-    metrics = rpc_client.call(TARGET, "health").value["metrics"]
-    assert metrics["collector.lost"] == 0  # the sockets overlapped: nothing skipped
+    assert settled_metrics(rpc_client)["collector.lost"] == 0  # the sockets overlapped
 
 
 def _zombie(pid: int) -> bool:
@@ -201,10 +215,15 @@ def test_the_reader_killed_while_no_main_runs_is_a_counted_loss(
     run_marked(after, 0, 10)
     start_collector(start_service, rpc_client, run_env)
     wait_for(lambda: len(marked(events, "stop", after)) == 10, 15, "the 10 after the kill")
-    metrics = rpc_client.call(TARGET, "health").value["metrics"]
     missing = 20 - len(marked(events, "start", gone))
     assert missing > 0, "the spooled events were not lost: the test proves nothing"
-    assert metrics["collector.lost"] >= 2 * missing, (missing, metrics)
+
+    def lost() -> float:
+        return rpc_client.call(TARGET, "health").value["metrics"]["collector.lost"]
+
+    # a skipped number is a loss once it stayed missing over two settles (it might have
+    # come late: kseq.py), not at once
+    wait_for(lambda: lost() >= 2 * missing, 10, f"{2 * missing} events counted lost")
 
 
 def test_a_restart_after_the_privilege_drop_adopts_the_reader(

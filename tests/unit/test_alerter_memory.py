@@ -47,6 +47,17 @@ def cache_after_compactions(data_dir: Path, rounds: int) -> tuple[int, int]:
         store.close()
 
 
+def test_the_block_cache_is_small(tmp_path: Path) -> None:
+    """Index partitions of every SST file written fill the cache up to its capacity
+    (records are read back rarely): that capacity is the alerter's ceiling."""
+    store = DeliveryStore(tmp_path)
+    try:
+        capacity = store.store.db.property_int_value("rocksdb.block-cache-capacity")
+        assert capacity == store_module.SMALL_BLOCK_CACHE_BYTES
+    finally:
+        store.close()
+
+
 def test_blocks_of_deleted_sst_files_leave_the_block_cache(tmp_path: Path) -> None:
     usage, live = cache_after_compactions(tmp_path / "on", 8)
     assert live > 0

@@ -102,3 +102,66 @@ def test_overrun_is_reported_as_lost() -> None:
         assert overruns >= 1 and conn.lost >= 1
     finally:
         conn.close()
+
+
+def _read_until(conns: list[ProcConnector], done, timeout: float = 10) -> list[list]:
+    got: list[list] = [[] for _ in conns]
+    deadline = time.monotonic() + timeout
+    while not done(got) and time.monotonic() < deadline:
+        select.select([c.fileno() for c in conns], [], [], 0.1)
+        for out, conn in zip(got, conns, strict=True):
+            out.extend(conn.read()[0])
+    return got
+
+
+def test_the_sockets_split_by_kind_and_together_see_every_number() -> None:
+    """URGENT gets exec (uid, gid) only, EXITS exits, OTHER the rest, the answers to
+    subscriptions included; every number a socket of every kind sees, one of the three
+    sees."""
+    try:
+        urgent, other, exits = netlink.open_sockets()
+    except NetlinkUnavailable as exc:
+        pytest.skip(f"netlink process connector unavailable: {exc}")
+    assert other is not None and exits is not None, "this kernel took no socket filter"
+    every = ProcConnector()
+    answer = ProcConnector()  # its subscription's answer is numbered on some CPU
+    try:
+        answer.close()
+        pids = []
+        for _ in range(40):  # some tens of ms of events
+            child = subprocess.Popen(["true"])
+            child.wait()
+            pids.append(child.pid)
+        last = pids[-1]
+
+        def done(got: list[list]) -> bool:
+            return all(any(e.pid == last and e.what == EXIT for e in g) for g in got[2:])
+
+        u, o, x, a = _read_until([urgent, other, exits, every], done)
+        u += urgent.read()[0]  # read after the others: every exec queued before theirs
+        o += other.read()[0]
+        assert {e.what for e in u} <= set(netlink.URGENT_KINDS) and EXEC in {e.what for e in u}
+        assert {e.what for e in x} == {EXIT}
+        assert not {e.what for e in o} & {*netlink.URGENT_KINDS, EXIT}
+        assert {FORK, 0} <= {e.what for e in o}  # 0: an answer to a subscription
+        all3 = {(e.cpu, e.seq) for e in u + o + x}
+        # what `every` got well before EXITS' newest, the three got (the kernel stamps the
+        # time before it queues: two CPUs' events may be queued a little out of time order)
+        until = max(e.timestamp_ns for e in x) - 10_000_000
+        upto = {(e.cpu, e.seq) for e in a if e.timestamp_ns <= until}
+        assert len(upto) >= 20 and upto <= all3
+    finally:
+        for conn in (urgent, other, exits, every):
+            conn.close()
+
+
+def test_the_filters_read_what_where_the_kernel_puts_it() -> None:
+    """A BPF absolute load reads network order: the program compares `what` as laid
+    out in a datagram of this host."""
+    prog = netlink.bpf_program(netlink.URGENT)
+    code, _jt, _jf, k = netlink.SOCK_FILTER.unpack_from(prog, 0)
+    assert (code, k) == (netlink.BPF_LD_W_ABS, netlink.HEADER_LEN)
+    raw = datagram(EXEC, struct.pack("=2I", 5, 5))
+    what_be = int.from_bytes(raw[netlink.HEADER_LEN : netlink.HEADER_LEN + 4], "big")
+    _, jt, _, k = netlink.SOCK_FILTER.unpack_from(prog, netlink.SOCK_FILTER.size)
+    assert k == what_be and jt == len(netlink.URGENT_KINDS)

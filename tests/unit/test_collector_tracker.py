@@ -82,6 +82,34 @@ def test_fork_exec_exit_sequence(sleeper: subprocess.Popen) -> None:
     assert t.on_event(ProcEvent(EXIT, 5, pid, pid + 1), None) == []  # a thread's exit
 
 
+def test_a_fork_coming_after_its_exec_is_ignored(sleeper: subprocess.Popen) -> None:
+    """The reader reads exec and fork from two sockets: a fork may come a frame after
+    its exec. It is not a new child: no pending fork, no second start, one stop."""
+    t = Tracker()
+    t.rescan(publish_new=False)
+    pid, ticks = sleeper.pid, procfs.read_stat(sleeper.pid).start_ticks
+    del t.procs[pid]
+    assert kinds(t.on_event(ProcEvent(EXEC, 2, pid, pid), procfs.read_process(pid))) == ["start"]
+    fork_ns = ticks * 10**9 // procfs.CLK_TCK + 10**9 // procfs.CLK_TCK - 1  # same tick
+    assert t.on_event(ProcEvent(FORK, fork_ns, pid, pid, ppid=os.getpid()), None) == []
+    assert pid not in t.pending
+    assert t.flush_pending(0) == []
+    assert kinds(t.on_event(ProcEvent(EXIT, fork_ns + 5, pid, pid), None)) == ["stop"]
+
+
+def test_a_fork_after_the_tracked_process_started_is_a_new_child(
+    sleeper: subprocess.Popen,
+) -> None:
+    """A fork of the pid later than the tracked process started: the pid was reused
+    (its exit lost): held pending as any fork."""
+    t = Tracker()
+    t.rescan(publish_new=False)
+    pid, ticks = sleeper.pid, procfs.read_stat(sleeper.pid).start_ticks
+    later_ns = (ticks + 5) * 10**9 // procfs.CLK_TCK
+    assert t.on_event(ProcEvent(FORK, later_ns, pid, pid, ppid=os.getpid()), None) == []
+    assert pid in t.pending
+
+
 def test_exec_of_a_process_already_gone_keeps_what_the_kernel_gave() -> None:
     t = Tracker()
     t.rescan(publish_new=False)

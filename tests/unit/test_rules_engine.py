@@ -91,6 +91,44 @@ def test_short_lived_process_started_and_stopped_in_one_batch_still_fires() -> N
     assert engine.tables.find(200) is None
 
 
+def test_a_process_that_came_and_went_is_written_only_when_a_statement_runs() -> None:
+    # its row could only ever be seen by the batch's own rules: when the screens settle
+    # the batch in Python, neither its insert nor its delete runs; when a statement runs
+    # (a rule, or a screen only SQLite can judge), it sees the row and the row goes after
+    engine, _ = engine_with(
+        TMP_RULE
+        + """---
+id: lower-name
+name: judged by SQLite
+sql: SELECT pid, name FROM processes WHERE name = 'BLINK2' AND lower(path) = '/bin/blink2'
+"""
+    )
+    assert engine.rules["lower-name"].plan.screen  # a screen the judge leaves to SQLite
+    statements: list[str] = []
+    engine.sandbox.conn.set_trace_callback(statements.append)
+
+    def apply(*events: EventIn) -> list[tuple[str, int]]:
+        statements.clear()
+        firings, _ = engine.apply(list(events))
+        return [(f.rule.id, f.row["pid"]) for f in firings]
+
+    benign = rec(210, "/usr/bin/true", name="true")
+    assert apply(EventIn("start", benign), EventIn("stop", benign)) == []
+    touched = [s for s in statements if "processes" in s and "process_events" not in s]
+    assert not [s for s in touched if "INSERT" in s or "DELETE" in s], touched
+    assert any("INSERT INTO process_events" in s for s in statements)  # the window keeps it
+    blink = rec(211, "/tmp/blink")
+    assert apply(EventIn("start", blink), EventIn("stop", blink)) == [("tmp-exec", 211)]
+    blink2 = rec(212, "/BIN/blink2", name="BLINK2")
+    assert apply(EventIn("start", blink2), EventIn("stop", blink2)) == [("lower-name", 212)]
+    assert engine.query("SELECT count(*) FROM processes", 1.0, 10)[1] == [(0,)]
+    # the same batch beside a process that stays: that one is written as ever
+    stays = rec(213, "/usr/bin/sleep")
+    assert apply(EventIn("start", benign), EventIn("start", stays)) == []
+    _, rows = engine.query("SELECT pid FROM processes ORDER BY pid", 1.0, 10)
+    assert rows == [(210,), (213,)]
+
+
 def test_cost_follows_changed_rows_not_table_size() -> None:
     engine, _ = engine_with(TMP_RULE)
     engine.apply([EventIn("start", rec(10_000 + i, "/tmp/x")) for i in range(2000)])

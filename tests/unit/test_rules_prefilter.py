@@ -25,7 +25,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 NAMES = ["sh", "bash", "Bash", "nginx", "xmrig", "ls", "python3", "5", ""]
 PATHS = ["/tmp/x", "/TMP/y", "/dev/shm/z", "/usr/bin/ls", "/bin/bash", "/opt/gen1", ""]
 WORDS = ["-c", "/dev/tcp/1.2.3.4/4444", "--donate-level", "STRATUM+TCP://pool", "%", "_", "é"]
-TEXT_COLUMNS = ["name", "path", "cmdline", "cwd", "parent_name", "username", "state"]
+TEXT_COLUMNS = ["name", "path", "cmdline", "cwd", "parent_name", "username", "state", "tty"]
 INT_COLUMNS = ["uid", "euid", "pid", "parent", "on_disk", "threads"]
 LIKES = ["%sh%", "/tmp/%", "%BASH%", "_s", "%/dev/tcp/%", "%stratum%", "%\\%%", "%é%", "%"]
 
@@ -133,6 +133,7 @@ def record(rnd: random.Random, pid: int, ppid: int) -> dict:
         "username": rnd.choice(["root", "user", ""]),
         "onDisk": rnd.choice([-1, 0, 1]),
         "threads": rnd.randrange(3),
+        "tty": rnd.choice(["", "", "pts/0"]),  # mostly none, as daemons (see _rank)
     }
 
 
@@ -164,7 +165,9 @@ def leaf(qualifier: str) -> st.SearchStrategy[str]:
     q = qualifier
     text = st.sampled_from(TEXT_COLUMNS).map(lambda c: q + c)
     ints = st.sampled_from(INT_COLUMNS).map(lambda c: q + c)
-    value = st.sampled_from(NAMES + PATHS).map(lambda v: "'" + v.replace("'", "''") + "'")
+    value = st.sampled_from([*NAMES, *PATHS, "pts/0"]).map(
+        lambda v: "'" + v.replace("'", "''") + "'"
+    )
     return st.one_of(
         st.tuples(text, value).map(lambda t: f"{t[0]} = {t[1]}"),
         st.tuples(value, text).map(lambda t: f"{t[0]} = {t[1]}"),
@@ -353,3 +356,37 @@ def test_a_rule_whose_branches_each_need_a_name_is_indexed_by_their_union() -> N
     assert engine.apply(other)[0] == [] and engine.rules["either"].runs == 0
     hit = {"pid": 8, "startTicks": 8, "name": "touch", "cmdline": ["touch", "-t", "1", "f"]}
     assert [f.row["pid"] for f in engine.apply([EventIn("start", hit)])[0]] == [8]
+
+
+def test_a_rule_is_indexed_under_its_selective_need_not_the_empty_tty_of_every_daemon() -> None:
+    # `tty = ''` holds for nearly every process (daemons, services, build jobs): a rule
+    # indexed under it would be judged on every batch; under its names, on almost none
+    engine = Engine()
+    rules = [
+        Rule(id="su", name="su", sql="SELECT pid FROM processes WHERE tty = '' "
+             "AND name IN ('su', 'sudo') AND cmdline LIKE '% -%'"),
+        Rule(id="pick", name="pick", sql="SELECT pid FROM processes WHERE tty = '' "
+             "AND (name = 'xclip' OR cmdline LIKE '%/dev/input/%')"),
+        Rule(id="glob", name="glob", sql="SELECT pid FROM processes WHERE cmdline LIKE '%[%' "
+             "AND cmdline LIKE '%--evil%'"),
+    ]  # fmt: skip
+    engine.load([engine.validator.check(r) for r in rules])
+    screening = engine.lanes()["processes"].screening
+    assert screening is not None
+    daemon = [{"pid": 7, "startTicks": 7, "name": "true", "cmdline": ["true", "[x]"]}]
+    rows = [
+        p.row for p in engine.tables.apply([EventIn("start", r) for r in daemon]).procs.values()
+    ]
+    assert screening.candidates(rows, [{} for _ in rows]) == []
+    # and each still fires on what it is for (the differential tests hold the rest)
+    hits = [
+        {"pid": 8, "startTicks": 8, "name": "sudo", "cmdline": ["sudo", "-i"]},
+        {"pid": 9, "startTicks": 9, "name": "cat", "cmdline": ["cat", "/dev/input/event0"]},
+        {"pid": 10, "startTicks": 10, "name": "x", "cmdline": ["x", "[", "--evil"]},
+    ]
+    fired = engine.apply([EventIn("start", r) for r in hits])[0]
+    assert sorted((f.rule.id, f.row["pid"]) for f in fired) == [
+        ("glob", 10),
+        ("pick", 9),
+        ("su", 8),
+    ]

@@ -82,3 +82,15 @@ def test_the_heap_is_trimmed_only_after_work(settings: Settings, monkeypatch) ->
     svc._trim()
     svc._trim()
     assert len(trims) == 2
+
+
+def test_no_service_replaces_the_heap_trim() -> None:
+    """The base class's timer calls self._trim: a service method of that name for
+    other work would silently stop its heap trims (the detector's did)."""
+    import importlib
+
+    for name in ("collector", "alerter", "detector", "ledger", "broker"):
+        module = importlib.import_module(f"services.{name}.service")
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, Service):
+                assert cls._trim is Service._trim, f"{name}: {cls.__name__}._trim"

@@ -14,6 +14,11 @@ by `max_rows` plus the batch's changed rows for an incremental one: a batch of a
 backlog or a replay (up to the detector's `max_batch` events) can hold more matching
 processes than `max_rows`, and each must fire. A result cut at its bound is counted
 (`rows_cut`) and logged, never silent.
+
+Validating and planning rules needs sqlglot; running them does not. With `isolate`
+(the detector), both are done in a short-lived forked child (offload.py) that hands
+back plain rules, plans and problems, so the long-lived process never imports sqlglot
+nor keeps the heap its parse trees fragment: ~10 MB of the detector at idle.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import offload
 from .lineage import sql_functions
 from .live import Batch, EventIn, LiveTables, Proc
 from .model import Problem, Rule
 from .prefilter import CHECK_MIN_ROWS, Screening, screening_sql
 from .sandbox import BudgetExceeded, Sandbox
-from .scheduling import IDENTITY, Plan, make_plan
+from .scheduling import IDENTITY, Plan
 from .tables import INCREMENTAL_TABLES
-from .validate import Checked, Validator
+
+if TYPE_CHECKING:
+    from .validate import Checked, Validator
 
 log = logging.getLogger("daemoneye.rules")
 
@@ -45,6 +53,15 @@ class Firing:
     row: dict[str, Any]
     record: dict[str, Any] | None
     identity: str
+
+
+@dataclass
+class Compiled:
+    """A checked rule as it runs: plain data (picklable), no parse tree."""
+
+    rule: Rule
+    plan: Plan
+    tables: frozenset[str]
 
 
 @dataclass
@@ -102,9 +119,12 @@ class Engine:
         max_rows: int = 1000,
         on_disable: Callable[[Rule, str], None] | None = None,
         screening: bool = True,
+        isolate: bool = False,
     ) -> None:
         self.sandbox = Sandbox()
-        self.validator = Validator(self.sandbox)
+        self._validator: Validator | None = None
+        # compile in a forked child: sqlglot stays out of this process (see the top)
+        self.isolate = isolate and offload.supported()
         self.tables = LiveTables(self.sandbox, window_s, window_rows)
         for name, fn in sql_functions(self.tables.lookup, self.tables.exits).items():
             for nargs in (1, 2):  # (pid) or (pid, depth)
@@ -124,11 +144,25 @@ class Engine:
 
     # --- rules -------------------------------------------------------------------
 
+    @property
+    def validator(self) -> Validator:
+        """The validator (sqlglot), made on first use: an isolated engine uses it only in
+        its children."""
+        if self._validator is None:
+            from .validate import Validator
+
+            self._validator = Validator(self.sandbox)
+        return self._validator
+
     def load(self, checked: Iterable[Checked]) -> dict[str, list[str]]:
         """Install a rule set; unchanged rules keep their differential state and stats."""
+        return self.install(compile_checked(checked))
+
+    def install(self, compiled: Iterable[Compiled]) -> dict[str, list[str]]:
+        """Install compiled rules; unchanged rules keep their differential state and stats."""
         old, self.rules = self.rules, {}
         changes: dict[str, list[str]] = {"added": [], "changed": [], "unchanged": [], "removed": []}
-        for item in checked:
+        for item in compiled:
             rule = item.rule
             prev = old.get(rule.id)
             if prev is not None and prev.rule.sql == rule.sql and not prev.disabled:
@@ -136,8 +170,7 @@ class Engine:
                 self.rules[rule.id] = prev
                 changes["unchanged"].append(rule.id)
                 continue
-            tables = frozenset(t.name.lower() for t in _tables_of(item.tree))
-            self.rules[rule.id] = Active(rule, make_plan(item.tree, rule.sql), tables)
+            self.rules[rule.id] = Active(rule, item.plan, item.tables)
             changes["changed" if prev else "added"].append(rule.id)
         changes["removed"] = sorted(set(old) - set(self.rules))
         self._next_due = 0.0  # new scheduled rules are due at once
@@ -147,8 +180,39 @@ class Engine:
         return changes
 
     def load_paths(self, paths: Iterable[Any]) -> tuple[dict[str, list[str]], list[Problem]]:
+        paths = list(paths)
+        if self.isolate:
+            compiled, problems = offload.call(self._compile_paths, paths)
+        else:
+            compiled, problems = self._compile_paths(paths)
+        return self.install(compiled), problems
+
+    def _compile_paths(self, paths: list[Any]) -> tuple[list[Compiled], list[Problem]]:
         checked, problems = self.validator.load(paths)
-        return self.load(checked), problems
+        return compile_checked(checked), problems
+
+    def check(self, rule: Rule) -> Problem | None:
+        """Why `rule` would be rejected (None: it would load)."""
+        return self.check_rules([rule])[0]
+
+    def check_rules(self, rules: list[Rule]) -> list[Problem | None]:
+        """Why each rule would be rejected (None: it would load); one child for them all."""
+        if self.isolate and rules:
+            return offload.call(self._check_rules, rules)
+        return self._check_rules(rules)
+
+    def _check_rules(self, rules: list[Rule]) -> list[Problem | None]:
+        results = [self.validator.check(rule) for rule in rules]
+        return [r if isinstance(r, Problem) else None for r in results]
+
+    def check_sql(self, sql: str) -> str | None:
+        """Why an ad-hoc query is refused (None: it may run)."""
+        if self.isolate:
+            return offload.call(self._check_sql, sql)
+        return self._check_sql(sql)
+
+    def _check_sql(self, sql: str) -> str | None:
+        return self.validator.check_sql(sql)
 
     def enabled(self, mode: str) -> list[Active]:
         return [
@@ -193,6 +257,8 @@ class Engine:
             names = self.tables.has_event_name
             actives = [a for a in actives if not a.plan.window_names or names(a.plan.window_names)]
         self.screened_out -= len(actives)
+        if actives:
+            self.tables.materialise(batch)  # statements run: they see every row
         actives.sort(key=_order)
         # every changed row may match once: the bound grows with the batch
         changed = {"processes": len(batch.procs), "process_events": len(batch.events)}
@@ -258,8 +324,9 @@ class Engine:
         passed: list[Active] = []
         if small:
             passed, candidates = screening.judge(rows, candidates, folded)
-            if not candidates:
-                return passed
+        if not candidates:
+            return passed
+        self.tables.materialise(batch)
         for sql, chunk in screening.statements(candidates):
             verdicts = self._judge(sql, bound)
             if verdicts is None:  # no verdict: judge each screen alone
@@ -372,14 +439,31 @@ class Engine:
 
     # --- ad-hoc ----------------------------------------------------------------------
 
-    def query(self, sql: str, budget_s: float, max_rows: int) -> tuple[list[str], list[tuple]]:
-        """A validated read-only query (the console's `query` and `rules test`)."""
-        reason = self.validator.check_sql(sql)
+    def query(
+        self, sql: str, budget_s: float, max_rows: int, checked: bool = False
+    ) -> tuple[list[str], list[tuple]]:
+        """A validated read-only query (the console's `query` and `rules test`); `checked`:
+        the caller validated it already (a rule just checked, the detector's own SQL)."""
+        reason = None if checked else self.check_sql(sql)
         if reason:
             raise ValueError(reason)
         if "process_open_sockets" in sql.lower():
             self.tables.refresh_sockets()
         return self.sandbox.run(sql, budget_s, max_rows)
+
+
+def compile_checked(checked: Iterable[Checked]) -> list[Compiled]:
+    """Checked rules (with their parse trees) as they run: plan and tables read."""
+    from .scheduling import make_plan
+
+    return [
+        Compiled(
+            item.rule,
+            make_plan(item.tree, item.rule.sql),
+            frozenset(t.name.lower() for t in _tables_of(item.tree)),
+        )
+        for item in checked
+    ]
 
 
 def _order(active: Active) -> int:

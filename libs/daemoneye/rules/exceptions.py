@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .model import Problem
 
 log = logging.getLogger("daemoneye.rules")
@@ -237,6 +235,8 @@ def load_allowlist(
     path: Path, known_columns: set[str]
 ) -> tuple[list[RuleException], list[Problem]]:
     """The global allowlist file: a YAML list of exceptions, each with `rules`."""
+    import yaml  # here, not at the top: the detector loads rule files in a child (offload.py)
+
     where = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")

@@ -116,6 +116,11 @@ class Batch:
     events: dict[int, tuple[EventIn, Proc | None]] = field(default_factory=dict)  # eid ->
     event_rows: list[tuple] = field(default_factory=list)  # (eid, *process_events columns)
     stopped: list[tuple[int]] = field(default_factory=list)  # rowids to drop after rules
+    # rows of processes that started and stopped within the batch, not written yet: only
+    # the batch's own rules could ever see them, so they are written (`materialise`) only
+    # when some statement runs over the tables; a batch of short-lived execs that the
+    # screens settle in Python skips their insert and their delete
+    transient: dict[int, tuple] = field(default_factory=dict)  # rowid -> row
 
 
 def process_row(
@@ -313,6 +318,16 @@ class LiveTables:
                 event_rows.append((eid, *row[:-2], *self._event_columns(ev, rec, eid, row)))
         self.events_seen += len(event_rows)
         batch.event_rows = event_rows
+        if batch.stopped:
+            # rows this batch wrote of processes it saw stop: held back (see Batch)
+            kept: list[tuple[int]] = []
+            for item in batch.stopped:
+                row = pending.pop(item[0], None)
+                if row is not None:
+                    batch.transient[item[0]] = row
+                elif item[0] not in batch.transient:
+                    kept.append(item)
+            batch.stopped = kept
         self.event_names.update(_name_key(r[_EVENT_NAME]) for r in event_rows)
         hash_rows, file_rows, hash_gone = self._paths(paths)
         conn = self.sandbox.conn
@@ -341,8 +356,20 @@ class LiveTables:
             self.sandbox.trust(False)
         return batch
 
+    def materialise(self, batch: Batch) -> None:
+        """Write the batch's transient rows (before any statement reads the tables); they
+        go with the stopped rows in `finish`."""
+        if not batch.transient:
+            return
+        rows = [(rowid, *row) for rowid, row in batch.transient.items()]
+        batch.stopped.extend((rowid,) for rowid in batch.transient)
+        batch.transient = {}
+        with self.sandbox.trusted() as c:
+            c.executemany(f"INSERT INTO processes (rowid, {_PCOLS}) VALUES ({_PMARKS})", rows)
+
     def finish(self, batch: Batch) -> None:
         """After the rules ran: drop the rows of processes that stopped."""
+        batch.transient = {}
         if batch.stopped:
             with self.sandbox.trusted() as c:
                 c.executemany("DELETE FROM processes WHERE rowid = ?", batch.stopped)

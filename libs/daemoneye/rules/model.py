@@ -6,11 +6,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from daemoneye.wire import SEVERITIES
+
+if TYPE_CHECKING:
+    import yaml
 
 MAX_RULE_FILE_BYTES = 256 * 1024
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
@@ -219,6 +220,8 @@ def _tuning(data: dict, lines: dict[str, int], fail: Any, line: int) -> tuple[li
 
 def parse_rules_text(text: str, path: str) -> tuple[list[Rule], list[Problem]]:
     """Every rule document in one YAML text (a file may hold several, separated by ---)."""
+    import yaml  # here, not at the top: the detector loads rule files in a child (offload.py)
+
     rules: list[Rule] = []
     problems: list[Problem] = []
     if len(text.encode()) > MAX_RULE_FILE_BYTES:

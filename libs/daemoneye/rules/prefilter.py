@@ -33,12 +33,14 @@ is no longer disabled for them.
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from sqlglot import exp
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from .judge import MAYBE, fold, like_text
 from .tables import TABLES
+
+if TYPE_CHECKING:  # sqlglot is imported only where rules are compiled, not where they run
+    from sqlglot import exp
 
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
 # calls whose value may differ between two statements (judged on the generated SQL: a
@@ -58,6 +60,8 @@ CHECK_MIN_ROWS = 32
 
 
 def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    from sqlglot import exp
+
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.And):
@@ -68,6 +72,8 @@ def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
 def _stable(node: exp.Expression) -> bool:
     """Judged the same in any statement: no subquery, parameter, aggregate or window, and
     no 'now' (SQLite's date and time functions default to it) or random()."""
+    from sqlglot import exp
+
     unstable = (exp.Subquery, exp.Select, exp.Exists, exp.Placeholder, exp.Parameter)
     if node.find(*unstable, exp.AggFunc, exp.Window) is not None:
         return False
@@ -101,6 +107,8 @@ def screen_parts(
     tree: exp.Select, table: str, alias: str
 ) -> tuple[list[exp.Expression], tuple[Need, ...]]:
     """The conjuncts of the screen, copied with unqualified columns, and their needs."""
+    from sqlglot import exp
+
     where = tree.args.get("where")
     if where is None:
         return [], ()
@@ -133,6 +141,8 @@ def window_names(tree: exp.Select) -> frozenset[str] | None:
     row, when it joins that table (inner) under a condition on the joined row's name
     (`d.name IN ('curl', 'wget')`): a rule looking for what a named tool did in the
     window need not run while no such tool is in it. None when there is no such need."""
+    from sqlglot import exp
+
     if not isinstance(tree, exp.Select):
         return None
     where = tree.args.get("where")
@@ -167,6 +177,8 @@ def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
     nothing to check (anything else: NOT, <, IS, GLOB, functions...). Exact reasoning:
     TEXT columns hold text as given (NULL matches nothing), `=` and IN compare with binary
     collation, and a LIKE that matches contains each literal piece of its pattern."""
+    from sqlglot import exp
+
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.And | exp.Or):
@@ -200,10 +212,14 @@ def _need(node: exp.Expression, text_columns: set[str]) -> Need | None:
 
 
 def _text_column(node: exp.Expression, text_columns: set[str]) -> bool:
+    from sqlglot import exp
+
     return isinstance(node, exp.Column) and node.name.lower() in text_columns
 
 
 def _is_text(node: exp.Expression) -> bool:
+    from sqlglot import exp
+
     return isinstance(node, exp.Literal) and node.is_string
 
 
@@ -266,9 +282,11 @@ class Screening:
         self.free: list[Any] = []  # rules without needs: their screen decides
         for active in rules:
             needs = [self._at(n) for n in active.plan.needs]
-            keyed = [(key, n) for n in needs if (key := _key(n)) is not None]
+            # values every row may hold (an empty tty) make a poor key: such a rule is
+            # better indexed by its pieces, below
+            keyed = [(key, n) for n in needs if (key := _key(n)) is not None and "" not in key[1]]
             if keyed:
-                (pos, values), need = min(keyed, key=lambda k: len(k[0][1]))
+                (pos, values), need = min(keyed, key=lambda k: _rank(k[0][1]))
                 by_value = self.index.setdefault(pos, {})
                 for value in values:
                     by_value.setdefault(value, []).append(active)
@@ -290,7 +308,7 @@ class Screening:
             if not keys:
                 self.unpieced.append(active)
                 continue
-            for exact, pos, text in min(keys, key=len):
+            for exact, pos, text in min(keys, key=_piece_rank):
                 index = self.by_exact if exact else self.by_piece
                 index.setdefault(pos, {}).setdefault(text, []).append(active)
         self._statements: dict[tuple[int, ...], list[tuple[str, list[Any]]]] = {}
@@ -409,6 +427,20 @@ class Screening:
         return cached
 
 
+def _rank(texts: Collection[str], short: bool = False) -> tuple[bool, bool, int]:
+    """How a set of texts ranks as what a rule is indexed under (lower: fewer batches
+    look like candidates): one of which every row holds, such as the empty tty of every
+    daemon, last; then one with a one-character piece to look for (`short`); then fewer
+    texts first. Any need's set is a sound index (every need must be met): this only
+    changes what the index costs."""
+    return "" in texts, short, len(texts)
+
+
+def _piece_rank(pieces: set[tuple[bool, int, str]]) -> tuple[bool, bool, int]:
+    short = any(not exact and len(text) < 2 for exact, _, text in pieces)
+    return _rank([text for _, _, text in pieces], short)
+
+
 def _key(need: Need) -> tuple[int, frozenset[str]] | None:
     """Values one column must hold in some row for `need` to be met, when there are such:
     an `in` gives its own; `all` the smallest of its parts'; `any` the union of its
@@ -420,7 +452,7 @@ def _key(need: Need) -> tuple[int, frozenset[str]] | None:
         return pos, arg
     if kind == "all":
         keys = [k for k in map(_key, arg) if k is not None]
-        return min(keys, key=lambda k: len(k[1])) if keys else None
+        return min(keys, key=lambda k: _rank(k[1])) if keys else None
     if kind == "any":
         keys = [_key(n) for n in arg]
         if not keys or any(k is None for k in keys) or len({k[0] for k in keys}) != 1:
@@ -441,7 +473,7 @@ def _pieces(need: Need) -> set[tuple[bool, int, str]] | None:
         return {(False, pos, max(arg, key=len))}
     if kind == "all":
         keys = [k for k in map(_pieces, arg) if k is not None]
-        return min(keys, key=len) if keys else None
+        return min(keys, key=_piece_rank) if keys else None
     if kind == "any":
         keys = [_pieces(n) for n in arg]
         if not keys or any(k is None for k in keys):

@@ -10,17 +10,24 @@ a hidden identity column so a row fires once. Everything else is
 rows whose identity (the non-aggregate output columns) was not in the last result.
 An incremental plan also carries its screen and needs (prefilter.py): what the engine
 checks first to skip the rule for a batch no row of which could match.
+
+A plan is plain data but for its judge (closures): pickled, it carries the judge's plain
+screen and links it again where it is loaded (the detector compiles its rules in a
+short-lived child, rules/offload.py, and keeps no sqlglot). Planning needs sqlglot
+(imported by `make_plan`); a plan, once made, does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from sqlglot import exp
-
-from .judge import Judge, compile_screen
+from .judge import Judge, Screen, link
 from .prefilter import Need, row_layout, screen_parts, screen_sql, window_names
 from .tables import INCREMENTAL_TABLES
+
+if TYPE_CHECKING:
+    from sqlglot import exp
 
 IDENTITY = "__de_identity"
 
@@ -36,10 +43,20 @@ class Plan:
     judge: Judge | None = None  # incremental: the screen judged in Python (judge.py)
     # incremental: names one of which a process_events row must have (prefilter.py)
     window_names: frozenset[str] | None = None
+    judge_screen: Screen | None = None  # what `judge` is linked from (judge_compile.py)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "judge": None}  # closures do not pickle: the screen does
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.judge = _linked(self.judge_screen)
 
 
 def _has_outer(select: exp.Select, kinds: tuple[type[exp.Expression], ...]) -> bool:
     """Whether `select` itself (not a subquery inside it) uses one of `kinds`."""
+    from sqlglot import exp
+
     for node in select.find_all(*kinds):
         owner = node.find_ancestor(exp.Select)
         if owner is select:
@@ -56,6 +73,8 @@ def make_plan(tree: exp.Expression, sql: str) -> Plan:
 
 
 def _incremental(tree: exp.Expression) -> Plan | None:
+    from sqlglot import exp
+
     if not isinstance(tree, exp.Select) or tree.args.get("with_"):
         return None
     if any(tree.args.get(k) for k in ("group", "having", "limit", "offset", "qualify")):
@@ -73,7 +92,8 @@ def _incremental(tree: exp.Expression) -> Plan | None:
     rewritten.where(bound, append=True, copy=False)
     rewritten.select(exp.column("rowid", table=alias).as_(IDENTITY), copy=False)
     conjuncts, needs = screen_parts(tree, base, alias)
-    judge = _compiled(conjuncts, base) if conjuncts else None
+    judged = _compiled(conjuncts, base) if conjuncts else None
+    judge = _linked(judged)
     sql = rewritten.sql(dialect="sqlite")
     return Plan(
         "incremental",
@@ -83,14 +103,26 @@ def _incremental(tree: exp.Expression) -> Plan | None:
         needs=needs,
         judge=judge,
         window_names=window_names(tree),
+        judge_screen=judged if judge is not None else None,
     )
 
 
-def _compiled(conjuncts: list[exp.Expression], table: str) -> Judge | None:
+def _compiled(conjuncts: list[exp.Expression], table: str) -> Screen | None:
     """The screen judged in Python; None (SQLite screens it) if it will not compile."""
+    from .judge_compile import screen_of
+
     try:
-        return compile_screen(conjuncts, *row_layout(table))
+        return screen_of(conjuncts, *row_layout(table))
     except Exception:  # an unforeseen tree: no Python verdict is ever a skip
+        return None
+
+
+def _linked(screen: Screen | None) -> Judge | None:
+    if screen is None:
+        return None
+    try:
+        return link(screen)
+    except Exception:  # as a screen that would not compile: SQLite screens it
         return None
 
 
@@ -99,6 +131,8 @@ def _identity_columns(tree: exp.Expression) -> list[str] | None:
 
     None (the whole row) for compounds and `*`; [] when every column is an aggregate,
     so a rule like `SELECT count(*) ... HAVING count(*) > 50` fires once per episode."""
+    from sqlglot import exp
+
     if not isinstance(tree, exp.Select):
         return None
     names = []

@@ -227,6 +227,7 @@ PROCESS_OPEN_SOCKETS = Table(
 TABLES: dict[str, Table] = {
     t.name: t for t in (PROCESSES, PROCESS_EVENTS, USERS, HASH, FILE, PROCESS_OPEN_SOCKETS)
 }
+ALL_COLUMNS = frozenset(c for t in TABLES.values() for c in t.column_names) | {"rowid"}
 # Tables incremental rules can follow: their rowids only grow, so "changed since"
 # is a rowid range (processes: a new rowid per version of a process; events: eid).
 INCREMENTAL_TABLES = ("processes", "process_events")

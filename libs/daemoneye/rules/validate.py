@@ -18,13 +18,12 @@ from sqlglot.errors import ParseError, TokenError
 from .functions import ALLOWED_FUNCTIONS, FORBIDDEN_FUNCTIONS, MAX_PATTERN
 from .model import Problem, Rule, load_rule_file, rule_files
 from .sandbox import Sandbox
-from .tables import TABLES
+from .tables import ALL_COLUMNS, TABLES
 
 MAX_SQL_BYTES = 64 * 1024
 MAX_NODES = 20_000
 MAX_DEPTH = 200
 SYSTEM_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
-ALL_COLUMNS = frozenset(c for t in TABLES.values() for c in t.column_names) | {"rowid"}
 # sqlglot parses these statement kinds; none may appear anywhere in a rule.
 FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
     getattr(exp, n)

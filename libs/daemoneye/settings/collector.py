@@ -44,6 +44,15 @@ class CollectorSettings(BaseModel):
         description="events the reader keeps for a main process that is away; past this "
         "the oldest go, counted in collector.lost",
     )
+    reader_hold_ms: int = Field(
+        30,
+        ge=0,
+        le=100,
+        description="events that need no /proc read wait in the kernel this long at most: "
+        "forks go with the next exec's wake-up of the netlink reader, exits all together "
+        "when the hold ends (one wake-up and one frame an exec, not three; one stop "
+        "envelope a hold): the most a stop is delayed",
+    )
     autostart: bool = Field(True, description="monitor at start; else wait for begin_monitoring")
     publish_initial: bool = Field(True, description="publish a start for every process at start")
     fork_publish_delay_s: float = Field(

@@ -1,0 +1,113 @@
+"""The netlink reader's frames from its three sockets: one frame a wake-up, in kernel
+time order, an exit never ahead of its exec, exits held for the hold's end; and the
+journal a spare sends again."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from daemoneye import procfs
+from daemoneye.services.collector import netlink, reader
+from daemoneye.services.collector.netlink import EXEC, EXIT, FORK, NetlinkUnavailable
+
+pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
+
+
+@pytest.fixture
+def made() -> Iterator[reader.Reader]:
+    try:
+        urgent, other, exits = netlink.open_sockets()
+    except NetlinkUnavailable as exc:
+        pytest.skip(f"netlink process connector unavailable: {exc}")
+    listener, peer = socket.socketpair()  # never accepted on here: it only has to be one
+    made = reader.Reader(urgent, listener, 60, 1 << 20, "", {}, other, exits)
+    yield made
+    for conn in (urgent, other, exits):
+        if conn is not None:
+            conn.close()
+    listener.close()
+    peer.close()
+
+
+def frames(r: reader.Reader) -> list[list[Any]]:
+    """The items of each frame spooled (no main connected)."""
+    return [marshal.loads(frame[reader.FRAME.size :])[3] for _, frame in r.spool]
+
+
+def datagram(what: int, pid: int, seq: int, ts: int) -> bytes:
+    body = struct.pack("=4I", pid, pid, pid, pid)  # fork: the child is the last two
+    event = struct.pack("=IIQ", what, 0, ts) + body
+    cn = struct.pack("=IIIIHH", netlink.CN_IDX_PROC, netlink.CN_VAL_PROC, seq, 0, len(event), 0)
+    return struct.pack("=IHHII", 16 + len(cn) + len(event), netlink.NLMSG_DONE, 0, 0, 0) + (
+        cn + event
+    )
+
+
+def child_events(r: reader.Reader, pid: int) -> list[tuple[int, int]]:
+    """(frame, kind) of the process `pid`'s events spooled."""
+    return [
+        (i, ev[0])
+        for i, items in enumerate(frames(r))
+        for ev, _rec, _lost in items
+        if ev is not None and ev[2] == pid and ev[2] == ev[3]
+    ]
+
+
+def test_a_wake_up_sends_its_sockets_in_one_frame_in_time_order(made: reader.Reader) -> None:
+    if made.other is None:
+        pytest.skip("this kernel took no socket filter: one socket")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    deadline = time.monotonic() + 10
+    mine: list[tuple[int, int]] = []
+    while len(mine) < 2 and time.monotonic() < deadline:
+        made._read_netlink()  # an exec's wake-up: URGENT and OTHER, EXITS held
+        mine = child_events(made, child.pid)
+    assert [kind for _, kind in mine] == [FORK, EXEC]
+    assert mine[0][0] == mine[1][0], "the fork and its exec went in two frames"
+    assert made.exits is not None
+    while len(mine) < 3 and time.monotonic() < deadline:
+        made._read_netlink(exits=True)  # the hold's end
+        mine = child_events(made, child.pid)
+    assert [kind for _, kind in mine] == [FORK, EXEC, EXIT]
+    for items in frames(made):
+        times = [ev[1] for ev, _, _ in items if ev is not None]
+        assert times == sorted(times)
+    assert made.journal_used == 0 and struct.unpack_from("<I", made.journal)[0] == 0
+
+
+def test_the_spare_sends_the_journal_of_a_reader_killed_before_it_sent(
+    made: reader.Reader,
+) -> None:
+    """Taken off the sockets and journaled, not yet sent, then SIGKILL: the spare (a
+    fork, sharing the journal) sends those datagrams again before anything newer."""
+    pid = os.fork()
+    if pid == 0:  # the reader: journals two datagrams, dies before its frame is sent
+        made._journal_add(datagram(EXIT, 7, 2, 200))
+        made._journal_add(datagram(FORK, 8, 1, 100))
+        os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+    made._replay_journal()
+    (items,) = frames(made)
+    assert [(ev[0], ev[2], ev[11]) for ev, _, _ in items] == [(FORK, 8, 1), (EXIT, 7, 2)]
+    assert struct.unpack_from("<I", made.journal)[0] == 0  # sent: not again
+    made._replay_journal()
+    assert len(frames(made)) == 1
+
+
+def test_a_full_journal_leaves_the_rest_for_the_next_frame(made: reader.Reader) -> None:
+    big = datagram(EXIT, 7, 2, 200)
+    while made._journal_add(big):
+        pass
+    assert made.journal_used + reader.FRAME.size + len(big) > reader.JOURNAL_BYTES - 4
+    made._journal_clear()
+    assert made._journal_add(big)
