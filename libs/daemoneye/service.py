@@ -203,8 +203,11 @@ class Service:
         if self._watched.pop(sock, None) is not None:
             self._poller.unregister(sock)
 
-    def every(self, interval_s: float, fn: Callable[[], None], first_in_s: float = 0.0) -> None:
-        self._timers.append(_Timer(interval_s, fn, time.monotonic() + first_in_s))
+    def every(self, interval_s: float, fn: Callable[[], None], first_in_s: float = 0.0) -> _Timer:
+        """Call `fn` every `interval_s`; the timer returned may be moved (its `due`)."""
+        timer = _Timer(interval_s, fn, time.monotonic() + first_in_s)
+        self._timers.append(timer)
+        return timer
 
     def once(self, delay_s: float, fn: Callable[[], None]) -> None:
         """Call `fn` once, `delay_s` from now, unless it is already waiting to run."""

@@ -104,6 +104,15 @@ class SeqCheck:
         self.lost += n
         self.last_loss = (cpu, last, seq)
 
+    def unsettled(self) -> bool:
+        """A later settle still has something to decide (a gap open, a CPU first seen)."""
+        return (
+            any(self.gaps.values())
+            or any(self._aging.values())
+            or bool(self._below)
+            or bool(self._below_old)
+        )
+
     def settle(self, now: float) -> int:
         """Count as lost the gaps open since the settle before the last one (called
         often; it acts every SETTLE_S). Returns how many it counted."""

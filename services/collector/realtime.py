@@ -58,6 +58,7 @@ class Link:
         self.bye = False
         self.ended = False
         self.taken_n = 0  # the last frame number taken
+        self.acked_n = 0  # the last frame number acked
         self.frames = 0  # frames taken
         self.pending: list[Item] = []  # taken while waiting for the hello
         self._buf = bytearray()
@@ -269,7 +270,8 @@ class RealtimeSource:
             return 0, None
         link = self.links[0]
         marks = self._marks
-        if not marks or marks[-1][1] != link.taken_n:
+        # nothing new since the last ack: nothing to mark (nor to write down again)
+        if link.taken_n != link.acked_n and (not marks or marks[-1][1] != link.taken_n):
             marks.append((now, link.taken_n, state()))
         n, noted = 0, None
         while marks and marks[0][0] <= now - delay_s:
@@ -278,7 +280,12 @@ class RealtimeSource:
 
     def ack(self, n: int) -> None:
         if self.links:
+            self.links[0].acked_n = n
             self.links[0].send(b"A", n)
+
+    def all_acked(self) -> bool:
+        """Every frame taken is acked: nothing for the tick to do until more come."""
+        return len(self.links) == 1 and self.links[0].taken_n == self.links[0].acked_n
 
     def quit(self) -> None:
         for link in self.links:

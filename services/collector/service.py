@@ -38,6 +38,7 @@ from .tracker import Out, Tracker
 from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
+IDLE_TICK_S = 1.0  # ...and this often when none waits (no fork, no frame to ack)
 ACK_INTERVAL_S = 0.5  # acks to the reader (each writes the kernel numbers down) this often
 SWITCH_INTERVAL_S = 0.0005  # the hasher thread hands the GIL back to the main loop this soon
 
@@ -73,6 +74,7 @@ class Collector(Service):
         # encoded envelopes waiting for their WAL write (one per hold) and their send:
         # (seq, topic, envelope, kind, events in it)
         self._staged: list[tuple[int, str, bytes, str, int]] = []
+        self._tick_timer: Any = None  # the tick's timer: moved by _pace_tick, _hasten_tick
         self.kseq = SeqCheck()  # the kernel's per-CPU numbers: duplicates and losses
         self._handover: Handover | None = None  # what a previous main already published
         self._reader_fd = -1
@@ -112,7 +114,7 @@ class Collector(Service):
         self.tracker.read_workers = self.cfg.read_workers()
         for cut in self.wal.cuts:
             self.log.warning("WAL tail cut: %s", cut)
-        self.every(TICK_S, self._tick)
+        self._tick_timer = self.every(TICK_S, self._tick)
         if self.cfg.autostart:
             self.begin()
 
@@ -340,6 +342,8 @@ class Collector(Service):
             self._holding = False
             self._send_batch()
         check.settle(time.monotonic())  # a number still missing after the reader's hold: lost
+        if items:
+            self._hasten_tick()  # their acks, forks and settles are the tick's
         handover = self._handover
         if handover is not None and source.links and handover.done(source.links[0].frames):
             self.held_back += handover.held_back
@@ -408,6 +412,26 @@ class Collector(Service):
         if now >= self._next_retention:
             self.wal.enforce_limits()
             self._next_retention = now + 60
+        self._pace_tick(now)
+
+    def _pace_tick(self, now: float) -> None:
+        """With no fork pending and every frame acked, the next tick waits for its next
+        duty (a rescan, a WAL sync, at most IDLE_TICK_S): ten wake-ups a second were
+        most of an idle collector's CPU. A frame taken brings it back (_hasten_tick)."""
+        assert self.tracker is not None and self.wal is not None
+        if self.tracker.pending or self.kseq.unsettled():
+            return
+        if self.realtime is not None and not self.realtime.all_acked():
+            return
+        due = min(self._next_scan, self._next_retention, now + IDLE_TICK_S)
+        if self.cfg.wal_fsync == "interval" and self.wal.unsynced:
+            due = min(due, self._next_sync)
+        self._tick_timer.due = max(due, now + TICK_S)
+
+    def _hasten_tick(self) -> None:
+        timer = self._tick_timer
+        if timer is not None:
+            timer.due = min(timer.due, time.monotonic() + TICK_S)
 
     def _ack(self, now: float) -> None:
         """Ack the reader, after writing down the kernel numbers taken by then: the next

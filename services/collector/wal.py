@@ -220,6 +220,11 @@ class Wal:
         self.enforce_limits(reserve=self.segment_bytes)  # room for the new one first
         self._open_segment(self.path / _segment_name(first_seq))
 
+    @property
+    def unsynced(self) -> bool:
+        """Written since the last fsync."""
+        return self._dirty
+
     def sync(self) -> None:
         """The `interval` policy's periodic fsync."""
         if self._dirty and self._fd >= 0:

@@ -1,6 +1,7 @@
 """The main takes the reader's frames at once after a quiet spell; when they come
 faster than one per gather_ms, it takes them every gather_ms (one wake-up for several
-execs) and watches the reader's socket again once a look finds nothing."""
+execs) and watches the reader's socket again once a look finds nothing. Its tick sleeps
+while nothing waits for it (no fork pending, every frame acked) and a frame wakes it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from daemoneye.config import Settings
 from daemoneye.services.collector import reader
 from daemoneye.services.collector.netlink import EXEC
 from daemoneye.services.collector.realtime import Link, RealtimeSource
-from daemoneye.services.collector.service import Collector
+from daemoneye.services.collector.service import IDLE_TICK_S, TICK_S, Collector
 from daemoneye.services.collector.tracker import Tracker
 from daemoneye.services.collector.wal import Wal
 
@@ -103,3 +104,35 @@ def test_gather_ms_0_takes_every_frame_at_once(wired: tuple[Collector, socket.so
     c._on_reader_ready()
     assert logged(c) == 1
     assert c._watched.get(c._reader_fd) == c._on_reader_ready and gather_timers(c) == 0
+
+
+def test_the_tick_sleeps_while_nothing_waits_and_a_frame_wakes_it(
+    wired: tuple[Collector, socket.socket],
+) -> None:
+    c, sock = wired
+    timer = c._tick_timer = c.every(TICK_S, c._tick)
+    c._next_scan = c._next_retention = time.monotonic() + 3600
+
+    def tick() -> float:
+        """One tick as the loop runs it; how long until the next."""
+        timer.due = time.monotonic() + TICK_S
+        c._tick()
+        return timer.due - time.monotonic()
+
+    send_exec(sock, 1)
+    c._on_realtime()
+    assert logged(c) == 1
+    assert tick() <= TICK_S, "a frame not acked yet: the tick stays"
+    t = time.monotonic()
+    c._ack(t + 1)  # the frame is marked, then acked once the WAL surely has it
+    c._ack(t + 2)
+    assert c.realtime is not None and c.realtime.all_acked()
+    assert c.realtime.due_ack(t + 3, 0.0, c.kseq.state) == (0, None), "nothing new: no ack"
+    assert tick() <= TICK_S, "a CPU first seen: the next settles still decide"
+    c.kseq.settle(t + 1)
+    c.kseq.settle(t + 2)
+    assert tick() > TICK_S * 5, "nothing waits: the tick sleeps"
+    assert tick() <= IDLE_TICK_S
+    send_exec(sock, 2)
+    c._on_realtime()
+    assert timer.due - time.monotonic() <= TICK_S, "a frame wakes it"
