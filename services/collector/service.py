@@ -546,7 +546,7 @@ class Collector(Service):
         body: dict[str, Any] = {
             "kind": out.kind,
             "source": out.source,
-            "timeNs": time.time_ns(),
+            "timeNs": out.time_ns or time.time_ns(),
             "record": out.record,
             "changedFields": out.changed,
             "reason": out.reason,

@@ -80,6 +80,7 @@ class Out:
     severity: str = "info"
     runtime_ns: int = 0
     exit_code: int = 0
+    time_ns: int = 0  # when it happened, where the kernel said (an exit); 0: when published
 
 
 @dataclass
@@ -94,6 +95,14 @@ class PendingFork:
     ppid: int
     kernel_ns: int
     seen: float  # monotonic
+
+
+def wall_ns(kernel_ns: int) -> int:
+    """The wall-clock time of a kernel event stamp (CLOCK_MONOTONIC, as ours): an exit's
+    time is when it happened, not when the reader's hold let it through. 0 (now) for a
+    stamp that cannot be recent (a test's, another clock's)."""
+    ago = time.monotonic_ns() - kernel_ns
+    return time.time_ns() - ago if kernel_ns > 0 and 0 <= ago < 60_000_000_000 else 0
 
 
 def exit_key(pid: int, ticks: int) -> int:
@@ -172,12 +181,17 @@ class Tracker:
         out.append(Out("start", source, rec))
         self._heuristics(tracked, None, source, out)
 
-    def _stop(self, tracked: Tracked, source: str, exit_code: int, out: list[Out]) -> None:
+    def _stop(
+        self, tracked: Tracked, source: str, exit_code: int, out: list[Out], when_ns: int = 0
+    ) -> None:
         rec = tracked.record
         self.procs.pop(rec["pid"], None)
         self._remember_exit(rec["pid"], rec.get("startTicks", 0))
-        runtime = max(0, time.time_ns() - int(rec.get("startTime", 0) * 1e9))
-        out.append(Out("stop", source, rec, runtime_ns=runtime, exit_code=exit_code))
+        end = when_ns or time.time_ns()
+        runtime = max(0, end - int(rec.get("startTime", 0) * 1e9))
+        out.append(
+            Out("stop", source, rec, runtime_ns=runtime, exit_code=exit_code, time_ns=when_ns)
+        )
 
     def _modify(self, tracked: Tracked, new: Record, source: str, out: list[Out]) -> None:
         previous = tracked.record
@@ -274,7 +288,7 @@ class Tracker:
             self._start(self._from_parent(ev.pid, pending.ppid, pending.kernel_ns), "netlink", out)
             tracked = self.procs.get(ev.pid)
         if tracked is not None:
-            self._stop(tracked, "netlink", code, out)
+            self._stop(tracked, "netlink", code, out, wall_ns(ev.timestamp_ns))
 
     def flush_pending(self, delay_s: float) -> list[Out]:
         """Publish children that forked and did not exec within `delay_s`."""

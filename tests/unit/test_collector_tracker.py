@@ -12,7 +12,7 @@ import pytest
 
 from daemoneye import procfs
 from daemoneye.services.collector.netlink import COMM, EXEC, EXIT, FORK, UID, ProcEvent
-from daemoneye.services.collector.tracker import RecentExits, Tracker, decode_exit
+from daemoneye.services.collector.tracker import RecentExits, Tracker, decode_exit, wall_ns
 
 pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
@@ -233,3 +233,18 @@ def test_recent_exits_are_bounded() -> None:
     assert len(exits) <= 200
     assert (1349, 1349 * 7) in exits and (1300, 1300 * 7) in exits
     assert (1000, 7000) not in exits and (1349, 1) not in exits
+
+
+def test_a_stop_is_stamped_when_the_kernel_saw_the_exit(sleeper: subprocess.Popen) -> None:
+    """The reader holds exits for a while: the stop's time and runtime are the exit's."""
+    t = Tracker()
+    t.rescan(publish_new=False)
+    pid = sleeper.pid
+    exited_ns = time.monotonic_ns() - 2_000_000_000  # the kernel saw it exit 2 s ago
+    [stop] = t.on_event(ProcEvent(EXIT, exited_ns, pid, pid), None)
+    assert stop.kind == "stop"
+    assert abs(time.time_ns() - 2_000_000_000 - stop.time_ns) < 500_000_000
+    started_ns = int(stop.record["startTime"] * 1e9)
+    assert stop.runtime_ns == max(0, stop.time_ns - started_ns)  # to the exit, not to now
+    # a stamp that cannot be recent (a test's, another clock's): published as now
+    assert wall_ns(5) == 0 and wall_ns(time.monotonic_ns() + 10**12) == 0
