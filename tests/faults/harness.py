@@ -269,6 +269,17 @@ class System:
     def collector_last_seq(self) -> int:
         return int(self.health("collector")["metrics"].get("wal.last_seq", 0))
 
+    def wait_sent(self, since: int, more_than: int, timeout: float) -> int:
+        """Wait until the collector has sent more than `more_than` envelopes after seq
+        `since` (what overflows a high-water mark is envelopes, and how many events one
+        carries depends on the batching); how many it sent."""
+        wait_for(
+            lambda: self.collector_last_seq() - since > more_than,
+            timeout,
+            f"the collector to send more than {more_than} envelopes",
+        )
+        return self.collector_last_seq() - since
+
     def finish(self, storm: Storm | None = None, wait_detector: bool = True) -> Outcome:
         """Stop the collector cleanly, let the ledger and detector catch up with its last
         event, stop them, and read every side's stores; with the (stopped) `storm`, say

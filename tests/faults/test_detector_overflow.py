@@ -177,7 +177,8 @@ def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: 
         before = system.collector_last_seq()
         system.sigstop("detector")
         storm.wait_more(int(RATE * stopped_s), timeout=stopped_s * 3 + 10)
-        sent_meanwhile = system.collector_last_seq() - before
+        # and until enough envelopes to overflow its queue have gone (stops are batched)
+        sent_meanwhile = system.wait_sent(before, 3 * int(HWM), timeout=stopped_s * 3 + 20)
         system.sigcont("detector")
         storm.wait_more(RATE)
         # the storm goes on until a process run from now on is alerted at the sink: gaps

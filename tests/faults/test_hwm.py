@@ -36,7 +36,8 @@ def test_stopped_subscriber_overflows_and_repairs(tmp_path, stopped_s: int) -> N
         before = system.collector_last_seq()
         system.sigstop("ledger")
         storm.wait_more(int(RATE * stopped_s), timeout=stopped_s * 3 + 10)
-        sent_meanwhile = system.collector_last_seq() - before
+        # and until enough envelopes to overflow its queue have gone (stops are batched)
+        sent_meanwhile = system.wait_sent(before, 3 * int(HWM), timeout=stopped_s * 3 + 20)
         system.sigcont("ledger")
         storm.wait_more(RATE)
         storm.stop()
