@@ -148,32 +148,14 @@ class Wal:
     # --- writing --------------------------------------------------------------
 
     def append(self, seq: int, topic: str, data: bytes) -> None:
-        if seq <= self.last_seq:
-            raise ValueError(f"WAL seq must grow: {seq} after {self.last_seq}")
-        t = topic.encode()
-        payload = PAYLOAD_HDR.pack(seq, len(t)) + t + data
-        record = RECORD_HDR.pack(len(payload), crc32c.crc32c(payload)) + payload
-        try:
-            if self._fd < 0 or (self._size + len(record) > self.segment_bytes and self._size > 0):
+        record = self._record(seq, self.last_seq, topic, data)
+        if self._fd < 0 or (self._size + len(record) > self.segment_bytes and self._size > 0):
+            try:
                 self._rotate(seq)
-            written = os.write(self._fd, record)
-            if written != len(record):
-                raise OSError(28, f"short WAL write ({written} of {len(record)} bytes)")
-        except OSError:
-            # A full disk: cut what part of the record got out, so the log stays readable
-            # past this point and later appends (when space returns) are good records.
-            self.write_errors += 1
-            if self._fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self._size)
-            raise
-        self._size += len(record)
-        self.last_seq = seq
-        self.appended += 1
-        if self.fsync_policy == "always":
-            os.fsync(self._fd)
-        else:
-            self._dirty = True
+            except OSError:
+                self.write_errors += 1
+                raise
+        self._write(record, seq, 1)
 
     def append_many(self, entries: list[tuple[int, str, bytes]]) -> None:
         """Append (seq, topic, envelope) records in order with one write: what one
@@ -186,29 +168,40 @@ class Wal:
         records = []
         last = self.last_seq
         for seq, topic, data in entries:
-            if seq <= last:
-                raise ValueError(f"WAL seq must grow: {seq} after {last}")
+            records.append(self._record(seq, last, topic, data))
             last = seq
-            t = topic.encode()
-            payload = PAYLOAD_HDR.pack(seq, len(t)) + t + data
-            records.append(RECORD_HDR.pack(len(payload), crc32c.crc32c(payload)) + payload)
         blob = b"".join(records)
         if self._fd < 0 or self._size + len(blob) > self.segment_bytes:
             for entry in entries:
                 self.append(*entry)
             return
+        self._write(blob, last, len(entries))
+
+    @staticmethod
+    def _record(seq: int, after: int, topic: str, data: bytes) -> bytes:
+        """One record (length, CRC32C, seq, topic, envelope); its seq must follow `after`."""
+        if seq <= after:
+            raise ValueError(f"WAL seq must grow: {seq} after {after}")
+        t = topic.encode()
+        payload = PAYLOAD_HDR.pack(seq, len(t)) + t + data
+        return RECORD_HDR.pack(len(payload), crc32c.crc32c(payload)) + payload
+
+    def _write(self, blob: bytes, last_seq: int, records: int) -> None:
+        """Write whole records to the open segment; on failure none of them stays."""
         try:
             written = os.write(self._fd, blob)
             if written != len(blob):
                 raise OSError(28, f"short WAL write ({written} of {len(blob)} bytes)")
         except OSError:
+            # A full disk: cut what part of the records got out, so the log stays readable
+            # past this point and later appends (when space returns) are good records.
             self.write_errors += 1
-            with contextlib.suppress(OSError):  # as append: the log stays readable past here
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise
         self._size += len(blob)
-        self.last_seq = last
-        self.appended += len(entries)
+        self.last_seq = last_seq
+        self.appended += records
         if self.fsync_policy == "always":
             os.fsync(self._fd)
         else:
