@@ -8,15 +8,15 @@ from one is a duplicate when the other brings it (dropped), and a number skipped
 is an event no reader brought (an overrun, or a hand-over that left a hole): a
 loss, counted in `lost`, never silent. The counter is 32 bits: compared modulo.
 
-A reader reads its two sockets (netlink.open_pair) at different times, so one CPU's
-numbers come out of order: a fork queued after the reader drained the OTHER socket
-comes a frame after the exec it precedes. So a number skipped is first a *gap*,
-remembered per CPU: when it comes later it is taken; a gap still open after two
-`settle` periods (the reader holds OTHER `reader_hold_ms` at most) is a loss; a
-number seen twice is a duplicate. Gaps are kept within WINDOW numbers of the
-highest one taken: what falls out of it is a loss, and what comes from below it a
-duplicate. A gap counted lost that still comes is taken (`late`): it was never
-taken, so it cannot be a duplicate.
+A reader reads its three sockets (netlink.open_sockets) at different times, so one
+CPU's numbers come out of order: exits wait in EXITS while later execs pass, and a
+fork queued after the reader drained OTHER comes a frame after the exec it precedes.
+So a number skipped is first a *gap*, remembered per CPU: when it comes later it is
+taken; a gap still open after two `settle` periods (the reader holds OTHER and EXITS
+`reader_hold_ms` at most) is a loss; a number seen twice is a duplicate. Gaps are
+kept within WINDOW numbers of the highest one taken: what falls out of it is a loss,
+and what comes from below it a duplicate. A gap counted lost that still comes is
+taken (`late`): it was never taken, so it cannot be a duplicate.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def load(path: Path, max_age_s: float) -> dict[str, Any]:
     """The state a previous main wrote down (`SeqCheck.restore`), when it can be
     continued from: this boot, and recent (a collector off for longer was off, not
     handing over; and an old number could pass for one ahead modulo 2**32). Empty
-    otherwise. A file without gaps (written before the reader had two sockets) has none."""
+    otherwise. A file without gaps (written before the reader split its sockets) has none."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
         data = json.loads(path.read_text())
         fresh = 0 <= time.time() - float(data["time"]) <= max_age_s
