@@ -30,7 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import offload
 from .lineage import sql_functions
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .validate import Checked, Validator
 
 log = logging.getLogger("daemoneye.rules")
+T = TypeVar("T")
 
 
 @dataclass
@@ -180,12 +181,12 @@ class Engine:
         return changes
 
     def load_paths(self, paths: Iterable[Any]) -> tuple[dict[str, list[str]], list[Problem]]:
-        paths = list(paths)
-        if self.isolate:
-            compiled, problems = offload.call(self._compile_paths, paths)
-        else:
-            compiled, problems = self._compile_paths(paths)
+        compiled, problems = self._compiling(self._compile_paths, list(paths))
         return self.install(compiled), problems
+
+    def _compiling(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, work that needs sqlglot: in a forked child when isolated."""
+        return offload.call(fn, *args) if self.isolate else fn(*args)
 
     def _compile_paths(self, paths: list[Any]) -> tuple[list[Compiled], list[Problem]]:
         checked, problems = self.validator.load(paths)
@@ -197,9 +198,7 @@ class Engine:
 
     def check_rules(self, rules: list[Rule]) -> list[Problem | None]:
         """Why each rule would be rejected (None: it would load); one child for them all."""
-        if self.isolate and rules:
-            return offload.call(self._check_rules, rules)
-        return self._check_rules(rules)
+        return self._compiling(self._check_rules, rules) if rules else []
 
     def _check_rules(self, rules: list[Rule]) -> list[Problem | None]:
         results = [self.validator.check(rule) for rule in rules]
@@ -207,9 +206,7 @@ class Engine:
 
     def check_sql(self, sql: str) -> str | None:
         """Why an ad-hoc query is refused (None: it may run)."""
-        if self.isolate:
-            return offload.call(self._check_sql, sql)
-        return self._check_sql(sql)
+        return self._compiling(self._check_sql, sql)
 
     def _check_sql(self, sql: str) -> str | None:
         return self.validator.check_sql(sql)
