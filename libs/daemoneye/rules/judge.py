@@ -181,16 +181,10 @@ def _column_vs_constant(
 ) -> Judge:
     """`text_column op 'text'` or `integer_column op number` (either side first) as one
     closure reading the row: what `_compare` computes for them, without its two value
-    closures and type dispatch per row (most screens are made of these)."""
+    closures and type dispatch per row (most screens are made of these). `c op x` is
+    `x op' c` with the operator mirrored (a < b is b > a), so one closure serves both."""
     if flipped:
-
-        def constant_vs_column(row: tuple, low: dict) -> Any:
-            x = row[at]
-            if type(x) is accepted:
-                return op(c, x)
-            return None if x is None else MAYBE
-
-        return constant_vs_column
+        op = _MIRRORED[op]
 
     def column_vs_constant(row: tuple, low: dict) -> Any:
         x = row[at]
@@ -199,6 +193,16 @@ def _column_vs_constant(
         return None if x is None else MAYBE
 
     return column_vs_constant
+
+
+_MIRRORED: dict[Callable[[Any, Any], bool], Callable[[Any, Any], bool]] = {
+    operator.eq: operator.eq,
+    operator.ne: operator.ne,
+    operator.lt: operator.gt,
+    operator.le: operator.ge,
+    operator.gt: operator.lt,
+    operator.ge: operator.le,
+}
 
 
 def _column_member(at: int, exact: type, allowed: frozenset, missing: Any) -> Judge:
