@@ -45,16 +45,22 @@ TITLE_PROBE = (  # the title from the environment: the original argv stays short
 )
 
 
-def _title_of(*args: str) -> list[str]:
+def _python(script: str, **env: str) -> str:
+    """The stdout of `script` run by a fresh interpreter (a clean process to look at)."""
     out = subprocess.run(
-        [sys.executable, "-c", TITLE_PROBE],
-        env={**os.environ, "TITLE": json.dumps(args)},
+        [sys.executable, "-c", script],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    return [a for a in bytes.fromhex(out.stdout).decode().split("\0") if a]
+    return out.stdout
+
+
+def _title_of(*args: str) -> list[str]:
+    out = _python(TITLE_PROBE, TITLE=json.dumps(args))
+    return [a for a in bytes.fromhex(out).decode().split("\0") if a]
 
 
 def test_the_title_replaces_the_command_line_whole_arguments_only() -> None:
@@ -93,9 +99,7 @@ def test_the_preload_parses_every_service_s_arguments_before_the_first_fork(sett
         "print(json.dumps([None if a is None else [a.service, str(a.settings.run_dir),\n"
         "    str(a.settings.data_dir)] for a in got] + [zygote.preload(['broker'])]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    broker, ledger, bad, none = json.loads(out.stdout)
+    broker, ledger, bad, none = json.loads(_python(script))
     assert broker[:2] == ["broker", str(settings.run_dir)]  # from the environment
     assert ledger[0] == "ledger" and ledger[2] == "/tmp/de-zyg"  # and the flags
     assert bad is None and none == []
@@ -114,7 +118,5 @@ def test_the_preload_of_every_service_leaves_out_what_only_some_paths_use() -> N
         "heavy = ('rich', 'prometheus_client', 'sqlglot', 'daemoneye.rules', 'zmq', 'rocksdict')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
     # the preload is real: the bus is in it, and RocksDB (three services use it)
-    assert out.stdout.strip() == "zmq,rocksdict"
+    assert _python(script).strip() == "zmq,rocksdict"
