@@ -6,7 +6,6 @@ twice."""
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import zmq
 from daemoneye.bus import Subscriber
 from tests.conftest import World, wait_for
 from tests.faults.harness import Storm, System, needs_realtime
+from tests.sink_lines import records_of
 
 pytestmark = needs_realtime()
 RATE = 30
@@ -26,10 +26,8 @@ RATE = 30
 def sink_ids(data_dir: Path) -> Counter:
     """alertId -> lines, over every alerts.jsonl under the data dir."""
     ids: Counter = Counter()
-    for path in data_dir.rglob("alerts.jsonl*"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.strip():
-                ids[json.loads(line).get("alertId", "")] += 1
+    for record in records_of(data_dir.rglob("alerts.jsonl*")):
+        ids[record.get("alertId", "")] += 1
     return ids
 
 

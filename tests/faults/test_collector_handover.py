@@ -13,7 +13,6 @@ every process the storm spawned in the WAL, and every WAL entry once in the ledg
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from daemoneye.bus import Subscriber
 from daemoneye.services.collector.wal import Wal
 from tests.conftest import wait_for
 from tests.faults.harness import SystemWorld, needs_realtime
+from tests.sink_lines import records_of
 
 pytestmark = [
     *needs_realtime(),
@@ -100,14 +100,11 @@ def storm_number(argv: list[str], marker: str) -> int | None:
 def sink_alerts(data_dir: Path, marker: str) -> Counter:
     """Storm number -> alert lines in the alerter's file sink."""
     out: Counter = Counter()
-    for path in data_dir.glob("alerts.jsonl*"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                argv = (record.get("process") or {}).get("cmdline") or []
-                n = storm_number(list(argv), marker) if record.get("type") == "alert" else None
-                if n is not None:
-                    out[n] += 1
+    for record in records_of(data_dir.glob("alerts.jsonl*")):
+        argv = (record.get("process") or {}).get("cmdline") or []
+        n = storm_number(list(argv), marker) if record.get("type") == "alert" else None
+        if n is not None:
+            out[n] += 1
     return out
 
 

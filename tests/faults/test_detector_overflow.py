@@ -17,7 +17,6 @@ The `3s-max-rows-20` case is that condition at this test's rate.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
@@ -34,6 +33,7 @@ from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.store import Store
 from tests.conftest import World, wait_for
 from tests.faults.harness import Storm, System, needs_realtime
+from tests.sink_lines import records_of
 from tests.stored import capture_diagnosis, wal_pids
 
 pytestmark = needs_realtime()
@@ -79,19 +79,15 @@ def sink_alerts(data_dir: Path, marker: str) -> tuple[Counter, int]:
     """(storm number -> alert lines, alert lines about anything else) in the file sink."""
     per_storm: Counter = Counter()
     others = 0
-    for path in data_dir.glob("alerts.jsonl*"):
-        for line in path.read_text(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if record.get("type") != "alert":
-                continue
-            argv = (record.get("process") or {}).get("cmdline") or []
-            n = storm_number(list(argv), marker)
-            if n is None:
-                others += 1
-            else:
-                per_storm[n] += 1
+    for record in records_of(data_dir.glob("alerts.jsonl*")):
+        if record.get("type") != "alert":
+            continue
+        argv = (record.get("process") or {}).get("cmdline") or []
+        n = storm_number(list(argv), marker)
+        if n is None:
+            others += 1
+        else:
+            per_storm[n] += 1
     return per_storm, others
 
 

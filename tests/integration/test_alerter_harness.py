@@ -14,6 +14,7 @@ import zmq
 from daemoneye.bus import Publisher
 from daemoneye.rpc import RpcError, RpcTimeout
 from tests.conftest import wait_for
+from tests.sink_lines import written_records
 
 
 def alert_body(
@@ -93,13 +94,7 @@ def wait_live(feed: Feed, rpc_client, proc=None, timeout: float = 20) -> None:
 
 
 def file_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
+    return written_records(path)
 
 
 def call(rpc_client, verb: str, params: dict | None = None) -> Any:

@@ -7,7 +7,6 @@ A restarted detector continues its alert seqs from its log."""
 from __future__ import annotations
 
 import itertools
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from daemoneye.bus import Subscriber
 from daemoneye.rpc import RpcClient, RpcError
 from tests.conftest import wait_for
 from tests.integration.test_detector_bus import TMP_RULE, Feeder, record
+from tests.sink_lines import records_of
 
 _pids = itertools.count(20_000)
 
@@ -42,9 +42,8 @@ class Bus:
 
 def sink_ids(data_dir: Path) -> Counter:
     ids: Counter = Counter()
-    for path in data_dir.glob("alerts.jsonl*"):
-        for line in path.read_text().splitlines():
-            ids[json.loads(line)["alertId"]] += 1
+    for line in records_of(data_dir.glob("alerts.jsonl*")):
+        ids[line["alertId"]] += 1
     return ids
 
 

@@ -30,6 +30,7 @@ from daemoneye.bus import Subscriber
 from daemoneye.rules.exceptions import parse_list
 from tests.conftest import World, daemoneye, wait_for
 from tests.faults.harness import System, needs_realtime
+from tests.sink_lines import records_of
 
 pytestmark = needs_realtime()
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
@@ -111,10 +112,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def sink(world: World) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(Path(world.settings.data_dir).glob("alerts.jsonl*")):
-        out += [json.loads(x) for x in path.read_text(errors="replace").splitlines() if x]
-    return out
+    return list(records_of(sorted(Path(world.settings.data_dir).glob("alerts.jsonl*"))))
 
 
 def alerts_of(world: World, rule: str) -> list[dict[str, Any]]:
