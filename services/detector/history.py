@@ -2,7 +2,9 @@
 
 Keys: `t/` + be64(time_ns) + be64(eid) -> the process_events row (a time scan),
 and `p/` + be32(pid) + be64(time_ns) + be64(eid) -> the `t/` key (a scan by pid).
-One batched write per applied batch; retention drops whole time ranges. Values are
+One batched write per `history_wait_ms` (the detector stages each applied batch's rows
+and writes them together), and at once with a batch that fires an alert; retention
+drops whole time ranges. Values are
 a version byte and the row in `marshal` format: ten times cheaper than JSON on the hot
 path, and only ever read back by this module from the detector's own database.
 
@@ -10,7 +12,9 @@ Each write also carries the cursors (last seq taken in per collector stream) of 
 events it holds, so after a restart the detector replays exactly what it lacks. A
 write that fails (a full disk) keeps its rows and cursors pending, up to a bound, and
 they go out with the next write that succeeds: the keys are the same whatever the
-attempt, so a retry never duplicates a row.
+attempt, so a retry never duplicates a row. Rows staged and not yet written are lost
+by a crash with their cursors, so the restart replays their events: none is missed,
+and none fired an alert (a batch that fires is written at once).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class History:
         self.error = ""  # the last write error while writes are failing, else ""
         self._rows: list[tuple] = []
         self._cursors: dict[StreamKey, Cursor] = {}
+        self._staged_at = 0.0  # monotonic time of the oldest row or cursor not yet written
 
     @property
     def pending(self) -> int:
@@ -52,11 +57,25 @@ class History:
 
     def add(self, rows: list[tuple], cursors: dict[StreamKey, Cursor] | None = None) -> bool:
         """Rows in process_events column order, rowid (eid) first, with the cursors of
-        their events. False when the write failed (they stay pending; see `error`)."""
+        their events, written now. False when the write failed (they stay pending; see
+        `error`)."""
+        self.stage(rows, cursors)
+        return self.commit()
+
+    def stage(self, rows: list[tuple], cursors: dict[StreamKey, Cursor] | None = None) -> None:
+        """As `add`, for a later `commit` (see `due`): one write for many batches."""
+        if not self._rows and not self._cursors:
+            self._staged_at = time.monotonic()
         self._rows.extend(rows)
         if cursors:
             self._cursors.update(cursors)
-        return self.commit()
+
+    def due(self, wait_s: float, max_rows: int) -> bool:
+        """Whether what is staged should be written now: its oldest has waited `wait_s`,
+        or `max_rows` rows wait."""
+        if not self._rows and not self._cursors:
+            return False
+        return len(self._rows) >= max_rows or time.monotonic() - self._staged_at >= wait_s
 
     def commit(self) -> bool:
         """Write what is pending; True when nothing is left pending."""

@@ -10,7 +10,10 @@ cadence. Rule loads, reloads and disables are audited on `audit.detector`.
 No event missed silently: a gap in a collector's `events.process` stream is filled by
 a `replay` RPC to that collector (its WAL answers) before the message that revealed
 it is applied; the last seq taken in per collector (a cursor) is written with the
-history rows, so after a restart the detector replays what it missed while down. Each
+history rows, so after a restart the detector replays what it missed while down.
+History rows and cursors are staged for up to `history_wait_ms` and written together
+(a batch that fires an alert is written at once), so a crash replays at most that much
+more, none of which had fired. Each
 collector event is thus applied, judged by the rules and kept in history once. Only
 what no replay can supply falls back to rebuilding the live table from a snapshot.
 
@@ -202,6 +205,8 @@ class Detector(Service):
 
     def teardown(self) -> None:
         self.flush()
+        if self.history is not None:
+            self.history.commit()  # what is staged; a failure is retried just below
         if self.history is not None and self.history.pending:
             self._retry_store()  # a last try: space may be back
         if self.store is not None:
@@ -299,14 +304,29 @@ class Detector(Service):
         self.flush()
 
     def flush(self) -> None:
-        if not self.pending or self.engine is None:
-            return
-        events, self.pending = self.pending, []
-        cursors = self.intake.cursors.take()
-        firings, batch = self.engine.apply(events)
-        self.batches += 1
-        self.publish_alerts(firings)
-        if self.history is not None and not self.history.add(batch.event_rows, cursors):
+        history = self.history
+        if self.pending and self.engine is not None:
+            events, self.pending = self.pending, []
+            cursors = self.intake.cursors.take()
+            firings, batch = self.engine.apply(events)
+            self.batches += 1
+            if firings and history is not None and history.pending:
+                # the ancestry of an alert reads the history: what earlier batches staged
+                # is written first
+                self.write_history()
+            self.publish_alerts(firings)
+            if history is not None:
+                history.stage(batch.event_rows, cursors)
+                if firings:  # at once: a crash then replays no event that fired
+                    self.write_history()
+                    return
+        if history is not None and history.due(self.cfg.history_wait_ms / 1000, self.cfg.max_batch):
+            self.write_history()
+
+    def write_history(self) -> None:
+        """Write the history rows and cursors staged by `flush` (one RocksDB write for
+        the batches of `history_wait_ms`)."""
+        if self.history is not None and not self.history.commit():
             self._store_failed(self.history.error)
 
     def run_scheduled(self) -> None:
@@ -558,6 +578,8 @@ class Detector(Service):
     def rpc_history(self, request: Request) -> list[dict[str, Any]]:
         if self.history is None:
             raise RpcFault("failed", "process history is disabled")
+        self.flush()
+        self.write_history()  # what is staged too: the answer holds every event applied
         p = request.params
         limit = p.get("limit", 100)
         if not isinstance(limit, int) or not 0 < limit <= 10_000:

@@ -45,6 +45,14 @@ class DetectorSettings(BaseModel):
         "the bus brought at once); at 200 exec/s 10 ms costs about a quarter less CPU than "
         "5 ms and adds ~5 ms to exec -> alert (20 ms: p99 over the 50 ms budget)",
     )
+    history_wait_ms: float = Field(
+        250.0,
+        ge=0,
+        description="history rows (and the cursors written with them) wait in memory at "
+        "most this long to share one RocksDB write; a batch that fires an alert is written "
+        "at once, so a crash replays at most this much more from the collector's WAL, none "
+        "of which had fired (0: one write per batch)",
+    )
     retention_days: float = Field(7.0, gt=0, description="process history kept in RocksDB")
     persist: bool = Field(True, description="keep process history in <data_dir>/detector")
     snapshot_timeout_s: float = Field(3.0, gt=0, description="collector snapshot RPC deadline")
