@@ -18,7 +18,7 @@ from sqlglot import exp, parse_one
 from daemoneye.rules.engine import Engine
 from daemoneye.rules.live import EventIn
 from daemoneye.rules.model import Rule
-from daemoneye.rules.prefilter import screen_of, screening_sql
+from daemoneye.rules.prefilter import PieceFinder, screen_of, screening_sql
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 
@@ -390,3 +390,17 @@ def test_a_rule_is_indexed_under_its_selective_need_not_the_empty_tty_of_every_d
         ("pick", 9),
         ("su", 8),
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sets(st.text("ab/.é*", min_size=1, max_size=4), min_size=1, max_size=30),
+    st.lists(st.text("ab/.é*x", max_size=24), min_size=1, max_size=5),
+)
+def test_piece_finder_finds_what_a_substring_test_per_piece_finds(pieces, texts) -> None:
+    """Overlapping pieces, pieces within pieces, regex metacharacters: the same groups."""
+    by_piece = {p: [f"rule-{p}"] for p in pieces}
+    finder = PieceFinder(by_piece)
+    for text in texts:
+        want = {g for p in pieces if p in text for g in by_piece[p]}
+        assert {g for group in finder.groups_in(text) for g in group} == want, text
