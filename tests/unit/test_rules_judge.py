@@ -188,6 +188,17 @@ def test_like_matches_as_sqlite_does() -> None:
     assert _like_matcher("ab!", "!") is None  # an escape at the end: left to SQLite
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    patterns=st.lists(st.sampled_from([*PATTERNS, "%.%", "%a(%", "%sh%", "%/tmp%"]), min_size=2),
+    seed=st.integers(0, 10_000),
+)
+def test_ored_likes_on_one_column_are_sqlites(patterns: list[str], seed: int) -> None:
+    """Several LIKEs on one column, OR'ed (the `%text%` ones searched as one regex)."""
+    cond = " OR ".join(f"name LIKE {quoted(p)}" for p in patterns)
+    check(Engine(), f"SELECT pid FROM processes WHERE {cond}", seed)
+
+
 # --- a join to what a named tool did in the window ----------------------------------------
 
 FETCHED = (

@@ -110,7 +110,7 @@ def link(screen: Screen) -> Judge:
     if tag == "not":
         return _not(link(screen[1]))
     if tag == "likes":
-        return _likes(screen[1], [_matcher(p, e) for p, e in screen[2]])
+        return _likes(screen[1], _matchers(screen[2]))
     if tag == "compare":
         return _compare(OPS[screen[1]], _value(screen[2]), _value(screen[3]))
     if tag == "column_compare":
@@ -139,6 +139,20 @@ def _matcher(pattern: str, escape: str) -> Callable[[str], bool]:
     if matcher is None:  # judge_compile.py leaves such patterns out
         raise ValueError(f"LIKE pattern {pattern!r} has no matcher")
     return matcher
+
+
+def _matchers(patterns: list[tuple[str, str]]) -> list[Callable[[str], bool]]:
+    """The tests of OR'ed LIKE patterns on one column: the `%text%` ones (most, on
+    cmdline) as one regex search for any of their texts, the others one by one."""
+    within = [(p, e, _contained(p, e)) for p, e in patterns]
+    texts = [t for _, _, t in within if t]
+    if len(texts) < 2:
+        return [_matcher(p, e) for p, e in patterns]
+    search = re.compile("|".join(map(re.escape, texts))).search
+    return [
+        lambda v: search(v) is not None,
+        *(_matcher(p, e) for p, e, t in within if not t),
+    ]
 
 
 def _likes(pos: int, matchers: list[Callable[[str], bool]]) -> Judge:
@@ -306,10 +320,20 @@ def _not(fn: Judge) -> Judge:
     return negated
 
 
-def _like_matcher(pattern: str, escape: str) -> Callable[[str], bool] | None:
-    """A test of a folded value against a LIKE pattern (None: an escape at its end, which
-    SQLite treats in its own way). Without `_`, literal pieces found left to right (the
-    greedy match is right for `%` alone, and never backtracks); with `_`, a regex."""
+def _contained(pattern: str, escape: str) -> str | None:
+    """The folded text of a `%text%` pattern (no `_`, no other `%`), else None."""
+    parts = _like_parts(pattern, escape)
+    if parts is None:
+        return None
+    pieces, _, any_char = parts
+    if any_char or len(pieces) != 3 or pieces[0] or pieces[2]:
+        return None
+    return pieces[1] or None
+
+
+def _like_parts(pattern: str, escape: str) -> tuple[list[str], list[str], bool] | None:
+    """A LIKE pattern read: its literal texts between the `%`s (folded), the regex it
+    stands for, and whether it has a `_`; None for an escape at its end."""
     pieces: list[str] = [""]  # the literal texts between the %s, folded
     regex: list[str] = []
     any_char = False
@@ -335,6 +359,17 @@ def _like_matcher(pattern: str, escape: str) -> Callable[[str], bool] | None:
             regex.append(re.escape(lit))
             pieces[-1] += lit
         i += 1
+    return pieces, regex, any_char
+
+
+def _like_matcher(pattern: str, escape: str) -> Callable[[str], bool] | None:
+    """A test of a folded value against a LIKE pattern (None: an escape at its end, which
+    SQLite treats in its own way). Without `_`, literal pieces found left to right (the
+    greedy match is right for `%` alone, and never backtracks); with `_`, a regex."""
+    parts = _like_parts(pattern, escape)
+    if parts is None:
+        return None
+    pieces, regex, any_char = parts
     if any_char:
         compiled = re.compile("".join(regex), re.DOTALL)
         return lambda v: compiled.fullmatch(v) is not None
