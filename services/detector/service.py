@@ -310,10 +310,6 @@ class Detector(Service):
             cursors = self.intake.cursors.take()
             firings, batch = self.engine.apply(events)
             self.batches += 1
-            if firings and history is not None and history.pending:
-                # the ancestry of an alert reads the history: what earlier batches staged
-                # is written first
-                self.write_history()
             self.publish_alerts(firings)
             if history is not None:
                 history.stage(batch.event_rows, cursors)
@@ -343,6 +339,8 @@ class Detector(Service):
         firings = self.tuning.keep(firings)
         if not firings:
             return
+        if self.history is not None and self.history.pending:
+            self.write_history()  # an alert's ancestry reads the history: what is staged too
         out = []
         for firing in firings:
             body = alert_body(firing, self.service_id, self.settings.hostname)

@@ -13,6 +13,7 @@ import pytest
 from daemoneye import wire
 from daemoneye.config import load_settings
 from daemoneye.rpc import Request
+from daemoneye.rules.engine import Firing
 from daemoneye.services.detector.history import History
 from daemoneye.services.detector.history_db import DetectorStore
 from daemoneye.services.detector.service import Detector
@@ -106,6 +107,23 @@ def test_staged_rows_are_written_once_they_have_waited(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "staged rows never came due"
             time.sleep(0.01)
         det.run_scheduled()  # the service's 4 Hz timer: no new event needed
+        assert stored(det) == ([1001], [("collector@t", "events.process", "boot", 1)])
+    finally:
+        close_in_process(det)
+
+
+def test_any_alert_writes_what_is_staged_before_its_ancestry_reads_history(
+    tmp_path: Path,
+) -> None:
+    """A scheduled rule's alert, or one of a snapshot rebuild, as much as a batch's."""
+    det = make_detector(tmp_path, wait_ms=60_000)
+    try:
+        apply(det, 1, "/bin/true")
+        assert stored(det) == ([], [])
+        assert det.engine is not None
+        rule = det.engine.rules["marker"].rule
+        det.publish_alerts([Firing(rule, {"count": 60}, None, "aggregate")])
+        assert det.alerts_sent == 1
         assert stored(det) == ([1001], [("collector@t", "events.process", "boot", 1)])
     finally:
         close_in_process(det)
