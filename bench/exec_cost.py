@@ -19,7 +19,12 @@ with every service up (the shipped rules plus one probe rule):
   exec's time is in its argv, the alert's arrival is when its line shows up in the file
   sink). The cost windows carry no tag: what they measure is the cost of execs no rule
   matches, the load a monitored host carries all day;
-- idle CPU and PSS (/proc/<pid>/smaps_rollup) of every process at idle.
+- idle CPU and PSS (/proc/<pid>/smaps_rollup) of every process at idle;
+- with `--outside [COMMAND]`, the same figures under a generator this bench did not
+  write (default: two POSIX shell loops exec'ing the copy of true), its execs counted by
+  the kernel (perf's sched_process_exec tracepoint), unmonitored first, then monitored;
+  "captured" is then the collector's published start events against the kernel's count
+  of execs on the host in the window.
 
 Budget (DESIGN.md / issue 16): <= 0.3 ms of services' CPU per exec at 200 exec/s and
 unpaced; unpaced monitored >= 85 % of unmonitored; idle <= 1 % of a core; every exec
@@ -46,6 +51,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.stored
+import _outside
 from _harness import percentile, verdict
 
 from daemoneye.bus import SocketFactory, wait_for_endpoint
@@ -361,6 +367,65 @@ def measure(system: System, gen: Generator, load: Load, seconds: float, idle: di
     return ran, elapsed, per_exec
 
 
+@dataclass
+class Outside:
+    counted: _outside.Counted
+    per_exec: dict[str, float]  # service -> CPU ms per exec, idle subtracted
+    starts: int  # start events the collector published in the window
+
+
+def collector_starts(settings) -> int:
+    factory = SocketFactory(settings)
+    try:
+        reply = call_once(factory, settings.endpoint("control"), "control.collector", "health")
+        return int(reply.value["metrics"].get("published.start", 0))
+    finally:
+        factory.shutdown()
+
+
+def measure_outside(system: System, command: str, seconds: float, idle: dict) -> Outside:
+    starts0, before = collector_starts(system.settings), system.cpu()
+    counted = _outside.run(command, seconds)
+    after = system.cpu()
+    # the last execs' start events leave the collector within its batching wait
+    deadline, starts = time.monotonic() + 5, collector_starts(system.settings)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = collector_starts(system.settings)
+        if now == starts:
+            break
+        starts = now
+    per_exec = {
+        name: max(0.0, after[name] - before[name] - idle.get(name, 0.0) * counted.seconds)
+        * 1000
+        / max(1, counted.execs)
+        for name in after
+    }
+    return Outside(counted, per_exec, starts - starts0)
+
+
+def print_outside(out: Outside, command: str, bare: _outside.Counted) -> int:
+    total = sum(out.per_exec.values())
+    by = "  ".join(f"{n} {v:.3f}" for n, v in sorted(out.per_exec.items(), key=lambda x: -x[1]))
+    share = out.counted.rate / bare.rate * 100 if bare.rate else 0.0
+    seen = out.starts / out.counted.execs * 100 if out.counted.execs else 0.0
+    print(f"\noutside generator: {command}")
+    print(f"  execs counted by {out.counted.how}")
+    rates = f"{out.counted.rate:,.0f} exec/s monitored, {bare.rate:,.0f} unmonitored"
+    print(f"  {rates}: {share:.1f} %")
+    print(f"  {total:.3f} ms per exec  {by}")
+    print(
+        f"  start events published {out.starts:,} for {out.counted.execs:,} execs on the "
+        f"host ({seen:.2f} %)"
+    )
+    over = total > BUDGET_MS_PER_EXEC or share < 85
+    print(
+        f"  budget <= {BUDGET_MS_PER_EXEC} ms per exec: {verdict(total, BUDGET_MS_PER_EXEC, False)}"
+        f"; >= 85 % of unmonitored: {verdict(share, 85)}"
+    )
+    return int(over)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="50,200,800", help="paced loads, exec/s")
@@ -368,6 +433,14 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2, help="unpaced loops")
     parser.add_argument("--probe-seconds", type=float, default=10.0, help="latency window")
+    parser.add_argument(
+        "--outside",
+        nargs="?",
+        const="shell",
+        metavar="COMMAND",
+        help="also measure under an outside generator: a shell command line run for "
+        "--seconds (default `shell`: two sh loops exec'ing a copy of true)",
+    )
     parser.add_argument(
         "--idle-only",
         action="store_true",
@@ -395,6 +468,14 @@ def main() -> int:
             gen.run(f"{marker}-warm", 0, 1.0, args.workers)
             bare = gen.run(f"{marker}-bare", 0, args.seconds, args.workers) / args.seconds
             print(f"unmonitored, unpaced ({args.workers} loops): {bare:,.0f} exec/s")
+        if args.outside == "shell":
+            args.outside = _outside.shell_loop(gen.exe, args.workers)
+        if args.outside and not args.idle_only:
+            args.outside_bare = _outside.run(args.outside, args.seconds)
+            print(
+                f"unmonitored, outside generator: {args.outside_bare.rate:,.0f} exec/s "
+                f"(counted by {args.outside_bare.how})"
+            )
 
         rules_dir = work / "rules"
         write_probe_rule(rules_dir, marker)
@@ -471,6 +552,7 @@ def run(
         ran, elapsed, per_exec = measure(system, gen, load, args.seconds, idle, marker)
         rows.append((load, ran, elapsed, per_exec))
         alerted[load.label] = watcher.lines - before
+    outside = measure_outside(system, args.outside, args.seconds, idle) if args.outside else None
     probed = gen.run(f"{marker}-probe", probe.rate, args.probe_seconds, probe.workers, probe.every)
     tagged = (probed + probe.every - 1) // probe.every
     deadline = time.monotonic() + 10
@@ -499,6 +581,9 @@ def run(
                 f"{'':>9} {share:.1f} % of the unmonitored {bare:,.0f} exec/s (budget >= 85 %:"
                 f" {verdict(share, 85)})"
             )
+
+    if outside is not None:
+        status |= print_outside(outside, args.outside, args.outside_bare)
 
     lat = watcher.latencies_ms
     if lat:

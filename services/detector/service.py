@@ -40,6 +40,7 @@ from daemoneye.rpc import RpcClient, RpcError, RpcResult
 from daemoneye.rules.engine import Engine, Firing
 from daemoneye.rules.live import RECORD_DEFAULTS, EventIn
 from daemoneye.rules.model import Problem, Rule, parse_rules_text
+from daemoneye.rules.offload import OffloadError
 from daemoneye.rules.sandbox import BudgetExceeded
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.store import StoreError
@@ -161,6 +162,7 @@ class Detector(Service):
             max_rows=cfg.max_rows,
             on_disable=self._on_disable,
             isolate=True,  # rules compiled in a short-lived child: no sqlglot kept here
+            compile_timeout_s=cfg.compile_timeout_s,
         )
         if cfg.persist:
             try:
@@ -236,7 +238,11 @@ class Detector(Service):
             problems = [Problem(str(directory), "", 0, "rules directory does not exist")]
             changes = self.engine.load([])
         else:
-            changes, problems = self.engine.load_paths([directory])
+            try:
+                changes, problems = self.engine.load_paths([directory])
+            except OffloadError as exc:  # the compiling child failed or hung: keep the rules
+                why = f"rules not compiled, the {len(self.engine.rules)} loaded kept: {exc}"
+                problems, changes = [Problem(str(directory), "", 0, why)], {}
         problems += self.tuning.install(self.engine, self.cfg.allowlist, directory)
         self.rules_problems = problems
         for p in problems:

@@ -232,3 +232,21 @@ def test_runs_at_the_configured_priority(detector) -> None:
     stats = [Path(f"/proc/{proc.pid}/task/{t}/stat").read_text() for t in tids]
     nice = {int(stat.rsplit(")", 1)[1].split()[16]) for stat in stats}  # field 19: nice
     assert nice == {-10}, f"threads' niceness {nice}"
+
+
+def test_a_rule_compile_that_does_not_answer_in_time_is_refused_and_the_detector_runs(
+    broker, start_service, detector_env, rpc_client
+) -> None:
+    """The rules are compiled in a forked child (rules/offload.py); one that has not
+    answered within compile_timeout_s is killed. Here no compile can be that fast: the
+    load is refused with a problem that says so, and the detector still serves."""
+    env, _ = detector_env
+    start_service("detector", env={**env, "DAEMONEYE_DETECTOR__COMPILE_TIMEOUT_S": "0.000001"})
+    wait_for(lambda: _healthy(rpc_client), 20, "the detector to answer health")
+    listed = rpc_client.call("control.detector", "rules_list").value
+    assert listed["rules"] == []
+    assert any("did not answer within" in p for p in listed["problems"]), listed["problems"]
+    health = rpc_client.call("control.detector", "health").value
+    assert any(n.startswith("rules: 1 rejected") for n in health["notes"]), health
+    # its own SQL (ps) needs no compile: it still answers
+    assert rpc_client.call("control.detector", "ps").value["columns"]

@@ -161,3 +161,19 @@ def test_the_detector_runs_its_rules_without_importing_sqlglot(tmp_path: Path) -
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_child_that_does_not_answer_in_time_is_killed(tmp_path: Path) -> None:
+    """A compile that hangs (sqlglot in a loop on some rule) costs a refused load, not
+    the detector: the child is killed and reaped, the caller gets OffloadError."""
+    pid_file = tmp_path / "child.pid"
+
+    def hang() -> None:
+        pid_file.write_text(str(os.getpid()))
+        signal.pause()  # nothing will wake it
+
+    with pytest.raises(offload.OffloadError, match=r"did not answer within 0\.5 s"):
+        offload.call(hang, timeout_s=0.5)
+    with pytest.raises(ProcessLookupError):  # killed and reaped: no such process left
+        os.kill(int(pid_file.read_text()), 0)
+    assert offload.call(os.getpid, timeout_s=30) != os.getpid()  # the next one works

@@ -284,6 +284,42 @@ def test_process_events_round_trip_byte_identical(event: dict) -> None:
             assert got[key] == event[key]
 
 
+def _filled(kind: str, body: dict, fill: object) -> bytes:
+    msg = wire.Envelope.new_message()
+    fill(msg.body.init(kind), body, wire._BODY_PLANS[kind])  # type: ignore[operator]
+    return msg.to_bytes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(EVENTS, min_size=1, max_size=4))
+def test_the_fast_filler_sets_the_bytes_the_plan_sets(events: list[dict]) -> None:
+    """encode_envelope's fast way (straight-line code per key order) takes well-formed
+    bodies without falling back, and sets exactly what _fill_plan sets."""
+    wire._fast_fills.clear()  # room for this example's key orders
+    for kind, body in (("processEvent", events[0]), ("processEventBatch", {"events": events})):
+        assert _filled(kind, body, wire._fill_fast) == _filled(kind, body, wire._fill_plan)
+        reordered = dict(reversed(body.items()))
+        assert _filled(kind, reordered, wire._fill_fast) == _filled(
+            kind, reordered, wire._fill_plan
+        )
+    data = wire.encode_envelope(HEADER, "processEvent", events[0])
+    assert data == wire.encode_envelope(HEADER, "processEvent", events[0], fast=False)
+
+
+def test_dicts_past_the_key_orders_kept_take_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_KEY_ORDERS", 1)
+    wire._fast_fills.clear()
+    first = {"record": {"pid": 1, "name": "a"}, "hostname": "h"}
+    second = {"hostname": "h", "record": {"name": "a", "pid": 1}}
+    for body in (first, second, first):
+        assert wire.encode_envelope(HEADER, "processEvent", body) == _reference_encode(
+            "processEvent", body
+        )
+    with pytest.raises(wire._NoFastWay):
+        _filled("processEvent", second, wire._fill_fast)
+    wire._fast_fills.clear()
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.lists(EVENTS, min_size=1, max_size=40))
 def test_batches_round_trip_byte_identical(events: list[dict]) -> None:

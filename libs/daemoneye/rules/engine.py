@@ -121,11 +121,13 @@ class Engine:
         on_disable: Callable[[Rule, str], None] | None = None,
         screening: bool = True,
         isolate: bool = False,
+        compile_timeout_s: float = offload.TIMEOUT_S,
     ) -> None:
         self.sandbox = Sandbox()
         self._validator: Validator | None = None
         # compile in a forked child: sqlglot stays out of this process (see the top)
         self.isolate = isolate and offload.supported()
+        self.compile_timeout_s = compile_timeout_s
         self.tables = LiveTables(self.sandbox, window_s, window_rows)
         for name, fn in sql_functions(self.tables.lookup, self.tables.exits).items():
             for nargs in (1, 2):  # (pid) or (pid, depth)
@@ -186,7 +188,9 @@ class Engine:
 
     def _compiling(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)`, work that needs sqlglot: in a forked child when isolated."""
-        return offload.call(fn, *args) if self.isolate else fn(*args)
+        if not self.isolate:
+            return fn(*args)
+        return offload.call(fn, *args, timeout_s=self.compile_timeout_s)
 
     def _compile_paths(self, paths: list[Any]) -> tuple[list[Compiled], list[Problem]]:
         checked, problems = self.validator.load(paths)

@@ -9,8 +9,10 @@ allocates goes away with it; only the plain result (rules, plans, problems) come
 The child touches nothing the detector shares with the outside (no socket, no store:
 it exits with os._exit, no finaliser runs); a result that cannot be pickled, a child
 that dies or an error in the work raise `OffloadError` in the caller, with the child's
-traceback. Where fork is unsafe or missing (`supported()` False) callers run the work
-in-process instead.
+traceback. So does a child that has not answered within its timeout: it is killed, so
+that a rule set that sends sqlglot into a loop costs a refused load, not the detector.
+Where fork is unsafe or missing (`supported()` False) callers run the work in-process
+instead.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+TIMEOUT_S = 60.0  # the shipped rules compile in ~0.5 s; thousands of rules in seconds
 
 
 class OffloadError(RuntimeError):
@@ -35,9 +40,10 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
-def call(fn: Callable[..., T], *args: Any) -> T:
+def call(fn: Callable[..., T], *args: Any, timeout_s: float = TIMEOUT_S) -> T:
     """`fn(*args)`, computed in a forked child. A built-in exception it raises (ValueError,
-    say) is raised here; any other failure as OffloadError."""
+    say) is raised here; any other failure, or no answer within `timeout_s`, as
+    OffloadError."""
     for stream in (sys.stdout, sys.stderr):  # else buffered bytes go out twice
         with contextlib.suppress(Exception):
             stream.flush()
@@ -70,12 +76,17 @@ def call(fn: Callable[..., T], *args: Any) -> T:
             os._exit(code)
     os.close(w)
     try:
-        with os.fdopen(r, "rb") as inp:
-            data = inp.read()
+        data = _read_until(r, time.monotonic() + timeout_s)
     finally:
+        os.close(r)
+        if data is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         status = 0
         with contextlib.suppress(ChildProcessError):  # reaped by a SIGCHLD handler
             _, status = os.waitpid(pid, 0)
+    if data is None:
+        raise OffloadError(f"the child did not answer within {timeout_s:g} s: killed")
     if not data:
         raise OffloadError(f"the child died ({_how(status)}) before it answered")
     outcome = pickle.loads(data)
@@ -84,6 +95,19 @@ def call(fn: Callable[..., T], *args: Any) -> T:
     if outcome[0] == "raise":
         raise outcome[1]
     raise OffloadError(f"the child failed:\n{outcome[1]}")
+
+
+def _read_until(fd: int, deadline: float) -> bytes | None:
+    """All the child writes until it closes the pipe; None if the deadline comes first."""
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _failure(exc: BaseException) -> bytes:

@@ -87,8 +87,9 @@ class CollectorSettings(BaseModel):
         le=100,
         description="when the netlink reader's frames come faster than one per gather_ms, "
         "they are taken this often, many per wake-up, rather than each at once (a frame "
-        "after a quiet spell is taken at once); 0: each at once. Off by default: at 10 "
-        "(half the main's wake-ups at 200 exec/s) more execs were logged without argv",
+        "after a quiet spell is taken at once); 0: each at once. It delays an event by up "
+        "to this long; what the reader reads of /proc does not depend on it (an exec "
+        "logged without argv is one the reader woke too late for, gathered or not)",
     )
     user: str = Field("", description="drop to this user after opening netlink (root only)")
     shell_parents: list[str] = Field(

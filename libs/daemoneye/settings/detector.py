@@ -28,6 +28,12 @@ class DetectorSettings(BaseModel):
         "to this plus its batch's changed rows",
     )
     max_batch: int = Field(2000, ge=1, description="events applied per batch at most")
+    compile_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a rule load's compiling child is killed after this long (the rules "
+        "loaded before are kept)",
+    )
     nice: int = Field(
         -10,
         ge=-20,
