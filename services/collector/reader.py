@@ -114,11 +114,8 @@ def code_version() -> str:
 
 
 def capture(what: int, pid: int, tid: int) -> dict[str, Any] | None:
-    """The /proc read that races the process's exit (argv first)."""
-    if what == EXEC:
-        cmd = procfs.read_cmdline(pid)
-        return procfs.read_process(pid, cmdline_first=cmd)
-    if what in (UID, GID) and pid == tid:
+    """The /proc read that races the process's exit (read_process: argv first)."""
+    if what == EXEC or (what in (UID, GID) and pid == tid):
         return procfs.read_process(pid)
     return None
 
