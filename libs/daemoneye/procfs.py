@@ -29,6 +29,12 @@ DELETED_SUFFIX = " (deleted)"
 _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 _CONTAINER_ID_B = re.compile(rb"([0-9a-f]{64})")
 _READ_CHUNK = 65536
+# stat, status, cgroup, io and most argv fit in one page: a smaller read allocates less
+# (longer ones are read to their end all the same)
+_SMALL_CHUNK = 4096
+# O_PATH: a handle to look up in, no more (cheaper to open than the directory itself)
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY
+PF_KTHREAD = 0x00200000
 # The environment variables rules look at (preloading, hiding shell history), and how
 # much of /proc/<pid>/environ is read for them: one read, never the whole of a huge one.
 ENV_NAMES = frozenset({"LD_PRELOAD", "LD_LIBRARY_PATH", "HISTFILE", "HISTSIZE", "HISTFILESIZE"})
@@ -37,19 +43,25 @@ ENV_VALUE_MAX = 1024  # a longer value is cut: rules look at its start
 _ENV_PREFIXES = tuple(n.encode() + b"=" for n in sorted(ENV_NAMES))
 
 
-def _read(path: str) -> bytes | None:
+def _read(path: str, size: int = _READ_CHUNK) -> bytes | None:
     """The whole file, or None when it cannot be opened or read (gone, denied)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    return _read_fd(fd, size)
+
+
+def _read_at(dfd: int, name: str) -> bytes | None:
+    """`_read` of a file of the process directory `dfd` (see open_dir)."""
     try:
-        data = os.read(fd, _READ_CHUNK)
-        if len(data) == _READ_CHUNK:  # long cmdlines and environments: read to the end
-            parts = [data]
-            while chunk := os.read(fd, _READ_CHUNK):
-                parts.append(chunk)
-            data = b"".join(parts)
+        fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, _SMALL_CHUNK)
+        if len(data) == _SMALL_CHUNK:  # a long cmdline or cgroup path: read to the end
+            return _read_rest(fd, data)
         return data
     except OSError:
         return None
@@ -57,9 +69,39 @@ def _read(path: str) -> bytes | None:
         os.close(fd)
 
 
-def _readlink(path: str) -> str | None:
+def _read_fd(fd: int, size: int) -> bytes | None:
     try:
-        return os.readlink(path)
+        data = os.read(fd, size)
+        if len(data) == size:  # long cmdlines and environments: read to the end
+            return _read_rest(fd, data)
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_rest(fd: int, data: bytes) -> bytes:
+    parts = [data]
+    while chunk := os.read(fd, _READ_CHUNK):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _readlink(path: str, dfd: int | None = None) -> str | None:
+    try:
+        return os.readlink(path, dir_fd=dfd)
+    except OSError:
+        return None
+
+
+def open_dir(pid: int) -> int | None:
+    """/proc/<pid> as a directory fd, or None when the process is gone. What is read
+    through it is this process's alone: a pid reused meanwhile is another directory,
+    and once this process is reaped every read through it fails. One pid lookup for
+    all the files of a record, not one each."""
+    try:
+        return os.open(f"{PROC}/{pid}", _DIR_FLAGS)
     except OSError:
         return None
 
@@ -109,7 +151,7 @@ class Stat:
 
 def read_stat(pid: int) -> Stat | None:
     """Parse /proc/<pid>/stat; None when the process is gone."""
-    data = _read(f"{PROC}/{pid}/stat")
+    data = _read(f"{PROC}/{pid}/stat", _SMALL_CHUNK)
     if not data:
         return None
     return parse_stat(pid, data)
@@ -117,13 +159,13 @@ def read_stat(pid: int) -> Stat | None:
 
 def read_stat_raw(pid: int) -> bytes | None:
     """The bytes of /proc/<pid>/stat (a rescan compares them before parsing)."""
-    return _read(f"{PROC}/{pid}/stat") or None
+    return _read(f"{PROC}/{pid}/stat", _SMALL_CHUNK) or None
 
 
 def read_ids(pid: int) -> tuple[int, int, int, int] | None:
     """(uid, euid, gid, egid) from /proc/<pid>/status, or None when it is gone."""
     rec: dict[str, Any] = {}
-    if not _apply_status(rec, _read(f"{PROC}/{pid}/status")):
+    if not _apply_status(rec, _read(f"{PROC}/{pid}/status", _SMALL_CHUNK)):
         return None
     return rec["uid"], rec["euid"], rec["gid"], rec["egid"]
 
@@ -273,7 +315,10 @@ def apply_stat(rec: dict[str, Any], st: Stat) -> None:
 
 
 def read_cmdline(pid: int) -> list[str] | None:
-    data = _read(f"{PROC}/{pid}/cmdline")
+    return _argv(_read(f"{PROC}/{pid}/cmdline"))
+
+
+def _argv(data: bytes | None) -> list[str] | None:
     if data is None:
         return None
     if not data:
@@ -289,6 +334,19 @@ def read_env(pid: int) -> list[dict[str, str]]:
         fd = os.open(f"{PROC}/{pid}/environ", os.O_RDONLY)
     except OSError:
         return []
+    return _env_of_fd(fd)
+
+
+def _env_at(dfd: int) -> list[dict[str, str]]:
+    try:
+        fd = os.open("environ", os.O_RDONLY, dir_fd=dfd)
+    except OSError:
+        return []
+    return _env_of_fd(fd)
+
+
+def _env_of_fd(fd: int) -> list[dict[str, str]]:
+    """One read of ENV_READ_BYTES at most (never the whole of a huge environment)."""
     try:
         data = os.read(fd, ENV_READ_BYTES)
     except OSError:
@@ -299,7 +357,7 @@ def read_env(pid: int) -> list[dict[str, str]]:
 
 
 def parse_env(data: bytes) -> list[dict[str, str]]:
-    if not any(p in data for p in (b"LD_", b"HIST")):  # the usual case: nothing to split
+    if b"LD_" not in data and b"HIST" not in data:  # the usual case: nothing to split
         return []
     out = []
     for item in data.split(b"\0"):
@@ -320,12 +378,31 @@ def read_process(
     """
     if not IS_LINUX:
         return read_process_psutil(pid)
-    base = f"{PROC}/{pid}"
+    dfd = open_dir(pid)
+    if dfd is None:
+        if cmdline_first is None:
+            return None
+        rec = empty_record(pid)
+        rec["cmdline"] = cmdline_first
+        rec["accessible"] = False
+        return rec
+    try:
+        return _read_record(pid, dfd, cmdline_first, stat_raw)
+    finally:
+        os.close(dfd)
+
+
+def _read_record(
+    pid: int, dfd: int, cmd: list[str] | None, stat_raw: bytes | None
+) -> dict[str, Any] | None:
+    """read_process's reads, each relative to the process directory `dfd`."""
     rec = empty_record(pid)
     ok = True
     # argv first: for a process that lives a millisecond it is what matters most.
-    cmd = cmdline_first if cmdline_first is not None else read_cmdline(pid)
-    st = parse_stat(pid, stat_raw) if stat_raw else read_stat(pid)
+    if cmd is None:
+        cmd = _argv(_read_at(dfd, "cmdline"))
+    raw = stat_raw or _read_at(dfd, "stat")
+    st = parse_stat(pid, raw) if raw else None
     if st is None:
         if cmd is None:
             return None
@@ -339,27 +416,32 @@ def read_process(
         rec["cmdline"] = cmd
     # What the process's exit takes away (its memory: environ; its exe, cwd and root)
     # before what stays readable until its parent reaps it (ids, cgroup, namespaces).
-    rec["env"] = read_env(pid)
-    ok &= _apply_exe(rec, base)
-    cwd = _readlink(f"{base}/cwd")
-    root = _readlink(f"{base}/root")
+    rec["env"] = _env_at(dfd)
+    ok &= _apply_exe(rec, dfd, raw)
+    cwd = _readlink("cwd", dfd)
+    root = _readlink("root", dfd)
     if cwd is None or root is None:
         ok = False
     rec["cwd"] = cwd or ""
     rec["root"] = root or ""
-    ok &= _apply_status(rec, _read(f"{base}/status"))
-    cg = _read(f"{base}/cgroup")
+    if not _apply_status(rec, _read_at(dfd, "status")):
+        # every process has it, a zombie too, and anyone may read it: this one was
+        # reaped, so what follows would fail as well (dfd is this process's alone)
+        rec["username"] = username(rec["uid"])
+        rec["accessible"] = st.state == "Z"
+        return rec
+    cg = _read_at(dfd, "cgroup")
     if cg:
         rec["cgroupPath"] = _unified_cgroup(cg)
         m = _CONTAINER_ID_B.search(cg)
         rec["containerId"] = m.group(1)[:12].decode() if m else ""
-    login = _read(f"{base}/loginuid")
+    login = _read_at(dfd, "loginuid")
     if login:
         rec["loginUid"] = int(login)
-    ns = _readlink(f"{base}/ns/pid")
+    ns = _readlink("ns/pid", dfd)
     if ns and ns.startswith("pid:["):
         rec["pidNamespace"] = int(ns[5:-1])
-    io = _read(f"{base}/io")  # root or the owner only: not counted as inaccessible
+    io = _read_at(dfd, "io")  # root or the owner only: not counted as inaccessible
     if io:
         rec["diskReadBytes"] = _io_field(io, b"\nread_bytes:")
         rec["diskWriteBytes"] = _io_field(io, b"\nwrite_bytes:")
@@ -483,17 +565,17 @@ def _apply_status(rec: dict[str, Any], data: bytes | None) -> bool:
     return True
 
 
-def _apply_exe(rec: dict[str, Any], base: str) -> bool:
-    exe = _readlink(f"{base}/exe")
+def _apply_exe(rec: dict[str, Any], dfd: int, stat_raw: bytes) -> bool:
+    exe = _readlink("exe", dfd)
     if exe is None:
         # kernel threads have no exe: that is not a failure to read
-        return rec.get("state") == "Z" or _is_kernel_thread(base)
+        return rec.get("state") == "Z" or _is_kernel_thread(stat_raw)
     if exe.endswith(DELETED_SUFFIX):
         rec["exeDeleted"] = True
         exe = exe[: -len(DELETED_SUFFIX)]
     rec["exePath"] = exe
     try:
-        info = os.stat(f"{base}/exe")  # the running inode, even when deleted or replaced
+        info = os.stat("exe", dir_fd=dfd)  # the running inode, even when deleted or replaced
     except OSError:
         return True
     rec["exeDevice"] = info.st_dev
@@ -522,12 +604,10 @@ def _io_field(io: bytes, name: bytes) -> int:
     return int(io[at + len(name) : end if end >= 0 else None])
 
 
-def _is_kernel_thread(base: str) -> bool:
-    data = _read(f"{base}/stat")
-    if not data:
-        return False
-    f = data[data.rfind(b")") + 2 :].split()
-    return len(f) > 6 and (int(f[6]) & 0x00200000) != 0  # PF_KTHREAD
+def _is_kernel_thread(stat_raw: bytes) -> bool:
+    """PF_KTHREAD in the flags of the process's /proc/<pid>/stat bytes."""
+    f = stat_raw[stat_raw.rfind(b")") + 2 :].split()
+    return len(f) > 6 and (int(f[6]) & PF_KTHREAD) != 0
 
 
 def _unified_cgroup(data: bytes) -> str:

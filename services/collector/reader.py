@@ -86,6 +86,7 @@ HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
 BATCH = 512  # datagrams a frame takes at most from each socket
 JOURNAL_BYTES = 1 << 20  # the datagrams of one frame, until it is sent
 JOURNAL_HEAD = struct.Struct("<I")  # bytes used after the head
+DATAGRAM_MAX = 65536  # a netlink datagram is never longer (the kernel's are ~100 bytes)
 
 
 def socket_path(run_dir: str | Path, service_id: str) -> Path:
@@ -114,11 +115,8 @@ def code_version() -> str:
 
 
 def capture(what: int, pid: int, tid: int) -> dict[str, Any] | None:
-    """The /proc read that races the process's exit (argv first)."""
-    if what == EXEC:
-        cmd = procfs.read_cmdline(pid)
-        return procfs.read_process(pid, cmdline_first=cmd)
-    if what in (UID, GID) and pid == tid:
+    """The /proc read that races the process's exit (read_process: argv first)."""
+    if what == EXEC or (what in (UID, GID) and pid == tid):
         return procfs.read_process(pid)
     return None
 
@@ -194,6 +192,8 @@ class Reader:
         # MAP_SHARED and anonymous: this reader's spares see what it writes
         self.journal = mmap.mmap(-1, JOURNAL_BYTES)
         self.journal_used = 0
+        self._scratch = bytearray(DATAGRAM_MAX)  # where a datagram is peeked at
+        self._scratch_view = memoryview(self._scratch)
         self.listener = listener
         self.path = path  # where mains find us; gone or another's: no main will come
         self.ino = _ino(path)
@@ -410,11 +410,13 @@ class Reader:
         time the socket was read to: of the first datagram left, or of the clock when
         it was found empty."""
         sock = conn.sock
+        scratch, view = self._scratch, self._scratch_view
         n = 0
         while True:
             now = time.monotonic_ns()  # the kernel's clock: ktime_get_ns
             try:
-                data = sock.recv(65536, socket.MSG_PEEK)
+                # into a buffer kept for it: recv(65536) allocates 64 KB a call, empty too
+                size = sock.recv_into(scratch, DATAGRAM_MAX, socket.MSG_PEEK)
             except BlockingIOError:
                 return n, now
             except OSError as exc:
@@ -423,6 +425,7 @@ class Reader:
                 conn.lost += 1
                 items.append((None, None, 1))  # the kernel dropped some: the main repairs
                 continue
+            data = bytes(view[:size])
             stamp = _stamp(data)
             if (not urgent and stamp >= until) or n >= limit or not self._journal_add(data):
                 return n, stamp  # the rest goes in the next frame
@@ -431,8 +434,17 @@ class Reader:
             else:
                 items.extend((ev, None, 0) for ev in parse_tuples(data))
             n += 1
-            with contextlib.suppress(BlockingIOError):
-                sock.recv(16, socket.MSG_TRUNC)
+            while True:  # consumed: it is in the journal now
+                try:
+                    sock.recv(16, socket.MSG_TRUNC)
+                    break
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # an overrun since the peek: said first, then it
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    conn.lost += 1
+                    items.append((None, None, 1))
 
     def _journal_add(self, data: bytes) -> bool:
         at = JOURNAL_HEAD.size + self.journal_used

@@ -47,6 +47,28 @@ def test_a_reaped_process_is_none() -> None:
     assert procfs.read_stat(child.pid) is None
 
 
+def test_reads_go_to_the_process_the_directory_was_opened_for() -> None:
+    """Every read goes through /proc/<pid> opened once: once that process is reaped
+    (its pid free for another), nothing more is read through it, not a newcomer's."""
+    child = subprocess.Popen([SLEEP, "30"])
+    wait_for(lambda: procfs.read_cmdline(child.pid) == [SLEEP, "30"], what="the exec")
+    dfd = procfs.open_dir(child.pid)
+    assert dfd is not None
+    raw = procfs.read_stat_raw(child.pid)
+    assert raw
+    child.kill()
+    child.wait()
+    try:
+        assert procfs._read_record(child.pid, dfd, None, None) is None
+        # its stat read before: a record of that alone, every later read refused
+        rec = procfs._read_record(child.pid, dfd, None, raw)
+    finally:
+        os.close(dfd)
+    assert rec is not None and rec["name"] == "sleep" and not rec["accessible"]
+    assert rec["cmdline"] == [] and rec["exePath"] == "" and rec["cwd"] == ""
+    assert rec["cgroupPath"] == "" and rec["pidNamespace"] == 0
+
+
 def test_zombie_is_read_without_argv() -> None:
     child = subprocess.Popen([SLEEP, "0"])
     deadline = time.monotonic() + 10
