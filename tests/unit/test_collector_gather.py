@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 def wired(settings: Settings, tmp_path: Path) -> Iterator[tuple[Collector, socket.socket]]:
     """A collector whose reader is the other end of a socket pair (the test sends frames)."""
     c = Collector(settings)
-    c.cfg = c.cfg.model_copy(update={"gather_ms": 10.0})  # off by default
+    c.cfg = c.cfg.model_copy(update={"gather_ms": 10.0})
     pub = c.factory.bind(zmq.PUB, f"inproc://gather-{id(c)}")  # nobody listens: the WAL tells
     c.publisher = Publisher(pub, c.service_id, c.boot_id)
     c.wal = Wal(tmp_path / "wal")

@@ -82,14 +82,15 @@ class CollectorSettings(BaseModel):
         1.0, ge=0, description="batching: the first event of a batch waits at most this long"
     )
     gather_ms: float = Field(
-        0.0,
+        5.0,
         ge=0,
         le=100,
         description="when the netlink reader's frames come faster than one per gather_ms, "
         "they are taken this often, many per wake-up, rather than each at once (a frame "
-        "after a quiet spell is taken at once); 0: each at once. It delays an event by up "
-        "to this long; what the reader reads of /proc does not depend on it (an exec "
-        "logged without argv is one the reader woke too late for, gathered or not)",
+        "after a quiet spell is taken at once); 0: each at once. Under a storm it delays an "
+        "event by up to this long and makes a third as many envelopes (make soak: 897 "
+        "against 817 exec/s, exec -> alert p99 67 against 78 ms, exec -> event p99 16 "
+        "against 13 ms); at 200 exec/s and below it rarely engages",
     )
     user: str = Field("", description="drop to this user after opening netlink (root only)")
     shell_parents: list[str] = Field(
