@@ -58,15 +58,7 @@ def _read_at(dfd: int, name: str) -> bytes | None:
         fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
     except OSError:
         return None
-    try:
-        data = os.read(fd, _SMALL_CHUNK)
-        if len(data) == _SMALL_CHUNK:  # a long cmdline or cgroup path: read to the end
-            return _read_rest(fd, data)
-        return data
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return _read_fd(fd, _SMALL_CHUNK)  # a long cmdline or cgroup path: read to the end
 
 
 def _read_fd(fd: int, size: int) -> bytes | None:

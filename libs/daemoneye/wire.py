@@ -331,18 +331,6 @@ def _fill_fast(builder: Any, values: dict[str, Any], plan: _Plan) -> None:
     fill(builder, values)
 
 
-def _fill_list_fast(items: Any, values: list[Any] | tuple[Any, ...], sub: Any) -> None:
-    if sub is None:
-        for i, item in enumerate(values):
-            items[i] = item
-    else:
-        for i, item in enumerate(values):
-            if isinstance(item, dict):
-                _fill_fast(items[i], item, sub)
-            else:
-                items[i] = item
-
-
 def _compile_fill(plan: _Plan, keys: tuple[Any, ...]) -> Callable[[Any, Any], None] | None:
     """Straight-line code filling a struct from a dict with exactly these keys, in this
     order, as _fill_plan would; None when a key is unknown or a group (left to it)."""
@@ -353,7 +341,7 @@ def _compile_fill(plan: _Plan, keys: tuple[Any, ...]) -> Callable[[Any, Any], No
     scope: dict[str, Any] = {
         "getter": operator.itemgetter(*keys),
         "fast": _fill_fast,
-        "fast_list": _fill_list_fast,
+        "fill_list": _fill_list,
     }
     names = [f"x{i}" for i in range(len(keys))]
     lines = ["def filler(b, v):", "    set_ = b._set_by_field", "    init = b._init_by_field"]
@@ -376,7 +364,7 @@ def _compile_fill(plan: _Plan, keys: tuple[Any, ...]) -> Callable[[Any, Any], No
             lines.append(f"        set_({f}, {x})")
         elif how in (_LIST, _STRUCT_LIST):
             lines.append(f"    if isinstance({x}, (list, tuple)):")
-            lines.append(f"        fast_list(init({f}, len({x})), {x}, s{i})")
+            lines.append(f"        fill_list(init({f}, len({x})), {x}, {f}, s{i}, fast)")
             lines.append("    else:")
             lines.append(f"        set_({f}, {x})")
         else:
@@ -390,7 +378,16 @@ def _fill_nothing(builder: Any, values: Any) -> None:
     pass
 
 
-def _fill_list(items: Any, values: list[Any] | tuple[Any, ...], field: Any, sub: Any) -> None:
+def _fill_list(
+    items: Any,
+    values: list[Any] | tuple[Any, ...],
+    field: Any,
+    sub: Any,
+    fill: Callable[[Any, dict, Any], None] | None = None,
+) -> None:
+    """A list's items; a dict item's struct by `fill` (_fill_plan, or _fill_fast from
+    the compiled fillers)."""
+    fill = fill or _fill_plan
     i = 0
     try:
         if sub is None:
@@ -399,7 +396,7 @@ def _fill_list(items: Any, values: list[Any] | tuple[Any, ...], field: Any, sub:
         else:
             for i, item in enumerate(values):
                 if isinstance(item, dict):
-                    _fill_plan(items[i], item, sub)
+                    fill(items[i], item, sub)
                 else:
                     items[i] = item  # pycapnp copies a struct reader, refuses the rest
     except _FieldError as exc:
