@@ -89,6 +89,15 @@ JOURNAL_HEAD = struct.Struct("<I")  # bytes used after the head
 DATAGRAM_MAX = 65536  # a netlink datagram is never longer (the kernel's are ~100 bytes)
 
 
+def _count_overrun(conn: ProcConnector, items: list[tuple[Any, ...]], exc: OSError) -> None:
+    """ENOBUFS on a read: the kernel dropped datagrams. Counted, and a loss marker goes in
+    the frame (the main repairs with a rescan); any other error is raised."""
+    if exc.errno != errno.ENOBUFS:
+        raise exc
+    conn.lost += 1
+    items.append((None, None, 1))
+
+
 def socket_path(run_dir: str | Path, service_id: str) -> Path:
     """Where a collector's reader listens (short: a unix socket path has 108 bytes)."""
     digest = hashlib.sha1(service_id.encode()).hexdigest()[:12]
@@ -420,10 +429,7 @@ class Reader:
             except BlockingIOError:
                 return n, now
             except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                conn.lost += 1
-                items.append((None, None, 1))  # the kernel dropped some: the main repairs
+                _count_overrun(conn, items, exc)
                 continue
             data = bytes(view[:size])
             stamp = _stamp(data)
@@ -441,10 +447,7 @@ class Reader:
                 except BlockingIOError:
                     break
                 except OSError as exc:  # an overrun since the peek: said first, then it
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    conn.lost += 1
-                    items.append((None, None, 1))
+                    _count_overrun(conn, items, exc)
 
     def _journal_add(self, data: bytes) -> bool:
         at = JOURNAL_HEAD.size + self.journal_used
