@@ -75,7 +75,12 @@ class _Counter:
         if not self._command(b"enable"):  # no tracepoints here (not root, no tracefs)
             self.proc.kill()
             self.proc.wait()
+            self._close_control()
             self.perf, self.proc = None, None
+
+    def _close_control(self) -> None:
+        os.close(self.ctl)
+        os.close(self.ack)
 
     def _command(self, cmd: bytes, timeout_s: float = 10.0) -> bool:
         """Send perf a control command; whether it acknowledged it in time."""
@@ -93,8 +98,7 @@ class _Counter:
         self._command(b"disable")
         self.proc.send_signal(signal.SIGINT)  # perf writes its counts on SIGINT
         self.proc.wait(10)
-        os.close(self.ctl)
-        os.close(self.ack)
+        self._close_control()
         for line in self.out.read_text().splitlines():
             fields = line.split(",")
             if len(fields) > 2 and fields[2] == TRACEPOINT and fields[0].isdigit():
