@@ -6,6 +6,8 @@ the `history` verb and a stop write what is staged."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,9 @@ sql: "SELECT pid, path FROM processes WHERE path LIKE '%/marker-exe'"
 """
 
 
-def make_detector(tmp_path: Path, wait_ms: float) -> Detector:
+@contextmanager
+def running_detector(tmp_path: Path, wait_ms: float) -> Iterator[Detector]:
+    """A detector built in this process with `history_wait_ms`, closed (a stop) after."""
     rules = tmp_path / "rules"
     rules.mkdir(parents=True)
     (rules / "marker.yml").write_text(RULE)
@@ -38,7 +42,11 @@ def make_detector(tmp_path: Path, wait_ms: float) -> Detector:
         "snapshot_timeout_s = 0.05\n"
     )
     settings = load_settings(config_file=path, data_dir=tmp_path / "data", run_dir=tmp_path / "run")
-    return open_in_process(Detector(settings))
+    det = open_in_process(Detector(settings))
+    try:
+        yield det
+    finally:
+        close_in_process(det)
 
 
 def apply(det: Detector, seq: int, exe: str) -> None:
@@ -61,8 +69,7 @@ def stored(det: Detector) -> tuple[list[int], list[tuple]]:
 def test_benign_batches_share_a_write_an_alerting_batch_is_written_at_once(
     tmp_path: Path,
 ) -> None:
-    det = make_detector(tmp_path, wait_ms=60_000)
-    try:
+    with running_detector(tmp_path, wait_ms=60_000) as det:
         apply(det, 1, "/bin/true")
         apply(det, 2, "/bin/true")
         assert stored(det) == ([], [])  # staged: nothing written yet
@@ -79,8 +86,6 @@ def test_benign_batches_share_a_write_an_alerting_batch_is_written_at_once(
             [("collector@t", "events.process", "boot", 4)],
         )
         apply(det, 5, "/bin/true")
-    finally:
-        close_in_process(det)
     store = DetectorStore(tmp_path / "data" / "detector", read_only=True)
     try:  # a stop writes what is staged
         pids = [r["pid"] for r in History(store).by_time()]
@@ -91,14 +96,10 @@ def test_benign_batches_share_a_write_an_alerting_batch_is_written_at_once(
 
 
 def test_staged_rows_are_written_once_they_have_waited(tmp_path: Path) -> None:
-    det = make_detector(tmp_path, wait_ms=0)  # 0: every batch written at once
-    try:
+    with running_detector(tmp_path, wait_ms=0) as det:  # 0: every batch written at once
         apply(det, 1, "/bin/true")
         assert stored(det) == ([1001], [("collector@t", "events.process", "boot", 1)])
-    finally:
-        close_in_process(det)
-    det = make_detector(tmp_path / "b", wait_ms=50)
-    try:
+    with running_detector(tmp_path / "b", wait_ms=50) as det:
         apply(det, 1, "/bin/true")
         assert stored(det) == ([], [])
         assert det.history is not None
@@ -108,16 +109,13 @@ def test_staged_rows_are_written_once_they_have_waited(tmp_path: Path) -> None:
             time.sleep(0.01)
         det.run_scheduled()  # the service's 4 Hz timer: no new event needed
         assert stored(det) == ([1001], [("collector@t", "events.process", "boot", 1)])
-    finally:
-        close_in_process(det)
 
 
 def test_any_alert_writes_what_is_staged_before_its_ancestry_reads_history(
     tmp_path: Path,
 ) -> None:
     """A scheduled rule's alert, or one of a snapshot rebuild, as much as a batch's."""
-    det = make_detector(tmp_path, wait_ms=60_000)
-    try:
+    with running_detector(tmp_path, wait_ms=60_000) as det:
         apply(det, 1, "/bin/true")
         assert stored(det) == ([], [])
         assert det.engine is not None
@@ -125,5 +123,3 @@ def test_any_alert_writes_what_is_staged_before_its_ancestry_reads_history(
         det.publish_alerts([Firing(rule, {"count": 60}, None, "aggregate")])
         assert det.alerts_sent == 1
         assert stored(det) == ([1001], [("collector@t", "events.process", "boot", 1)])
-    finally:
-        close_in_process(det)
