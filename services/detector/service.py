@@ -479,6 +479,7 @@ class Detector(Service):
             "detector.batches": self.batches,
             "detector.rule_runs_screened_out": self.engine.screened_out,
             "detector.rule_results_cut": self.engine.rows_cut,
+            "detector.rows_refused": self.engine.tables.rows_refused,
             **self.intake.metrics("detector"),
             "detector.history_written": self.history.written if self.history else 0,
             "detector.history_pending": self.history.pending if self.history else 0,

@@ -91,10 +91,10 @@ def test_short_lived_process_started_and_stopped_in_one_batch_still_fires() -> N
     assert engine.tables.find(200) is None
 
 
-def test_a_process_that_came_and_went_is_written_only_when_a_statement_runs() -> None:
-    # its row could only ever be seen by the batch's own rules: when the screens settle
-    # the batch in Python, neither its insert nor its delete runs; when a statement runs
-    # (a rule, or a screen only SQLite can judge), it sees the row and the row goes after
+def test_tables_are_written_only_when_a_statement_runs() -> None:
+    # batches the screens settle in Python touch no table: their writes wait for the next
+    # statement (a rule, a screen only SQLite can judge, a query), which sees every row;
+    # a process that came and went meanwhile is neither inserted nor deleted
     engine, _ = engine_with(
         TMP_RULE
         + """---
@@ -112,21 +112,50 @@ sql: SELECT pid, name FROM processes WHERE name = 'BLINK2' AND lower(path) = '/b
         firings, _ = engine.apply(list(events))
         return [(f.rule.id, f.row["pid"]) for f in firings]
 
+    def writes() -> list[str]:  # of processes and process_events (a new path's file row
+        return [s for s in statements if "processes" in s or "process_events" in s]  # at once
+
     benign = rec(210, "/usr/bin/true", name="true")
-    assert apply(EventIn("start", benign), EventIn("stop", benign)) == []
-    touched = [s for s in statements if "processes" in s and "process_events" not in s]
-    assert not [s for s in touched if "INSERT" in s or "DELETE" in s], touched
-    assert any("INSERT INTO process_events" in s for s in statements)  # the window keeps it
+    assert apply(EventIn("start", benign)) == []
+    assert apply(EventIn("stop", benign)) == []
+    assert not writes(), statements
+    stays = rec(213, "/usr/bin/sleep")
+    assert apply(EventIn("start", stays)) == []
+    assert not writes(), statements
     blink = rec(211, "/tmp/blink")
     assert apply(EventIn("start", blink), EventIn("stop", blink)) == [("tmp-exec", 211)]
+    written = [s for s in writes() if "INSERT" in s or "DELETE" in s]
+    # before the rule ran, the rows waiting (traced one by one): the sleep and the blink,
+    # not the true that came and went (nor its delete); the window keeps all five events
+    assert sum("INSERT INTO processes" in s for s in written) == 2, written
+    assert not [s for s in written if "DELETE" in s], written
+    assert sum("INSERT INTO process_events" in s for s in written) == 5, written
     blink2 = rec(212, "/BIN/blink2", name="BLINK2")
     assert apply(EventIn("start", blink2), EventIn("stop", blink2)) == [("lower-name", 212)]
-    assert engine.query("SELECT count(*) FROM processes", 1.0, 10)[1] == [(0,)]
-    # the same batch beside a process that stays: that one is written as ever
-    stays = rec(213, "/usr/bin/sleep")
-    assert apply(EventIn("start", benign), EventIn("start", stays)) == []
     _, rows = engine.query("SELECT pid FROM processes ORDER BY pid", 1.0, 10)
-    assert rows == [(210,), (213,)]
+    assert rows == [(213,)]  # the stopped ones went after their batch's rules
+    _, rows = engine.query("SELECT pid, event FROM process_events ORDER BY rowid", 1.0, 10)
+    assert rows == [(210, "start"), (210, "stop"), (213, "start")] + [
+        (pid, kind) for pid in (211, 212) for kind in ("start", "stop")
+    ]
+
+
+def test_a_row_sqlite_refuses_is_left_out_and_the_tables_keep_working() -> None:
+    # a UInt64 on the wire may exceed SQLite's INTEGER: that row is counted and left out,
+    # the rows around it are written, and no rule is blamed (none is disabled)
+    engine, disabled = engine_with(TMP_RULE)
+    huge = rec(300, "/usr/bin/huge", residentBytes=2**64 - 1)
+    before, after = rec(299, "/usr/bin/before"), rec(301, "/tmp/after")
+    firings, _ = engine.apply([EventIn("start", r) for r in (before, huge, after)])
+    assert [f.row["pid"] for f in firings] == [301]
+    assert engine.tables.rows_refused == 2  # its processes row and its event row
+    firings, _ = engine.apply([EventIn("start", rec(302, "/tmp/later"))])
+    assert [f.row["pid"] for f in firings] == [302]
+    _, rows = engine.query("SELECT pid FROM processes ORDER BY pid", 1.0, 10)
+    assert rows == [(299,), (301,), (302,)]
+    _, rows = engine.query("SELECT pid FROM process_events ORDER BY rowid", 1.0, 10)
+    assert rows == [(299,), (301,), (302,)]
+    assert not disabled
 
 
 def test_cost_follows_changed_rows_not_table_size() -> None:

@@ -112,6 +112,7 @@ def record(rnd: random.Random, pid: int) -> dict:
 
 def sqlite_verdict(engine: Engine, screen: str, rowid: int) -> object:
     sql = f"SELECT CASE WHEN {screen} THEN 1 WHEN NOT ({screen}) THEN 0 END FROM processes"
+    engine.tables.sync()  # the writes of the batches applied
     ((value,),) = engine.sandbox.conn.execute(f"{sql} WHERE rowid = ?", (rowid,)).fetchall()
     return {1: True, 0: False, None: None}[value]
 

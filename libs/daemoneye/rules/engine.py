@@ -258,8 +258,6 @@ class Engine:
             names = self.tables.has_event_name
             actives = [a for a in actives if not a.plan.window_names or names(a.plan.window_names)]
         self.screened_out -= len(actives)
-        if actives:
-            self.tables.materialise(batch)  # statements run: they see every row
         actives.sort(key=_order)
         # every changed row may match once: the bound grows with the batch
         changed = {"processes": len(batch.procs), "process_events": len(batch.events)}
@@ -327,7 +325,6 @@ class Engine:
             passed, candidates = screening.judge(rows, candidates, folded)
         if not candidates:
             return passed
-        self.tables.materialise(batch)
         for sql, chunk in screening.statements(candidates):
             verdicts = self._judge(sql, bound)
             if verdicts is None:  # no verdict: judge each screen alone

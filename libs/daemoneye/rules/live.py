@@ -13,6 +13,8 @@ A record arrives as the dict form of a ProcessRecord (camelCase names, as on the
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from .lineage import RecentExits
 from .sandbox import Sandbox
 from .tables import EVENT_COLUMNS, FILE, HASH, PROCESS_COLUMNS, PROCESSES, USERS
 
+log = logging.getLogger("daemoneye.rules")
 SYSCALL = {"start": "execve", "stop": "exit", "modify": "modify", "suspicious": "suspicious"}
 _ECOLS = ", ".join(c.name for c in PROCESS_COLUMNS + EVENT_COLUMNS)
 _PCOLS = ", ".join(c.name for c in PROCESSES.columns)
@@ -116,11 +119,6 @@ class Batch:
     events: dict[int, tuple[EventIn, Proc | None]] = field(default_factory=dict)  # eid ->
     event_rows: list[tuple] = field(default_factory=list)  # (eid, *process_events columns)
     stopped: list[tuple[int]] = field(default_factory=list)  # rowids to drop after rules
-    # rows of processes that started and stopped within the batch, not written yet: only
-    # the batch's own rules could ever see them, so they are written (`materialise`) only
-    # when some statement runs over the tables; a batch of short-lived execs that the
-    # screens settle in Python skips their insert and their delete
-    transient: dict[int, tuple] = field(default_factory=dict)  # rowid -> row
 
 
 def process_row(
@@ -161,6 +159,7 @@ def env_text(env: list[dict[str, str]]) -> str:
 
 
 Key = tuple[int, int, int]  # (pid namespace, pid, startTicks)
+SYNC_ROWS = 2000  # writes waiting (rows) from which they are made without a statement
 _EVENT_NAME = 1 + [c.name for c in PROCESS_COLUMNS + EVENT_COLUMNS].index("name")
 _ANY_NAME = ("not text",)  # the key of a name that is not text
 
@@ -190,6 +189,13 @@ class LiveTables:
         # the names in process_events, counted (a name that is not text, which SQLite
         # may store converted, counts as any): see `has_event_name`
         self.event_names: Counter[Any] = Counter()
+        # Writes not made yet (see `sync`): `processes` rows by rowid, rowids of rows
+        # written and since replaced or stopped, `process_events` rows
+        self._unwritten: dict[int, tuple] = {}
+        self._deletes: list[tuple[int]] = []
+        self._event_rows: list[tuple] = []
+        self.rows_refused = 0  # rows SQLite would not take (see `_insert`)
+        sandbox.before_run = self.sync  # every statement run sees every row
 
     # --- processes -------------------------------------------------------------
 
@@ -318,61 +324,74 @@ class LiveTables:
                 event_rows.append((eid, *row[:-2], *self._event_columns(ev, rec, eid, row)))
         self.events_seen += len(event_rows)
         batch.event_rows = event_rows
-        if batch.stopped:
-            # rows this batch wrote of processes it saw stop: held back (see Batch)
-            kept: list[tuple[int]] = []
-            for item in batch.stopped:
-                row = pending.pop(item[0], None)
-                if row is not None:
-                    batch.transient[item[0]] = row
-                elif item[0] not in batch.transient:
-                    kept.append(item)
-            batch.stopped = kept
         self.event_names.update(_name_key(r[_EVENT_NAME]) for r in event_rows)
+        self._drop(deletes)
+        self._unwritten.update(pending)
+        self._event_rows += event_rows
         hash_rows, file_rows, hash_gone = self._paths(paths)
-        conn = self.sandbox.conn
-        self.sandbox.trust(True)
-        try:
-            conn.execute("BEGIN")
-            if deletes:
-                conn.executemany("DELETE FROM processes WHERE rowid = ?", deletes)
-            if pending:
-                conn.executemany(
-                    f"INSERT INTO processes (rowid, {_PCOLS}) VALUES ({_PMARKS})",
-                    [(rowid, *row) for rowid, row in pending.items()],
-                )
-            if event_rows:
-                conn.executemany(
-                    f"INSERT INTO process_events (rowid, {_ECOLS}) VALUES ({_EMARKS})", event_rows
-                )
-            if hash_gone:
-                conn.executemany("DELETE FROM hash WHERE path = ?", hash_gone)
-            if hash_rows:
-                conn.executemany(f"INSERT INTO hash VALUES ({_HMARKS})", hash_rows)
-            if file_rows:
-                conn.executemany(f"INSERT INTO file VALUES ({_FMARKS})", file_rows)
-            conn.execute("COMMIT")
-        finally:
-            self.sandbox.trust(False)
+        if hash_rows or file_rows:  # a path not seen before: rare, written at once
+            with self.sandbox.trusted() as c:
+                c.executemany("DELETE FROM hash WHERE path = ?", hash_gone)
+                c.executemany(f"INSERT INTO hash VALUES ({_HMARKS})", hash_rows)
+                c.executemany(f"INSERT INTO file VALUES ({_FMARKS})", file_rows)
+        if len(self._unwritten) + len(self._deletes) + len(self._event_rows) >= SYNC_ROWS:
+            self.sync()
         return batch
-
-    def materialise(self, batch: Batch) -> None:
-        """Write the batch's transient rows (before any statement reads the tables); they
-        go with the stopped rows in `finish`."""
-        if not batch.transient:
-            return
-        rows = [(rowid, *row) for rowid, row in batch.transient.items()]
-        batch.stopped.extend((rowid,) for rowid in batch.transient)
-        batch.transient = {}
-        with self.sandbox.trusted() as c:
-            c.executemany(f"INSERT INTO processes (rowid, {_PCOLS}) VALUES ({_PMARKS})", rows)
 
     def finish(self, batch: Batch) -> None:
         """After the rules ran: drop the rows of processes that stopped."""
-        batch.transient = {}
-        if batch.stopped:
-            with self.sandbox.trusted() as c:
-                c.executemany("DELETE FROM processes WHERE rowid = ?", batch.stopped)
+        self._drop(batch.stopped)
+
+    def _drop(self, rowids: list[tuple[int]]) -> None:
+        """Rows of `processes` gone: a row never written is simply not written."""
+        unwritten, deletes = self._unwritten, self._deletes
+        for item in rowids:
+            if unwritten.pop(item[0], None) is None:
+                deletes.append(item)
+
+    def sync(self) -> None:
+        """Make the writes of the batches applied since the last sync, in one transaction.
+
+        The tables are written only when a statement is about to read them (Sandbox.run
+        calls this first: a rule, a screen only SQLite can judge, a query), when the window
+        is trimmed (every second), or when SYNC_ROWS writes wait: most batches of a busy
+        host are settled by the screens in Python and touch no table, and a process that
+        starts and stops between two statements is neither inserted nor deleted. A
+        statement sees the same rows either way (what a batch changed is found by rowid)."""
+        if not (self._unwritten or self._deletes or self._event_rows):
+            return
+        rows = [(rowid, *row) for rowid, row in self._unwritten.items()]
+        deletes, events = self._deletes, self._event_rows
+        self._unwritten, self._deletes, self._event_rows = {}, [], []
+        with self.sandbox.trusted() as c:
+            c.execute("BEGIN")
+            try:
+                if deletes:
+                    c.executemany("DELETE FROM processes WHERE rowid = ?", deletes)
+                self._insert(c, f"INSERT INTO processes (rowid, {_PCOLS}) VALUES ({_PMARKS})", rows)
+                self._insert(
+                    c, f"INSERT INTO process_events (rowid, {_ECOLS}) VALUES ({_EMARKS})", events
+                )
+            finally:
+                c.execute("COMMIT")  # no journal: what was written stays, as it would anyway
+
+    def _insert(self, c: Any, sql: str, rows: list[tuple]) -> None:
+        """Insert `rows`; one SQLite refuses (a number beyond 64 bits, which a frame may
+        carry in a UInt64) is left out and counted, and the others are written: a row
+        refused in the middle of a transaction must not leave it open, which would fail
+        every write after."""
+        while rows:
+            before = c.total_changes
+            try:
+                c.executemany(sql, rows)
+                return
+            except (sqlite3.Error, OverflowError, ValueError) as exc:
+                done = c.total_changes - before  # the rows before the one refused
+                self.rows_refused += 1
+                if self.rows_refused == 1 or self.rows_refused % 100 == 0:
+                    log.warning("row not written to the live tables (%d so far): %s",
+                                self.rows_refused, exc)  # fmt: skip
+                rows = rows[done + 1 :]
 
     def _forget(self, key: Key) -> None:
         self.live.pop(key, None)
@@ -450,6 +469,7 @@ class LiveTables:
         """Keep process_events within its time and row limits; returns rows dropped."""
         now = time.time() if now is None else now
         names = self.event_names
+        self.sync()
         with self.sandbox.trusted() as c:
             before = c.total_changes
             for sql, arg in (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import functions
@@ -35,6 +35,10 @@ LIMITS = {
 }
 
 
+def _nothing() -> None:
+    pass
+
+
 class BudgetExceeded(Exception):
     """A rule or query ran longer than its time budget and was interrupted."""
 
@@ -48,6 +52,8 @@ class Sandbox:
         self._deadline: float | None = float("inf")
         self._budget = 0.0
         self._interrupted = False
+        # called before each statement `run`: the live tables make their pending writes
+        self.before_run: Callable[[], None] = _nothing
         # no rollback journal: the tables are rebuilt from the bus, never recovered
         self.conn.execute("PRAGMA journal_mode = OFF")
         # process_events rows are wide (70 columns): 16 KiB pages make appending them ~10%
@@ -110,6 +116,7 @@ class Sandbox:
         """Run a validated SELECT under the authorizer and a time budget.
 
         `params` are only ever the engine's own (an incremental rule's rowid bound)."""
+        self.before_run()
         self._interrupted = False
         # CPU time of this thread, not wall time: a busy host that descheduled us must
         # not make a healthy rule look like a runaway one
