@@ -145,20 +145,48 @@ def test_admin_pipelines_stay_silent_in_any_exec_order(checked, rows) -> None:
         assert run(engine_of(checked, PIPE_RULES), before, batches) == [], names
 
 
-def child_shell_key(checked, parent_cmdline: str, parent_name: str) -> str:
+def child_shell_key(
+    checked,
+    parent_cmdline: str,
+    parent_name: str,
+    rule: str = "de-interpreter-child-shell",
+    cmdline: str = "sh -c 'id; uname -a'",
+) -> str:
     events, _ = CaseRunner().events_of(
         {
             "process": {
                 "name": "sh",
-                "cmdline": "sh -c 'id; uname -a'",
+                "cmdline": cmdline,
                 "parent_name": parent_name,
                 "parent_cmdline": parent_cmdline,
             }
         }
     )
-    firings = run(engine_of(checked, ("de-interpreter-child-shell",)), [], [events])
+    firings = run(engine_of(checked, (rule,)), [], [events])
     assert len(firings) == 1
     return dedup_key(firings[0])
+
+
+@pytest.mark.parametrize(
+    ("rule", "cmdline", "first", "second"),
+    [
+        ("de-gtfobins-shell", "/bin/sh", ("less", "less /etc/passwd"), ("vim", "vim notes.txt")),
+        (
+            "de-webshell",
+            "sh -c id",
+            ("php-fpm8.2", "php-fpm: pool www"),
+            ("apache2", "apache2 -k start"),
+        ),
+    ],
+    ids=["gtfobins", "webshell"],
+)
+def test_one_shell_from_two_parents_is_two_alerts(checked, rule, cmdline, first, second) -> None:
+    """Rules whose meaning is the parent's: the bare shell's argv alone would make the
+    second escape (or web shell) within the dedup window a repeat of the first."""
+    a = child_shell_key(checked, first[1], first[0], rule, cmdline)
+    b = child_shell_key(checked, second[1], second[0], rule, cmdline)
+    assert a != b
+    assert a == child_shell_key(checked, first[1], first[0], rule, cmdline)
 
 
 def test_one_shell_command_from_two_one_liners_is_two_alerts(checked) -> None:
