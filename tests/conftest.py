@@ -60,6 +60,17 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.01)  # a poll interval, not a synchronisation: the condition decides
 
 
+def settle(condition: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
+    """Poll like wait_for, but say whether it held instead of failing: the caller's
+    counts then tell what is missing."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)  # a poll interval; the condition decides
+    return True
+
+
 DAEMONEYE = [sys.executable, "-m", "daemoneye"]  # the command line, as a user runs it
 
 

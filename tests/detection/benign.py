@@ -225,6 +225,14 @@ _BENIGN: list[Item] = [
         needs=("base64",),
     ),
     Item(
+        "benign-hexdump-rev-pipelines",
+        "Hex dumps paged and patched, reversed text sorted: xxd, xxd -r -p, rev",
+        "xxd data.bin | head -3\nxxd -p data.bin | head -c 32 | xxd -r -p > head.bin\n"
+        "rev names.txt | sort | head -2\nxxd data.bin | grep -c 0000\n",
+        setup="head -c 256 /dev/urandom > data.bin\nprintf 'alice\\nbob\\n' > names.txt\n",
+        needs=("xxd", "rev"),
+    ),
+    Item(
         "benign-chmod-build-script",
         "A build script made executable and run",
         "chmod +x build.sh\n./build.sh\nchmod 644 notes.txt\n",

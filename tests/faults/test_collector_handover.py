@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import zmq
 from daemoneye import wire
 from daemoneye.bus import Subscriber
 from daemoneye.services.collector.wal import Wal
-from tests.conftest import wait_for
+from tests.conftest import settle, wait_for
 from tests.faults.harness import SystemWorld, needs_realtime
 from tests.sink_lines import records_of
 
@@ -120,16 +120,6 @@ def world_with_rule(tmp: Path, marker: str) -> SystemWorld:
         tmp,
         {"DAEMONEYE_RULES_DIR": str(rules), "DAEMONEYE_ALERTER__RULE_RATE_LIMIT__RATE": "0"},
     )
-
-
-def settle(condition: Callable[[], object], timeout: float) -> bool:
-    """Poll like wait_for, but say whether it held: the counts then tell what is missing."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)  # a poll interval; the condition decides
-    return True
 
 
 @dataclass

@@ -17,10 +17,8 @@ The `3s-max-rows-20` case is that condition at this test's rate.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from daemoneye.rpc import RpcError
 from daemoneye.services.collector.wal import Wal
 from daemoneye.services.detector.alertlog import AlertLog
 from daemoneye.store import Store
-from tests.conftest import World, wait_for
+from tests.conftest import World, settle, wait_for
 from tests.faults.harness import Storm, System, needs_realtime
 from tests.sink_lines import records_of
 from tests.stored import capture_diagnosis, wal_pids
@@ -105,17 +103,6 @@ def logged_alerts(data_dir: Path, marker: str) -> Counter:
     finally:
         store.close()
     return out
-
-
-def settle(condition: Callable[[], object], timeout: float) -> bool:
-    """Poll like wait_for, but say whether it held instead of failing: the exact counts
-    below then tell what is missing. (Polled every 0.1 s: the condition reads the sink.)"""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)  # a poll interval; the condition decides
-    return True
 
 
 def write_rule(rules: Path, marker: str) -> None:
