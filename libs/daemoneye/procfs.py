@@ -384,6 +384,32 @@ def read_process(
         os.close(dfd)
 
 
+def open_argv(pid: int) -> tuple[int | None, list[str] | None]:
+    """The first half of read_process: the process directory (see open_dir) and argv,
+    what a short-lived process loses first. For several processes exec'd at once, the
+    argv of each before the rest of any (read_opened): one whole record after another,
+    the last of n would wait n records (~150 us each) for its argv."""
+    if not IS_LINUX:
+        return None, None
+    dfd = open_dir(pid)
+    if dfd is None:
+        return None, None
+    return dfd, _argv(_read_at(dfd, "cmdline"))
+
+
+def read_opened(pid: int, dfd: int | None, argv: list[str] | None) -> dict[str, Any] | None:
+    """The second half: the record of `pid` from what open_argv gave (its directory is
+    closed here); the same record read_process would have made."""
+    if not IS_LINUX:
+        return read_process_psutil(pid)
+    if dfd is None:
+        return None
+    try:
+        return _read_record(pid, dfd, argv, None)
+    finally:
+        os.close(dfd)
+
+
 def _read_record(
     pid: int, dfd: int, cmd: list[str] | None, stat_raw: bytes | None
 ) -> dict[str, Any] | None:

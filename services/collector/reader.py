@@ -10,12 +10,16 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   reader wakes for an urgent one; both when a hold (`hold_ms`, started by the first
   datagram either gets) ends, and before it retires or quits. So an exec costs one
   wake-up and one frame, not three, and the exits of a hold go in one frame (one stop
-  envelope downstream). A wake-up reads URGENT first (the /proc reads race), then the
-  others up to the kernel time where URGENT stopped (the next datagram left there, or
-  the clock when it was found empty), and sends them in one frame in the kernel's time
-  order. An exit sent is then never ahead of its exec (the exec is older), and a fork
-  never behind it; only events stamped but not queued yet when read (nanoseconds) can
-  come a frame late: the tracker ignores a fork after its exec (tracker._late_fork).
+  envelope downstream). A wake-up reads URGENT first (the /proc reads race: the argv
+  of every exec queued there before the rest of any record), then the others up to the
+  kernel time where URGENT stopped (the next datagram left there, or the clock when it
+  was found empty), looking at URGENT again every HELD_CHUNK datagrams of theirs (an
+  exec that comes while a hold's exits are read waits for a chunk, not for all of
+  them: where URGENT stops then is the new bound), and sends them in one frame in the
+  kernel's time order. An exit sent is then never ahead of its exec (the exec is
+  older), and a fork never behind it; only events stamped but not queued yet when read
+  (nanoseconds) can come a frame late: the tracker ignores a fork after its exec
+  (tracker._late_fork).
   One CPU's numbers do come out of order (exits held while execs pass): the per-CPU
   check allows it (kseq.py). Nothing
   leaves a socket before it is sent or spooled, or else copied to the *journal*
@@ -84,6 +88,7 @@ SEND_BUF = 4 << 20  # room for bursts while the main is busy
 IDLE_WAKE_MS = 1000
 HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
 BATCH = 512  # datagrams a frame takes at most from each socket
+HELD_CHUNK = 32  # datagrams of OTHER or EXITS between two looks at URGENT (~5 us each)
 JOURNAL_BYTES = 1 << 20  # the datagrams of one frame, until it is sent
 JOURNAL_HEAD = struct.Struct("<I")  # bytes used after the head
 DATAGRAM_MAX = 65536  # a netlink datagram is never longer (the kernel's are ~100 bytes)
@@ -123,11 +128,14 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
+def wanted(what: int, pid: int, tid: int) -> bool:
+    """An event whose process's /proc is read at once: an exec, a process's new ids."""
+    return what == EXEC or (what in (UID, GID) and pid == tid)
+
+
 def capture(what: int, pid: int, tid: int) -> dict[str, Any] | None:
     """The /proc read that races the process's exit (read_process: argv first)."""
-    if what == EXEC or (what in (UID, GID) and pid == tid):
-        return procfs.read_process(pid)
-    return None
+    return procfs.read_process(pid) if wanted(what, pid, tid) else None
 
 
 def captured(ev: EventTuple) -> tuple[Any, ...] | None:
@@ -395,16 +403,39 @@ class Reader:
         or spooled. Returns how many datagrams it read (the limit or a full journal
         leave the rest queued)."""
         items: list[tuple[Any, ...]] = []
-        n, until = self._take(self.nl, items, limit, True, 0)
-        if self.other is not None:
-            n += self._take(self.other, items, limit, False, until)[0]
-        if exits and self.exits is not None:
-            n += self._take(self.exits, items, limit, False, until)[0]
+        n, until = self._take_urgent(items, limit)
+        urgent = n
+        held = {conn: 0 for conn in (self.other, self.exits if exits else None) if conn}
+        while held:
+            more = False
+            for conn, done in held.items():
+                room = min(HELD_CHUNK, limit - done)
+                took = self._take(conn, items, room, False, until)[0]
+                held[conn] = done + took
+                more |= took == room > 0  # a chunk full: maybe more before `until`
+            if not more:
+                break
+            # execs that came meanwhile, with their /proc reads, before the next chunk
+            took, until = self._take_urgent(items, limit - urgent)
+            urgent += took
+        n += sum(held.values())
         if items:
             items.sort(key=_when)
             self._emit(items)
         self._journal_clear()
         return n
+
+    def _take_urgent(self, items: list[tuple[Any, ...]], limit: int) -> tuple[int, int]:
+        """URGENT's datagrams into `items` with their /proc reads: the argv of each exec
+        as its datagram is taken (those that came meanwhile too: the socket is read to
+        its end), the rest of each record after the last. Returns what _take does."""
+        opened: list[tuple[int, int | None, list[str] | None]] = []  # (item, dir, argv)
+        n, until = self._take(self.nl, items, limit, True, 0, opened)
+        for i, dfd, argv in opened:
+            ev = items[i][0]
+            rec = procfs.read_opened(ev[2], dfd, argv)
+            items[i] = (ev, None if rec is None else tuple(rec.values()), 0)
+        return n, until
 
     def _take(
         self,
@@ -413,11 +444,13 @@ class Reader:
         limit: int,
         urgent: bool,
         until: int,
+        opened: list[tuple[int, int | None, list[str] | None]] | None = None,
     ) -> tuple[int, int]:
-        """Datagrams of `conn` into `items` (URGENT: with their /proc reads): all of
-        them, or (OTHER) those stamped before `until`. Returns how many, and the kernel
-        time the socket was read to: of the first datagram left, or of the clock when
-        it was found empty."""
+        """Datagrams of `conn` into `items`, their records still to read: all of them,
+        or (OTHER) those stamped before `until`; with `opened`, the directory and argv
+        of each process to read go there (procfs.open_argv) before the next datagram.
+        Returns how many, and the kernel time the socket was read to: of the first
+        datagram left, or of the clock when it was found empty."""
         sock = conn.sock
         scratch, view = self._scratch, self._scratch_view
         n = 0
@@ -435,10 +468,10 @@ class Reader:
             stamp = _stamp(data)
             if (not urgent and stamp >= until) or n >= limit or not self._journal_add(data):
                 return n, stamp  # the rest goes in the next frame
-            if urgent:
-                items.extend((ev, captured(ev), 0) for ev in parse_tuples(data))
-            else:
-                items.extend((ev, None, 0) for ev in parse_tuples(data))
+            for ev in parse_tuples(data):
+                if opened is not None and wanted(ev[0], ev[2], ev[3]):
+                    opened.append((len(items), *procfs.open_argv(ev[2])))
+                items.append((ev, None, 0))
             n += 1
             while True:  # consumed: it is in the journal now
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -111,3 +112,98 @@ def test_a_full_journal_leaves_the_rest_for_the_next_frame(made: reader.Reader) 
     assert made.journal_used + reader.FRAME.size + len(big) > reader.JOURNAL_BYTES - 4
     made._journal_clear()
     assert made._journal_add(big)
+
+
+def _exec_and_wait(argv: list[str]) -> subprocess.Popen[bytes]:
+    """A child that has exec'd `argv` and waits on its stdin until killed: asleep there,
+    its exec has returned, so its datagram is queued on URGENT (its new argv shows a
+    moment before the kernel sends it)."""
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = procfs.read_stat(child.pid)
+        if procfs.read_cmdline(child.pid) == argv and st is not None and st.state == "S":
+            return child
+        select.select([], [], [], 0.001)
+    raise AssertionError(f"{argv} did not exec")
+
+
+def _argv_of(items: list[Any], pid: int) -> list[str] | None:
+    at = procfs.FIELDS.index("cmdline")
+    for ev, rec, _lost in items:
+        if ev is not None and ev[0] == EXEC and ev[2] == pid and rec is not None:
+            return list(rec[at])
+    return None
+
+
+def test_queued_execs_have_their_argv_read_before_the_rest_of_any_record(
+    made: reader.Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several execs waiting on URGENT: the argv of each is read before the rest of any
+    of their records (the last one's argv does not wait for the others' whole records:
+    a short-lived process would be gone)."""
+    made._read_netlink(exits=True)  # what was queued before
+    children = [_exec_and_wait(["sh", "-c", "read x", f"queued-{i}"]) for i in range(4)]
+    mine = {c.pid for c in children}
+    reads: list[tuple[int, str]] = []
+    real = procfs._read_at
+
+    def noted(dfd: int, name: str) -> bytes | None:
+        # "/proc/<pid>", with " (deleted)" once that process is gone
+        pid = int(os.readlink(f"/proc/self/fd/{dfd}").rsplit("/", 1)[1].split()[0])
+        if pid in mine:
+            reads.append((pid, name))
+        return real(dfd, name)
+
+    monkeypatch.setattr(procfs, "_read_at", noted)
+    try:
+        made._read_netlink()
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+    (items,) = frames(made)[-1:]
+    for i, c in enumerate(children):
+        assert _argv_of(items, c.pid) == ["sh", "-c", "read x", f"queued-{i}"]
+    names = [name for _, name in reads]
+    assert names.count("cmdline") == 4 and "stat" in names
+    last_argv = max(i for i, name in enumerate(names) if name == "cmdline")
+    assert last_argv < names.index("stat"), f"a record read before every argv: {reads}"
+
+
+def test_an_exec_during_a_holds_exits_is_read_before_the_rest_of_them(
+    made: reader.Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold's end reads up to BATCH exits; an exec that comes meanwhile is taken, with
+    its argv, after the chunk being read, not after all of them (nor in the next frame)."""
+    if made.exits is None:
+        pytest.skip("this kernel took no socket filter: one socket")
+    made._read_netlink(exits=True)  # what was queued before
+    for _ in range(3 * reader.HELD_CHUNK):  # exits enough for several chunks
+        subprocess.run(["true"], check=True)
+    made._read_netlink()  # their execs and forks: only the exits are left, held
+    late: list[subprocess.Popen[bytes]] = []
+    calls: list[str] = []
+    real = made._take
+
+    def take(conn: netlink.ProcConnector, *args: Any) -> tuple[int, int]:
+        got = real(conn, *args)
+        calls.append("exits" if conn is made.exits else "urgent" if conn is made.nl else "other")
+        if conn is made.exits and not late:  # an exec comes while the exits are read
+            late.append(_exec_and_wait(["sh", "-c", "read x", "during-the-exits"]))
+        return got
+
+    monkeypatch.setattr(made, "_take", take)
+    try:
+        made._read_netlink(exits=True)
+    finally:
+        for c in late:
+            c.kill()
+            c.wait()
+    (items,) = frames(made)[-1:]
+    assert _argv_of(items, late[0].pid) == ["sh", "-c", "read x", "during-the-exits"]
+    first_exits = calls.index("exits")
+    assert "urgent" in calls[first_exits:], calls
+    assert calls[first_exits:].index("urgent") < len(calls) - first_exits - 1, calls
+    times = [ev[1] for ev, _, _ in items if ev is not None]
+    assert times == sorted(times)

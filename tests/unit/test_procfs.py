@@ -69,6 +69,37 @@ def test_reads_go_to_the_process_the_directory_was_opened_for() -> None:
     assert rec["cgroupPath"] == "" and rec["pidNamespace"] == 0
 
 
+def _settled(pid: int) -> bool:
+    """Asleep, its libraries mapped: two reads of it alike."""
+    st = procfs.read_stat(pid)
+    if st is None or st.state != "S":
+        return False
+    return procfs.read_process(pid) == procfs.read_process(pid)
+
+
+def test_argv_first_then_the_rest_is_the_record_read_process_makes() -> None:
+    """open_argv then read_opened (the reader's two passes over queued execs) give
+    read_process's record; the argv read in the first pass is what the record keeps,
+    even when the process is gone by the second (its exit took the rest)."""
+    child = subprocess.Popen([SLEEP, "30"])
+    try:
+        wait_for(lambda: procfs.read_cmdline(child.pid) == [SLEEP, "30"], what="the exec")
+        wait_for(lambda: _settled(child.pid), what="the child asleep")
+        dfd, argv = procfs.open_argv(child.pid)
+        assert dfd is not None and argv == [SLEEP, "30"]
+        assert procfs.read_opened(child.pid, dfd, argv) == procfs.read_process(child.pid)
+        dfd, argv = procfs.open_argv(child.pid)
+        child.kill()
+        wait_for(lambda: procfs.read_stat(child.pid).state == "Z", what="the exit")
+        rec = procfs.read_opened(child.pid, dfd, argv)
+    finally:
+        child.kill()
+        child.wait()
+    assert rec is not None and rec["cmdline"] == [SLEEP, "30"] and rec["state"] == "Z"
+    assert procfs.open_argv(child.pid) == (None, None)  # reaped
+    assert procfs.read_opened(child.pid, None, None) is None
+
+
 def test_zombie_is_read_without_argv() -> None:
     child = subprocess.Popen([SLEEP, "0"])
     deadline = time.monotonic() + 10
