@@ -211,10 +211,19 @@ def test_the_reader_killed_while_no_main_runs_is_a_counted_loss(
     # 10 below are then read at once, argv included, not while it is still waking up
     spare = psutil.Process(health["spare_pid"])
     wait_for(lambda: spare.children(), 10, "the spare to take over")
+    # One process first, not counted: the spare's first read after its fork may come late
+    # for a process that lives a millisecond (its pages copied on write; seen in 1 run of
+    # ~12: the first of the 10 without argv). Any of its events lost is counted below.
+    run_marked(unique("warm-up"), 0, 1)
     after = unique("after")
     run_marked(after, 0, 10)
     start_collector(start_service, rpc_client, run_env)
-    wait_for(lambda: len(marked(events, "stop", after)) == 10, 15, "the 10 after the kill")
+    if not settle(lambda: len(marked(events, "stop", after)) == 10, 15):
+        pytest.fail(
+            f"not the 10 after the kill in 15 s: starts {sorted(marked(events, 'start', after))}, "
+            f"stops {sorted(marked(events, 'stop', after))}; collector "
+            f"{rpc_client.call(TARGET, 'health').value['metrics']}"
+        )
     missing = 20 - len(marked(events, "start", gone))
     assert missing > 0, "the spooled events were not lost: the test proves nothing"
 
