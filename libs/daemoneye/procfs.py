@@ -360,28 +360,14 @@ def parse_env(data: bytes) -> list[dict[str, str]]:
     return out
 
 
-def read_process(
-    pid: int, cmdline_first: list[str] | None = None, stat_raw: bytes | None = None
-) -> dict[str, Any] | None:
+def read_process(pid: int, stat_raw: bytes | None = None) -> dict[str, Any] | None:
     """A full record of `pid`, or None when it was gone before anything could be read.
 
-    `cmdline_first` is an argv already read by a caller racing the process's exit;
-    `stat_raw` the bytes of /proc/<pid>/stat a rescan read a moment ago (one read less).
+    `stat_raw` is the bytes of /proc/<pid>/stat a rescan read a moment ago (one read less).
     """
     if not IS_LINUX:
         return read_process_psutil(pid)
-    dfd = open_dir(pid)
-    if dfd is None:
-        if cmdline_first is None:
-            return None
-        rec = empty_record(pid)
-        rec["cmdline"] = cmdline_first
-        rec["accessible"] = False
-        return rec
-    try:
-        return _read_record(pid, dfd, cmdline_first, stat_raw)
-    finally:
-        os.close(dfd)
+    return read_opened(pid, open_dir(pid), None, stat_raw)
 
 
 def open_argv(pid: int) -> tuple[int | None, list[str] | None]:
@@ -397,7 +383,9 @@ def open_argv(pid: int) -> tuple[int | None, list[str] | None]:
     return dfd, _argv(_read_at(dfd, "cmdline"))
 
 
-def read_opened(pid: int, dfd: int | None, argv: list[str] | None) -> dict[str, Any] | None:
+def read_opened(
+    pid: int, dfd: int | None, argv: list[str] | None, stat_raw: bytes | None = None
+) -> dict[str, Any] | None:
     """The second half: the record of `pid` from what open_argv gave (its directory is
     closed here); the same record read_process would have made."""
     if not IS_LINUX:
@@ -405,7 +393,7 @@ def read_opened(pid: int, dfd: int | None, argv: list[str] | None) -> dict[str, 
     if dfd is None:
         return None
     try:
-        return _read_record(pid, dfd, argv, None)
+        return _read_record(pid, dfd, argv, stat_raw)
     finally:
         os.close(dfd)
 

@@ -410,7 +410,7 @@ class Reader:
             more = False
             for conn, done in held.items():
                 room = min(HELD_CHUNK, limit - done)
-                took = self._take(conn, items, room, False, until)[0]
+                took = self._take(conn, items, room, until)[0]
                 held[conn] = done + took
                 more |= took == room > 0  # a chunk full: maybe more before `until`
             if not more:
@@ -430,7 +430,7 @@ class Reader:
         as its datagram is taken (those that came meanwhile too: the socket is read to
         its end), the rest of each record after the last. Returns what _take does."""
         opened: list[tuple[int, int | None, list[str] | None]] = []  # (item, dir, argv)
-        n, until = self._take(self.nl, items, limit, True, 0, opened)
+        n, until = self._take(self.nl, items, limit, 0, opened)
         for i, dfd, argv in opened:
             ev = items[i][0]
             rec = procfs.read_opened(ev[2], dfd, argv)
@@ -442,17 +442,18 @@ class Reader:
         conn: ProcConnector,
         items: list[tuple[Any, ...]],
         limit: int,
-        urgent: bool,
         until: int,
         opened: list[tuple[int, int | None, list[str] | None]] | None = None,
     ) -> tuple[int, int]:
-        """Datagrams of `conn` into `items`, their records still to read: all of them,
-        or (OTHER) those stamped before `until`; with `opened`, the directory and argv
-        of each process to read go there (procfs.open_argv) before the next datagram.
+        """Datagrams of `conn` into `items`, their records still to read: with `opened`
+        (URGENT) all of them, the directory and argv of each process to read going there
+        (procfs.open_argv) before the next datagram; without (OTHER, EXITS) those stamped
+        before `until`.
         Returns how many, and the kernel time the socket was read to: of the first
         datagram left, or of the clock when it was found empty."""
         sock = conn.sock
         scratch, view = self._scratch, self._scratch_view
+        urgent = opened is not None
         n = 0
         while True:
             now = time.monotonic_ns()  # the kernel's clock: ktime_get_ns
