@@ -135,6 +135,17 @@ _BENIGN: list[Item] = [
         needs=("curl",),
     ),
     Item(
+        "benign-install-script-download-then-heredoc",
+        "An install script: downloads to files (curl -o, wget), then runs a here-document",
+        "sh install.sh\n",
+        setup=(
+            "printf '%s\\n' 'curl -s -o index.json @HTTP@/index.json'"
+            " 'wget -q @HTTP@/release.tar.gz' 'bash <<EOF' 'tar tzf release.tar.gz' 'EOF'"
+            " > install.sh\n"
+        ),
+        needs=("curl", "wget"),
+    ),
+    Item(
         "benign-wget-release-unpack",
         "A release tarball downloaded with wget and unpacked",
         "wget -q -O- @HTTP@/release.tar.gz | tar xz\ncat release/README\n",
