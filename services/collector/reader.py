@@ -24,13 +24,17 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   check allows it (kseq.py). Nothing
   leaves a socket before it is sent or spooled, or else copied to the *journal*
   (shared memory the spare sees): it peeks, copies, consumes, and after the frame is
-  sent clears the journal; a spare taking over sends the journal's datagrams again
+  sent clears the journal (_journal_done); a spare taking over sends the journal's datagrams again
   first (the main drops what it had by its kernel sequence number). What it sends
   goes to the main process over a unix socket, as length-prefixed `marshal` frames,
   and stays in its spool until the main acks it (in the WAL), so a main process that
   dies loses nothing: the next one connects and gets every frame not acked yet. With
   no main connected it spools (bounded by bytes) and waits `linger_s` for one before
-  it exits.
+  it exits. It never waits for the main: the socket is non-blocking, what it cannot
+  take now stays in the spool, not sent yet, and goes when the socket has room again
+  (a starved main once held the reader in a send for 1.7 s, and the execs of that
+  time lost their argv: issue 16). A full spool drops its oldest frames; those never
+  sent become a loss marker in their place (the main counts it and rescans).
 - the *spare* is a fork of the reader: it holds the same sockets (the same kernel
   objects: a datagram the reader never consumed is still there), the journal and the
   same listening socket, and does nothing but wait on a channel to the reader. When the
@@ -85,6 +89,8 @@ PROTOCOL = 3
 FRAME = struct.Struct("<I")
 CMD = struct.Struct("<cQ")  # main -> reader: b"A" ack n, b"R" retire, b"Q" quit
 SEND_BUF = 4 << 20  # room for bursts while the main is busy
+SEND_CHUNK = 256 << 10  # frames not sent yet go in one send up to this many bytes
+FINISH_TIMEOUT_S = 10.0  # a retire or quit waits this long at most for the main to read
 IDLE_WAKE_MS = 1000
 HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
 BATCH = 512  # datagrams a frame takes at most from each socket
@@ -221,7 +227,14 @@ class Reader:
         self.spare_pid = 0
         self.spool: deque[tuple[int, bytes]] = deque()  # (frame number, frame) not acked
         self.spool_size = 0
-        self.spool_dropped = 0  # events dropped from a full spool (never delivered)
+        self.spool_dropped = 0  # frames dropped from a full spool (never delivered)
+        # what goes to the client: `out` is being written (a frame cut by a full socket
+        # is finished before the next one), then the spool's last `unsent` frames
+        self.out = memoryview(b"")
+        self.unsent = 0
+        self.blocked = False  # the socket took not all: wait for POLLOUT
+        self.marker_n = 0  # the loss marker heading what is not sent yet (0: none)
+        self.marker_lost = 0  # the frames it stands for
         self.n = 0
         self.takeovers = 0
         self.alone_since = time.monotonic()
@@ -274,6 +287,8 @@ class Reader:
                 self.client = None
             self.spool.clear()
             self.spool_size = 0
+            self.marker_n = self.marker_lost = 0
+            self._reset_out()
             self.peer = theirs
             self._wait_as_spare()
             return  # the reader now: back to _serve
@@ -347,14 +362,17 @@ class Reader:
             # hold starts or ends): the poll set is rebuilt only then. OTHER and EXITS
             # are watched only when nothing is held: a first datagram starts the hold
             held = self.hold_until > 0
-            want = (nl_fd, self.listener.fileno(), _fd(self.peer), _fd(self.client))
+            client = _fd(self.client)
+            want = (self.blocked, nl_fd, self.listener.fileno(), _fd(self.peer), client)
             if not held:
                 want += held_fds
             if want != watched:
                 poller = select.poll()
-                for fd in want:
+                for fd in want[1:]:
                     if fd >= 0:
                         poller.register(fd, select.POLLIN)
+                if self.blocked:  # the client's socket is full: watched for room too
+                    poller.modify(client, select.POLLIN | select.POLLOUT)
                 watched = want
             timeout = IDLE_WAKE_MS
             if held:
@@ -363,7 +381,9 @@ class Reader:
                 events = poller.poll(timeout)
             except InterruptedError:
                 continue
-            ready = {fd for fd, _ in events}
+            ready = {fd for fd, mask in events if mask & ~select.POLLOUT}
+            if self.blocked and any(fd == client and m & select.POLLOUT for fd, m in events):
+                self._flush()  # room again: on from where sending stopped
             if held and time.monotonic() >= self.hold_until:
                 # a busy host: the next hold starts now (watching for its first datagram
                 # would cost a wake-up a hold); a quiet one: back to watching them
@@ -422,7 +442,7 @@ class Reader:
         if items:
             items.sort(key=_when)
             self._emit(items)
-        self._journal_clear()
+        self._journal_done()
         return n
 
     def _take_urgent(self, items: list[tuple[Any, ...]], limit: int) -> tuple[int, int]:
@@ -494,6 +514,20 @@ class Reader:
         JOURNAL_HEAD.pack_into(self.journal, 0, self.journal_used)  # then it counts
         return True
 
+    def _journal_done(self) -> None:
+        """After a frame: the journal is cleared once its datagrams are the main's (sent)
+        or, with no main connected, the spool's (lost with us, see docs/RELIABILITY.md).
+        While a connected main has not taken them all they stay, for a spare taking over
+        to send again, until the journal is half full: past that the oldest frames not
+        sent are in our hands alone (a spare then sends on from the next frame's; the
+        main counts the hole by kernel number), so the next frame always has room."""
+        if (
+            self.client is None
+            or not (self.out or self.unsent)
+            or self.journal_used > JOURNAL_BYTES // 2
+        ):
+            self._journal_clear()
+
     def _journal_clear(self) -> None:
         if self.journal_used:
             JOURNAL_HEAD.pack_into(self.journal, 0, 0)
@@ -506,24 +540,109 @@ class Reader:
         frame = pack(("F", self.n, time.time_ns(), items))
         self.spool.append((self.n, frame))
         self.spool_size += len(frame)
-        while self.spool_size > self.spool_max and len(self.spool) > 1:
-            _, old = self.spool.popleft()
-            self.spool_size -= len(old)
-            self.spool_dropped += 1
-        if self.client is not None:
-            self._send(frame)
+        self.unsent += 1
+        if self.spool_size > self.spool_max:
+            self._trim()
+        if self.client is not None and not self.blocked:
+            self._flush()
 
-    def _send(self, data: bytes) -> None:
-        assert self.client is not None
+    def _trim(self) -> None:
+        """The oldest frames out until the spool fits (the newest stays). One sent
+        already is the main's (only a main dying before its ack loses it: the next one's
+        kernel numbers show the hole); those not sent yet become one loss marker in their
+        place, with the number of the last: the main counts it and rescans, when it
+        comes to it, as for a kernel overrun. Markers in a row become one."""
+        spool = self.spool
+        lost, last = 0, 0
+        while self.spool_size > self.spool_max and len(spool) > 1:
+            unsent = self.unsent == len(spool)
+            n, old = spool.popleft()
+            self.spool_size -= len(old)
+            if not unsent:
+                continue
+            self.unsent -= 1
+            last = n
+            if n == self.marker_n:
+                lost += self.marker_lost
+            else:
+                lost += 1
+                self.spool_dropped += 1
+        if lost:
+            marker = pack(("F", last, time.time_ns(), [(None, None, lost)]))
+            spool.appendleft((last, marker))
+            self.spool_size += len(marker)
+            self.unsent += 1
+            self.marker_n, self.marker_lost = last, lost
+
+    def _flush(self) -> None:
+        """Send on from where sending stopped, as much as the socket takes now: never
+        waits (a frame cut short is finished first, then the next ones not sent yet)."""
+        client = self.client
+        if client is None:
+            return
         try:
-            self.client.sendall(data)  # blocks when the main is behind: the kernel then
-        except OSError:  # queues in the netlink socket, and drops with ENOBUFS at worst
+            while True:
+                if not self.out:
+                    if not self.unsent:
+                        self.blocked = False
+                        self._journal_clear()  # every frame is the main's now
+                        return
+                    self.out = self._next_out()
+                sent = client.send(self.out)
+                self.out = self.out[sent:]
+        except BlockingIOError:
+            self.blocked = True
+        except OSError:
             self._drop_client()
+
+    def _next_out(self) -> memoryview:
+        """The next frames not sent yet, up to SEND_CHUNK bytes, in one buffer."""
+        spool = self.spool
+        first = spool[-self.unsent][1]
+        self.unsent -= 1
+        if not self.unsent or len(first) >= SEND_CHUNK:
+            return memoryview(first)
+        parts, size = [first], len(first)
+        while self.unsent and size < SEND_CHUNK:
+            frame = spool[-self.unsent][1]
+            parts.append(frame)
+            size += len(frame)
+            self.unsent -= 1
+        return memoryview(b"".join(parts))
+
+    def _finish(self, last: bytes = b"") -> None:
+        """Everything not sent yet, then `last`, before a retire or quit ends us: here
+        we wait for the main (it asked for this end and reads on), FINISH_TIMEOUT_S at
+        most: the new reader of a hand-over is reading already, and one quitting has
+        nothing else to do."""
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        self._flush_until(deadline)
+        if last and self.client is not None and not self.blocked:
+            self.out = memoryview(last)
+            self._flush_until(deadline)
+
+    def _flush_until(self, deadline: float) -> None:
+        while self.client is not None:
+            self._flush()
+            if not self.blocked or self.client is None:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(InterruptedError):
+                select.select([], [self.client], [], left)
+
+    def _reset_out(self) -> None:
+        """No client: the whole spool is not sent yet, to the next one."""
+        self.out = memoryview(b"")
+        self.unsent = len(self.spool)
+        self.blocked = False
 
     def _drop_client(self) -> None:
         if self.client is not None:
             self.client.close()
         self.client = None
+        self._reset_out()
         self.alone_since = time.monotonic()
 
     def _accept(self) -> None:
@@ -537,7 +656,7 @@ class Reader:
             conn.close()
             return
         self._drop_client()  # one main at a time: the newest one
-        conn.setblocking(True)
+        conn.setblocking(False)  # we never wait for it (see the module's docstring)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUF)
         self.client = conn
@@ -556,11 +675,9 @@ class Reader:
             "fields": procfs.FIELDS,
             "sockets": 1 + len(self.held),
         }
-        self._send(pack(("H", hello)))
-        for _, frame in list(self.spool):
-            if self.client is None:
-                return
-            self._send(frame)
+        self.out = memoryview(pack(("H", hello)))  # then the whole spool, not acked yet
+        self.unsent = len(self.spool)
+        self._flush()
 
     def _read_commands(self) -> None:
         assert self.client is not None
@@ -582,6 +699,7 @@ class Reader:
                 self.retiring = True
             elif cmd == b"Q":
                 self._drain()  # what the sockets hold goes to the main first
+                self._finish()
                 self._exit()
 
     def _acked(self, n: int) -> None:
@@ -589,14 +707,14 @@ class Reader:
         while spool and spool[0][0] <= n:
             _, frame = spool.popleft()
             self.spool_size -= len(frame)
+        self.unsent = min(self.unsent, len(spool))  # only what it took is acked: never so
 
     def _retire(self) -> None:
         """The old half of a make-before-break hand-over: the new reader is subscribed,
         so what our socket holds now is all we owe; send it, say bye, exit."""
         self.listener.close()
         self._drain()
-        if self.client is not None:
-            self._send(pack(("B",)))
+        self._finish(pack(("B",)))
         self._exit()
 
     def _drain(self) -> None:

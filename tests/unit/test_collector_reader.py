@@ -207,3 +207,131 @@ def test_an_exec_during_a_holds_exits_is_read_before_the_rest_of_them(
     assert calls[first_exits:].index("urgent") < len(calls) - first_exits - 1, calls
     times = [ev[1] for ev, _, _ in items if ev is not None]
     assert times == sorted(times)
+
+
+# --- the main never holds the reader (issue 16) ---------------------------------------
+
+
+def _pad_frame(made: reader.Reader, size: int) -> None:
+    """A frame of about `size` bytes into the spool (and out, as the socket takes it)."""
+    made._emit([((EXEC, made.n, 1, 1, "p" * size), None, 0)])
+
+
+class _Main:
+    """The main's end of the socket: reads when told to, splits the frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.msgs: list[tuple[Any, ...]] = []
+
+    def read_all(self, made: reader.Reader, until: Any, timeout_s: float = 10) -> None:
+        """Read (the reader sending on as its socket has room, as its poll loop does)
+        until `until(self.msgs)`."""
+        deadline = time.monotonic() + timeout_s
+        while not until(self.msgs):
+            assert time.monotonic() < deadline, f"{len(self.msgs)} frames came"
+            if made.blocked:
+                assert made.client is not None
+                _, writable, _ = select.select([], [made.client], [], 0)
+                if writable:
+                    made._flush()
+            readable, _, _ = select.select([self.sock], [], [], 0.05)
+            if readable:
+                self.buf += self.sock.recv(1 << 20)
+                self._split()
+
+    def _split(self) -> None:
+        at = 0
+        while len(self.buf) - at >= reader.FRAME.size:
+            (size,) = reader.FRAME.unpack_from(self.buf, at)
+            if len(self.buf) - at - reader.FRAME.size < size:
+                break
+            start = at + reader.FRAME.size
+            self.msgs.append(marshal.loads(bytes(self.buf[start : start + size])))
+            at = start + size
+        del self.buf[:at]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def _frames_of(msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [m for m in msgs if m[0] == "F"]
+
+
+def test_a_main_that_does_not_read_never_blocks_the_reader(
+    made: reader.Reader, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """Frames past what the socket takes stay in the spool, not sent yet; once the main
+    reads, they go on from where sending stopped, a frame cut short finished first."""
+    ours, theirs = pair
+    made.client = ours
+    made.spool_max = 64 << 20
+    for _ in range(100):  # ~2 MB: more than a socketpair holds
+        _pad_frame(made, 20_000)
+    assert made.client is ours, "the reader gave up on a main that was only slow"
+    assert made.blocked and made.unsent > 0
+    main = _Main(theirs)
+    main.read_all(made, lambda msgs: len(msgs) == 100)
+    assert [m[1] for m in _frames_of(main.msgs)] == list(range(1, 101))
+    assert not made.blocked and made.unsent == 0 and not made.out
+    made._acked(100)
+    assert not made.spool and made.spool_size == 0
+
+
+def test_a_full_spool_drops_what_was_not_sent_as_one_loss_marker(
+    made: reader.Reader, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """Frames not sent yet dropped from a full spool: one loss marker in their place,
+    numbered as the last of them, which the main takes as lost (then rescans)."""
+    ours, theirs = pair
+    made.client = ours
+    made.spool_max = 200_000
+    for _ in range(300):  # ~6 MB: the socket takes some, the spool 200 KB, the rest go
+        _pad_frame(made, 20_000)
+    main = _Main(theirs)
+    main.read_all(made, lambda msgs: msgs and msgs[-1][1] == 300)
+    frames = _frames_of(main.msgs)
+    numbers = [m[1] for m in frames]
+    assert numbers == sorted(set(numbers)), "frame numbers out of order or twice"
+    markers = [m for m in frames if m[3][0][0] is None]
+    assert len(markers) == 1, "consecutive drops are one marker"
+    (_, _, lost) = markers[0][3][0]
+    assert lost == made.spool_dropped > 0
+    assert len(frames) - 1 + lost == 300, "a frame neither received nor counted lost"
+    before = numbers.index(markers[0][1])
+    assert numbers[before + 1] == markers[0][1] + 1, "the marker is where the lost ones were"
+
+
+def test_the_journal_keeps_a_frame_until_the_main_has_it(
+    made: reader.Reader, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """A frame the socket did not take is not in the reader's hands alone: its
+    datagrams stay in the journal (a spare taking over sends them again) until it is
+    sent; half full, the journal lets the oldest go (the next frame needs room)."""
+    ours, theirs = pair
+    made.client = ours
+    made.spool_max = 64 << 20
+    while not made.blocked:
+        _pad_frame(made, 20_000)
+    made._journal_add(datagram(FORK, 8, 1, 100))
+    _pad_frame(made, 10)
+    made._journal_done()
+    assert struct.unpack_from("<I", made.journal)[0] > 0, "an unsent frame's datagrams gone"
+    main = _Main(theirs)
+    main.read_all(made, lambda msgs: msgs and msgs[-1][1] == made.n)
+    assert struct.unpack_from("<I", made.journal)[0] == 0, "sent, and still in the journal"
+    while not made.blocked:
+        _pad_frame(made, 20_000)
+    big = datagram(EXIT, 7, 2, 200)
+    while made.journal_used <= reader.JOURNAL_BYTES // 2:
+        made._journal_add(big)
+    made._journal_done()
+    assert made.journal_used == 0
