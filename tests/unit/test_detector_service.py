@@ -100,3 +100,21 @@ def test_history_scans_by_time_and_pid_and_expires(tmp_path: Path) -> None:
 def test_event_in_defaults_are_engine_ready() -> None:
     ev = EventIn("start", {"pid": 1})
     assert ev.changed_fields == [] and ev.kind == "start"
+
+
+def test_a_body_pointer_of_the_wrong_type_is_a_decode_error() -> None:
+    """A processEvent body that is a byte list, not a struct: structurally sound (it
+    passes wirecheck), refused as malformed when the detector reads it."""
+    data = bytearray(
+        wire.encode_envelope(HEADER, "processEvent", {"kind": "start", "record": {"pid": 1}})
+    )
+    words = memoryview(data)[8:].cast("Q")
+    root = words[0]
+    at = 1 + ((root & 0xFFFFFFFF) >> 2) + ((root >> 32) & 0xFFFF)
+    slot = at + wire.Envelope.schema.fields["body"].schema.fields["processEvent"].proto.slot.offset
+    pointer = words[slot]
+    size = ((pointer >> 32) & 0xFFFF) + (pointer >> 48)  # the struct's words, as bytes
+    words[slot] = (pointer & 0xFFFFFFFC) | 1 | (2 << 32) | (size * 8 << 35)
+    envelope, kind, *_ = wire.decode_parts(bytes(data))
+    with pytest.raises(wire.DecodeError, match="malformed field"):
+        event_in(wire.body_as(envelope, kind), "collector@t")
