@@ -88,7 +88,9 @@ class History:
         put, dumps = batch.put, marshal.dumps
         for row in self._rows:  # ~1 us a row less than be64/be32 and attribute lookups
             values = row[1:]
-            when = _TIME_EID(values[_TIME_NS], row[0])
+            # timeNs is an Int64: a time before 1970 is keyed as 0, not refused by the
+            # packing (which would fail this write and every later one)
+            when = _TIME_EID(max(values[_TIME_NS], 0), row[0])
             tkey = b"t/" + when
             put(tkey, VERSION + dumps(values))
             put(b"p/" + _PID_KEY(values[_PID]) + when, tkey)

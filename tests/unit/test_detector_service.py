@@ -97,6 +97,26 @@ def test_history_scans_by_time_and_pid_and_expires(tmp_path: Path) -> None:
     history.store.close()
 
 
+def test_history_keeps_an_event_timed_before_the_epoch(tmp_path: Path) -> None:
+    """timeNs is an Int64: a collector (or a hostile frame) may send a negative one. Its
+    row is written under time 0, and the write does not fail: it would fail again with
+    every later batch staged after it, and no history or cursor would be written again."""
+    history = History(Store(tmp_path / "db"))
+    cols = PROCESS_EVENTS.column_names
+    rows = []
+    for eid, t_ns in ((1, -5), (2, 7)):
+        values = [None] * len(cols)
+        values[cols.index("pid")] = 10
+        values[cols.index("time_ns")] = t_ns
+        rows.append((eid, *values))
+    assert history.add(rows)
+    assert [r["time_ns"] for r in history.by_time()] == [-5, 7]
+    assert [r["time_ns"] for r in history.by_pid(10)] == [-5, 7]
+    assert history.expire(retention_days=1, now_ns=86400 * 10**9 + 6) == 1  # time 0 is old
+    assert [r["time_ns"] for r in history.by_time()] == [7]
+    history.store.close()
+
+
 def test_event_in_defaults_are_engine_ready() -> None:
     ev = EventIn("start", {"pid": 1})
     assert ev.changed_fields == [] and ev.kind == "start"
