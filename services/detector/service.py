@@ -292,10 +292,10 @@ class Detector(Service):
     ) -> None:
         """Queue an envelope's events for the next batch, with its cursor."""
         if kind == "processEvent":
-            self.pending.append(event_in(envelope.body.processEvent, source))
+            self.pending.append(event_in(wire.body_as(envelope, kind), source))
         else:
             # read whole before queued: a malformed event drops its envelope, not half of it
-            events = [event_in(e, source) for e in envelope.body.processEventBatch.events]
+            events = [event_in(e, source) for e in wire.body_as(envelope, kind).events]
             self.pending.extend(events)
         self.intake.cursors.note_seq(topic, source, boot_id, seq)
         if len(self.pending) >= self.cfg.max_batch:

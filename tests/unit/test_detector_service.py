@@ -97,6 +97,44 @@ def test_history_scans_by_time_and_pid_and_expires(tmp_path: Path) -> None:
     history.store.close()
 
 
+def test_history_keeps_an_event_timed_before_the_epoch(tmp_path: Path) -> None:
+    """timeNs is an Int64: a collector (or a hostile frame) may send a negative one. Its
+    row is written under time 0, and the write does not fail: it would fail again with
+    every later batch staged after it, and no history or cursor would be written again."""
+    history = History(Store(tmp_path / "db"))
+    cols = PROCESS_EVENTS.column_names
+    rows = []
+    for eid, t_ns in ((1, -5), (2, 7)):
+        values = [None] * len(cols)
+        values[cols.index("pid")] = 10
+        values[cols.index("time_ns")] = t_ns
+        rows.append((eid, *values))
+    assert history.add(rows)
+    assert [r["time_ns"] for r in history.by_time()] == [-5, 7]
+    assert [r["time_ns"] for r in history.by_pid(10)] == [-5, 7]
+    assert history.expire(retention_days=1, now_ns=86400 * 10**9 + 6) == 1  # time 0 is old
+    assert [r["time_ns"] for r in history.by_time()] == [7]
+    history.store.close()
+
+
 def test_event_in_defaults_are_engine_ready() -> None:
     ev = EventIn("start", {"pid": 1})
     assert ev.changed_fields == [] and ev.kind == "start"
+
+
+def test_a_body_pointer_of_the_wrong_type_is_a_decode_error() -> None:
+    """A processEvent body that is a byte list, not a struct: structurally sound (it
+    passes wirecheck), refused as malformed when the detector reads it."""
+    data = bytearray(
+        wire.encode_envelope(HEADER, "processEvent", {"kind": "start", "record": {"pid": 1}})
+    )
+    words = memoryview(data)[8:].cast("Q")
+    root = words[0]
+    at = 1 + ((root & 0xFFFFFFFF) >> 2) + ((root >> 32) & 0xFFFF)
+    slot = at + wire.Envelope.schema.fields["body"].schema.fields["processEvent"].proto.slot.offset
+    pointer = words[slot]
+    size = ((pointer >> 32) & 0xFFFF) + (pointer >> 48)  # the struct's words, as bytes
+    words[slot] = (pointer & 0xFFFFFFFC) | 1 | (2 << 32) | (size * 8 << 35)
+    envelope, kind, *_ = wire.decode_parts(bytes(data))
+    with pytest.raises(wire.DecodeError, match="malformed field"):
+        event_in(wire.body_as(envelope, kind), "collector@t")

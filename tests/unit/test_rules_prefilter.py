@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sqlglot import exp, parse_one
 from daemoneye.rules.engine import Engine
 from daemoneye.rules.live import EventIn
 from daemoneye.rules.model import Rule
-from daemoneye.rules.prefilter import PieceFinder, screen_of, screening_sql
+from daemoneye.rules.prefilter import PieceFinder, _trie_pattern, screen_of, screening_sql
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "rules"
 
@@ -404,3 +405,30 @@ def test_piece_finder_finds_what_a_substring_test_per_piece_finds(pieces, texts)
     for text in texts:
         want = {g for p in pieces if p in text for g in by_piece[p]}
         assert {g for group in finder.groups_in(text) for g in group} == want, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sets(st.text("ab/.é*(", min_size=1, max_size=5), min_size=1, max_size=30),
+    st.lists(st.text("ab/.é*(x", max_size=30), min_size=1, max_size=5),
+)
+def test_piece_finder_trie_finds_the_longest_piece_at_the_leftmost_position(pieces, texts) -> None:
+    """The trie regex stops where the alternation of the pieces (longest first) stops:
+    the same position and the same piece, search after search."""
+    alternation = re.compile("|".join(map(re.escape, sorted(pieces, key=len, reverse=True))))
+    trie = re.compile(_trie_pattern(pieces))
+    for text in texts:
+        for at in range(len(text) + 1):
+            a, b = alternation.search(text, at), trie.search(text, at)
+            assert (a and (a.start(), a.group())) == (b and (b.start(), b.group())), (text, at)
+
+
+def test_piece_finder_takes_pieces_nested_beyond_the_stack() -> None:
+    """A piece whose every prefix is a piece nests a group per character: past what the
+    regex compiler can recurse into, the finder falls back to the plain alternation."""
+    long = "ab" * 550
+    by_piece = {long[:n]: [n] for n in range(1, len(long) + 1)}
+    finder = PieceFinder(by_piece)
+    assert {g for group in finder.groups_in("xx" + long[:7] + "x") for g in group} == set(
+        range(1, 8)
+    )
