@@ -70,11 +70,13 @@ class Link:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def take(self, out: list[Item]) -> None:
+    def take(self, out: list[Item]) -> int:
+        """Append the items of every whole frame received so far; how many are events."""
         fd = self.sock.fileno()
+        chunks = [self._chunk]
         while not self.ended:
             try:
-                n = os.readv(fd, [self._chunk])
+                n = os.readv(fd, chunks)
             except BlockingIOError:
                 break
             except OSError:
@@ -86,27 +88,38 @@ class Link:
             if n < READ_BYTES:
                 break  # drained: asking again would only raise EAGAIN
         buf = self._buf
-        at = 0
-        while len(buf) - at >= FRAME.size:
-            (length,) = FRAME.unpack_from(buf, at)
-            if len(buf) - at - FRAME.size < length:
-                break
-            start = at + FRAME.size
-            msg = marshal.loads(bytes(buf[start : start + length]))
-            at = start + length
-            if msg[0] == "F":
-                self.taken_n = msg[1]
-                self.frames += 1
-                for ev, record, lost in msg[3]:
-                    if record is not None and type(record) is not dict:  # protocol 2
-                        record = dict(zip(self.fields, record, strict=False))
-                    out.append(Item(ProcEvent(*ev) if ev else None, record, lost))
-            elif msg[0] == "H":
-                self.hello = msg[1]
-                self.fields = tuple(self.hello.get("fields", ()))
-            elif msg[0] == "B":
-                self.bye = True
+        end = len(buf)
+        if end < FRAME.size:
+            return 0
+        at = events = 0
+        append, loads, unpack = out.append, marshal.loads, FRAME.unpack_from
+        fields = self.fields
+        with memoryview(buf) as view:  # frames decoded in place: no copy of each
+            while end - at >= FRAME.size:
+                (length,) = unpack(buf, at)
+                start = at + FRAME.size
+                if end - start < length:
+                    break
+                msg = loads(view[start : start + length])
+                at = start + length
+                if msg[0] == "F":
+                    self.taken_n = msg[1]
+                    self.frames += 1
+                    for ev, record, lost in msg[3]:
+                        if record is not None and type(record) is not dict:  # protocol 2
+                            record = dict(zip(fields, record, strict=False))
+                        if ev:
+                            append(Item(ProcEvent(*ev), record, lost))
+                            events += 1
+                        else:
+                            append(Item(None, record, lost))
+                elif msg[0] == "H":
+                    self.hello = msg[1]
+                    self.fields = fields = tuple(self.hello.get("fields", ()))
+                elif msg[0] == "B":
+                    self.bye = True
         del buf[:at]
+        return events
 
     def wait_hello(self, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -239,8 +252,9 @@ class RealtimeSource:
             before = bool(link.hello)
             if link.pending:
                 out.extend(link.pending)
+                self.received += sum(1 for i in link.pending if i.event is not None)
                 link.pending = []
-            link.take(out)
+            self.received += link.take(out)
             if link.hello and not before:
                 self._note(link.hello)
             if not link.ended:
@@ -259,7 +273,6 @@ class RealtimeSource:
                 break
             self.takeovers += 1
             self.links.append(Link(sock))
-        self.received += sum(1 for i in out if i.event is not None)
         return out
 
     def due_ack(self, now: float, delay_s: float, state: Callable[[], Any]) -> tuple[int, Any]:

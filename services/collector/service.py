@@ -331,13 +331,19 @@ class Collector(Service):
         check = self.kseq
         gaps_before = check.lost
         self._holding = True  # batching: one read of the kernel's events, few envelopes
+        outs: list[Out] = []  # what the take's events led to: published together
         try:
-            for item in items:
-                if item.event is None:
-                    lost += item.lost
-                    continue
-                if check.take(item.event):  # False: a duplicate of a hand-over's overlap
-                    self._publish_all(self.tracker.on_event(item.event, item.record))
+            try:
+                on_event, fresh = self.tracker.on_event, check.take
+                for item in items:
+                    event = item.event
+                    if event is None:
+                        lost += item.lost
+                    elif fresh(event):  # False: a duplicate of a hand-over's overlap
+                        outs += on_event(event, item.record)
+            finally:
+                if outs:
+                    self._publish_all(outs)
         finally:
             self._holding = False
             self._send_batch()
@@ -473,10 +479,11 @@ class Collector(Service):
         # when its first event has waited publish_batch_ms, and when the handler is done
         limit, wait_s = self.cfg.publish_batch_max, self.cfg.publish_batch_ms / 1000
         max_bytes = self.settings.bus.max_event_bytes // 2
+        monotonic = time.monotonic
         for out in outs:
             batch = self._batch
             if batch:
-                if batch[0].kind == out.kind and time.monotonic() - self._batch_since < wait_s:
+                if batch[0].kind == out.kind and monotonic() - self._batch_since < wait_s:
                     if len(batch) == 1:  # sizes are worked out once a second event joins:
                         self._batch_bytes = _approx_bytes(batch[0])  # a lone one goes as is
                     size = _approx_bytes(out)
@@ -488,7 +495,7 @@ class Collector(Service):
                         continue
                 self._send_batch()
             self._batch = [out]
-            self._batch_since = time.monotonic()
+            self._batch_since = monotonic()
         if not self._holding:
             self._send_batch()
 

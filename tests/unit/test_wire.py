@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemoneye import wire
+from daemoneye import wire, wirepack
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
 
@@ -306,8 +306,59 @@ def test_the_fast_filler_sets_the_bytes_the_plan_sets(events: list[dict]) -> Non
     assert data == wire.encode_envelope(HEADER, "processEvent", events[0], fast=False)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(EVENTS, min_size=1, max_size=4))
+def test_the_packer_writes_the_bytes_pycapnp_builds(events: list[dict]) -> None:
+    """encode_envelope's own writer (wirepack) takes well-formed process events without
+    falling back to pycapnp, and writes exactly the bytes pycapnp builds."""
+    for packer in wirepack._structs.values():
+        packer.fillers.clear()  # room for this example's key orders
+    for kind, body in (("processEvent", events[0]), ("processEventBatch", {"events": events})):
+        for order in (body, dict(reversed(body.items()))):
+            packed = wire._pack_envelope(HEADER, wire._PACKED[kind], order)
+            assert packed == wire.encode_envelope(HEADER, kind, order, fast=False)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"record": {"pid": -1}},  # out of range
+        {"record": {"pid": "1"}},  # a text for a number
+        {"record": {"exeDeleted": 1}},  # a number for a bool
+        {"record": {"name": 5}},  # a number for a text
+        {"record": {"cmdline": "ls"}},  # a text for a list
+        {"record": {"env": [("A", "b")]}},  # a tuple for a struct
+        {"severity": "dire"},  # no such enumerant
+        {"record": {"nosuch": 1}},  # no such field
+    ],
+)
+def test_what_the_packer_refuses_pycapnp_names(bad: dict) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - whatever it raises, it raises
+        wire._pack_envelope(HEADER, wire._PACKED["processEvent"], bad)
+    with pytest.raises((ValueError, TypeError)):
+        wire.encode_envelope(HEADER, "processEvent", bad)
+
+
+def test_dicts_past_the_packers_key_orders_take_pycapnp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wirepack, "MAX_KEY_ORDERS", 1)
+    for packer in wirepack._structs.values():
+        packer.fillers.clear()
+    first = {"record": {"pid": 1, "name": "a"}, "hostname": "h"}
+    second = {"hostname": "h", "record": {"name": "a", "pid": 1}}
+    for body in (first, second, first):
+        assert wire.encode_envelope(HEADER, "processEvent", body) == _reference_encode(
+            "processEvent", body
+        )
+    with pytest.raises(wirepack.Unpackable):
+        wire._pack_envelope(HEADER, wire._PACKED["processEvent"], second)
+    wire._pack_envelope(HEADER, wire._PACKED["processEvent"], first)  # still packed
+    for packer in wirepack._structs.values():
+        packer.fillers.clear()
+
+
 def test_dicts_past_the_key_orders_kept_take_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wire, "MAX_KEY_ORDERS", 1)
+    monkeypatch.setattr(wire, "_PACKED", {})  # pycapnp's fast way, not wirepack's
     wire._fast_fills.clear()
     first = {"record": {"pid": 1, "name": "a"}, "hostname": "h"}
     second = {"hostname": "h", "record": {"name": "a", "pid": 1}}
