@@ -33,6 +33,7 @@ from tests.stored import (
 )
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
+SLEEP = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
 # kill -9 loses what the collector had read but not yet logged: storm processes that
 # ended this long before the kill are due in its WAL, later ones are excused
 KILL_GRACE_S = 1.0
@@ -74,9 +75,10 @@ class Storm:
     its own record of what it ran: the fault tests' ground truth for what there was to
     see, independent of the collector."""
 
-    def __init__(self, rate: float, marker: str) -> None:
+    def __init__(self, rate: float, marker: str, life_s: float = 0.0) -> None:
         self.rate = rate
         self.marker = marker
+        self.life_s = life_s
         self.count = 0
         self.ran: list[Ran] = []
         self._stop = threading.Event()
@@ -91,12 +93,20 @@ class Storm:
         due = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
-            proc = subprocess.Popen([TRUE, self.marker, str(self.count)])
+            proc = subprocess.Popen(self._argv(), executable=SLEEP if self.life_s else None)
             proc.wait()
             self.ran.append(Ran(self.count, proc.pid, started, time.monotonic()))
             self.count += 1
             due += period
             self._stop.wait(max(0.0, due - time.monotonic()))  # paced, not a sync sleep
+
+    def _argv(self) -> list[str]:
+        """`true <marker> <n>`; with `life_s`, a sleep of that long whose argv[0] is
+        `true <marker> <n>` (the same command line to a rule, read as one text): alive
+        long enough for any /proc read, where a test is not about that race."""
+        if self.life_s:
+            return [f"true {self.marker} {self.count}", str(self.life_s)]
+        return [TRUE, self.marker, str(self.count)]
 
     def wait_more(self, n: int, timeout: float = 20) -> None:
         """Wait until `n` more processes have been run."""
