@@ -339,19 +339,26 @@ def test_what_the_packer_refuses_pycapnp_names(bad: dict) -> None:
         wire.encode_envelope(HEADER, "processEvent", bad)
 
 
+# one body in two key orders: an encoder that compiles per key order meets both
+FIRST_ORDER = {"record": {"pid": 1, "name": "a"}, "hostname": "h"}
+SECOND_ORDER = {"hostname": "h", "record": {"name": "a", "pid": 1}}
+
+
+def _encode_both_orders_as_pycapnp() -> None:
+    for body in (FIRST_ORDER, SECOND_ORDER, FIRST_ORDER):
+        assert wire.encode_envelope(HEADER, "processEvent", body) == _reference_encode(
+            "processEvent", body
+        )
+
+
 def test_dicts_past_the_packers_key_orders_take_pycapnp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wirepack, "MAX_KEY_ORDERS", 1)
     for packer in wirepack._structs.values():
         packer.fillers.clear()
-    first = {"record": {"pid": 1, "name": "a"}, "hostname": "h"}
-    second = {"hostname": "h", "record": {"name": "a", "pid": 1}}
-    for body in (first, second, first):
-        assert wire.encode_envelope(HEADER, "processEvent", body) == _reference_encode(
-            "processEvent", body
-        )
+    _encode_both_orders_as_pycapnp()
     with pytest.raises(wirepack.Unpackable):
-        wire._pack_envelope(HEADER, wire._PACKED["processEvent"], second)
-    wire._pack_envelope(HEADER, wire._PACKED["processEvent"], first)  # still packed
+        wire._pack_envelope(HEADER, wire._PACKED["processEvent"], SECOND_ORDER)
+    wire._pack_envelope(HEADER, wire._PACKED["processEvent"], FIRST_ORDER)  # still packed
     for packer in wirepack._structs.values():
         packer.fillers.clear()
 
@@ -360,14 +367,9 @@ def test_dicts_past_the_key_orders_kept_take_the_plan(monkeypatch: pytest.Monkey
     monkeypatch.setattr(wire, "MAX_KEY_ORDERS", 1)
     monkeypatch.setattr(wire, "_PACKED", {})  # pycapnp's fast way, not wirepack's
     wire._fast_fills.clear()
-    first = {"record": {"pid": 1, "name": "a"}, "hostname": "h"}
-    second = {"hostname": "h", "record": {"name": "a", "pid": 1}}
-    for body in (first, second, first):
-        assert wire.encode_envelope(HEADER, "processEvent", body) == _reference_encode(
-            "processEvent", body
-        )
+    _encode_both_orders_as_pycapnp()
     with pytest.raises(wire._NoFastWay):
-        _filled("processEvent", second, wire._fill_fast)
+        _filled("processEvent", SECOND_ORDER, wire._fill_fast)
     wire._fast_fills.clear()
 
 
