@@ -24,7 +24,11 @@ with every service up (the shipped rules plus one probe rule):
   write (default: two POSIX shell loops exec'ing the copy of true), its execs counted by
   the kernel (perf's sched_process_exec tracepoint), unmonitored first, then monitored;
   "captured" is then the collector's published start events against the kernel's count
-  of execs on the host in the window.
+  of execs on the host in the window;
+- with `--overload LOOPS`, the unpaced generator again with LOOPS shell exec loops beside
+  it, more execs than the services keep up with on a small machine: how many of the
+  generator's execs were still captured with their argv (no CPU figure per exec: the
+  services serve the loops' execs too).
 
 Budget (DESIGN.md / issue 16): <= 0.3 ms of services' CPU per exec at 200 exec/s and
 unpaced; unpaced monitored >= 85 % of unmonitored; idle <= 1 % of a core; every exec
@@ -367,6 +371,27 @@ def measure(system: System, gen: Generator, load: Load, seconds: float, idle: di
     return ran, elapsed, per_exec
 
 
+OVERLOAD = "overload"
+
+
+def measure_overloaded(system: System, gen: Generator, args, idle: dict, marker: str):
+    """The unpaced generator with shell exec loops beside it (in a session of their own,
+    killed whole after the window)."""
+    loops = subprocess.Popen(
+        ["sh", "-c", _outside.shell_loop(gen.exe, args.overload)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        load = Load(OVERLOAD, 0.0, args.workers)
+        ran, elapsed, per_exec = measure(system, gen, load, args.seconds, idle, marker)
+    finally:
+        os.killpg(loops.pid, signal.SIGKILL)
+        loops.wait()
+    return load, ran, elapsed, per_exec
+
+
 @dataclass
 class Outside:
     counted: _outside.Counted
@@ -440,6 +465,15 @@ def main() -> int:
         metavar="COMMAND",
         help="also measure under an outside generator: a shell command line run for "
         "--seconds (default `shell`: two sh loops exec'ing a copy of true)",
+    )
+    parser.add_argument(
+        "--overload",
+        type=int,
+        default=0,
+        metavar="LOOPS",
+        help="also run the unpaced generator with LOOPS POSIX shell loops exec'ing the same "
+        "copy of true beside it, the host past what the services keep up with: prints how "
+        "many of the generator's execs were captured with their argv",
     )
     parser.add_argument(
         "--idle-only",
@@ -552,6 +586,8 @@ def run(
         ran, elapsed, per_exec = measure(system, gen, load, args.seconds, idle, marker)
         rows.append((load, ran, elapsed, per_exec))
         alerted[load.label] = watcher.lines - before
+    if args.overload:
+        rows.append(measure_overloaded(system, gen, args, idle, marker))
     outside = measure_outside(system, args.outside, args.seconds, idle) if args.outside else None
     probed = gen.run(f"{marker}-probe", probe.rate, args.probe_seconds, probe.workers, probe.every)
     tagged = (probed + probe.every - 1) // probe.every
@@ -564,6 +600,12 @@ def run(
     print(f"\n{'load':>9} {'exec/s':>8} {'ms/exec':>8}  by service (ms per exec)")
     status = 0
     for load, ran, elapsed, per_exec in rows:
+        if load.label == OVERLOAD:
+            print(
+                f"{load.label:>9} {ran / elapsed:8,.0f}  beside {args.overload} shell exec loops"
+                " (the services serve their execs too: no figure per exec; capture below)"
+            )
+            continue
         total = sum(per_exec.values())
         by = "  ".join(f"{n} {v:.3f}" for n, v in sorted(per_exec.items(), key=lambda x: -x[1]))
         rate = ran / elapsed
