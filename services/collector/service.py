@@ -259,6 +259,9 @@ class Collector(Service):
         deadline = time.monotonic() + timeout_s
         while self.realtime is not None and self._handover is not None:
             link = self.realtime.links[0] if self.realtime.links else None
+            if link is not None and link.pending:  # read with the hello, counted, not taken
+                self._on_realtime()
+                continue
             if link is None or link.frames >= self._handover.backlog:
                 return
             if time.monotonic() > deadline:
