@@ -100,6 +100,11 @@ JOURNAL_HEAD = struct.Struct("<I")  # bytes used after the head
 DATAGRAM_MAX = 65536  # a netlink datagram is never longer (the kernel's are ~100 bytes)
 
 
+# In a loss marker's record place: frames dropped from a full spool (a main too slow or
+# stopped), not the kernel's overrun (ENOBUFS: the reader too slow), whose is None.
+SPOOL_LOSS = {"spool": True}
+
+
 def _count_overrun(conn: ProcConnector, items: list[tuple[Any, ...]], exc: OSError) -> None:
     """ENOBUFS on a read: the kernel dropped datagrams. Counted, and a loss marker goes in
     the frame (the main repairs with a rescan); any other error is raised."""
@@ -568,7 +573,7 @@ class Reader:
                 lost += 1
                 self.spool_dropped += 1
         if lost:
-            marker = pack(("F", last, time.time_ns(), [(None, None, lost)]))
+            marker = pack(("F", last, time.time_ns(), [(None, SPOOL_LOSS, lost)]))
             spool.appendleft((last, marker))
             self.spool_size += len(marker)
             self.unsent += 1

@@ -57,7 +57,8 @@ class Collector(Service):
         self.monitoring = False
         self.scans = 0
         self.last_scan_s = 0.0
-        self.lost_events = 0
+        self.lost_events = 0  # the kernel's overruns (ENOBUFS) the reader told of
+        self.spool_dropped = 0  # frames the reader dropped from its full spool (markers)
         self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
         self._next_scan = 0.0
         self._next_sync = 0.0
@@ -259,6 +260,9 @@ class Collector(Service):
         deadline = time.monotonic() + timeout_s
         while self.realtime is not None and self._handover is not None:
             link = self.realtime.links[0] if self.realtime.links else None
+            if link is not None and link.pending:  # read with the hello, counted, not taken
+                self._on_realtime()
+                continue
             if link is None or link.frames >= self._handover.backlog:
                 return
             if time.monotonic() > deadline:
@@ -327,7 +331,7 @@ class Collector(Service):
             self._reader_died()
         if not self.monitoring:
             return len(items)  # before begin_monitoring: the initial snapshot sees these
-        lost = 0
+        overruns = dropped = 0
         check = self.kseq
         gaps_before = check.lost
         self._holding = True  # batching: one read of the kernel's events, few envelopes
@@ -337,8 +341,11 @@ class Collector(Service):
                 on_event, fresh = self.tracker.on_event, check.take
                 for item in items:
                     event = item.event
-                    if event is None:
-                        lost += item.lost
+                    if event is None:  # a loss marker: whose (reader.SPOOL_LOSS)?
+                        if item.record:
+                            dropped += item.lost
+                        else:
+                            overruns += item.lost
                     elif fresh(event):  # False: a duplicate of a hand-over's overlap
                         outs += on_event(event, item.record)
             finally:
@@ -359,14 +366,14 @@ class Collector(Service):
             self.log.warning(
                 "%d kernel events missed (cpu, last, next: %s)", missed, check.last_loss
             )
-        if lost or missed:
-            self.lost_events += lost
-            self.notice(
-                "lost_events",
-                f"the kernel dropped process events ({lost} overruns, {missed} events "
-                "missing from its sequence numbers); repairing with a snapshot",
-                missed or lost,
-            )
+        if overruns or dropped or missed:
+            self.lost_events += overruns
+            self.spool_dropped += dropped
+            message = _loss_message(overruns, dropped, missed)
+            if overruns or dropped:  # (missed is logged above, with where)
+                self.log.warning("%s", message)
+            detail = {"overruns": overruns, "spool_dropped_frames": dropped, "missing": missed}
+            self.notice("lost_events", message, missed or overruns + dropped, detail)
             self.rescan(drain=False)
         return len(items)
 
@@ -626,6 +633,7 @@ class Collector(Service):
             "scans": self.scans,
             "last_scan_s": self.last_scan_s,
             "lost_events": self.lost_events,
+            "spool.dropped_frames": self.spool_dropped,
             "monitoring": int(self.monitoring),
         }
         m.update({f"published.{k}": v for k, v in self.published.items()})
@@ -639,6 +647,8 @@ class Collector(Service):
         if self.hasher is not None:
             m["hash.done"] = self.hasher.hashed
             m["hash.pending"] = self.hasher.pending()
+        # every event lost, once: by its kernel number (a spool's dropped frames and an
+        # overrun's datagrams are holes in them); lost_events and spool.dropped_frames say how
         m["collector.lost"] = self.kseq.lost
         m["netlink.duplicates"] = self.kseq.duplicates
         m["netlink.late"] = self.kseq.late
@@ -649,7 +659,6 @@ class Collector(Service):
         if self.realtime is not None:
             m["netlink.received"] = self.realtime.received
             m["netlink.takeovers"] = self.realtime.takeovers
-            m["collector.lost"] += self.realtime.spool_dropped
         return m
 
     def queue_depth(self) -> int:
@@ -759,6 +768,25 @@ class Collector(Service):
             out["spare_pid"] = self.realtime.hello.get("spare", 0)
         out["pid_namespace"] = _own_pid_ns()
         return out
+
+
+def _loss_message(overruns: int, dropped: int, missed: int) -> str:
+    """What a lost_events notice tells: which loss (the kernel's socket overrun, the
+    reader's spool overflowing while this main did not read, numbers never brought)."""
+    parts = []
+    if overruns:
+        parts.append(
+            f"the kernel dropped process events: {overruns} netlink socket overruns "
+            "(ENOBUFS, the reader did not read in time)"
+        )
+    if dropped:
+        parts.append(
+            f"the netlink reader's spool overflowed while this main was not reading "
+            f"(stalled or stopped): {dropped} frames of events dropped, oldest first"
+        )
+    if missed:
+        parts.append(f"{missed} events missing from the kernel's sequence numbers")
+    return "; ".join(parts) + "; repairing with a snapshot"
 
 
 def _approx_bytes(out: Out) -> int:

@@ -11,6 +11,7 @@ the next connection only."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -109,23 +111,59 @@ def test_a_stopped_main_does_not_stop_the_reader(
 
 
 def test_a_spool_overflow_is_told_to_the_main_in_the_stream(
-    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+    events: Events,
+    start_service: Callable[..., Any],
+    rpc_client: RpcClient,
+    run_env: dict,
+    subscribe: Callable[..., Subscriber],
 ) -> None:
     """The smallest spool (1 MB) and the socket full: the oldest frames not sent yet are
     dropped. The main learns it from the stream on the same connection (a loss marker
-    where they were: counted, repaired by a rescan), no reconnection needed."""
+    where they were: counted, repaired by a rescan), no reconnection needed. It is told
+    as what it is, a spool overflow (not the kernel's overrun, `lost_events`), and its
+    events are counted once, by their kernel numbers (`collector.lost`): a new main
+    adopting the reader (whose hello tells its spool's drops since it started) adds
+    nothing."""
+    notices = Events(subscribe("events.collector."))
     main = start_collector(start_service, rpc_client, run_env, reader_spool_bytes=str(1 << 20))
     reader = rpc_client.call(TARGET, "health").value["reader_pid"]
     before = metrics(rpc_client)
     marker = f"overflow-{uuid.uuid4().hex[:8]}"
     with stopped(main.pid):
         burst(marker, COUNT)
-    if not settle(lambda: metrics(rpc_client)["lost_events"] > 0, 30):
+    if not settle(lambda: metrics(rpc_client)["spool.dropped_frames"] > 0, 30):
         pytest.fail(f"no loss told in 30 s: {metrics(rpc_client)}\n{main.log()[-3000:]}")
+    # the hole in the kernel numbers is counted once it stayed open over two settles
+    wait_for(lambda: metrics(rpc_client)["collector.lost"] > 0, 15, "the loss counted")
     after = metrics(rpc_client)
     assert after["scans"] > before["scans"], "the loss was not repaired with a rescan"
     assert after["netlink.takeovers"] == 0
+    assert after["lost_events"] == 0, "a spool overflow told as the kernel's overrun"
     assert health(rpc_client)["reader_pid"] == reader
+
+    def told() -> list[dict[str, Any]]:
+        notices.pump()
+        return [b for _t, b in notices.seen if b.get("kind") == "lost_events"]
+
+    found = wait_for(told, 10, "the lost_events notice")
+    message = found[0]["message"]  # type: ignore[index]
+    assert "spool overflowed" in message and "overrun" not in message, message
+    # a new main: the same reader's hello, its spool's drops in it; counted already.
+    # First the numbers written down (at each ack: an exec makes one due) with no hole
+    # open, or the new main would rightly count the hole the first one left open.
+    data = Path(run_env["DAEMONEYE_DATA_DIR"])
+    positions = list(data.glob("collector/*/wal/kernel-positions.json"))
+    assert positions, "no kernel numbers written down"
+
+    def written_down() -> bool:
+        os.waitpid(os.posix_spawn(SLEEP, [SLEEP, "0"], os.environ), 0)
+        return not json.loads(positions[0].read_text()).get("gaps")
+
+    wait_for(written_down, 10, "the kernel numbers written down with no hole open")
+    assert main.stop() == 0, main.log()
+    start_collector(start_service, rpc_client, run_env, reader_spool_bytes=str(1 << 20))
+    assert health(rpc_client)["reader_pid"] == reader, "the reader was not adopted"
+    assert metrics(rpc_client)["collector.lost"] == 0, "the first main's loss counted again"
 
 
 def test_the_reader_killed_while_the_main_is_stopped_loses_nothing_silently(

@@ -303,7 +303,8 @@ def test_a_full_spool_drops_what_was_not_sent_as_one_loss_marker(
     assert numbers == sorted(set(numbers)), "frame numbers out of order or twice"
     markers = [m for m in frames if m[3][0][0] is None]
     assert len(markers) == 1, "consecutive drops are one marker"
-    (_, _, lost) = markers[0][3][0]
+    (_, whose, lost) = markers[0][3][0]
+    assert whose == reader.SPOOL_LOSS, "told apart from the kernel's overrun (None)"
     assert lost == made.spool_dropped > 0
     assert len(frames) - 1 + lost == 300, "a frame neither received nor counted lost"
     before = numbers.index(markers[0][1])

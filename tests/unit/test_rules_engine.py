@@ -314,6 +314,58 @@ def test_snapshot_rebuild_replaces_live_table_without_events() -> None:
     assert rows == [(1,)]  # only the real start event, not the snapshot
 
 
+MARKER_RULE = """
+id: marker
+name: marker argv
+severity: low
+sql: SELECT pid, name, cmdline FROM processes WHERE cmdline LIKE 'marker/%'
+"""
+
+
+def test_a_process_read_as_it_exits_is_not_alerted_again() -> None:
+    """A snapshot (or rescan) reads /proc as the process exits: its argv, then no
+    executable; a zombie has neither. The same process, the same image: no second
+    firing, which would reach the alerter under another dedup key (rule, exe, argv).
+    The row keeps what the process runs (the handover fault suite's flake)."""
+    engine, _ = engine_with(MARKER_RULE)
+    full = rec(2000, "/usr/bin/sleep", argv=["marker/1", "0.05"], accessible=True)
+    firings, _ = engine.apply([EventIn("start", full, source="netlink", collector="c")])
+    assert [f.record["exePath"] for f in firings] == ["/usr/bin/sleep"]
+    exiting = {**full, "exePath": "", "cwd": "", "accessible": False}
+    assert engine.rebuild([exiting], "c") == []
+    zombie = {**exiting, "cmdline": [], "state": "Z"}
+    assert engine.rebuild([zombie], "c") == []
+    assert engine.apply([EventIn("modify", full, collector="c")])[0] == []
+    _, rows = engine.sandbox.run("SELECT path, cmdline FROM processes", 1.0, 10)
+    assert rows == [("/usr/bin/sleep", "marker/1 0.05")]
+    # first seen without its executable, then with it: the same image better known
+    quiet = rec(2001, "/usr/bin/sleep", argv=["marker/2"], accessible=True)
+    firings, _ = engine.apply([EventIn("start", {**quiet, "exePath": ""}, collector="c")])
+    assert len(firings) == 1
+    assert engine.apply([EventIn("modify", quiet, collector="c")])[0] == []
+    # a real exec (another executable and argv) is judged afresh
+    exec_ = {**full, "exePath": "/usr/bin/env", "cmdline": ["marker/3"]}
+    firings, _ = engine.apply([EventIn("modify", exec_, collector="c")])
+    assert [f.record["cmdline"] for f in firings] == [["marker/3"]]
+
+
+def test_a_snapshot_does_not_bring_back_a_process_seen_exiting() -> None:
+    """A collector's snapshot taken before it took in an exit the detector has (a new
+    collector's first rescan finds its predecessor's exits as zombies, or as they exit):
+    the process stays gone and is not judged again."""
+    engine, _ = engine_with(MARKER_RULE)
+    full = rec(2100, "/usr/bin/sleep", argv=["marker/1", "0.05"], accessible=True)
+    firings, _ = engine.apply([EventIn("start", full, collector="c")])
+    assert len(firings) == 1
+    engine.apply([EventIn("stop", full, collector="c")])
+    assert engine.rebuild([full, {**full, "exePath": ""}], "c") == []
+    _, rows = engine.sandbox.run("SELECT pid FROM processes", 1.0, 10)
+    assert rows == []
+    # the same pid started again (other start ticks) is another process
+    again = rec(2100, "/usr/bin/sleep", argv=["marker/1", "0.05"], accessible=True)
+    assert len(engine.rebuild([again], "c")) == 1
+
+
 def test_event_window_is_bounded() -> None:
     engine, _ = engine_with(TMP_RULE, window_rows=100, window_s=60)
     engine.apply([EventIn("start", rec(3000 + i, "/bin/x")) for i in range(250)])

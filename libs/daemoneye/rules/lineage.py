@@ -86,6 +86,15 @@ class RecentExits:
             if not oldest:
                 del self._by_pid[old]
 
+    def has(self, pid: int, ticks: int, namespace: int = 0) -> bool:
+        """Whether the process (pid, start ticks) is among those that exited (a
+        namespace 0 on either side matches any: it was unreadable)."""
+        for kept in self._by_pid.get(pid, ()):
+            ns = kept[_NS]
+            if kept[_TICKS] == ticks and (not namespace or not ns or ns == namespace):
+                return True
+        return False
+
     def find(self, pid: int, namespace: int = 0, before_ticks: int = 0) -> dict[str, Any] | None:
         """The latest exited process with `pid` that could be the parent of a process
         started at `before_ticks` (0: any), in `namespace` when both are known."""

@@ -82,6 +82,27 @@ class Proc:
     fork_copy: bool = False
 
 
+def new_image(rec: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether a record of a known process tells of another program image (an exec, or
+    a fork seen before its exec): an executable or argv known in both and not the same.
+
+    An empty one tells nothing new: /proc read as the process exits (argv read, then
+    the executable gone) or a zombie (both gone), in a rescan or a snapshot; and one
+    empty before and known now is the same image better known. Judged afresh, either
+    would alert the process again under another dedup key (rule, exe, argv), which the
+    alerter cannot tell from another process's. A rule that has not fired on the
+    process still judges every new version of its row."""
+    exe, old_exe, argv, old_argv = rec["exePath"], old["exePath"], rec["cmdline"], old["cmdline"]
+    return bool(exe and old_exe and exe != old_exe) or bool(argv and old_argv and argv != old_argv)
+
+
+def same_image(rec: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A record of the same image that lost its executable or argv (see `new_image`):
+    they are still what the process runs, so rules and alerts keep seeing them."""
+    exe, argv = rec["exePath"] or old["exePath"], rec["cmdline"] or old["cmdline"]
+    return {**rec, "exePath": exe, "cmdline": argv}
+
+
 def is_fork_copy(rec: dict[str, Any], parent: dict[str, Any] | None) -> bool:
     """A subshell or worker that forked and never exec'd (`( ... )`, `$( ... )`, gdb or
     useradd helpers): the collector reports it with its parent's name, path and argv and
@@ -283,9 +304,9 @@ class LiveTables:
                     self.latest[key[1]] = key
                 else:  # a new version replaces the old row
                     old_rec = proc.record
-                    image = (
-                        rec["exePath"] != old_rec["exePath"] or rec["cmdline"] != old_rec["cmdline"]
-                    )
+                    image = new_image(rec, old_rec)
+                    if not image and (not rec["exePath"] or not rec["cmdline"]):
+                        rec = ev.record = same_image(rec, old_rec)
                     if image:
                         # a new program image (an exec, or a fork seen before its exec):
                         # the rules judge it afresh, as osquery's "added" would
@@ -507,7 +528,16 @@ class LiveTables:
     def rebuild(self, records: list[dict[str, Any]], collector: str) -> Batch:
         """Replace what `collector` reported with its snapshot (other collectors' processes
         stay); process_events is untouched. The batch holds what is new or changed."""
-        records = [normalise(r) for r in records]
+        # a process whose exit was taken in is gone, whatever the snapshot says: read
+        # before its collector took that exit in (a new collector's first rescan reads
+        # the zombies of exits its predecessor published)
+        live, exited = self.live, self.exits.has
+        records = [
+            r
+            for r in map(normalise, records)
+            if self._resolve(key_of(r)) in live
+            or not exited(r["pid"], r["startTicks"], r["pidNamespace"])
+        ]
         identities = {self._resolve(key_of(r)) for r in records}
         stale = [
             EventIn("stop", p.record, collector=collector)
