@@ -38,7 +38,10 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   envelope of starts on the bus for each subscriber) while each exec's /proc is still
   read as it comes: a frame goes at once when the next is not expected before its
   time is up (a lone exec waits for nothing), else with the next frames, at a wake-up
-  for an exec or when its time is up. Until sent, its datagrams are in the journal.
+  for an exec or when its time is up; a hold ending while frames wait is stretched to
+  their send, so its exits go after them (not between two execs' frames, which would
+  cut their envelope of starts in two). Until sent, a frame's datagrams are in the
+  journal.
   A full spool drops its oldest frames; those never sent become a loss marker in their
   place (the main counts it and rescans).
 - the *spare* is a fork of the reader: it holds the same sockets (the same kernel
@@ -404,7 +407,13 @@ class Reader:
             ready = {fd for fd, mask in events if mask & ~select.POLLOUT}
             if self.blocked and any(fd == client and m & select.POLLOUT for fd, m in events):
                 self._flush()  # room again: on from where sending stopped
-            if held and time.monotonic() >= self.hold_until:
+            hold_over = held and time.monotonic() >= self.hold_until
+            if hold_over and self.send_due > self.hold_until:
+                # frames wait to be sent: the exits join their send, after them (in the
+                # middle, they would cut one envelope of starts in two downstream)
+                self.hold_until = self.send_due
+                hold_over = False
+            if hold_over:
                 # a busy host: the next hold starts now (watching for its first datagram
                 # would cost a wake-up a hold); a quiet one: back to watching them
                 took = self._read_netlink(exits=True)
