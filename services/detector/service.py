@@ -1,11 +1,10 @@
 """The detector: a live process table in SQLite, SQL rules run over what changes,
 alerts on `alerts.<severity>`, process history in RocksDB.
 
-Events are applied in batches: what each read of the bus brings (the collector's
-reader already sends the execs of a few ms together, `collector.reader_send_ms`; with
-`batch_wait_ms` the first message of a burst also waits that long on the socket) is
-applied as one batch (the incremental rules run once over it); a backlog is read
-without the wait, and a batch is applied early when full. Aggregate rules run on their own
+Events are applied in batches: the first message of a burst waits `batch_wait_ms` on
+the socket (the service loop's bus wait), then everything waiting is read and applied
+as one batch (the incremental rules run once over it); a backlog is read without the
+wait, and a batch is applied early when full. Aggregate rules run on their own
 cadence. Rule loads, reloads and disables are audited on `audit.detector`.
 
 No event missed silently: a gap in a collector's `events.process` stream is filled by
@@ -303,8 +302,8 @@ class Detector(Service):
             self.flush()
 
     def on_drained(self) -> None:
-        """Apply what arrived as one batch: what one read of the bus brought (its first
-        event has waited `batch_wait_ms` on the socket, when set), or a backlog, or full
+        """Apply what arrived as one batch: its first event has waited `batch_wait_ms`
+        on the socket (the service loop's bus wait), or the batch is a backlog, or full
         at `max_batch`. The rules' fixed cost per run (~250 us with 100 rules) and the
         history write are shared by every event of a trickle instead of paid per
         message."""

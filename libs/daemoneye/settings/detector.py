@@ -44,14 +44,12 @@ class DetectorSettings(BaseModel):
         "as started",
     )
     batch_wait_ms: float = Field(
-        0.0,
+        10.0,
         ge=0,
         description="an event waits at most this long on the bus for others to share its "
         "wake-up, its run of the rules and its history write (0: apply what each read of "
-        "the bus brought at once). Off by default: the collector's reader already sends "
-        "the execs of a few ms together (collector.reader_send_ms), so a wait here would "
-        "add a second wake-up and a second delay to each of its envelopes; a backlog is "
-        "read whole either way",
+        "the bus brought at once); at 200 exec/s 10 ms costs about a quarter less CPU than "
+        "5 ms and adds ~5 ms to exec -> alert (20 ms: p99 over the 50 ms budget)",
     )
     history_wait_ms: float = Field(
         250.0,
