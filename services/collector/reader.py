@@ -33,8 +33,17 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   it exits. It never waits for the main: the socket is non-blocking, what it cannot
   take now stays in the spool, not sent yet, and goes when the socket has room again
   (a starved main once held the reader in a send for 1.7 s, and the execs of that
-  time lost their argv: issue 16). A full spool drops its oldest frames; those never
-  sent become a loss marker in their place (the main counts it and rescans).
+  time lost their argv: issue 16). Frames wait to be sent `send_ms` at most, so that
+  the execs close together go to the main in one send (one wake-up of the main, one
+  envelope of starts on the bus for each subscriber) while each exec's /proc is still
+  read as it comes: a frame goes at once when the next is not expected before its
+  time is up (a lone exec waits for nothing), else with the next frames, at a wake-up
+  for an exec or when its time is up; a hold ending while frames wait is stretched to
+  their send, so its exits go after them (not between two execs' frames, which would
+  cut their envelope of starts in two). Until sent, a frame's datagrams are in the
+  journal.
+  A full spool drops its oldest frames; those never sent become a loss marker in their
+  place (the main counts it and rescans).
 - the *spare* is a fork of the reader: it holds the same sockets (the same kernel
   objects: a datagram the reader never consumed is still there), the journal and the
   same listening socket, and does nothing but wait on a channel to the reader. When the
@@ -44,7 +53,8 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
 
 Both processes killed at once close the socket: that is the one window left (see
 docs/RELIABILITY.md). Commands from the main: ack n, retire (drain, say bye and
-exit: the old half of a make-before-break hand-over), quit.
+exit: the old half of a make-before-break hand-over), quit, send (what the send wait
+holds, then an empty frame: a main leaving has them all).
 """
 
 from __future__ import annotations
@@ -87,12 +97,18 @@ from .netlink import (
 # time order: one CPU's numbers come out of order between frames (a main reads 2 as 3)
 PROTOCOL = 3
 FRAME = struct.Struct("<I")
-CMD = struct.Struct("<cQ")  # main -> reader: b"A" ack n, b"R" retire, b"Q" quit
+# main -> reader: b"A" ack n, b"R" retire, b"Q" quit, b"S" send what waits now, then a
+# frame with no items (a main leaving takes what the send wait held, and knows it has)
+CMD = struct.Struct("<cQ")
 SEND_BUF = 4 << 20  # room for bursts while the main is busy
 SEND_CHUNK = 256 << 10  # frames not sent yet go in one send up to this many bytes
 FINISH_TIMEOUT_S = 10.0  # a retire or quit waits this long at most for the main to read
 IDLE_WAKE_MS = 1000
 HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
+SEND_MS = 0  # collector.reader_send_ms: how long a frame may wait to share a send
+SEND_FRAMES = 64  # frames waiting to be sent: past this they go at once
+GAP_WEIGHT = 0.25  # the weight of the last gap between two frames in the expected one
+QUIET = 2  # a gap of this many send waits or more is a quiet spell (its frame goes at once)
 BATCH = 512  # datagrams a frame takes at most from each socket
 HELD_CHUNK = 32  # datagrams of OTHER or EXITS between two looks at URGENT (~5 us each)
 JOURNAL_BYTES = 1 << 20  # the datagrams of one frame, until it is sent
@@ -217,6 +233,10 @@ class Reader:
         self.held = [c for c in (other, exits) if c is not None]
         self.hold_s = float(self.config.get("hold_ms", HOLD_MS)) / 1000
         self.hold_until = 0.0  # OTHER and EXITS are not watched until then: the timer
+        self.send_s = float(self.config.get("send_ms", SEND_MS)) / 1000
+        self.send_due = 0.0  # frames not sent yet wait until then (0: none waits)
+        self.gap_s = QUIET * self.send_s  # the expected time between two frames (averaged)
+        self.last_emit = 0.0
         # MAP_SHARED and anonymous: this reader's spares see what it writes
         self.journal = mmap.mmap(-1, JOURNAL_BYTES)
         self.journal_used = 0
@@ -382,6 +402,9 @@ class Reader:
             timeout = IDLE_WAKE_MS
             if held:
                 timeout = max(0, math.ceil((self.hold_until - time.monotonic()) * 1000))
+            if self.send_due:
+                due_ms = max(0, math.ceil((self.send_due - time.monotonic()) * 1000))
+                timeout = min(timeout, due_ms)
             try:
                 events = poller.poll(timeout)
             except InterruptedError:
@@ -389,7 +412,13 @@ class Reader:
             ready = {fd for fd, mask in events if mask & ~select.POLLOUT}
             if self.blocked and any(fd == client and m & select.POLLOUT for fd, m in events):
                 self._flush()  # room again: on from where sending stopped
-            if held and time.monotonic() >= self.hold_until:
+            hold_over = held and time.monotonic() >= self.hold_until
+            if hold_over and self.send_due > self.hold_until:
+                # frames wait to be sent: the exits join their send, after them (in the
+                # middle, they would cut one envelope of starts in two downstream)
+                self.hold_until = self.send_due
+                hold_over = False
+            if hold_over:
                 # a busy host: the next hold starts now (watching for its first datagram
                 # would cost a wake-up a hold); a quiet one: back to watching them
                 took = self._read_netlink(exits=True)
@@ -398,6 +427,8 @@ class Reader:
                 self._read_netlink()
             if not held and not ready.isdisjoint(held_fds):
                 self.hold_until = time.monotonic() + self.hold_s  # read when it ends
+            if self.send_due and time.monotonic() >= self.send_due:
+                self._flush()  # the frames that waited for company: their time is up
             if self.client is not None and self.client.fileno() in ready:
                 self._read_commands()
             if self.listener.fileno() in ready:
@@ -549,6 +580,26 @@ class Reader:
         if self.spool_size > self.spool_max:
             self._trim()
         if self.client is not None and not self.blocked:
+            self._send_soon()
+
+    def _send_soon(self) -> None:
+        """Send the frames not sent yet now, or let them wait for the next ones: a frame
+        waits `send_s` at most, and only while the next is expected before then (the
+        gaps between frames, averaged). The main then wakes once for the execs of a
+        few ms instead of once each, and so does every subscriber of their envelope."""
+        if self.send_s <= 0:
+            self._flush()
+            return
+        now = time.monotonic()
+        gap, quiet = now - self.last_emit, QUIET * self.send_s
+        self.last_emit = now
+        if gap >= quiet:  # a quiet spell: this frame goes at once, the average starts over
+            self.gap_s = quiet
+        else:
+            self.gap_s += GAP_WEIGHT * (gap - self.gap_s)
+        if not self.send_due:
+            self.send_due = now + self.send_s  # the first frame waiting
+        if now + self.gap_s >= self.send_due or self.unsent >= SEND_FRAMES:
             self._flush()
 
     def _trim(self) -> None:
@@ -583,6 +634,7 @@ class Reader:
         """Send on from where sending stopped, as much as the socket takes now: never
         waits (a frame cut short is finished first, then the next ones not sent yet)."""
         client = self.client
+        self.send_due = 0.0  # all goes now (or when the socket has room)
         if client is None:
             return
         try:
@@ -642,6 +694,7 @@ class Reader:
         self.out = memoryview(b"")
         self.unsent = len(self.spool)
         self.blocked = False
+        self.send_due = 0.0
 
     def _drop_client(self) -> None:
         if self.client is not None:
@@ -702,6 +755,9 @@ class Reader:
                 self._acked(arg)
             elif cmd == b"R":
                 self.retiring = True
+            elif cmd == b"S":
+                self._emit([])  # after every frame waiting: the main knows it has them
+                self._flush()
             elif cmd == b"Q":
                 self._drain()  # what the sockets hold goes to the main first
                 self._finish()

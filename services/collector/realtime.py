@@ -57,6 +57,7 @@ class Link:
         self.fields: tuple[str, ...] = ()  # a record's keys, when it comes as its values
         self.bye = False
         self.ended = False
+        self.synced = False  # the empty frame answering b"S" came: all sent before is here
         self.taken_n = 0  # the last frame number taken
         self.acked_n = 0  # the last frame number acked
         self.frames = 0  # frames taken
@@ -105,6 +106,8 @@ class Link:
                 if msg[0] == "F":
                     self.taken_n = msg[1]
                     self.frames += 1
+                    if not msg[3]:
+                        self.synced = True
                     for ev, record, lost in msg[3]:
                         if record is not None and type(record) is not dict:  # protocol 2
                             record = dict(zip(fields, record, strict=False))
@@ -299,6 +302,16 @@ class RealtimeSource:
     def all_acked(self) -> bool:
         """Every frame taken is acked: nothing for the tick to do until more come."""
         return len(self.links) == 1 and self.links[0].taken_n == self.links[0].acked_n
+
+    def send_held(self) -> None:
+        """Ask the reader for what its send wait holds now (`synced` tells it came)."""
+        if self.links:
+            self.links[0].synced = False
+            self.links[0].send(b"S")
+
+    @property
+    def synced(self) -> bool:
+        return not self.links or self.links[0].synced or self.links[0].ended
 
     def quit(self) -> None:
         for link in self.links:

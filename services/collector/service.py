@@ -38,6 +38,7 @@ from .tracker import Out, Tracker
 from .wal import Wal
 
 TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this often
+HELD_TIMEOUT_S = 0.5  # a main leaving waits this long at most for what the reader holds
 IDLE_TICK_S = 1.0  # ...and this often when none waits (no fork, no frame to ack)
 ACK_INTERVAL_S = 0.5  # acks to the reader (each writes the kernel numbers down) this often
 SWITCH_INTERVAL_S = 0.0005  # the hasher thread hands the GIL back to the main loop this soon
@@ -152,6 +153,7 @@ class Collector(Service):
             "linger_s": cfg.reader_linger_s,
             "spool_bytes": cfg.reader_spool_bytes,
             "hold_ms": cfg.reader_hold_ms,
+            "send_ms": cfg.reader_send_ms,
         }
 
     def _same_reader(self, hello: dict[str, Any]) -> bool:
@@ -273,13 +275,27 @@ class Collector(Service):
 
     def teardown(self) -> None:
         if self.realtime is not None:
-            if self.monitoring:  # what gather_ms left waiting: logged now, not next start
-                self._safely(self._on_realtime)
+            if self.monitoring:  # what waits (gather_ms, the reader's send wait): logged
+                self._safely(self._take_held)  # now, not by the next main
             self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
         if self.wal is not None:
             self.wal.close()
+
+    def _take_held(self) -> None:
+        """Everything the reader has, the frames its send wait holds too: it sends them
+        at once, then an empty frame (bounded: a reader that does not answer keeps
+        them for the next main)."""
+        assert self.realtime is not None
+        self.realtime.send_held()
+        deadline = time.monotonic() + HELD_TIMEOUT_S
+        while self.realtime is not None and self.realtime.links:
+            self._on_realtime()
+            left = deadline - time.monotonic()
+            if self.realtime is None or self.realtime.synced or left <= 0:
+                return
+            select.select([self.realtime.wake_fd], [], [], left)
 
     # --- the loop's work ------------------------------------------------------
 
@@ -483,8 +499,12 @@ class Collector(Service):
         # batching: consecutive events of one kind share an envelope on their usual topic
         # (order is kept exactly); a batch goes out when full (by count, or by size: an
         # envelope above the bus's event limit would be dropped), when the kind changes,
-        # when its first event has waited publish_batch_ms, and when the handler is done
+        # when its first event has waited publish_batch_ms, and when the handler is done.
+        # Not by time within a hold (one take of the reader's frames): what it encodes is
+        # staged until the hold ends anyway, so a cut there only makes more envelopes
         limit, wait_s = self.cfg.publish_batch_max, self.cfg.publish_batch_ms / 1000
+        if self._holding:
+            wait_s = float("inf")
         max_bytes = self.settings.bus.max_event_bytes // 2
         monotonic = time.monotonic
         for out in outs:

@@ -336,3 +336,65 @@ def test_the_journal_keeps_a_frame_until_the_main_has_it(
         made._journal_add(big)
     made._journal_done()
     assert made.journal_used == 0
+
+
+def test_frames_close_together_wait_for_one_send_and_one_after_quiet_goes_at_once(
+    made: reader.Reader, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """With a send wait: a frame after a quiet spell is sent at once (a lone exec
+    waits for nothing); frames coming closer together than the wait stay unsent, their
+    datagrams in the journal (a spare sends them again), until the wait ends (the poll
+    loop's timer, or the frame after which none is expected in time): then all go in
+    one send, in order."""
+    ours, theirs = pair
+    made.client = ours
+    made.send_s = 10.0  # long: the frames below come far closer together than that
+    made.gap_s = reader.QUIET * made.send_s
+    main = _Main(theirs)
+    _pad_frame(made, 10)
+    assert made.unsent == 0 and not made.send_due, "a frame after a quiet spell waited"
+    main.read_all(made, lambda msgs: len(_frames_of(msgs)) == 1)
+    while not made.send_due:  # the expected gap shrinks as frames come close together
+        _pad_frame(made, 10)
+    first_held = made.n
+    made._journal_add(datagram(FORK, 8, 1, 100))
+    for _ in range(5):
+        _pad_frame(made, 10)
+        made._journal_done()
+    assert made.unsent == 6 and made.send_due, "frames close together went one by one"
+    assert struct.unpack_from("<I", made.journal)[0] > 0, "a waiting frame's datagrams gone"
+    main.read_all(made, lambda msgs: len(_frames_of(msgs)) == first_held - 1)
+    readable, _, _ = select.select([theirs], [], [], 0)
+    assert not readable, "a waiting frame was sent"
+    made._flush()  # what the poll loop does when send_due has come
+    main.read_all(made, lambda msgs: _frames_of(msgs)[-1][1] == made.n)
+    numbers = [m[1] for m in _frames_of(main.msgs)]
+    assert numbers == list(range(1, made.n + 1))
+    assert numbers[-6:] == list(range(first_held, first_held + 6))
+    assert made.unsent == 0 and not made.send_due
+    assert struct.unpack_from("<I", made.journal)[0] == 0, "sent, and still in the journal"
+    made.last_emit -= 2 * reader.QUIET * made.send_s  # a quiet spell since the last
+    _pad_frame(made, 10)
+    assert made.unsent == 0 and not made.send_due, "a frame after a quiet spell waited"
+
+
+def test_a_main_leaving_is_sent_what_waits_then_an_empty_frame(
+    made: reader.Reader, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """b"S" (a main's teardown): the frames the send wait holds go at once, then a frame
+    with no items, so the main knows it has taken everything before it leaves."""
+    ours, theirs = pair
+    made.client = ours
+    made.send_s = 10.0
+    made.gap_s, made.last_emit = 0.0, time.monotonic()  # frames coming close together
+    for _ in range(3):
+        _pad_frame(made, 10)
+    assert made.unsent == 3 and made.send_due
+    theirs.send(reader.CMD.pack(b"S", 0))
+    made._read_commands()
+    main = _Main(theirs)
+    main.read_all(made, lambda msgs: len(_frames_of(msgs)) == 4)
+    frames = _frames_of(main.msgs)
+    assert [m[1] for m in frames] == [1, 2, 3, 4]
+    assert [len(m[3]) for m in frames] == [1, 1, 1, 0], "the empty frame is not last"
+    assert made.unsent == 0 and not made.send_due
