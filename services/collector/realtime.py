@@ -159,7 +159,6 @@ class RealtimeSource:
         self.links: list[Link] = []  # the first is read to its end, then the next
         self.received = 0
         self.takeovers = 0  # a spare took over from a dead reader
-        self.spool_dropped = 0  # events the reader dropped from its full spool
         self.dead = False  # no reader any more: the service falls back to snapshots
         self._marks: deque[tuple[float, int, Any]] = deque()  # (when, frame, state): acks
 
@@ -183,7 +182,6 @@ class RealtimeSource:
             link.close()
             return None
         self.links.append(link)
-        self._note(hello)
         return hello
 
     def spawn(
@@ -241,9 +239,6 @@ class RealtimeSource:
         self.links.append(link)
         return hello
 
-    def _note(self, hello: dict[str, Any]) -> None:
-        self.spool_dropped += int(hello.get("spool_dropped", 0))
-
     # --- taking ---------------------------------------------------------------
 
     def take(self) -> list[Item]:
@@ -252,14 +247,11 @@ class RealtimeSource:
         out: list[Item] = []
         while self.links:
             link = self.links[0]
-            before = bool(link.hello)
             if link.pending:
                 out.extend(link.pending)
                 self.received += sum(1 for i in link.pending if i.event is not None)
                 link.pending = []
             self.received += link.take(out)
-            if link.hello and not before:
-                self._note(link.hello)
             if not link.ended:
                 break
             link.close()
