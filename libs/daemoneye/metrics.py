@@ -120,7 +120,14 @@ FAMILIES: tuple[Family, ...] = (
     # the collector
     _c("collector_events", "published", "process events the collector published, by kind",
        "kind"),
-    _c("collector_lost_events", "lost_events", "events the kernel reported lost (netlink overrun)"),
+    _c("collector_lost", "collector.lost",
+       "process events lost, each counted once by its kernel number (overruns and spool "
+       "drops alike)"),
+    _c("collector_lost_events", "lost_events",
+       "netlink socket overruns (ENOBUFS) the kernel reported; one overrun can lose many "
+       "events"),
+    _c("collector_spool_dropped_frames", "spool.dropped_frames",
+       "frames the netlink reader's spool dropped (oldest first) while no main read it"),
     _g("collector_processes", "processes", "processes the collector tracks"),
     _c("collector_scans", "scans", "/proc rescans done"),
     _g("collector_wal_bytes", "wal.bytes", "bytes in the collector's write-ahead log"),
