@@ -76,12 +76,21 @@ def test_events_read_together_share_envelopes_in_order(collector: Collector) -> 
     ]
 
 
+def publish_in_one_hold(collector: Collector, outs: list[Out]) -> None:
+    """As _on_realtime does for one take of the reader's frames: within it, batches are
+    cut by count, kind and size only, never by time (so a slow run cuts nothing more)."""
+    collector._holding = True
+    collector._publish_all(outs)
+    collector._holding = False
+    collector._send_batch()
+
+
 def test_batches_are_cut_by_count_and_by_size(collector: Collector) -> None:
     limit = collector.cfg.publish_batch_max
-    collector._publish_all([out("start", p) for p in range(1, 2 * limit + 3)])
+    publish_in_one_hold(collector, [out("start", p) for p in range(1, 2 * limit + 3)])
     assert [len(p) for _, _, p, _ in sent(collector)] == [limit, limit, 2]
     big = collector.settings.bus.max_event_bytes // 3  # two fit the limit, three do not
-    collector._publish_all([out("stop", p, big) for p in range(100, 106)])
+    publish_in_one_hold(collector, [out("stop", p, big) for p in range(100, 106)])
     bigs = [(p, n) for t, _, p, n in sent(collector) if t == "events.process.stop"]
     assert [pid for pids, _ in bigs for pid in pids] == list(range(100, 106))
     assert all(n <= collector.settings.bus.max_event_bytes for _, n in bigs)
