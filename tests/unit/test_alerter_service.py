@@ -3,7 +3,6 @@ rejected frames, history and dead-letter RPCs, over a real store and file sink."
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from daemoneye.service import Request, RpcFault
 from daemoneye.services.alerter import service as alerter_service
 from daemoneye.services.alerter.service import Alerter
 from tests.conftest import close_in_process, open_in_process, wait_for
+from tests.sink_lines import written_records
 
 counter = iter(range(1, 10**9))
 
@@ -54,8 +54,8 @@ def feed(svc: Alerter, *msgs: Message) -> None:
 
 
 def lines(svc: Alerter) -> list[dict]:
-    path = svc.settings.data_dir / "alerts.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """The file sink's complete lines: the sink's worker may be mid-write."""
+    return written_records(svc.settings.data_dir / "alerts.jsonl")
 
 
 def test_identical_alerts_become_one_delivery_and_a_repeat_summary(tmp_path: Path) -> None:
@@ -189,9 +189,7 @@ min_severity = "high"
 """
     svc = make_alerter(tmp_path, toml)
 
-    def read(path: Path) -> list[dict]:
-        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
+    read = written_records
     try:
         feed(svc, *(msg(exe=f"/bin/{n}", severity="low" if n % 2 else "high") for n in range(6)))
         svc._summarise_held()
