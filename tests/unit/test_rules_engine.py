@@ -349,6 +349,26 @@ def test_a_process_read_as_it_exits_is_not_alerted_again() -> None:
     assert [f.record["cmdline"] for f in firings] == [["marker/3"]]
 
 
+NAME_RULE = """
+id: by-name
+name: a program known by its name alone
+severity: low
+sql: SELECT pid, name, path FROM processes WHERE name = 'marker-cat'
+"""
+
+
+def test_an_exec_read_too_late_for_exe_and_argv_is_judged_by_its_new_name() -> None:
+    """A shell's fork copy, then its exec of a program that exits before /proc is read:
+    no executable, no argv, but the kernel's name changed. It is a new image: judged,
+    and its row does not borrow the shell's executable and argv."""
+    engine, _ = engine_with(NAME_RULE)
+    fork_copy = rec(2200, "/usr/bin/bash", argv=["bash"], accessible=True)
+    assert engine.apply([EventIn("start", fork_copy, source="netlink", collector="c")])[0] == []
+    late = {**fork_copy, "exePath": "", "cmdline": [], "name": "marker-cat", "accessible": False}
+    firings, _ = engine.apply([EventIn("modify", late, source="netlink", collector="c")])
+    assert [(f.record["name"], f.record["exePath"]) for f in firings] == [("marker-cat", "")]
+
+
 def test_a_snapshot_does_not_bring_back_a_process_seen_exiting() -> None:
     """A collector's snapshot taken before it took in an exit the detector has (a new
     collector's first rescan finds its predecessor's exits as zombies, or as they exit):

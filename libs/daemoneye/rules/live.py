@@ -84,7 +84,9 @@ class Proc:
 
 def new_image(rec: dict[str, Any], old: dict[str, Any]) -> bool:
     """Whether a record of a known process tells of another program image (an exec, or
-    a fork seen before its exec): an executable or argv known in both and not the same.
+    a fork seen before its exec): an executable, argv or name known in both and not the
+    same. The name (the kernel's comm) changes at exec, and an exiting process keeps it:
+    an exec read too late for its executable and argv still tells by its name.
 
     An empty one tells nothing new: /proc read as the process exits (argv read, then
     the executable gone) or a zombie (both gone), in a rescan or a snapshot; and one
@@ -93,7 +95,12 @@ def new_image(rec: dict[str, Any], old: dict[str, Any]) -> bool:
     alerter cannot tell from another process's. A rule that has not fired on the
     process still judges every new version of its row."""
     exe, old_exe, argv, old_argv = rec["exePath"], old["exePath"], rec["cmdline"], old["cmdline"]
-    return bool(exe and old_exe and exe != old_exe) or bool(argv and old_argv and argv != old_argv)
+    name, old_name = rec.get("name"), old.get("name")
+    return (
+        bool(exe and old_exe and exe != old_exe)
+        or bool(argv and old_argv and argv != old_argv)
+        or bool(name and old_name and name != old_name)
+    )
 
 
 def same_image(rec: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
