@@ -408,14 +408,13 @@ def _read_record(
     if cmd is None:
         cmd = _argv(_read_at(dfd, "cmdline"))
     raw = stat_raw or _read_at(dfd, "stat")
-    st = parse_stat(pid, raw) if raw else None
-    if st is None:
+    state = _apply_stat_raw(rec, raw) if raw else None
+    if state is None:
         if cmd is None:
             return None
         rec["cmdline"] = cmd
         rec["accessible"] = False
         return rec
-    apply_stat(rec, st)
     if cmd is None:
         ok = False
     else:
@@ -430,11 +429,12 @@ def _read_record(
         ok = False
     rec["cwd"] = cwd or ""
     rec["root"] = root or ""
-    if not _apply_status(rec, _read_at(dfd, "status")):
+    status = _read_at(dfd, "status")
+    if not _apply_status(rec, status):
         # every process has it, a zombie too, and anyone may read it: this one was
         # reaped, so what follows would fail as well (dfd is this process's alone)
         rec["username"] = username(rec["uid"])
-        rec["accessible"] = st.state == "Z"
+        rec["accessible"] = state == "Z"
         return rec
     cg = _read_at(dfd, "cgroup")
     if cg:
@@ -444,17 +444,96 @@ def _read_record(
     login = _read_at(dfd, "loginuid")
     if login:
         rec["loginUid"] = int(login)
-    ns = _readlink("ns/pid", dfd)
-    if ns and ns.startswith("pid:["):
-        rec["pidNamespace"] = int(ns[5:-1])
+    rec["pidNamespace"] = _pid_namespace(dfd, status, state)  # type: ignore[arg-type]
     io = _read_at(dfd, "io")  # root or the owner only: not counted as inaccessible
     if io:
         rec["diskReadBytes"] = _io_field(io, b"\nread_bytes:")
         rec["diskWriteBytes"] = _io_field(io, b"\nwrite_bytes:")
     rec["username"] = username(rec["uid"])
     # a zombie has no mm, exe or argv left: what we read is all there is
-    rec["accessible"] = ok or st.state == "Z"
+    rec["accessible"] = ok or state == "Z"
     return rec
+
+
+def _apply_stat_raw(rec: dict[str, Any], data: bytes) -> str | None:
+    """parse_stat and apply_stat in one (no Stat in between): the state, or None when
+    the bytes do not parse (the record is then as it was)."""
+    open_at = data.find(b"(")
+    close_at = data.rfind(b")")
+    if open_at < 0 or close_at < open_at:
+        return None
+    f = data[close_at + 2 :].split()
+    if len(f) < 22:
+        return None
+    start_ticks = int(f[19])
+    state = f[0].decode()
+    rec["ppid"] = max(0, int(f[1]))
+    rec["startTicks"] = start_ticks
+    rec["startTime"] = BOOT_TIME + start_ticks / CLK_TCK
+    rec["name"] = data[open_at + 1 : close_at].decode(errors="replace")
+    rec["state"] = state
+    rec["threads"] = int(f[17])
+    rec["nice"] = int(f[16])
+    rec["pgroup"] = max(0, int(f[2]))
+    rec["sessionId"] = max(0, int(f[3]))
+    rec["tty"] = tty_name(int(f[4]))
+    rec["userTimeMs"] = int(f[11]) * 1000 // CLK_TCK
+    rec["systemTimeMs"] = int(f[12]) * 1000 // CLK_TCK
+    rec["residentBytes"] = int(f[21]) * PAGE_SIZE
+    rec["virtualBytes"] = int(f[20])
+    return state
+
+
+# The inode of the pid namespace /proc shows, when it is ours (0: not known yet, -1: not
+# ours, or unreadable). Reset in a forked child: a fork after unshare(CLONE_NEWPID) is
+# in another namespace than the process that looked.
+_proc_ns = 0
+
+
+def _reset_proc_ns() -> None:
+    global _proc_ns
+    _proc_ns = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_proc_ns)
+
+
+def _own_proc_ns() -> int:
+    """Our pid namespace's inode when /proc is mounted for it (our NSpid has one pid:
+    the mount's namespace is ours), else -1."""
+    global _proc_ns
+    if not _proc_ns:
+        _proc_ns = -1
+        status = _read(f"{PROC}/self/status", _SMALL_CHUNK) or b""
+        link = _readlink(f"{PROC}/self/ns/pid")
+        if _single_nspid(status) and link and link.startswith("pid:["):
+            _proc_ns = int(link[5:-1])
+    return _proc_ns
+
+
+def _single_nspid(status: bytes) -> bool:
+    """The NSpid line of a status holds one pid: the process is in the pid namespace
+    /proc was mounted for (it lists the pids from that namespace down to the process's)."""
+    at = status.find(b"\nNSpid:")
+    if at < 0:
+        return False
+    end = status.find(b"\n", at + 7)
+    return len(status[at + 7 : end if end >= 0 else None].split()) == 1
+
+
+def _pid_namespace(dfd: int, status: bytes, state: str) -> int:
+    """The inode of the process's pid namespace: its ns/pid link, or, when its status
+    says it is in the namespace of /proc, which is ours, the one we know (the link
+    gives the same, at the cost of one more lookup). A zombie's link is gone: read."""
+    if state != "Z" and _single_nspid(status):
+        own = _own_proc_ns()
+        if own > 0:
+            return own
+    ns = _readlink("ns/pid", dfd)
+    if ns and ns.startswith("pid:["):
+        return int(ns[5:-1])
+    return 0
 
 
 PARALLEL_MIN = 400  # fewer new processes than this: forking readers costs more than it saves
@@ -619,17 +698,33 @@ def _is_kernel_thread(stat_raw: bytes) -> bool:
 def _unified_cgroup(data: bytes) -> str:
     if data.startswith(b"0::") and data.count(b"\n") <= 1:  # cgroup v2 alone: one line
         return data[3:].rstrip(b"\n").decode(errors="replace")
-    lines = data.decode(errors="replace").splitlines()
+    if data.isascii() and _ODD_BREAK.search(data) is None:
+        # only \n breaks its lines: split as bytes, decode the one path (the same
+        # lines str.splitlines gives, without decoding them all)
+        lines = data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        return _cgroup_of_lines(lines, b"0::", b":", b"/").decode()
+    text = data.decode(errors="replace").splitlines()
+    return _cgroup_of_lines(text, "0::", ":", "/")
+
+
+# where str.splitlines breaks an ASCII line, besides \n
+_ODD_BREAK = re.compile(rb"[\r\x0b\x0c\x1c-\x1e]")
+
+
+def _cgroup_of_lines(lines: list[Any], v2: Any, colon: Any, top: Any) -> Any:
+    """The unified (v2) path, else the most specific controller path (v1)."""
     for line in lines:
-        if line.startswith("0::"):
+        if line.startswith(v2):
             path = line[3:]
-            if path != "/" or len(lines) == 1:
+            if path != top or len(lines) == 1:
                 return path
     for line in lines:  # cgroup v1: the most specific controller path
-        path = line.split(":", 2)[-1]
-        if path != "/":
+        path = line.split(colon, 2)[-1]
+        if path != top:
             return path
-    return "/"
+    return top
 
 
 def read_process_psutil(pid: int) -> dict[str, Any] | None:

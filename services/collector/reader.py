@@ -8,9 +8,11 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   sockets (netlink.open_sockets): URGENT (exec, uid, gid) is watched always; OTHER
   (fork, comm...) and EXITS are left to wait in the kernel. OTHER is read when the
   reader wakes for an urgent one; both when a hold (`hold_ms`, started by the first
-  datagram either gets) ends, and before it retires or quits. So an exec costs one
-  wake-up and one frame, not three, and the exits of a hold go in one frame (one stop
-  envelope downstream). A wake-up reads URGENT first (the /proc reads race: the argv
+  datagram either gets) ends, and before it retires or quits. An urgent wake-up in the
+  hold's last third ends it (its exits go in that frame): under a steady load the
+  hold's end never costs a wake-up of its own. So an exec costs one wake-up and one
+  frame, not three, and the exits of a hold go in one frame (one stop envelope
+  downstream). A wake-up reads URGENT first (the /proc reads race: the argv
   of every exec queued there before the rest of any record), then the others up to the
   kernel time where URGENT stopped (the next datagram left there, or the clock when it
   was found empty), looking at URGENT again every HELD_CHUNK datagrams of theirs (an
@@ -105,6 +107,7 @@ SEND_CHUNK = 256 << 10  # frames not sent yet go in one send up to this many byt
 FINISH_TIMEOUT_S = 10.0  # a retire or quit waits this long at most for the main to read
 IDLE_WAKE_MS = 1000
 HOLD_MS = 30  # collector.reader_hold_ms: how long OTHER and EXITS may wait
+JOIN_SHARE = 1 / 3  # the last part of a hold in which an exec's wake-up ends it
 SEND_MS = 0  # collector.reader_send_ms: how long a frame may wait to share a send
 SEND_FRAMES = 64  # frames waiting to be sent: past this they go at once
 GAP_WEIGHT = 0.25  # the weight of the last gap between two frames in the expected one
@@ -233,6 +236,7 @@ class Reader:
         self.held = [c for c in (other, exits) if c is not None]
         self.hold_s = float(self.config.get("hold_ms", HOLD_MS)) / 1000
         self.hold_until = 0.0  # OTHER and EXITS are not watched until then: the timer
+        self.join_s = JOIN_SHARE * self.hold_s  # an exec's wake-up this near its end ends it
         self.send_s = float(self.config.get("send_ms", SEND_MS)) / 1000
         self.send_due = 0.0  # frames not sent yet wait until then (0: none waits)
         self.gap_s = QUIET * self.send_s  # the expected time between two frames (averaged)
@@ -412,12 +416,7 @@ class Reader:
             ready = {fd for fd, mask in events if mask & ~select.POLLOUT}
             if self.blocked and any(fd == client and m & select.POLLOUT for fd, m in events):
                 self._flush()  # room again: on from where sending stopped
-            hold_over = held and time.monotonic() >= self.hold_until
-            if hold_over and self.send_due > self.hold_until:
-                # frames wait to be sent: the exits join their send, after them (in the
-                # middle, they would cut one envelope of starts in two downstream)
-                self.hold_until = self.send_due
-                hold_over = False
+            hold_over = held and self._hold_ends(time.monotonic(), nl_fd in ready)
             if hold_over:
                 # a busy host: the next hold starts now (watching for its first datagram
                 # would cost a wake-up a hold); a quiet one: back to watching them
@@ -441,6 +440,21 @@ class Reader:
                 time.monotonic() - self.alone_since > self.linger_s or not self._findable()
             ):
                 self._exit()
+
+    def _hold_ends(self, now: float, urgent: bool) -> bool:
+        """This wake-up reads what is held: the hold is over, or an exec woke us in its
+        last JOIN_SHARE. Its exits then go in the exec's frame, and the wake-up of the
+        hold's end is spared (under a steady load it never comes); a stop still waits
+        hold_ms at most."""
+        if now >= self.hold_until:
+            if self.send_due > self.hold_until:
+                # frames wait to be sent: the exits join their send, after them (in the
+                # middle, they would cut one envelope of starts in two downstream)
+                self.hold_until = self.send_due
+                return False
+            return True
+        # frames waiting: the hold's end waits for their send (above)
+        return urgent and not self.send_due and now >= self.hold_until - self.join_s
 
     def _findable(self) -> bool:
         """Our path still leads here (its directory removed, or another reader bound

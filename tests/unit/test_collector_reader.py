@@ -398,3 +398,20 @@ def test_a_main_leaving_is_sent_what_waits_then_an_empty_frame(
     assert [m[1] for m in frames] == [1, 2, 3, 4]
     assert [len(m[3]) for m in frames] == [1, 1, 1, 0], "the empty frame is not last"
     assert made.unsent == 0 and not made.send_due
+
+
+def test_an_exec_near_the_end_of_a_hold_takes_its_exits_along(made: reader.Reader) -> None:
+    """In the hold's last third an exec's wake-up ends it (no wake-up of its own for the
+    exits); earlier, or with frames waiting to be sent, the hold runs its course."""
+    now = time.monotonic()
+    made.hold_until = now + made.hold_s  # just started
+    assert not made._hold_ends(now, urgent=True)
+    assert not made._hold_ends(now, urgent=False)
+    made.hold_until = now + made.join_s / 2  # in its last third
+    assert made._hold_ends(now, urgent=True)
+    assert not made._hold_ends(now, urgent=False)  # the timer's own wake-up: not yet
+    assert made._hold_ends(made.hold_until, urgent=False)  # its end: over in any case
+    made.send_due = now + 1.0  # frames wait to be sent: the exits go after them
+    assert not made._hold_ends(now, urgent=True)
+    assert not made._hold_ends(made.hold_until, urgent=False)
+    assert made.hold_until == made.send_due  # stretched to their send

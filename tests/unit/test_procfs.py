@@ -249,3 +249,75 @@ def test_env_read_is_bounded() -> None:
     assert got[1] == {"name": "HISTFILE", "value": "/dev/null"}
     assert procfs.parse_env(b"PATH=/bin\0HOME=/root\0") == []
     assert procfs.read_env(2**22 + 12345) == []  # no such process: nothing, no error
+
+
+def _cgroup_by_str(data: bytes) -> str:
+    """_unified_cgroup as it was written first: every line decoded (the reference)."""
+    lines = data.decode(errors="replace").splitlines()
+    for line in lines:
+        if line.startswith("0::"):
+            path = line[3:]
+            if path != "/" or len(lines) == 1:
+                return path
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        if path != "/":
+            return path
+    return "/"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"0::/user.slice/x\n",
+        b"0::/\n",
+        b"",
+        b"9:name=systemd:/\n4:memory:/process_api/03c2\n1:cpu:/\n0::/\n",
+        b"4:memory:/a/b\n0::/c\n",
+        b"3:m:/a\n\n0::/\n",
+        b"1:cpu:/x\n0::/",
+        b"1:x:/\n2:y:/q\r/z\n0::/\n",  # a break str.splitlines sees and bytes.split does not
+        b"1:x:/\n2:y:/q\x1c/z\n0::/\n",
+        b"0::/x\xff\n1:a:/\n",  # not ASCII: decoded first
+        b"1:a:/\n2:b:/caf\xc3\xa9\xc2\x85x\n",
+    ],
+)
+def test_cgroup_path_is_what_the_decoded_lines_give(data: bytes) -> None:
+    assert procfs._unified_cgroup(data) == _cgroup_by_str(data)
+
+
+def _ns_link(pid: int) -> int:
+    link = os.readlink(f"/proc/{pid}/ns/pid")
+    return int(link[5:-1])
+
+
+def test_pid_namespace_is_the_one_the_process_links_to() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            rec = procfs.read_process(pid)
+            assert rec is not None and rec["pidNamespace"] == _ns_link(pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+def test_pid_namespace_of_a_process_in_another_one() -> None:
+    """Its status lists two pids (ours and its own): not ours, so its link is read."""
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", SLEEP, "30"])
+    try:
+
+        def exec_done() -> int:
+            inner = psutil.Process(outer.pid).children()
+            return inner[0].pid if inner and inner[0].name() == "sleep" else 0
+
+        pid = int(wait_for(exec_done, 5, "unshare's child to exec sleep"))  # type: ignore[call-overload]
+        rec = procfs.read_process(pid)
+        assert rec is not None
+        assert rec["pidNamespace"] == _ns_link(pid) != _ns_link(os.getpid())
+    finally:
+        outer.kill()
+        outer.wait()
