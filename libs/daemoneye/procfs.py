@@ -408,13 +408,15 @@ def _read_record(
     if cmd is None:
         cmd = _argv(_read_at(dfd, "cmdline"))
     raw = stat_raw or _read_at(dfd, "stat")
-    state = _apply_stat_raw(rec, raw) if raw else None
-    if state is None:
+    st = parse_stat(pid, raw) if raw else None
+    if st is None:
         if cmd is None:
             return None
         rec["cmdline"] = cmd
         rec["accessible"] = False
         return rec
+    apply_stat(rec, st)
+    state = st.state
     if cmd is None:
         ok = False
     else:
@@ -453,35 +455,6 @@ def _read_record(
     # a zombie has no mm, exe or argv left: what we read is all there is
     rec["accessible"] = ok or state == "Z"
     return rec
-
-
-def _apply_stat_raw(rec: dict[str, Any], data: bytes) -> str | None:
-    """parse_stat and apply_stat in one (no Stat in between): the state, or None when
-    the bytes do not parse (the record is then as it was)."""
-    open_at = data.find(b"(")
-    close_at = data.rfind(b")")
-    if open_at < 0 or close_at < open_at:
-        return None
-    f = data[close_at + 2 :].split()
-    if len(f) < 22:
-        return None
-    start_ticks = int(f[19])
-    state = f[0].decode()
-    rec["ppid"] = max(0, int(f[1]))
-    rec["startTicks"] = start_ticks
-    rec["startTime"] = BOOT_TIME + start_ticks / CLK_TCK
-    rec["name"] = data[open_at + 1 : close_at].decode(errors="replace")
-    rec["state"] = state
-    rec["threads"] = int(f[17])
-    rec["nice"] = int(f[16])
-    rec["pgroup"] = max(0, int(f[2]))
-    rec["sessionId"] = max(0, int(f[3]))
-    rec["tty"] = tty_name(int(f[4]))
-    rec["userTimeMs"] = int(f[11]) * 1000 // CLK_TCK
-    rec["systemTimeMs"] = int(f[12]) * 1000 // CLK_TCK
-    rec["residentBytes"] = int(f[21]) * PAGE_SIZE
-    rec["virtualBytes"] = int(f[20])
-    return state
 
 
 # The inode of the pid namespace /proc shows, when it is ours (0: not known yet, -1: not
