@@ -480,6 +480,12 @@ def main() -> int:
         action="store_true",
         help="only the idle figures (CPU and PSS, each process's PSS too): no generator runs",
     )
+    parser.add_argument(
+        "--probe-only",
+        action="store_true",
+        help="only the exec -> alert probe (--probe-seconds long): no bare run, idle figures "
+        "or loads",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("exec_cost.py needs root (the collector's netlink reader): not run")
@@ -495,10 +501,12 @@ def main() -> int:
         marker = f"ec{uuid.uuid4().hex[:8]}"
         loads = [Load(f"{float(r):g}/s", float(r), 2) for r in args.rates.split(",") if r]
         loads.append(Load("unpaced", 0.0, args.workers))
+        if args.probe_only:
+            loads, args.outside, args.overload = [], None, 0
         probe = Load("probe", PROBE[0], 2, PROBE[1])
 
         bare = 0.0
-        if not args.idle_only:
+        if not (args.idle_only or args.probe_only):
             gen.run(f"{marker}-warm", 0, 1.0, args.workers)
             bare = gen.run(f"{marker}-bare", 0, args.seconds, args.workers) / args.seconds
             print(f"unmonitored, unpaced ({args.workers} loops): {bare:,.0f} exec/s")
@@ -544,19 +552,8 @@ def main() -> int:
         return status
 
 
-def run(
-    system: System,
-    gen: Generator,
-    loads: list[Load],
-    probe: Load,
-    marker: str,
-    bare: float,
-    args,
-) -> tuple[int, list]:
-    settings = system.settings
-    wait_healthy(settings, SERVICES, 60)
-    time.sleep(3)  # let start-up work (snapshot, rule load, first checkpoint) settle
-    system.discover()
+def measure_idle(system: System, args) -> tuple[dict[str, float], int]:
+    """Each service's CPU at idle (seconds a second) and PSS, printed; 1 if PSS is over."""
     c0, t0 = system.cpu(), time.monotonic()
     time.sleep(args.idle_seconds)
     elapsed = time.monotonic() - t0
@@ -575,7 +572,27 @@ def run(
     if args.idle_only:
         for name, pids in sorted(system.procs.items()):
             print(f"  {name:10s} " + "  ".join(f"{p}: {pss_mb(p):.1f}" for p in pids))
-        return int(total_pss > BUDGET_PSS_MB), []
+    return idle, int(total_pss > BUDGET_PSS_MB)
+
+
+def run(
+    system: System,
+    gen: Generator,
+    loads: list[Load],
+    probe: Load,
+    marker: str,
+    bare: float,
+    args,
+) -> tuple[int, list]:
+    settings = system.settings
+    wait_healthy(settings, SERVICES, 60)
+    time.sleep(3)  # let start-up work (snapshot, rule load, first checkpoint) settle
+    system.discover()
+    idle: dict[str, float] = {}  # service -> CPU seconds a second at idle
+    if not args.probe_only:
+        idle, over = measure_idle(system, args)
+        if args.idle_only:
+            return over, []
 
     watcher = SinkWatcher(Path(settings.data_dir) / "alerts.jsonl", marker)
     watcher.start()
