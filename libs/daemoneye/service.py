@@ -47,6 +47,9 @@ __all__ = ["Request", "RpcFault", "RpcResult", "Service", "rpc"]
 # polls, so it sleeps until its next timer; without the pipe (a loop run off the main
 # thread cannot have signals write to it), a short bound on how late a stop flag is seen.
 IDLE_POLL_MS = 60_000
+# A poll that returned sooner than this did not sleep: what it found ready came while the
+# loop was busy (see Service._ready_since)
+SLEPT_S = 0.001
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 MAX_POLL_MS = 200
 
@@ -132,6 +135,12 @@ class Service:
         self._poll_bound_ms = MAX_POLL_MS
         self._trimmed_at = -1  # activity count at the last heap trim
         self._bus_backlog = False  # the last drain was cut by drain_budget_s
+        # When the batch wait (bus_batch_wait_s) ends, while one is armed: the loop's
+        # other timers wait for it, so a timer due meanwhile delays no batch
+        self._bus_wait_due: float | None = None
+        # The earliest a socket the last poll found ready can have become so: when the
+        # poll slept, its return; else when the loop last woke (it was busy since)
+        self._ready_since = 0.0
         self._timers: list[_Timer] = []
         self._process = psutil.Process()
         self._process.cpu_percent()  # prime: the first call always returns 0
@@ -331,9 +340,12 @@ class Service:
 
     def _loop(self) -> None:
         poller = self._poller
+        woke = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
-            next_due = min((t.due for t in self._timers), default=now + 1)
+            next_due = self._bus_wait_due
+            if next_due is None:
+                next_due = min((t.due for t in self._timers), default=now + 1)
             timeout_ms = max(0, min(self._poll_bound_ms, int((next_due - now) * 1000) + 1))
             try:
                 ready = poller.poll(timeout_ms)
@@ -341,6 +353,8 @@ class Service:
                 if exc.errno == zmq.ETERM:
                     break
                 raise
+            last, woke = woke, time.monotonic()
+            self._ready_since = woke if woke - now >= SLEPT_S else last
             for sock, _ in ready:
                 handler = self._watched.get(sock)
                 if handler:
@@ -349,6 +363,12 @@ class Service:
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        wait_due = self._bus_wait_due
+        if wait_due is not None:
+            if wait_due > now:
+                return  # a batch waits: timers due meanwhile run after its drain, not before
+            self._bus_wait_due = None
+            self._safely(self._on_bus_after_wait)
         for timer in list(self._timers):
             if timer.due <= now:
                 if timer.interval_s is None:
@@ -368,10 +388,14 @@ class Service:
         assert sub is not None
         if self.bus_batch_wait_s > 0 and not self._bus_backlog:
             # The first message of a burst: let more come; the socket is not watched
-            # until the timer drains it (else every arrival would wake the loop).
-            self.unwatch(sub.sock)
-            self.once(self.bus_batch_wait_s, self._on_bus_after_wait)
-            return
+            # until the wait ends (else every arrival would wake the loop). The wait counts
+            # from when the message can have come: one that came during a long timer or
+            # flush has waited that long already.
+            due = (self._ready_since or time.monotonic()) + self.bus_batch_wait_s
+            if due > time.monotonic():
+                self.unwatch(sub.sock)
+                self._bus_wait_due = due
+                return
         self._drain_bus(sub)
 
     def _on_bus_after_wait(self) -> None:

@@ -250,3 +250,45 @@ def test_a_batch_wait_gathers_a_burst_into_one_drain(broker, settings, factory) 
         svc.stop("test")
         loop.join(10)
         close_in_process(svc)
+
+
+def _loop_with_burst_log(settings, factory) -> tuple[_Batched, threading.Thread, Publisher]:
+    svc = open_in_process(_Batched(settings))
+    loop = threading.Thread(target=svc._loop, daemon=True)
+    pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), "batcher")
+    loop.start()
+    # joined (no wait yet): a probe goes through; then a marker, after every probe sent
+    # (one publisher's messages keep their order): none is left to arm a wait of the test's
+    wait_for(lambda: pub.publish("t.probe", "empty") and svc.bursts, 15, "a first probe")
+    pub.publish("t.sync", "empty")
+    wait_for(lambda: any("t.sync" in b for b in svc.bursts), 15, "the probes drained")
+    return svc, loop, pub
+
+
+def test_timers_due_while_a_batch_waits_run_after_its_drain(broker, settings, factory) -> None:
+    """A timer (the detector's scheduled rules, its window trim: several ms each, more
+    with a full window) that comes due while a batch waits would delay the batch past its
+    wait: it runs once the batch is drained instead, in the same wake-up."""
+    svc, loop, pub = _loop_with_burst_log(settings, factory)
+    log: list[str] = []
+    try:
+        svc.every(0.02, lambda: log.append("tick"))
+        svc.bus_batch_wait_s = 1.0  # long: many ticks come due meanwhile
+        drained = len(svc.bursts)
+        on_drained = svc.on_drained
+        svc.on_drained = lambda: (
+            log.append("drain") if "t.go" in svc.pending else None,
+            on_drained(),
+        )
+        wait_for(lambda: "tick" in log, 15, "the tick to run")
+        pub.publish("t.go", "empty")
+        wait_for(lambda: svc.subscriber.sock not in svc._watched, 15, "the batch wait")
+        log.append("armed")
+        wait_for(lambda: len(svc.bursts) > drained, 30, "the batch to be drained")
+        wait_for(lambda: log[-1] == "tick", 15, "a tick after the drain")
+        after_armed = log[log.index("armed") + 1 :]
+        assert after_armed[0] == "drain", after_armed[:5]  # no tick ran while it waited
+    finally:
+        svc.stop("test")
+        loop.join(10)
+        close_in_process(svc)
