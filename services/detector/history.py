@@ -132,14 +132,45 @@ class History:
 
     def expire(self, retention_days: float, now_ns: int | None = None) -> int:
         """Drop events older than the retention; returns how many pid-index keys went."""
+        sweep = self.sweep(retention_days, now_ns)
+        while not sweep.step(10_000):
+            pass
+        return sweep.dropped
+
+    def sweep(self, retention_days: float, now_ns: int | None = None) -> Sweep:
+        """Drop events older than the retention: the time range at once (one range
+        delete), the pid index in steps (`Sweep.step`), as that needs every key read."""
         now_ns = time.time_ns() if now_ns is None else now_ns
         cutoff = max(0, now_ns - int(retention_days * 86400 * 1e9))
         self.store.delete_range(b"t/", b"t/" + be64(cutoff))
-        batch, dropped = self.store.batch(), 0
-        for key, _ in self.store.scan(b"p/"):
+        return Sweep(self.store, cutoff)
+
+
+class Sweep:
+    """Retention of the pid index, a step at a time: a whole pass reads every key of a
+    week's history (~4 us a key), too long for one turn of the detector's loop."""
+
+    def __init__(self, store: Store, cutoff_ns: int) -> None:
+        self.store, self.cutoff_ns = store, cutoff_ns
+        self.next_key: bytes | None = b"p/"  # where the next step starts; None: done
+        self.dropped = 0
+
+    def step(self, max_keys: int) -> bool:
+        """Read up to `max_keys` keys on from the last step, delete the expired ones;
+        True when the pass is done."""
+        if self.next_key is None:
+            return True
+        batch, dropped, cutoff = self.store.batch(), 0, self.cutoff_ns
+        after = None
+        for read, (key, _) in enumerate(self.store.scan(b"p/", start=self.next_key)):
+            if read >= max_keys:
+                after = key
+                break
             if un_be64(key[6:14]) < cutoff:
                 batch.delete(key)
                 dropped += 1
         if dropped:
             self.store.write(batch)
-        return dropped
+        self.dropped += dropped
+        self.next_key = after
+        return after is None

@@ -107,3 +107,24 @@ def test_history_survives_a_full_disk(small_fs: Path) -> None:
     reopened = DetectorStore(small_fs / "detector", read_only=True)
     assert len(History(reopened).by_time(0, 10**6)) == eid - 1
     reopened.close()
+
+
+def test_retention_goes_through_the_pid_index_in_steps(tmp_path: Path) -> None:
+    """The hourly pass reads every pid-index key: in steps of a bounded number of keys
+    (one pass over a bench's history held the detector's loop 130 ms), resumed where the
+    last stopped, until every expired key is gone and none still kept."""
+    store = open_store(tmp_path)
+    history = History(store)
+    now = 10**18
+    old, new = now - 8 * 86400 * 10**9, now - 1000
+    history.add([row(eid, 100 + eid % 7, old if eid % 3 else new) for eid in range(1, 101)])
+    sweep = history.sweep(7, now_ns=now)
+    steps = 1
+    while not sweep.step(10):
+        steps += 1
+    assert steps == 10  # 100 keys, 10 a step (the last step finds the end)
+    assert sweep.dropped == sum(1 for eid in range(1, 101) if eid % 3)
+    kept = [r for pid in range(100, 107) for r in history.by_pid(pid)]
+    assert sorted(r["time_ns"] for r in kept) == [new] * (100 - sweep.dropped)
+    assert all(r["time_ns"] == new for r in history.by_time())
+    store.close()
