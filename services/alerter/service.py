@@ -102,7 +102,8 @@ class Alerter(Service):
         self._windows_closed: set[int] = set()
         self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
         self._reports_told = False  # a worker woke the loop for reports not yet published
-        self._incidents_untold = False  # closed incidents changed since the last update
+        self._incidents_touched = False  # an alert went to incidents since their timer ran
+        self._incidents_next = NEVER  # when they next have work, as their timer last saw
         self.incidents = Incidents(
             cfg.incident_window_s, cfg.incident_update_s, cfg.incident_max_open,
             clock=lambda: self.clock(),
@@ -296,6 +297,7 @@ class Alerter(Service):
         """Dedup, limit and stage one alert; its store key, or None if a repeat."""
         assert self.store is not None
         now = self.clock()
+        self._incidents_touched = True
         dkey = model.dedup_key(alert)
         deliver, carried = self.dedup.check(dkey, now, alert.timeNs)
         if not deliver:
@@ -453,12 +455,16 @@ class Alerter(Service):
             self.summaries += 1
             self.fan_out(record, now, limits=False, only=self._sinks(incidents=True))
             self.flush()
-        self._incidents_untold = any(i.changed for i in self.incidents.closed)
+        self._incidents_touched = False
+        self._incidents_next = self.incidents.next_work_at()
 
     def _incidents_idle_until(self) -> float:
-        """Open incidents close and tell their changes in time: work while one is open
-        or a closed one is untold; none after (what opens one is activity)."""
-        return 0.0 if self.incidents.open or self._incidents_untold else NEVER
+        """Incidents close at their window's end and tell changes every update_s: the
+        timer runs then, and after alerts (which open and change them), not every
+        second while one is open."""
+        if self._incidents_touched or self.clock is not time.monotonic:  # a test's clock
+            return 0.0
+        return self._incidents_next
 
     def _summarise_held(self) -> None:
         """Report what the rate limits held back since the last summary."""

@@ -198,3 +198,25 @@ def test_an_idle_file_sink_worker_sleeps_until_its_fsync_is_due(tmp_path: Path) 
             worker.cond.release()
     finally:
         close_in_process(svc)
+
+
+def test_an_open_incident_wakes_the_alerter_at_its_end_not_every_second(tmp_path: Path) -> None:
+    from tests.unit.test_alerter_incidents import alert, proc
+    from tests.unit.test_alerter_service import feed, make_alerter
+
+    svc = make_alerter(tmp_path, "[alerter]\n")
+    try:
+        svc._incident_updates()
+        assert svc._incidents_idle_until() == NEVER
+        feed(svc, alert("rule1", proc(1301, 1300, ["/bin/c1"])))
+        assert svc.incidents.open and svc._incidents_idle_until() == 0.0  # an alert: look
+        svc._incident_updates()  # its first delivery went alone; nothing changed since
+        ends = svc._incidents_idle_until()
+        [incident] = svc.incidents.open.values()
+        assert ends == pytest.approx(incident.last_seen + svc.incidents.window_s)
+        feed(svc, alert("rule2", proc(1302, 1300, ["/bin/c2"])))  # same tree: a change
+        svc._incident_updates()  # update_s has not passed: told later, not now
+        update_at = svc.incidents._last_update + svc.incidents.update_s
+        assert svc._incidents_idle_until() == pytest.approx(min(update_at, ends))
+    finally:
+        close_in_process(svc)
