@@ -69,6 +69,11 @@ class _Timer:
     interval_s: float | None  # None: runs once
     fn: Callable[[], None]
     due: float = 0.0
+    # When due, the monotonic time before which fn has nothing to do (<= now: run now,
+    # inf: not before the loop handles something). See Service.every.
+    idle_until: Callable[[], float] | None = None
+    resting: bool = False  # due, but idle_until said wait: re-asked on each activity
+    ran_at: float = float("-inf")
 
 
 @dataclass
@@ -142,6 +147,8 @@ class Service:
         # poll slept, its return; else when the loop last woke (it was busy since)
         self._ready_since = 0.0
         self._timers: list[_Timer] = []
+        self._active = False  # the loop handled something since resting timers were asked
+        self._beats = 0  # heartbeats published: not work that frees heap (_trim)
         self._process = psutil.Process()
         self._process.cpu_percent()  # prime: the first call always returns 0
         self._early: list[Routed] = []  # requests that came before setup() was done
@@ -212,9 +219,24 @@ class Service:
         if self._watched.pop(sock, None) is not None:
             self._poller.unregister(sock)
 
-    def every(self, interval_s: float, fn: Callable[[], None], first_in_s: float = 0.0) -> _Timer:
-        """Call `fn` every `interval_s`; the timer returned may be moved (its `due`)."""
-        timer = _Timer(interval_s, fn, time.monotonic() + first_in_s)
+    def every(
+        self,
+        interval_s: float,
+        fn: Callable[[], None],
+        first_in_s: float = 0.0,
+        idle_until: Callable[[], float] | None = None,
+    ) -> _Timer:
+        """Call `fn` every `interval_s`; the timer returned may be moved (its `due`).
+
+        `idle_until`: asked when the timer is due, the monotonic time before which `fn`
+        would have nothing to do (<= now: run it now; inf: nothing until the loop handles
+        a message, a request, a wake-up or another timer). Till then the timer rests and
+        costs no wake-up; it is asked again after each such activity, and runs no sooner
+        than `interval_s` after its last run. An idle service then sleeps between the
+        timers that must run (heartbeats) instead of waking for work that is not there.
+        What it says may change only with the loop's activity or with the time it
+        names: a thread that gives a resting timer work must wake the loop (_wake)."""
+        timer = _Timer(interval_s, fn, time.monotonic() + first_in_s, idle_until)
         self._timers.append(timer)
         return timer
 
@@ -273,8 +295,9 @@ class Service:
             self._answer(request)
         self._early.clear()
         self.every(self.settings.heartbeat_interval_s, self.heartbeat)
-        # freed heap pages back to the kernel now and then (see daemoneye.memory)
-        self.every(self.trim_interval_s, self._trim, self.trim_interval_s)
+        # freed heap pages back to the kernel now and then (see daemoneye.memory), once
+        # after work: an idle service has nothing to free
+        self.every(self.trim_interval_s, self._trim, self.trim_interval_s, self._trim_idle_until)
         self.log.info("started", extra={"pid": os.getpid(), "boot_id": self.boot_id})
         self._open_wakeup()
         try:
@@ -330,23 +353,36 @@ class Service:
         except (BlockingIOError, TypeError):
             pass
 
+    def _activity(self) -> int:
+        """Messages handled and published, heartbeats aside."""
+        sent = self.publisher.sent if self.publisher else 0
+        return self.events.count + sent - self._beats
+
     def _trim(self) -> None:
         """Hand freed heap pages back, when there was work since the last time: at idle
         nothing is freed, and a trim walks every heap (see daemoneye.memory)."""
-        activity = self.events.count + (self.publisher.sent if self.publisher else 0)
+        activity = self._activity()
         if activity != self._trimmed_at:
             self._trimmed_at = activity
             memory.trim()
+
+    def _trim_idle_until(self) -> float:
+        return 0.0 if self._activity() != self._trimmed_at else float("inf")
 
     def _loop(self) -> None:
         poller = self._poller
         woke = time.monotonic()
         while not self._stopping:
+            if self._active:
+                self._wake_resting()
             now = time.monotonic()
             next_due = self._bus_wait_due
             if next_due is None:
                 next_due = min((t.due for t in self._timers), default=now + 1)
-            timeout_ms = max(0, min(self._poll_bound_ms, int((next_due - now) * 1000) + 1))
+            wait_ms = (next_due - now) * 1000
+            timeout_ms = (
+                self._poll_bound_ms if wait_ms >= self._poll_bound_ms else max(0, int(wait_ms) + 1)
+            )
             try:
                 ready = poller.poll(timeout_ms)
             except zmq.ZMQError as exc:
@@ -358,6 +394,7 @@ class Service:
             for sock, _ in ready:
                 handler = self._watched.get(sock)
                 if handler:
+                    self._active = True
                     self._safely(handler)
             self._run_timers()
 
@@ -368,14 +405,43 @@ class Service:
             if wait_due > now:
                 return  # a batch waits: timers due meanwhile run after its drain, not before
             self._bus_wait_due = None
+            self._active = True  # a drain is work: resting timers are asked again
             self._safely(self._on_bus_after_wait)
         for timer in list(self._timers):
             if timer.due <= now:
+                if timer.idle_until is not None:
+                    until = self._idle_until(timer)
+                    if until > now:  # nothing to do yet: rest (see every)
+                        timer.due, timer.resting = until, True
+                        continue
+                    timer.resting = False
                 if timer.interval_s is None:
                     self._timers.remove(timer)
                 else:
                     timer.due = now + timer.interval_s
+                timer.ran_at = now
+                self._active = True
                 self._safely(timer.fn)
+                if timer.idle_until is not None:  # rest now rather than wake to be told
+                    until = self._idle_until(timer)
+                    if until > timer.due:
+                        timer.due, timer.resting = until, True
+
+    def _wake_resting(self) -> None:
+        """The loop did something: ask each resting timer again whether it has work."""
+        self._active = False
+        for timer in self._timers:
+            if timer.resting:
+                assert timer.idle_until is not None and timer.interval_s is not None
+                timer.due = max(self._idle_until(timer), timer.ran_at + timer.interval_s)
+
+    def _idle_until(self, timer: _Timer) -> float:
+        assert timer.idle_until is not None
+        try:
+            return timer.idle_until()
+        except Exception:  # a broken estimate must not stop the loop: run the timer
+            self.log.exception("idle_until of %s failed", getattr(timer.fn, "__name__", "?"))
+            return 0.0
 
     def _safely(self, fn: Callable[[], None]) -> None:
         try:
@@ -455,6 +521,7 @@ class Service:
         self.publisher.publish(
             Topics.heartbeat(self.service_id), "heartbeat", self.heartbeat_body()
         )
+        self._beats += 1
         self._register("register")
 
     def heartbeat_body(self) -> dict[str, Any]:

@@ -71,6 +71,15 @@ class Deduper:
         self._keys.append(key)
         self._ends.append(ends)
 
+    def next_end(self) -> float | None:
+        """When the oldest open window ends, at the latest (None: none is open); a
+        window reopened since may make it early, never late."""
+        return self._ends[0] if self._ends else None
+
+    def over_limit(self) -> bool:
+        """More windows than max_keys: expire evicts the oldest at once."""
+        return len(self.windows) > self.max_keys
+
     def expire(self, now: float) -> list[tuple[Hashable, Repeats | None]]:
         """Every window that ended (or was evicted to stay under max_keys), oldest
         first, with its repeats (None if it had none)."""

@@ -292,6 +292,16 @@ class Incidents:
         incident.keys = set()
         self.closed.append(incident)
 
+    def next_work_at(self) -> float:
+        """When `expire` or `due` next have work, on this clock (inf: not before another
+        alert): the oldest open incident's window end, the next update of a changed one."""
+        at = float("inf")
+        if self.open:
+            at = min(i.last_seen for i in self.open.values()) + self.window_s
+        if any(i.changed for i in self.open.values()) or any(i.changed for i in self.closed):
+            at = min(at, self._last_update + self.update_s)
+        return at
+
     def due(self, now: float, force: bool = False) -> list[dict[str, Any]]:
         """The incidents changed since last told, once `update_s` passed since the last
         update (or `force`); each is marked told."""

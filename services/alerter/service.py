@@ -49,6 +49,7 @@ from .sinks import Delivery, build_sink
 from .worker import SinkWorker
 
 REPORT_EVERY_S = 0.25
+NEVER = float("inf")
 STAGE_MAX = 500  # alerts staged before a store write, within one burst
 MAX_KEYS_IN_AUDIT = 1000
 MAX_LIST = 10_000
@@ -100,6 +101,9 @@ class Alerter(Service):
         self._windows_opened: dict[int, tuple[int, int]] = {}  # to store with the next write
         self._windows_closed: set[int] = set()
         self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
+        self._reports_told = False  # a worker woke the loop for reports not yet published
+        self._incidents_touched = False  # an alert went to incidents since their timer ran
+        self._incidents_next = NEVER  # when they next have work, as their timer last saw
         self.incidents = Incidents(
             cfg.incident_window_s, cfg.incident_update_s, cfg.incident_max_open,
             clock=lambda: self.clock(),
@@ -146,11 +150,21 @@ class Alerter(Service):
             self.notes.append(f"pending deliveries for unconfigured sinks: {', '.join(orphans)}")
         for worker in self.workers:
             worker.start()
-        self.every(REPORT_EVERY_S, self._publish_reports)
-        self.every(min(1.0, max(0.05, self.cfg.dedup_window_s / 4)), self._expire_dedup)
+        # Each timer runs only when it has work (Service.every's idle_until): an idle
+        # alerter wakes for its heartbeat, not 6 times a second.
+        self.every(REPORT_EVERY_S, self._publish_reports, idle_until=self._reports_idle_until)
+        self.every(
+            min(1.0, max(0.05, self.cfg.dedup_window_s / 4)),
+            self._expire_dedup,
+            idle_until=self._dedup_idle_until,
+        )
         self.every(self.cfg.summary_interval_s, self._summarise_held, self.cfg.summary_interval_s)
         if self.incidents.enabled:
-            self.every(min(1.0, self.cfg.incident_update_s), self._incident_updates)
+            self.every(
+                min(1.0, self.cfg.incident_update_s),
+                self._incident_updates,
+                idle_until=self._incidents_idle_until,
+            )
         self.every(3600.0, self._prune)
         self.log.info(
             "sinks ready",
@@ -283,6 +297,7 @@ class Alerter(Service):
         """Dedup, limit and stage one alert; its store key, or None if a repeat."""
         assert self.store is not None
         now = self.clock()
+        self._incidents_touched = True
         dkey = model.dedup_key(alert)
         deliver, carried = self.dedup.check(dkey, now, alert.timeNs)
         if not deliver:
@@ -399,6 +414,19 @@ class Alerter(Service):
             self._windows_closed.add(dkey)
         self.flush()
 
+    def _unflushed(self) -> bool:
+        return bool(self._staged or self.intake.cursors.pending or self._windows_closed)
+
+    def _dedup_idle_until(self) -> float:
+        """When the oldest open dedup window ends (inf: none is open)."""
+        if self._unflushed() or self.dedup.over_limit():
+            return 0.0
+        ends = self.dedup.next_end()
+        if ends is None:
+            return NEVER
+        # the loop runs on the monotonic clock; a test's own clock: every interval
+        return ends if self.clock is time.monotonic else 0.0
+
     def _repeat_summary(self, dkey: int, repeats: Repeats, now: float) -> None:
         """Told with the fields of the alert that opened the window (read back from the
         store: memory holds only the window's key and end)."""
@@ -427,6 +455,16 @@ class Alerter(Service):
             self.summaries += 1
             self.fan_out(record, now, limits=False, only=self._sinks(incidents=True))
             self.flush()
+        self._incidents_touched = False
+        self._incidents_next = self.incidents.next_work_at()
+
+    def _incidents_idle_until(self) -> float:
+        """Incidents close at their window's end and tell changes every update_s: the
+        timer runs then, and after alerts (which open and change them), not every
+        second while one is open."""
+        if self._incidents_touched or self.clock is not time.monotonic:  # a test's clock
+            return 0.0
+        return self._incidents_next
 
     def _summarise_held(self) -> None:
         """Report what the rate limits held back since the last summary."""
@@ -448,8 +486,16 @@ class Alerter(Service):
         self.fan_out(record, now, limits=False, only=only)
 
     def _report(self, action: str, sink: str, detail: dict[str, Any]) -> None:
-        """Called from worker threads."""
+        """Called from worker threads: the loop is woken (once until it publishes), as
+        the report timer rests while there is nothing to report."""
         self.reports.put((action, sink, detail))
+        if not self._reports_told:
+            self._reports_told = True
+            self._wake()
+
+    def _reports_idle_until(self) -> float:
+        """The report timer's work: worker reports, and (its safety net) staged alerts."""
+        return 0.0 if not self.reports.empty() or self._unflushed() else NEVER
 
     def _publish_reports(self) -> None:
         """Turn worker reports into audit records; deliveries merge into one per sink."""
@@ -468,6 +514,9 @@ class Alerter(Service):
             level = self.log.info if action == "sink.breaker_closed" else self.log.warning
             level("%s %s %s", action, sink, detail.get("error", ""))
             self.audit(action, sink, detail)
+        # read dry: a report from now on wakes the loop again (one that came since the
+        # last read finds the timer due: its idle_until is asked after this run)
+        self._reports_told = False
         for sink, keys in delivered.items():
             self.audit(
                 "alert.delivered",

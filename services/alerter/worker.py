@@ -24,7 +24,7 @@ from .breaker import CircuitBreaker
 from .delivery_db import DeliveryStore
 from .sinks import Delivery, Sink, SinkError
 
-IDLE_WAIT_S = 0.5
+IDLE_WAIT_S = 0.5  # the longest wait while items wait (a backoff, a breaker)
 log = logging.getLogger("daemoneye.alerter")
 
 
@@ -151,9 +151,15 @@ class SinkWorker(threading.Thread):
         horizon, name = self._dupe_horizon, self.sink.name
         return [d for d in batch if d.key > horizon or self.store.is_pending(name, d.key)]
 
-    def _wait_s(self) -> float:
+    def _wait_s(self) -> float | None:
+        """How long to sleep before looking again; None: until notified (submit,
+        retried, wake: with nothing queued, only the sink's pending flush is timed)."""
         if not self.items:
-            return IDLE_WAIT_S
+            flush_in = self.sink.flush_in_s()
+            if flush_in is None:
+                return None
+            # 0 right after flush(): its fsync failed; try again as often as before
+            return flush_in if flush_in > 0 else IDLE_WAIT_S
         due = self.next_try
         if self.breaker is not None and self.breaker.state == "open":
             due = max(due, self.breaker.retry_at())

@@ -73,6 +73,12 @@ class History:
         if cursors:
             self._cursors.update(cursors)
 
+    @property
+    def staged_at(self) -> float | None:
+        """Monotonic time the oldest row or cursor not yet written was staged (None:
+        nothing is)."""
+        return self._staged_at if self._rows or self._cursors else None
+
     def due(self, wait_s: float, max_rows: int) -> bool:
         """Whether what is staged should be written now: its oldest has waited `wait_s`,
         or `max_rows` rows wait."""

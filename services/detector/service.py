@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -60,6 +61,10 @@ EXPIRE_STEP_KEYS = 1500
 EXPIRE_STEP_S = 0.1
 EVENT_KINDS = ("processEvent", "processEventBatch")
 STORE_NOTE = "history writes failing"
+NEVER = float("inf")
+# The longest the window table's trim rests on its own reckoning of when its oldest row
+# is due (wall time, which may jump): a bound on how late a jump makes it.
+TRIM_REST_MAX_S = 60.0
 PS_COLUMNS = (
     "pid, parent, name, path, cmdline, username, uid, euid, state, threads, "
     "resident_size, start_time, cwd, sha256, collector"
@@ -146,6 +151,10 @@ class Detector(Service):
         self.ancestry: Ancestry | None = None
         self.tuning = Tuning()  # rule exceptions and the allowlist, counted
         self.sweep: Sweep | None = None  # the history's retention pass under way
+        # what the last trim of process_events left: next_eid then, and the oldest row
+        # (rowid, monotonic time it is due to go), None when it left the table empty
+        self._trimmed_eid = -1
+        self._oldest_event: tuple[int, float] | None = None
 
     @property
     def rules_dir(self) -> Path:
@@ -186,13 +195,15 @@ class Detector(Service):
             self.factory, self.settings.endpoint("control"), self.service_id, cfg.snapshot_timeout_s
         )
         self.intake.connect(self.rpc_client, self.log, cfg.replay_routing_wait_s)
-        # A batch is flushed when its wait ends (on_drained) or it is full; this timer
-        # only catches what no drain scheduled. Scheduled rules run every >= 1 s, so a
-        # quarter-second tick is late by at most that. (Idle: 30 wake-ups a second were
-        # the largest idle cost of the system.)
-        self.every(1.0, self.flush)
-        self.every(0.25, self.run_scheduled)
-        self.every(1.0, self._trim_events)
+        # A batch is flushed when its wait ends (on_drained) or it is full; the flush
+        # timer catches what no drain scheduled and writes staged history when it is
+        # due. Each timer runs only when it has work (Service.every's idle_until): the
+        # scheduled rules when the next of them is due, the window's trim when a row is
+        # due to go. An idle detector then wakes for its heartbeat, not 6 times a second.
+        history_wait_s = min(1.0, max(0.05, cfg.history_wait_ms / 1000))
+        self.every(history_wait_s, self.flush, idle_until=self._flush_idle_until)
+        self.every(0.25, self.run_scheduled, idle_until=self._scheduled_idle_until)
+        self.every(1.0, self._trim_events, idle_until=self._trim_events_idle_until)
         self.every(300.0, self.engine.tables.refresh_users, first_in_s=300.0)
         self.every(3600.0, self._expire, first_in_s=60.0)
         self.every(cfg.store_retry_s, self._retry_store, first_in_s=cfg.store_retry_s)
@@ -337,10 +348,21 @@ class Detector(Service):
         if self.history is not None and not self.history.commit():
             self._store_failed(self.history.error)
 
+    def _flush_idle_until(self) -> float:
+        """The flush timer's work: events no drain applied, history rows once due."""
+        if self.pending:
+            return 0.0
+        staged_at = self.history.staged_at if self.history is not None else None
+        return NEVER if staged_at is None else staged_at + self.cfg.history_wait_ms / 1000
+
     def run_scheduled(self) -> None:
         if self.engine is not None:
             self.flush()
             self.publish_alerts(self.engine.run_due())
+
+    def _scheduled_idle_until(self) -> float:
+        # a load sets it to 0: the load is an RPC, a signal or setup, activity all
+        return self.engine.next_due if self.engine is not None else NEVER
 
     def publish_alerts(self, firings: list[Firing]) -> None:
         """Encode, log (so the alerter can replay them), then send: a crash between the
@@ -416,8 +438,35 @@ class Detector(Service):
 
     def _trim_events(self) -> None:
         """The window table's old rows (not named _trim: that is the service's heap trim)."""
-        if self.engine is not None:
-            self.engine.tables.trim_events()
+        if self.engine is None:
+            return
+        tables = self.engine.tables
+        tables.trim_events()
+        self._trimmed_eid = tables.next_eid
+        oldest = tables.oldest_event()
+        if oldest is None:
+            self._oldest_event = None
+            return
+        rowid, when = oldest
+        now = time.monotonic()
+        # trim_events drops a row of time t once int(now - window_s) > t
+        due = (
+            now + (math.floor(when) + 1 + tables.window_s - time.time())
+            if when is not None
+            else NEVER
+        )
+        self._oldest_event = (rowid, min(due, now + TRIM_REST_MAX_S))
+
+    def _trim_events_idle_until(self) -> float:
+        """When the window table next has a row to drop: its oldest row's time is out,
+        or more rows came than `events_window_rows` allows."""
+        if self.engine is None:
+            return NEVER
+        tables = self.engine.tables
+        if self._oldest_event is None:  # empty at the last trim: rows since are new
+            return 0.0 if tables.next_eid != self._trimmed_eid else NEVER
+        rowid, due = self._oldest_event
+        return 0.0 if rowid <= tables.next_eid - 1 - tables.window_rows else due
 
     def _expire(self) -> None:
         if self.history is not None and self.sweep is None:

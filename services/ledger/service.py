@@ -125,7 +125,11 @@ class Ledger(Service):
             self.factory, self.settings.endpoint("control"), self.service_id, REPLAY_TIMEOUT_S
         )
         self.intake.connect(client, self.log, REPLAY_TIMEOUT_S)
-        self.every(min(1.0, self.cfg.checkpoint_every_s), self._timed_checkpoint)
+        self.every(
+            min(1.0, self.cfg.checkpoint_every_s),
+            self._timed_checkpoint,
+            idle_until=self._checkpoint_idle_until,
+        )
         if self.cfg.payload_retention_days > 0:
             self.every(self.cfg.retention_interval_s, self._retention)
 
@@ -296,6 +300,14 @@ class Ledger(Service):
             return
         if self.writer.size > self.writer.last_checkpoint_size:
             self.flush(force_checkpoint=True)
+
+    def _checkpoint_idle_until(self) -> float:
+        """The timed checkpoint's work: T seconds after the last, once the tree grew (an
+        idle ledger then wakes for its heartbeat, not every second to find it did not)."""
+        writer = self.writer
+        if writer is None or writer.size <= writer.last_checkpoint_size:
+            return float("inf")  # it grows only by what the loop handles
+        return self._last_checkpoint_t + self.cfg.checkpoint_every_s
 
     def _publish_checkpoint(self, cp: Any, note: str, time_ns: int) -> None:
         self._last_checkpoint_t = time.monotonic()

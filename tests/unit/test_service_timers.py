@@ -94,3 +94,111 @@ def test_no_service_replaces_the_heap_trim() -> None:
         for cls in vars(module).values():
             if isinstance(cls, type) and issubclass(cls, Service):
                 assert cls._trim is Service._trim, f"{name}: {cls.__name__}._trim"
+
+
+NEVER = float("inf")
+
+
+def test_a_timer_with_nothing_to_do_rests_until_the_loop_handles_something(
+    settings: Settings,
+) -> None:
+    """`idle_until`: due with no work, the timer rests (no wake-up); once the loop has
+    handled something that gave it work, it runs; a time it names, it runs then."""
+    svc = Plain(settings)
+    work: list[int] = []
+    calls: list[int] = []
+    timer = svc.every(
+        60, lambda: calls.append(len(work)), idle_until=lambda: 0.0 if work else NEVER
+    )
+    svc._run_timers()
+    assert calls == [] and timer.resting and timer.due == NEVER
+    svc._active = True  # the loop handled a message, a request or a wake-up
+    svc._wake_resting()
+    svc._run_timers()
+    assert calls == [] and timer.due == NEVER  # still nothing to do
+    work.append(1)
+    svc._active = True
+    svc._wake_resting()
+    svc._run_timers()
+    assert calls == [1]
+    # with work left after its run it keeps its interval; none left: it rests at once
+    assert timer.due > 0 and not timer.resting
+    work.clear()
+    make_due(svc)
+    svc._run_timers()
+    assert calls == [1] and timer.resting
+
+
+def test_a_rested_timer_keeps_its_interval_and_runs_at_the_time_it_names(
+    settings: Settings,
+) -> None:
+    import time
+
+    svc = Plain(settings)
+    calls: list[float] = []
+    soon = [NEVER]
+    timer = svc.every(60, lambda: calls.append(1), idle_until=lambda: soon[0])
+    timer.ran_at = time.monotonic()  # ran just now: the next run not before 60 s
+    svc._run_timers()
+    assert timer.resting
+    soon[0] = 0.0
+    svc._active = True
+    svc._wake_resting()
+    assert timer.due >= timer.ran_at + 60  # work, but its interval holds
+    soon[0] = time.monotonic() + 3600
+    timer.ran_at = float("-inf")
+    svc._active = True
+    svc._wake_resting()
+    assert timer.due == soon[0]  # when the work is due
+    svc._run_timers()
+    assert calls == []
+
+
+def test_a_resting_loop_sleeps_and_a_thread_wakes_it_for_work(settings: Settings) -> None:
+    """A timer resting on NEVER does not make the loop spin, and a thread that gives
+    it work and writes the wake-up pipe gets it run at once (not at IDLE_POLL_MS)."""
+    import threading
+    import time
+
+    svc = Plain(settings)
+    work: list[int] = []
+    asked: list[int] = []
+
+    def idle_until() -> float:
+        asked.append(1)
+        return 0.0 if work else NEVER
+
+    svc.every(60, lambda: svc.stop("done"), idle_until=idle_until)
+    svc._open_wakeup()
+    try:
+        giver = threading.Timer(0.5, lambda: (work.append(1), svc._wake()))
+        giver.start()
+        started = time.monotonic()
+        svc._loop()
+        assert time.monotonic() - started < 10  # the wake-up, not the 60 s poll bound
+        giver.join()
+    finally:
+        svc._close_wakeup()
+    assert len(asked) <= 5  # asked when due and after the wake-up: no busy loop
+
+
+def test_the_heap_trim_rests_while_nothing_was_done(settings: Settings, monkeypatch) -> None:
+    """The trim timer runs after work only, heartbeats aside (each publishes)."""
+    from daemoneye import memory
+
+    monkeypatch.setattr(memory, "trim", lambda: True)
+    svc = Plain(settings)
+    svc.open_sockets()  # a publisher (nothing listens: what it sends is dropped)
+    try:
+        svc._trim()
+        assert svc._trim_idle_until() == NEVER
+        svc.heartbeat()
+        assert svc.publisher is not None and svc.publisher.sent > 0
+        assert svc._trim_idle_until() == NEVER
+        svc.audit("x")  # other publishing is work
+        assert svc._trim_idle_until() == 0.0
+        svc._trim()
+        svc.events.add(3)
+        assert svc._trim_idle_until() == 0.0
+    finally:
+        svc.factory.close_all(linger_ms=0)

@@ -353,10 +353,15 @@ class Engine:
             return True
         return bool(verdict[0])
 
+    @property
+    def next_due(self) -> float:
+        """When run_due has a scheduled rule to run next (monotonic; inf: none)."""
+        return self._next_due
+
     def run_due(self, now: float | None = None, force: bool = False) -> list[Firing]:
         now = time.monotonic() if now is None else now
         if not force and now < self._next_due:
-            return []  # the service asks 4 times a second; the rules' intervals are >= 1 s
+            return []
         firings: list[Firing] = []
         next_due = float("inf")
         for active in self.enabled("scheduled"):

@@ -509,6 +509,17 @@ class LiveTables:
             names += Counter()  # drops the names no row has any more
             return c.total_changes - before
 
+    def oldest_event(self) -> tuple[int, float | None] | None:
+        """The smallest rowid and the earliest time in process_events (what trim_events
+        drops first), None when it is empty."""
+        self.sync()
+        with self.sandbox.trusted() as c:
+            (rowid,) = c.execute("SELECT min(rowid) FROM process_events").fetchone()
+            if rowid is None:
+                return None
+            (when,) = c.execute("SELECT min(time) FROM process_events").fetchone()  # indexed
+        return rowid, when
+
     def has_event_name(self, names: frozenset[str]) -> bool:
         """Whether some process_events row may have one of `names`."""
         counts = self.event_names

@@ -78,6 +78,11 @@ class Sink:
     def flush(self) -> None:
         """Called when the worker is idle (e.g. a pending fsync)."""
 
+    def flush_in_s(self) -> float | None:
+        """Seconds until `flush` has work (None: it has none): how long an idle worker
+        may sleep before calling it again."""
+        return None
+
     def already_sent(self, batch: list[Delivery]) -> set[int]:
         """Keys of `batch` this sink can tell it already holds: sent by an earlier run
         that died before it recorded the confirmation. None by default (a remote sink

@@ -119,6 +119,11 @@ class FileSink(Sink):
             self._dirty = False
             self._synced_at = time.monotonic()
 
+    def flush_in_s(self) -> float | None:
+        if self.config.fsync != "interval" or not self._dirty:
+            return None
+        return max(0.0, self._synced_at + self.config.fsync_interval_s - time.monotonic())
+
     def flush(self) -> None:
         due = time.monotonic() - self._synced_at >= self.config.fsync_interval_s
         if self.config.fsync == "interval" and self._dirty and due:
