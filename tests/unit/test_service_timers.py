@@ -202,3 +202,22 @@ def test_the_heap_trim_rests_while_nothing_was_done(settings: Settings, monkeypa
         assert svc._trim_idle_until() == 0.0
     finally:
         svc.factory.close_all(linger_ms=0)
+
+
+def test_the_drain_after_a_batch_wait_counts_as_work(settings: Settings) -> None:
+    """A batch's drain runs from the timers when its wait ends: a resting timer that the
+    drain gave work (the detector's flush of staged history rows) is asked again at the
+    loop's next turn, not left asleep until some other activity (a heartbeat, 5 s)."""
+    svc = Plain(settings)
+    drained: list[int] = []
+    svc._on_bus_after_wait = lambda: drained.append(1)  # type: ignore[method-assign]
+    timer = svc.every(60, lambda: None, idle_until=lambda: 0.0 if drained else NEVER)
+    make_due(svc)
+    svc._run_timers()
+    assert timer.resting and timer.due == NEVER
+    svc._active = False
+    svc._bus_wait_due = 0.0  # a batch's wait, over
+    svc._run_timers()
+    assert drained == [1] and svc._active
+    svc._wake_resting()
+    assert timer.due < NEVER
