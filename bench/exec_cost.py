@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from _harness import percentile, verdict
 from daemoneye.bus import SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
 from daemoneye.rpc import RpcError, call_once
-from tests.stored import wal_argv_pids
+from tests.stored import wal_argv_pids, wal_pids_without_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = ROOT / "deploy" / "rules"
@@ -314,6 +315,7 @@ class SinkWatcher(threading.Thread):
         self.path, self.marker = path, marker.encode()
         self.latencies_ms: list[float] = []
         self.lines = 0  # every line of the sink: alerts of any rule
+        self.rules: Counter[str] = Counter()  # lines by rule id: what fired beside the probe
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -333,6 +335,7 @@ class SinkWatcher(threading.Thread):
             for line in lines:
                 if self.marker in line:
                     self.note(line, now)
+                self.rules[_rule_of(line)] += 1
             self.stop.wait(0.002)
 
     def note(self, line: bytes, now: int) -> None:
@@ -340,6 +343,14 @@ class SinkWatcher(threading.Thread):
         argv = (record.get("alert") or record).get("process", {}).get("cmdline") or []
         if len(argv) >= 5 and argv[3] == "alert":
             self.latencies_ms.append((now - int(argv[4])) / 1e6)
+
+
+def _rule_of(line: bytes) -> str:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return "(not JSON)"
+    return str((record.get("alert") or record).get("ruleId") or record.get("type") or "?")
 
 
 def captured(settings, collector_id: str, marker: str) -> set[int]:
@@ -544,11 +555,20 @@ def main() -> int:
         # The WAL is read once the collector has stopped (it owns the files while it runs).
         collector_id = f"collector@{settings.hostname}"
         print()
+        missed = 0
         for load, ran, _, _ in rows:
             got = len(captured(settings, collector_id, f"{marker}-{load.label}"))
             share = got / ran * 100 if ran else 0.0
             print(f"captured {load.label:>9}: {got:,} of {ran:,} ({share:.2f} %)")
             status |= got < ran
+            missed += max(0, ran - got)
+        if missed:
+            late = wal_pids_without_argv(settings, collector_id, gen.exe)
+            print(
+                f"  of the {missed:,} missed, at least {len(late):,} are in the WAL by the name of"
+                " the copy of true without its argv: read after they exited (the reader woke"
+                " too late), not lost"
+            )
         return status
 
 
@@ -597,12 +617,12 @@ def run(
     watcher = SinkWatcher(Path(settings.data_dir) / "alerts.jsonl", marker)
     watcher.start()
     rows = []
-    alerted: dict[str, int] = {}
+    alerted: dict[str, Counter[str]] = {}
     for load in loads:
-        before = watcher.lines
+        before = Counter(watcher.rules)
         ran, elapsed, per_exec = measure(system, gen, load, args.seconds, idle, marker)
         rows.append((load, ran, elapsed, per_exec))
-        alerted[load.label] = watcher.lines - before
+        alerted[load.label] = Counter(watcher.rules) - before
     if args.overload:
         rows.append(measure_overloaded(system, gen, args, idle, marker))
     outside = measure_outside(system, args.outside, args.seconds, idle) if args.outside else None
@@ -628,8 +648,12 @@ def run(
         rate = ran / elapsed
         print(f"{load.label:>9} {rate:8,.0f} {total:8.3f}  {by}")
         if alerted.get(load.label):
-            n = alerted[load.label]
-            print(f"{'':>9} {n:,} alert lines meanwhile: not only execs no rule matches")
+            fired = alerted[load.label]
+            which = ", ".join(f"{rule} {n}" for rule, n in fired.most_common())
+            print(
+                f"{'':>9} {fired.total():,} alert lines meanwhile ({which}):"
+                " not only execs no rule matches"
+            )
         if load.rate == 200 or load.rate == 0:
             ok = verdict(total, BUDGET_MS_PER_EXEC, False)
             print(f"{'':>9} budget <= {BUDGET_MS_PER_EXEC} ms per exec: {ok}")

@@ -66,6 +66,30 @@ def wal_argv_pids(settings: Settings, collector_id: str, marker: str) -> dict[st
     return out
 
 
+def wal_pids_without_argv(settings: Settings, collector_id: str, exe: str) -> set[int]:
+    """Pids of WAL events named as `exe` is (the kernel's comm: its base name, 15 bytes)
+    never logged with `exe` as argv[0]: execs of it whose /proc read came after they
+    exited, so the collector had their name from stat but not their argv."""
+    name = Path(exe).name[:15]
+    wal = Wal(_wal_path(settings, collector_id))
+    named: set[int] = set()
+    with_argv: set[int] = set()
+    try:
+        for e in wal.read(0, None, 10**9):
+            if not e.topic.startswith(PROCESS_PREFIX):
+                continue
+            for ev in wire.process_events(wire.decode_envelope(e.data)):
+                record = ev.record
+                if record.name != name:
+                    continue
+                named.add(record.pid)
+                if len(record.cmdline) and record.cmdline[0] == exe:
+                    with_argv.add(record.pid)
+    finally:
+        wal.close()
+    return named - with_argv
+
+
 LOSS_METRICS = ("collector.lost", "netlink.duplicates", "lost_events", "wal.unlogged")
 
 

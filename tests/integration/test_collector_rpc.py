@@ -253,10 +253,12 @@ def test_reader_death_the_spare_takes_over(
         "two settles of the kernel numbers",
     )
     assert health["metrics"]["collector.lost"] == 0  # the same kernel sockets: nothing skipped
-    child = subprocess.Popen([TRUE, "after-the-takeover"])  # short: netlink sees it, not scans
+    # 50 ms: netlink sees it, not a scan (every 30 s); and its argv is surely read (a
+    # 1 ms true can exit before the reader's /proc read on a slow machine: the argv race)
+    child = subprocess.Popen([SLEEP, "0.05"])
     child.wait()
     hit = events.wait("events.process.start", of_pid(child.pid), what="after the takeover")
-    assert hit["source"] == "netlink" and hit["record"]["cmdline"][-1] == "after-the-takeover"
+    assert hit["source"] == "netlink" and hit["record"]["cmdline"] == [SLEEP, "0.05"]
 
 
 @needs_netlink
