@@ -17,6 +17,13 @@ taken; a gap still open after two `settle` periods (the reader holds OTHER and E
 kept within WINDOW numbers of the highest one taken: what falls out of it is a loss,
 and what comes from below it a duplicate. A gap counted lost that still comes is
 taken (`late`): it was never taken, so it cannot be a duplicate.
+
+A main writes down where it stands for the next one (`save`) when it acks the reader
+(and when it stops):
+the numbers and gaps noted when it took the last frame acked (`state`), since the
+reader gives the next main every frame after that again. What it counted lost since
+(`counted_since`: gaps open then, numbers skipped by a frame after) goes with them, so
+the next main, taking those frames again, does not count the same loss a second time.
 """
 
 from __future__ import annotations
@@ -98,7 +105,9 @@ class SeqCheck:
             last = (last + beyond) & MASK
             skipped = WINDOW
         gaps = self.gaps.setdefault(cpu, set())
-        gaps.update((last + i) & MASK for i in range(1, skipped + 1))
+        skips = ((last + i) & MASK for i in range(1, skipped + 1))
+        off = self._written_off.get(cpu)  # numbers ahead of `last`: a predecessor's count
+        gaps.update(skips if not off else (s for s in skips if s not in off))
 
     def _count(self, cpu: int, last: int, seq: int, n: int) -> None:
         self.lost += n
@@ -149,11 +158,34 @@ class SeqCheck:
             "gaps": {cpu: sorted(g) for cpu, g in self.gaps.items() if g},
         }
 
+    def counted_since(self, noted: dict[str, Any]) -> dict[int, list[int]]:
+        """Of the numbers a main continuing from `noted` (an earlier `state()`) would
+        count again, those counted lost by now: its open gaps, and numbers beyond its
+        last (skipped by frames it will be given again). Gone from the window: left out."""
+        out: dict[int, list[int]] = {}
+        last, gaps = noted.get("last", {}), noted.get("gaps", {})
+        for cpu, off in self._written_off.items():
+            top, open_then = last.get(cpu), set(gaps.get(cpu, ()))
+            mine = [
+                s
+                for s in off
+                if s in open_then or (top is not None and 0 < (s - top) & MASK < HALF)
+            ]
+            if mine:
+                out[cpu] = sorted(mine)
+        return out
+
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from `state()` of a previous main (`load` of its file)."""
+        """Continue from `state()` of a previous main (`load` of its file), with what it
+        counted lost since (`counted_since`): taken late if it comes, counted no more."""
         self.last = dict(state.get("last", {}))
-        self.gaps = {int(cpu): set(g) for cpu, g in state.get("gaps", {}).items()}
-        self._aging, self._written_off, self._below, self._below_old = {}, {}, {}, {}
+        counted = {int(cpu): set(c) for cpu, c in state.get("counted", {}).items()}
+        self.gaps = {
+            int(cpu): set(g) - counted.get(int(cpu), set())
+            for cpu, g in state.get("gaps", {}).items()
+        }
+        self._aging, self._below, self._below_old = {}, {}, {}
+        self._written_off = counted
 
 
 def _boot_id() -> str:
@@ -182,9 +214,12 @@ def load(path: Path, max_age_s: float) -> dict[str, Any]:
         fresh = 0 <= time.time() - float(data["time"]) <= max_age_s
         if data.get("boot_id") == _boot_id() != "" and fresh:
             last = {int(cpu): int(seq) & MASK for cpu, seq in data["last"].items()}
-            gaps = {
-                int(cpu): [int(s) & MASK for s in seqs]
-                for cpu, seqs in data.get("gaps", {}).items()
-            }
-            return {"last": last, "gaps": gaps}
+            gaps, counted = (
+                {int(cpu): [int(s) & MASK for s in seqs] for cpu, seqs in data.get(k, {}).items()}
+                for k in ("gaps", "counted")
+            )
+            out = {"last": last, "gaps": gaps}
+            if counted:
+                out["counted"] = counted
+            return out
     return {}

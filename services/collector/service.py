@@ -83,6 +83,9 @@ class Collector(Service):
         self._gathering = False  # the reader's socket is unwatched: a timer takes its frames
         self._last_ready = -1e9  # monotonic time the reader's socket last woke us
         self._positions_path: Path | None = None  # the kernel numbers taken (kseq.save)
+        # kseq's state noted at the last frame acked (or the one continued from): the
+        # reader gives the next main every frame after it again
+        self._acked_kseq: dict[str, Any] = {}
         self.held_back = 0  # events a previous main had published, not sent again
 
     # --- start and stop -------------------------------------------------------
@@ -177,7 +180,8 @@ class Collector(Service):
             return None
         if self._positions_path is None and self.wal is not None:  # at start: continue
             self._positions_path = self.wal.path / kseq.POSITIONS_FILE  # the old main's count
-            self.kseq.restore(kseq.load(self._positions_path, 2 * self.cfg.reader_linger_s))
+            self._acked_kseq = kseq.load(self._positions_path, 2 * self.cfg.reader_linger_s)
+            self.kseq.restore(self._acked_kseq)
             self.log.info("kernel numbers to continue from: %s", self.kseq.last or "none")
         source = RealtimeSource(path)
         hello = source.attach()
@@ -277,6 +281,7 @@ class Collector(Service):
         if self.realtime is not None:
             if self.monitoring:  # what waits (gather_ms, the reader's send wait): logged
                 self._safely(self._take_held)  # now, not by the next main
+            self._write_positions()  # with the losses counted since the last ack
             self.realtime.close()  # the reader stays: it spools for the next main
         if self.hasher is not None:
             self.hasher.close()
@@ -470,12 +475,24 @@ class Collector(Service):
         n, last = self.realtime.due_ack(now, delay, self.kseq.state)
         if not n:
             return
-        if self._positions_path is not None and last["last"]:
-            try:
-                kseq.save(self._positions_path, last)
-            except OSError as exc:  # the WAL dir failing says so already; ack anyway
-                self.log.debug("cannot write %s: %s", self._positions_path, exc)
+        if last["last"]:
+            self._acked_kseq = last
+            self._write_positions()
         self.realtime.ack(n)
+
+    def _write_positions(self) -> None:
+        """Write down where the next main starts: the kernel numbers noted when the last
+        frame acked was taken (it is given every later frame again, and must take them),
+        and what this main counted lost since (kseq.counted_since), or it would count
+        those numbers a second time. At each ack, and at the end: the losses counted
+        after the last ack (its frames are ~0.6 s old) go with them too."""
+        noted = self._acked_kseq
+        if self._positions_path is None or not noted.get("last"):
+            return
+        try:
+            kseq.save(self._positions_path, {**noted, "counted": self.kseq.counted_since(noted)})
+        except OSError as exc:  # the WAL dir failing says so already; ack anyway
+            self.log.debug("cannot write %s: %s", self._positions_path, exc)
 
     def rescan(self, drain: bool = True) -> None:
         assert self.tracker is not None

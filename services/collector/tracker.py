@@ -116,6 +116,16 @@ def decode_exit(status: int) -> int:
     return (status >> 8) & 0xFF
 
 
+def zombie_exit_code(stat_raw: bytes) -> int:
+    """The exit code in a zombie's /proc/<pid>/stat (field 52, exit_code, Linux 3.5+).
+    The kernel shows 0 to whoever may not ptrace the process: as a clean exit."""
+    fields = stat_raw[stat_raw.rfind(b")") + 2 :].split()
+    try:
+        return decode_exit(int(fields[49]))  # fields[n - 3] is field n of proc(5)
+    except (IndexError, ValueError):
+        return 0
+
+
 def diff(old: Record, new: Record) -> list[str]:
     return [f for f in COMPARED if old.get(f) != new.get(f)]
 
@@ -182,9 +192,19 @@ class Tracker:
         self._heuristics(tracked, None, source, out)
 
     def _stop(
-        self, tracked: Tracked, source: str, exit_code: int, out: list[Out], when_ns: int = 0
+        self,
+        tracked: Tracked,
+        source: str,
+        exit_code: int,
+        out: list[Out],
+        when_ns: int = 0,
+        stat: procfs.Stat | None = None,
     ) -> None:
+        """`stat`: the process's last /proc/<pid>/stat, for its final state (a zombie)."""
         rec = tracked.record
+        if stat is not None:
+            rec = dict(rec)
+            procfs.apply_stat(rec, stat)
         self.procs.pop(rec["pid"], None)
         self._remember_exit(rec["pid"], rec.get("startTicks", 0))
         end = when_ns or time.time_ns()
@@ -356,6 +376,11 @@ class Tracker:
             if st is None:
                 continue
             if tracked.record.get("startTicks") == st.start_ticks:
+                if st.state == "Z" and self.full_rescan_reads:
+                    # no netlink to tell its exit: a zombie has exited, only its parent
+                    # has not reaped it yet (which may be never)
+                    self._stop(tracked, source, zombie_exit_code(raw), out, stat=st)
+                    continue
                 self._refresh(tracked, st, source, out)
                 tracked.stat_raw = raw
             elif pid not in self.pending and (pid, st.start_ticks) not in self.exited:
@@ -366,6 +391,9 @@ class Tracker:
                 continue
             if (pid, rec["startTicks"]) in self.exited:
                 continue  # its exit was seen already (a zombie)
+            if rec.get("state") == "Z":
+                self._found_exited(rec, raw, source, publish_new, out)
+                continue
             if publish_new:
                 self._start(rec, source, out)
             else:
@@ -377,6 +405,23 @@ class Tracker:
             self._stop(procs[pid], source, 0, out)
         self._check_exes(source, out)
         return out
+
+    def _found_exited(
+        self, rec: Record, stat_raw: bytes, source: str, publish: bool, out: list[Out]
+    ) -> None:
+        """A process found exited, its parent not having reaped it (a zombie), whose
+        exit we did not see: a new main's first scan finds those of its predecessor's
+        exits, a rescan those netlink lost. It is no live process: its start and its
+        stop, with what /proc still gives (name, ppid, start, state, ids, exit code;
+        no executable, argv or cwd). Not published (what runs at start is not news),
+        its exit is still remembered, so no later scan starts it."""
+        if not publish:
+            self.procs.pop(rec["pid"], None)  # an older process of the pid is gone too
+            self._remember_exit(rec["pid"], rec["startTicks"])
+            return
+        self._start(rec, source, out)
+        # stamped now, not when it exited (unknown): its runtime is an upper bound
+        self._stop(self.procs[rec["pid"]], source, zombie_exit_code(stat_raw), out)
 
     def _read_new(self, new: list[tuple[int, bytes | None]]) -> list[procfs.Read]:
         if self.read is procfs.read_process:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from daemoneye import wire
+from daemoneye import procfs, wire
 from daemoneye.bus import Message, Subscriber
 from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
@@ -237,6 +237,62 @@ def test_pid_reuse_is_a_stop_and_a_start_in_snapshot_mode(
     finally:
         second.kill()
         second.wait()
+
+
+def _zombie(argv: list[str]) -> subprocess.Popen:
+    """A child that exited and that we do not reap yet (state Z)."""
+    import time
+
+    child = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while (st := procfs.read_stat(child.pid)) is not None and st.state != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.005)
+    return child
+
+
+def _exited(events: Events, pid: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    start = events.wait("events.process.start", of_pid(pid), what=f"for {pid}")
+    stop = events.wait("events.process.stop", of_pid(pid), what=f"for the stop of {pid}")
+    assert start["source"] == stop["source"] == "snapshot"
+    assert stop["record"]["startTicks"] == start["record"]["startTicks"]
+    assert stop["record"]["state"] == "Z"
+    return start, stop
+
+
+def test_a_zombie_at_the_first_scan_is_reported_exited(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    """An exited process its parent has not reaped, found by a new main's first scan:
+    a start and its stop with what /proc still gives, not a live process with an empty
+    record until (if ever) it is reaped."""
+    child = _zombie(["sh", "-c", "exit 3"])
+    try:
+        start_collector(start_service, rpc_client, run_env)
+        start, _ = _exited(events, child.pid)
+        rec = start["record"]
+        assert (rec["name"], rec["ppid"], rec["state"]) == ("sh", os.getpid(), "Z")
+        assert not rec.get("exePath") and not rec.get("cmdline")
+    finally:
+        child.wait()
+
+
+def test_without_netlink_a_process_that_became_a_zombie_is_stopped(
+    events: Events, start_service: Callable[..., Any], rpc_client: RpcClient, run_env: dict
+) -> None:
+    """Snapshots only: the scan that finds a known process exited (a zombie) stops it."""
+    start_collector(start_service, rpc_client, run_env, netlink="false", scan_interval_s="0.2")
+    child = subprocess.Popen([SLEEP, "30"])
+    try:
+        events.wait("events.process.start", of_pid(child.pid), what="for sleep")
+        child.kill()
+        stop = events.wait("events.process.stop", of_pid(child.pid), what="for its stop")
+        assert stop["record"]["state"] == "Z"
+        st = procfs.read_stat(child.pid)  # (not poll(): it would reap it)
+        assert st is not None and st.state == "Z", "stopped before it was reaped"
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_degraded_mode_is_announced(

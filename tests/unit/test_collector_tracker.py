@@ -173,6 +173,74 @@ def test_zombie_after_exit_is_not_a_new_start() -> None:
     child.wait()
 
 
+def wait_zombie(pid: int) -> procfs.Stat:
+    deadline = time.monotonic() + 10
+    while (st := procfs.read_stat(pid)) is None or st.state != "Z":
+        assert st is not None, f"{pid} was reaped"
+        assert time.monotonic() < deadline, f"{pid} never exited"
+        time.sleep(0.005)
+    return st
+
+
+def test_a_zombie_a_scan_finds_is_a_start_and_its_stop() -> None:
+    """A process that exited unseen (a new main's first scan, netlink losses) and that
+    its parent has not reaped: reported with what /proc still gives, and stopped,
+    never a live process with an empty record that stops whenever it is reaped."""
+    child = subprocess.Popen(["sh", "-c", "exit 3"])
+    st = wait_zombie(child.pid)
+    t = Tracker()
+    mine = for_pid(t.rescan(publish_new=True), child.pid)
+    assert kinds(mine) == ["start", "stop"]
+    for out in mine:
+        rec = out.record
+        assert (rec["name"], rec["ppid"], rec["startTicks"]) == ("sh", os.getpid(), st.start_ticks)
+        assert rec["state"] == "Z" and rec["exePath"] == "" and rec["cmdline"] == []
+    assert mine[1].exit_code == (3 if os.geteuid() == 0 else 0)  # root reads field 52
+    assert child.pid not in t.procs
+    assert for_pid(t.rescan(), child.pid) == []
+    child.wait()
+    assert for_pid(t.rescan(), child.pid) == []
+
+
+def test_a_zombie_at_an_unpublished_first_scan_is_not_tracked() -> None:
+    child = subprocess.Popen([SLEEP, "0"])
+    wait_zombie(child.pid)
+    t = Tracker()
+    assert for_pid(t.rescan(publish_new=False), child.pid) == []
+    assert child.pid not in t.procs
+    child.wait()
+    assert for_pid(t.rescan(), child.pid) == [], "no stop of a process never started"
+
+
+def test_without_netlink_a_tracked_process_that_became_a_zombie_stops(
+    sleeper: subprocess.Popen,
+) -> None:
+    t = Tracker()
+    t.full_rescan_reads = True  # degraded: the rescans are all there is
+    assert kinds(for_pid(t.rescan(publish_new=True), sleeper.pid)) == ["start"]
+    sleeper.kill()
+    wait_zombie(sleeper.pid)
+    stops = for_pid(t.rescan(), sleeper.pid)
+    assert kinds(stops) == ["stop"] and stops[0].record["state"] == "Z"
+    assert stops[0].exit_code == (-9 if os.geteuid() == 0 else 0)
+    assert sleeper.pid not in t.procs
+    sleeper.wait()
+    assert for_pid(t.rescan(), sleeper.pid) == []
+
+
+def test_with_netlink_a_tracked_zombie_waits_for_its_exit_event(
+    sleeper: subprocess.Popen,
+) -> None:
+    """Its exit event is on its way (the reader holds exits a moment) with the time the
+    kernel stamped: a rescan does not stop it first."""
+    t = Tracker()
+    assert kinds(for_pid(t.rescan(publish_new=True), sleeper.pid)) == ["start"]
+    sleeper.kill()
+    wait_zombie(sleeper.pid)
+    assert for_pid(t.rescan(), sleeper.pid) == []
+    assert kinds(t.on_event(ProcEvent(EXIT, 1, sleeper.pid, sleeper.pid), None)) == ["stop"]
+
+
 def test_uid_and_comm_changes_are_modifies(sleeper: subprocess.Popen) -> None:
     t = Tracker()
     t.rescan(publish_new=False)

@@ -386,6 +386,57 @@ def test_a_snapshot_does_not_bring_back_a_process_seen_exiting() -> None:
     assert len(engine.rebuild([again], "c")) == 1
 
 
+def test_a_late_start_or_modify_does_not_bring_back_a_process_seen_exiting() -> None:
+    """A start or modify sent before an exit the detector took in, arriving after it
+    (two collectors, a hand-over, a replay): kept as an event, but the process stays
+    gone, is not judged again as live, and does not evict the process now holding
+    its pid. The same pid with another start is a new process and is taken."""
+    engine, _ = engine_with(MARKER_RULE)
+    tables = engine.tables
+    full = rec(2300, "/usr/bin/sleep", argv=["marker/1", "0.05"], accessible=True)
+    assert len(engine.apply([EventIn("start", full, collector="a")])[0]) == 1
+    engine.apply([EventIn("stop", full, collector="a")])
+    for kind in ("start", "modify"):
+        late = EventIn(kind, {**full, "threads": 2}, source="netlink", collector="b")
+        assert engine.apply([late])[0] == []
+        assert tables.find(2300) is None
+    # its exit seen first (no start before it), then its start
+    brief = rec(2301, "/usr/bin/true", argv=["marker/2"], accessible=True)
+    engine.apply([EventIn("stop", brief, collector="a")])
+    engine.apply([EventIn("start", brief, collector="b")])
+    assert tables.find(2301) is None
+    _, rows = engine.sandbox.run("SELECT pid FROM processes", 1.0, 10)
+    assert rows == []
+    _, rows = engine.sandbox.run("SELECT pid, event FROM process_events ORDER BY eid", 1.0, 10)
+    assert [r[1] for r in rows] == ["start", "stop", "start", "modify", "stop", "start"]
+    # the pid reused by a new process (other start ticks): live, judged; a late event of
+    # the old one leaves it be
+    again = rec(2300, "/usr/bin/sleep", argv=["marker/3"], accessible=True)
+    assert len(engine.apply([EventIn("start", again, collector="b")])[0]) == 1
+    engine.apply([EventIn("modify", full, collector="a")])
+    found = tables.find(2300)
+    assert found is not None and found.record["startTicks"] == again["startTicks"]
+    _, rows = engine.sandbox.run("SELECT pid, cmdline FROM processes", 1.0, 10)
+    assert rows == [(2300, "marker/3")]
+
+
+def test_a_late_record_that_tells_more_than_the_exit_is_judged_once_not_brought_back() -> None:
+    """A scan found the process exited (a zombie: no executable, no argv) and its
+    collector said start and stop; the netlink exec it was about to take comes after,
+    with the program: judged once, as a process that stopped (a rule on argv must not
+    miss it), and still not live. The same again is an event only."""
+    engine, _ = engine_with(MARKER_RULE)
+    full = rec(2400, "/usr/bin/sleep", argv=["marker/4", "0.05"], accessible=True)
+    zombie = {**full, "exePath": "", "cmdline": [], "cwd": "", "state": "Z"}
+    assert engine.apply([EventIn("start", zombie), EventIn("stop", zombie)])[0] == []
+    firings, _ = engine.apply([EventIn("start", full, source="netlink")])
+    assert [f.record["cmdline"] for f in firings] == [["marker/4", "0.05"]]
+    assert engine.tables.find(2400) is None
+    _, rows = engine.sandbox.run("SELECT pid FROM processes", 1.0, 10)
+    assert rows == []
+    assert engine.apply([EventIn("start", full), EventIn("modify", full)])[0] == []
+
+
 def test_event_window_is_bounded() -> None:
     engine, _ = engine_with(TMP_RULE, window_rows=100, window_s=60)
     engine.apply([EventIn("start", rec(3000 + i, "/bin/x")) for i in range(250)])

@@ -89,11 +89,20 @@ class RecentExits:
     def has(self, pid: int, ticks: int, namespace: int = 0) -> bool:
         """Whether the process (pid, start ticks) is among those that exited (a
         namespace 0 on either side matches any: it was unreadable)."""
-        for kept in self._by_pid.get(pid, ()):
+        return self._kept(pid, ticks, namespace) is not None
+
+    def record(self, pid: int, ticks: int, namespace: int = 0) -> dict[str, Any] | None:
+        """What is remembered of the process (pid, start ticks) that exited (the last
+        record kept), as `has` matches it."""
+        kept = self._kept(pid, ticks, namespace)
+        return None if kept is None else dict(zip(KEPT, kept, strict=True))
+
+    def _kept(self, pid: int, ticks: int, namespace: int) -> tuple | None:
+        for kept in reversed(self._by_pid.get(pid, ())):
             ns = kept[_NS]
             if kept[_TICKS] == ticks and (not namespace or not ns or ns == namespace):
-                return True
-        return False
+                return kept
+        return None
 
     def find(self, pid: int, namespace: int = 0, before_ticks: int = 0) -> dict[str, Any] | None:
         """The latest exited process with `pid` that could be the parent of a process

@@ -110,6 +110,16 @@ def same_image(rec: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
     return {**rec, "exePath": exe, "cmdline": argv}
 
 
+def tells_more(rec: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether a record tells of the process what `old` (all that was known of it) did
+    not: another image (`new_image`), or an executable or argv where `old` had none."""
+    return (
+        new_image(rec, old)
+        or bool(rec["exePath"] and not old["exePath"])
+        or bool(rec["cmdline"] and not old["cmdline"])
+    )
+
+
 def is_fork_copy(rec: dict[str, Any], parent: dict[str, Any] | None) -> bool:
     """A subshell or worker that forked and never exec'd (`( ... )`, `$( ... )`, gdb or
     useradd helpers): the collector reports it with its parent's name, path and argv and
@@ -294,6 +304,21 @@ class LiveTables:
                     self._forget(key)
                     batch.stopped.append((proc.rowid,))
                 row = process_row(rec, self.parent_of(rec, ev.collector), ev.collector, now, now)
+            elif proc is None and self.exited(key):
+                # a start or modify sent before the exit taken in (another collector's, a
+                # hand-over's, a replay's): an event, but the process stays gone
+                row = process_row(rec, self.parent_of(rec, ev.collector), ev.collector, now, now)
+                gone = self.exits.record(key[1], key[2], key[0])
+                if gone is None or tells_more(rec, gone):
+                    # what its exit did not know (a zombie's record: no executable or
+                    # argv): judged once, as a process that stopped in this batch
+                    self.exits.add(rec)
+                    proc = Proc(self._next_rowid, rec, row, now, collector=ev.collector)
+                    self._next_rowid += 1
+                    procs[proc.rowid] = proc
+                    pending[proc.rowid] = row
+                    batch.stopped.append((proc.rowid,))
+                    paths += ((rec["exePath"], rec["sha256"]), (rec["cwd"], ""))
             else:
                 slot = (key[0], key[1])
                 old = by_pid.get(slot)
@@ -421,6 +446,13 @@ class LiveTables:
                                 self.rows_refused, exc)  # fmt: skip
                 rows = rows[done + 1 :]
 
+    def exited(self, key: Key) -> bool:
+        """Whether the process `key` (resolved) is gone for good: not live, and its exit
+        taken in. Whatever was read or sent of it before that exit (a snapshot, a late
+        start or modify) must not bring it back; a process that reuses the pid has
+        another start (ticks), so it is another key."""
+        return key not in self.live and self.exits.has(key[1], key[2], key[0])
+
     def _forget(self, key: Key) -> None:
         self.live.pop(key, None)
         slot = (key[0], key[1])
@@ -546,16 +578,10 @@ class LiveTables:
     def rebuild(self, records: list[dict[str, Any]], collector: str) -> Batch:
         """Replace what `collector` reported with its snapshot (other collectors' processes
         stay); process_events is untouched. The batch holds what is new or changed."""
-        # a process whose exit was taken in is gone, whatever the snapshot says: read
-        # before its collector took that exit in (a new collector's first rescan reads
-        # the zombies of exits its predecessor published)
-        live, exited = self.live, self.exits.has
-        records = [
-            r
-            for r in map(normalise, records)
-            if self._resolve(key_of(r)) in live
-            or not exited(r["pid"], r["startTicks"], r["pidNamespace"])
-        ]
+        # a snapshot read before its collector took in an exit the detector has (a new
+        # collector's first rescan reads the zombies of exits its predecessor published)
+        resolve, exited = self._resolve, self.exited
+        records = [r for r in map(normalise, records) if not exited(resolve(key_of(r)))]
         identities = {self._resolve(key_of(r)) for r in records}
         stale = [
             EventIn("stop", p.record, collector=collector)
