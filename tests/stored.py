@@ -6,6 +6,7 @@ no pytest here, so a bench script can import it."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,35 +35,30 @@ def read_wal(settings: Settings, collector_id: str) -> dict[int, tuple[int, ...]
         wal.close()
 
 
-def wal_pids(settings: Settings, collector_id: str) -> set[int]:
-    """Pids of every process event the collector's WAL still holds."""
+def wal_process_events(settings: Settings, collector_id: str) -> Iterator[Any]:
+    """Every ProcessEvent of the process envelopes the collector's WAL still holds."""
     wal = Wal(_wal_path(settings, collector_id))
     try:
-        return {
-            pid
-            for e in wal.read(0, None, 10**9)
-            if e.topic.startswith(PROCESS_PREFIX)
-            for pid in event_pids(wire.decode_envelope(e.data))
-        }
+        for e in wal.read(0, None, 10**9):
+            if e.topic.startswith(PROCESS_PREFIX):
+                yield from wire.process_events(wire.decode_envelope(e.data))
     finally:
         wal.close()
+
+
+def wal_pids(settings: Settings, collector_id: str) -> set[int]:
+    """Pids of every process event the collector's WAL still holds."""
+    return {ev.record.pid for ev in wal_process_events(settings, collector_id)}
 
 
 def wal_argv_pids(settings: Settings, collector_id: str, marker: str) -> dict[str, set[int]]:
     """argv[2] (a storm's process number) -> pids of WAL events whose argv[1] is
     `marker`: tells a process logged under another pid from one never logged."""
-    wal = Wal(_wal_path(settings, collector_id))
     out: dict[str, set[int]] = {}
-    try:
-        for e in wal.read(0, None, 10**9):
-            if not e.topic.startswith(PROCESS_PREFIX):
-                continue
-            for ev in wire.process_events(wire.decode_envelope(e.data)):
-                argv = list(ev.record.cmdline)
-                if len(argv) >= 3 and argv[1] == marker:
-                    out.setdefault(argv[2], set()).add(ev.record.pid)
-    finally:
-        wal.close()
+    for ev in wal_process_events(settings, collector_id):
+        argv = list(ev.record.cmdline)
+        if len(argv) >= 3 and argv[1] == marker:
+            out.setdefault(argv[2], set()).add(ev.record.pid)
     return out
 
 
@@ -71,22 +67,15 @@ def wal_pids_without_argv(settings: Settings, collector_id: str, exe: str) -> se
     never logged with `exe` as argv[0]: execs of it whose /proc read came after they
     exited, so the collector had their name from stat but not their argv."""
     name = Path(exe).name[:15]
-    wal = Wal(_wal_path(settings, collector_id))
     named: set[int] = set()
     with_argv: set[int] = set()
-    try:
-        for e in wal.read(0, None, 10**9):
-            if not e.topic.startswith(PROCESS_PREFIX):
-                continue
-            for ev in wire.process_events(wire.decode_envelope(e.data)):
-                record = ev.record
-                if record.name != name:
-                    continue
-                named.add(record.pid)
-                if len(record.cmdline) and record.cmdline[0] == exe:
-                    with_argv.add(record.pid)
-    finally:
-        wal.close()
+    for ev in wal_process_events(settings, collector_id):
+        record = ev.record
+        if record.name != name:
+            continue
+        named.add(record.pid)
+        if len(record.cmdline) and record.cmdline[0] == exe:
+            with_argv.add(record.pid)
     return named - with_argv
 
 
