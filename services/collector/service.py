@@ -28,7 +28,7 @@ from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
 from daemoneye.wire import SEVERITIES
 
-from . import kseq, netlink, privdrop, reader
+from . import kseq, netlink, privdrop, reader, tailprobe
 from .handover import Handover
 from .hasher import Hasher
 from .kseq import SeqCheck
@@ -41,6 +41,9 @@ TICK_S = 0.1  # pending forks, due rescans and WAL syncs are looked at this ofte
 HELD_TIMEOUT_S = 0.5  # a main leaving waits this long at most for what the reader holds
 IDLE_TICK_S = 1.0  # ...and this often when none waits (no fork, no frame to ack)
 ACK_INTERVAL_S = 0.5  # acks to the reader (each writes the kernel numbers down) this often
+# after a loss, each CPU is asked for a number this many times, a settle apart: the first
+# may find the reader's socket still full, and be dropped with the rest (tailprobe.py)
+TAIL_PROBES = 3
 SWITCH_INTERVAL_S = 0.0005  # the hasher thread hands the GIL back to the main loop this soon
 
 
@@ -87,6 +90,8 @@ class Collector(Service):
         # reader gives the next main every frame after it again
         self._acked_kseq: dict[str, Any] = {}
         self.held_back = 0  # events a previous main had published, not sent again
+        self._tail_probes = 0  # after a loss: asks left for a number on each CPU
+        self._next_tail_probe = 0.0
 
     # --- start and stop -------------------------------------------------------
 
@@ -396,7 +401,19 @@ class Collector(Service):
             detail = {"overruns": overruns, "spool_dropped_frames": dropped, "missing": missed}
             self.notice("lost_events", message, missed or overruns + dropped, detail)
             self.rescan(drain=False)
+        if overruns or dropped:  # what was dropped last shows only with a later number
+            self._tail_probes = TAIL_PROBES
+            self._probe_tail(time.monotonic())
         return len(items)
+
+    def _probe_tail(self, now: float) -> None:
+        """Ask each CPU for one more number (tailprobe.py), so that events dropped at the
+        end of a burst count in `collector.lost` now, not at the host's next exec."""
+        if not self._tail_probes or now < self._next_tail_probe:
+            return
+        self._tail_probes -= 1
+        self._next_tail_probe = now + kseq.SETTLE_S
+        tailprobe.number_an_event_on_each_cpu()
 
     def _rewatch_reader(self) -> None:
         assert self.realtime is not None
@@ -433,6 +450,7 @@ class Collector(Service):
         now = time.monotonic()
         if self.realtime is not None:
             self._on_realtime()  # drain first: a pending fork may have exec'd meanwhile
+        self._probe_tail(now)
         if self.realtime is not None and now >= self._next_ack:  # the WAL has what we
             self._ack(now)  # took: the reader may drop it
             self._next_ack = now + ACK_INTERVAL_S
@@ -453,7 +471,7 @@ class Collector(Service):
         duty (a rescan, a WAL sync, at most IDLE_TICK_S): ten wake-ups a second were
         most of an idle collector's CPU. A frame taken brings it back (_hasten_tick)."""
         assert self.tracker is not None and self.wal is not None
-        if self.tracker.pending or self.kseq.unsettled():
+        if self.tracker.pending or self.kseq.unsettled() or self._tail_probes:
             return
         if self.realtime is not None and not self.realtime.all_acked():
             return

@@ -3,6 +3,7 @@ the real connector where this machine allows it."""
 
 from __future__ import annotations
 
+import os
 import select
 import struct
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from daemoneye.services.collector import netlink
+from daemoneye.services.collector import netlink, tailprobe
 from daemoneye.services.collector.netlink import (
     COMM,
     EXEC,
@@ -100,6 +101,29 @@ def test_overrun_is_reported_as_lost() -> None:
             subprocess.run(["true"], check=False)
         _, overruns = conn.read()
         assert overruns >= 1 and conn.lost >= 1
+    finally:
+        conn.close()
+
+
+def test_each_cpu_numbers_an_event_when_asked() -> None:
+    """A tail loss shows only with a later number on its CPU: asked, every CPU we may
+    run on numbers a COMM event of a thread of ours (which the tracker ignores)."""
+    try:
+        conn = ProcConnector()
+    except NetlinkUnavailable as exc:
+        pytest.skip(f"netlink process connector unavailable: {exc}")
+    try:
+        done = tailprobe.number_an_event_on_each_cpu()
+        assert done == sorted(os.sched_getaffinity(0))
+        ours: dict[int, int] = {}
+        deadline = time.monotonic() + 10
+        while set(ours) != set(done) and time.monotonic() < deadline:
+            select.select([conn.fileno()], [], [], 0.2)
+            for ev in conn.read()[0]:
+                if ev.what == COMM and ev.pid == os.getpid():
+                    assert ev.is_thread  # never a change of the process's own name
+                    ours[ev.cpu] = ev.seq
+        assert set(ours) == set(done)
     finally:
         conn.close()
 
