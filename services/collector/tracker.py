@@ -285,8 +285,11 @@ class Tracker:
             if tracked is not None:
                 gone["startTicks"] = tracked.record["startTicks"]
                 gone["startTime"] = tracked.record["startTime"]
-            if rec is not None:  # argv read before the process vanished
-                gone["cmdline"] = rec.get("cmdline", [])
+            # the exec replaced the parent's image: its argv and environment are not the
+            # parent's (a rule on them would fire again, on a child that ran something
+            # else); unknown unless read before the process vanished
+            gone["cmdline"] = rec.get("cmdline", []) if rec is not None else []
+            gone["env"] = []
             gone["name"] = gone["exePath"] = ""
             gone["sha256"] = ""
             rec = gone

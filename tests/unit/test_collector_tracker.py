@@ -122,6 +122,8 @@ def test_exec_of_a_process_already_gone_keeps_what_the_kernel_gave() -> None:
     assert rec["pid"] == child.pid and rec["ppid"] == os.getpid()
     assert rec["accessible"] is False and rec["startTicks"] > 0
     assert rec["uid"] == os.getuid()  # from the parent
+    # not the parent's argv and environment: the exec replaced them (unknown now)
+    assert rec["cmdline"] == [] and rec["env"] == [] and rec["name"] == ""
     assert kinds(t.on_event(ProcEvent(EXIT, 2 * 10**9, child.pid, child.pid), None)) == ["stop"]
 
 
