@@ -128,6 +128,10 @@ FAMILIES: tuple[Family, ...] = (
        "events"),
     _c("collector_spool_dropped_frames", "spool.dropped_frames",
        "frames the netlink reader's spool dropped (oldest first) while no main read it"),
+    _c("collector_argv_lost", "argv.lost",
+       "execs whose process had exited before the reader read its argv, by why: "
+       "late_wake (it came while the reader slept: the kernel, or the host's vCPU, ran "
+       "the reader too late), busy (the reader was at work on earlier events)", "why"),
     _g("collector_processes", "processes", "processes the collector tracks"),
     _c("collector_scans", "scans", "/proc rescans done"),
     _g("collector_wal_bytes", "wal.bytes", "bytes in the collector's write-ahead log"),

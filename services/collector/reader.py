@@ -122,6 +122,11 @@ DATAGRAM_MAX = 65536  # a netlink datagram is never longer (the kernel's are ~10
 # In a loss marker's record place: frames dropped from a full spool (a main too slow or
 # stopped), not the kernel's overrun (ENOBUFS: the reader too slow), whose is None.
 SPOOL_LOSS = {"spool": True}
+# In an exec item's third place (0 otherwise): its process had exited before its argv
+# was read; stamped while the reader slept (the kernel woke it too late), or while it
+# was busy. A main of before these reads the third place of loss markers only.
+ARGV_LOST_ASLEEP = -1
+ARGV_LOST_BUSY = -2
 
 
 def _count_overrun(conn: ProcConnector, items: list[tuple[Any, ...]], exc: OSError) -> None:
@@ -266,6 +271,7 @@ class Reader:
         self.marker_lost = 0  # the frames it stands for
         self.n = 0
         self.takeovers = 0
+        self.polled_ns = self.woke_ns = 0  # the last wait in poll: from, to (_argv_lost)
         self.alone_since = time.monotonic()
         self.retiring = False
         self.code = code_version()
@@ -409,10 +415,12 @@ class Reader:
             if self.send_due:
                 due_ms = max(0, math.ceil((self.send_due - time.monotonic()) * 1000))
                 timeout = min(timeout, due_ms)
+            self.polled_ns = time.monotonic_ns()  # asleep from here (_argv_lost)
             try:
                 events = poller.poll(timeout)
             except InterruptedError:
                 continue
+            self.woke_ns = time.monotonic_ns()
             ready = {fd for fd, mask in events if mask & ~select.POLLOUT}
             if self.blocked and any(fd == client and m & select.POLLOUT for fd, m in events):
                 self._flush()  # room again: on from where sending stopped
@@ -504,8 +512,18 @@ class Reader:
         for i, dfd, argv in opened:
             ev = items[i][0]
             rec = procfs.read_opened(ev[2], dfd, argv)
-            items[i] = (ev, None if rec is None else tuple(rec.values()), 0)
+            gone = rec is None or (not rec["cmdline"] and rec["state"] == "Z")
+            late = self._argv_lost(ev) if gone and ev[0] == EXEC else 0
+            items[i] = (ev, None if rec is None else tuple(rec.values()), late)
         return n, until
+
+    def _argv_lost(self, ev: EventTuple) -> int:
+        """An exec's process had exited before its argv was read: why, in the item's
+        third value (ARGV_LOST_*): stamped while we slept, the kernel woke us too late
+        (on a VM, a halted or preempted vCPU: the host's); else we were busy."""
+        if self.polled_ns <= ev[1] <= self.woke_ns:
+            return ARGV_LOST_ASLEEP
+        return ARGV_LOST_BUSY
 
     def _take(
         self,

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from daemoneye import procfs
 from daemoneye.bus import Topics
 from daemoneye.config import describe_validation_error
+from daemoneye.metrics import labelled
 from daemoneye.replay import ReplayRequestError, answer, parse_request
 from daemoneye.rpc import RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
@@ -63,6 +64,9 @@ class Collector(Service):
         self.last_scan_s = 0.0
         self.lost_events = 0  # the kernel's overruns (ENOBUFS) the reader told of
         self.spool_dropped = 0  # frames the reader dropped from its full spool (markers)
+        # execs whose process had exited before the reader read its argv, by why (the
+        # reader's ARGV_LOST_*): woken too late by the kernel (the host's), or busy
+        self.argv_lost = {reader.ARGV_LOST_ASLEEP: 0, reader.ARGV_LOST_BUSY: 0}
         self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
         self._next_scan = 0.0
         self._next_sync = 0.0
@@ -374,6 +378,8 @@ class Collector(Service):
                             overruns += item.lost
                     elif fresh(event):  # False: a duplicate of a hand-over's overlap
                         outs += on_event(event, item.record)
+                        if item.lost:  # an exec's argv, gone before the read: why
+                            self.argv_lost[item.lost] = self.argv_lost.get(item.lost, 0) + 1
             finally:
                 if outs:
                     self._publish_all(outs)
@@ -690,6 +696,8 @@ class Collector(Service):
             "lost_events": self.lost_events,
             "spool.dropped_frames": self.spool_dropped,
             "monitoring": int(self.monitoring),
+            labelled("argv.lost", why="late_wake"): self.argv_lost[reader.ARGV_LOST_ASLEEP],
+            labelled("argv.lost", why="busy"): self.argv_lost[reader.ARGV_LOST_BUSY],
         }
         m.update({f"published.{k}": v for k, v in self.published.items()})
         if self.wal is not None:

@@ -1,11 +1,18 @@
 """Short-lived processes: of 1,000 that each live a few milliseconds, started while the
-collector runs, at least 99.5 % appear on events.process.start with their argv.
+collector runs, every one appears on events.process.start, and at least 99.5 % with
+their argv, of those the kernel woke the reader for before they exited.
 
 Lifetimes are the spawner's own measure (spawn to reaped). The check is over those
 that lived under 5 ms; if fewer than half did, the machine was too slow to test, and
 runs without the collector, before and after, tell whose fault that was: fast there,
 the collector slowed the processes down (a failure); slow there too, the machine is
-loaded (a skip, with the figures)."""
+loaded (a skip, with the figures).
+
+The argv is read from /proc, a race the reader (real-time priority) wins when it runs
+within the process's millisecond. On a VM it sometimes does not run: the exec comes
+while it sleeps and the host runs its vCPU a millisecond or two later (steal). The
+reader counts those (`argv.lost{why=late_wake}`, apart from `why=busy`: ours), and the
+99.5 % is of the rest; the whole share is `make soak`'s and bench/README's figure."""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from .test_collector_live import process_events, start_collector
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 REQUIRED = 0.995
 SHORT_S = 0.005  # lived under this: surely gone before a /proc read could follow an exec
+LATE_WAKE_MAX = 0.05  # more execs than this share woken for late: the host, too loaded
 BASELINE = 200  # processes run without the collector, before and after
 
 
@@ -97,11 +105,13 @@ def run_capture(
     lifetimes = spawn_short_lived(count, marker)
     seen, bare = captured(sub, marker, count, timeout=30 + count / 100)
     health = rpc_client.call("control.collector", "health").value
+    late, busy = (health["metrics"][f"argv.lost{{why={why}}}"] for why in ("late_wake", "busy"))
     # spawn -> reaped bounds each lifetime from above: these surely lived under 5 ms
     short = {f"{marker}-{i}" for i, life in enumerate(lifetimes) if life < SHORT_S}
     print(
-        f"captured {len(seen)}/{count} ({bare} without argv); with the collector "
-        f"{figures(lifetimes)}; without it, before {figures(before)}"
+        f"captured {len(seen)}/{count} ({bare} without argv: {late:.0f} woken for late, "
+        f"{busy:.0f} while busy); with the collector {figures(lifetimes)}; without it, "
+        f"before {figures(before)}"
     )
     if len(short) < count // 2:
         collector.stop()
@@ -110,11 +120,17 @@ def run_capture(
         if min(short_share(before), short_share(after)) >= 0.5:
             pytest.fail(f"the collector slows processes: with it {figures(lifetimes)}; {alone}")
         pytest.skip(f"machine too loaded to test: with the collector {figures(lifetimes)}; {alone}")
-    assert len(seen & short) >= REQUIRED * len(short), (
+    assert len(seen) + bare == count, f"{count - len(seen) - bare} of {count} never started"
+    # what the allowance for late wake-ups stands on: the reader asks for the CPU first
+    assert os.sched_getscheduler(health["reader_pid"]) == os.SCHED_FIFO
+    if late > LATE_WAKE_MAX * count:
+        pytest.skip(f"the host woke the reader late for {late:.0f} of {count} execs: too loaded")
+    # host-wide counts: a loss of another process's argv only widens this by one
+    assert len(seen & short) >= REQUIRED * (len(short) - late), (
         f"only {len(seen & short)} of {len(short)} processes that lived < 5 ms were seen "
-        f"with their argv ({bare} seen without it)"
+        f"with their argv ({bare} seen without it: {late:.0f} woken for late, {busy:.0f} busy)"
     )
-    assert len(seen) >= REQUIRED * count, (
+    assert len(seen) >= REQUIRED * (count - late), (
         f"only {len(seen)} of {count} short-lived processes seen with their argv"
     )
     assert health["state"] == "running", health["notes"]

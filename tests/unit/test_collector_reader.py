@@ -415,3 +415,42 @@ def test_an_exec_near_the_end_of_a_hold_takes_its_exits_along(made: reader.Reade
     assert not made._hold_ends(now, urgent=True)
     assert not made._hold_ends(made.hold_until, urgent=False)
     assert made.hold_until == made.send_due  # stretched to their send
+
+
+def _exec_items(r: reader.Reader, pids: set[int]) -> dict[int, tuple[Any, ...]]:
+    """The exec items of `pids` spooled, by pid."""
+    return {
+        ev[2]: (ev, rec, flag)
+        for items in frames(r)
+        for ev, rec, flag in items
+        if ev is not None and ev[0] == EXEC and ev[2] in pids
+    }
+
+
+@pytest.mark.parametrize(
+    ("asleep", "why"), [(True, reader.ARGV_LOST_ASLEEP), (False, reader.ARGV_LOST_BUSY)]
+)
+def test_an_exec_gone_before_its_argv_read_says_whether_we_slept(
+    made: reader.Reader, asleep: bool, why: int
+) -> None:
+    """An exec whose process exited before its /proc read is flagged: stamped while the
+    reader waited in poll (the kernel woke it too late), or while it was busy; a process
+    still there is not."""
+    made._read_netlink(exits=True)  # what was queued before
+    before = time.monotonic_ns()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its argv is gone before the read below
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        # as if the last poll ran from before both execs to now, or ended before them
+        made.polled_ns, made.woke_ns = (before, time.monotonic_ns()) if asleep else (0, before)
+        deadline = time.monotonic() + 10
+        found: dict[int, tuple[Any, ...]] = {}
+        while len(found) < 2 and time.monotonic() < deadline:
+            made._read_netlink()
+            found = _exec_items(made, {gone.pid, alive.pid})
+    finally:
+        alive.kill()
+        alive.wait()
+    assert found[gone.pid][2] == why
+    assert found[alive.pid][2] == 0 and found[alive.pid][1] is not None
