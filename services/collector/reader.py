@@ -512,7 +512,7 @@ class Reader:
         for i, dfd, argv in opened:
             ev = items[i][0]
             rec = procfs.read_opened(ev[2], dfd, argv)
-            gone = rec is None or (not rec["cmdline"] and rec["state"] == "Z")
+            gone = rec is None or not (rec["cmdline"] or rec["exePath"])  # its mm released
             late = self._argv_lost(ev) if gone and ev[0] == EXEC else 0
             items[i] = (ev, None if rec is None else tuple(rec.values()), late)
         return n, until
