@@ -410,13 +410,17 @@ class Outside:
     starts: int  # start events the collector published in the window
 
 
-def collector_starts(settings) -> int:
+def collector_metrics(settings) -> dict[str, float]:
     factory = SocketFactory(settings)
     try:
         reply = call_once(factory, settings.endpoint("control"), "control.collector", "health")
-        return int(reply.value["metrics"].get("published.start", 0))
+        return reply.value["metrics"]
     finally:
         factory.shutdown()
+
+
+def collector_starts(settings) -> int:
+    return int(collector_metrics(settings).get("published.start", 0))
 
 
 def measure_outside(system: System, command: str, seconds: float, idle: dict) -> Outside:
@@ -544,8 +548,13 @@ def main() -> int:
         os.environ.update({k: env[k] for k in ("DAEMONEYE_RUN_DIR", "DAEMONEYE_DATA_DIR")})
         settings = load_settings()
         up = start_system(env, rules_dir)
+        argv_lost: dict[str, float] = {}
         try:
             status, rows = run(System(up, settings), gen, loads, probe, marker, bare, args)
+            argv_lost = {
+                why: collector_metrics(settings).get(f"argv.lost{{why={why}}}", 0)
+                for why in ("late_wake", "busy")
+            }
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -568,6 +577,12 @@ def main() -> int:
                 f"  of the {missed:,} missed, at least {len(late):,} are in the WAL by the name of"
                 " the copy of true without its argv: read after they exited (the reader woke"
                 " too late), not lost"
+            )
+        if argv_lost:  # host-wide: the generator's execs and any other
+            print(
+                f"  argv lost (process gone at the /proc read), all execs: "
+                f"{argv_lost['late_wake']:.0f} woken too late (exec while the reader slept),"
+                f" {argv_lost['busy']:.0f} while it was busy"
             )
         return status
 
