@@ -121,8 +121,8 @@ def run_capture(
             pytest.fail(f"the collector slows processes: with it {figures(lifetimes)}; {alone}")
         pytest.skip(f"machine too loaded to test: with the collector {figures(lifetimes)}; {alone}")
     assert len(seen) + bare == count, f"{count - len(seen) - bare} of {count} never started"
-    # what the allowance for late wake-ups stands on: the reader asks for the CPU first
-    assert os.sched_getscheduler(health["reader_pid"]) == os.SCHED_FIFO
+    if os.sched_getscheduler(health["reader_pid"]) != os.SCHED_FIFO:
+        late = 0  # the allowance stands on a reader that asks for the CPU first
     if late > LATE_WAKE_MAX * count:
         pytest.skip(f"the host woke the reader late for {late:.0f} of {count} execs: too loaded")
     # host-wide counts: a loss of another process's argv only widens this by one
