@@ -506,10 +506,19 @@ class Reader:
     def _take_urgent(self, items: list[tuple[Any, ...]], limit: int) -> tuple[int, int]:
         """URGENT's datagrams into `items` with their /proc reads: the argv of each exec
         as its datagram is taken (those that came meanwhile too: the socket is read to
-        its end), the rest of each record after the last. Returns what _take does."""
+        its end), the rest of each record after the last; and before each next record,
+        the argv of execs that came while the last one was read (under a storm most
+        argv.lost{why=busy} were stamped during the record reads). Returns what _take
+        does, `until` where the last look stopped."""
         opened: list[tuple[int, int | None, list[str] | None]] = []  # (item, dir, argv)
         n, until = self._take(self.nl, items, limit, 0, opened)
-        for i, dfd, argv in opened:
+        k = 0
+        while k < len(opened):
+            if k and n < limit:  # execs that came while the last record was read
+                took, until = self._take(self.nl, items, limit - n, 0, opened)
+                n += took
+            i, dfd, argv = opened[k]
+            k += 1
             ev = items[i][0]
             rec = procfs.read_opened(ev[2], dfd, argv)
             gone = rec is None or not (rec["cmdline"] or rec["exePath"])  # its mm released

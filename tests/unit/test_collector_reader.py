@@ -454,3 +454,39 @@ def test_an_exec_gone_before_its_argv_read_says_whether_we_slept(
         alive.wait()
     assert found[gone.pid][2] == why
     assert found[alive.pid][2] == 0 and found[alive.pid][1] is not None
+
+
+def test_an_exec_during_a_record_read_has_its_argv_read_before_the_next_record(
+    made: reader.Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Execs queued together: while the first one's record is read, another exec comes;
+    its argv is read before the second one's record (under a storm, a record takes as
+    long as a short-lived process lives), and it goes in the same frame."""
+    made._read_netlink(exits=True)  # what was queued before
+    queued = [_exec_and_wait(["sh", "-c", "read x", f"queued-{i}"]) for i in range(2)]
+    late: list[subprocess.Popen[bytes]] = []
+    order: list[tuple[str, int]] = []
+    real_open, real_read = procfs.open_argv, procfs.read_opened
+
+    def open_argv(pid: int) -> tuple[int | None, list[str] | None]:
+        order.append(("argv", pid))
+        return real_open(pid)
+
+    def read_opened(pid: int, *args: Any) -> dict[str, Any] | None:
+        order.append(("record", pid))
+        if not late and pid == queued[0].pid:  # an exec comes while this record is read
+            late.append(_exec_and_wait(["sh", "-c", "read x", "during-a-record"]))
+        return real_read(pid, *args)
+
+    monkeypatch.setattr(procfs, "open_argv", open_argv)
+    monkeypatch.setattr(procfs, "read_opened", read_opened)
+    try:
+        made._read_netlink()
+    finally:
+        for c in queued + late:
+            c.kill()
+            c.wait()
+    (items,) = frames(made)[-1:]
+    assert _argv_of(items, late[0].pid) == ["sh", "-c", "read x", "during-a-record"]
+    mine = [step for step in order if step[1] in {c.pid for c in queued + late}]
+    assert mine.index(("argv", late[0].pid)) < mine.index(("record", queued[1].pid)), mine
