@@ -13,7 +13,8 @@ whoever holds the subscribed socket must never be away. Two processes hold it:
   hold's end never costs a wake-up of its own. So an exec costs one wake-up and one
   frame, not three, and the exits of a hold go in one frame (one stop envelope
   downstream). A wake-up reads URGENT first (the /proc reads race: the argv
-  of every exec queued there before the rest of any record), then the others up to the
+  of every exec queued there before the rest of any record, and of one that comes while
+  a record is read before the next record), then the others up to the
   kernel time where URGENT stopped (the next datagram left there, or the clock when it
   was found empty), looking at URGENT again every HELD_CHUNK datagrams of theirs (an
   exec that comes while a hold's exits are read waits for a chunk, not for all of
