@@ -61,6 +61,7 @@ from _harness import percentile, verdict
 
 from daemoneye.bus import SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
+from daemoneye.metrics import labelled
 from daemoneye.rpc import RpcError, call_once
 from tests.stored import wal_argv_pids, wal_pids_without_argv
 
@@ -551,9 +552,9 @@ def main() -> int:
         argv_lost: dict[str, float] = {}
         try:
             status, rows = run(System(up, settings), gen, loads, probe, marker, bare, args)
+            metrics = collector_metrics(settings)
             argv_lost = {
-                why: collector_metrics(settings).get(f"argv.lost{{why={why}}}", 0)
-                for why in ("late_wake", "busy")
+                why: metrics.get(labelled("argv.lost", why=why), 0) for why in ("late_wake", "busy")
             }
         finally:
             up.send_signal(signal.SIGTERM)

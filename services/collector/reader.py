@@ -128,6 +128,7 @@ SPOOL_LOSS = {"spool": True}
 # was busy. A main of before these reads the third place of loss markers only.
 ARGV_LOST_ASLEEP = -1
 ARGV_LOST_BUSY = -2
+ARGV_LOST_WHY = {ARGV_LOST_ASLEEP: "late_wake", ARGV_LOST_BUSY: "busy"}  # the metric's label
 
 
 def _count_overrun(conn: ProcConnector, items: list[tuple[Any, ...]], exc: OSError) -> None:

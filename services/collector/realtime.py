@@ -45,6 +45,8 @@ HELLO_TIMEOUT_S = 2.0
 class Item:
     event: ProcEvent | None  # None: a batch of lost events (ENOBUFS)
     record: dict[str, Any] | None = None  # read at once for exec / uid / gid
+    # a loss marker: the events (or frames) it stands for; an exec: 0, or why its argv
+    # was gone before the read (reader.ARGV_LOST_*, negative)
     lost: int = 0
 
 

@@ -66,7 +66,7 @@ class Collector(Service):
         self.spool_dropped = 0  # frames the reader dropped from its full spool (markers)
         # execs whose process had exited before the reader read its argv, by why (the
         # reader's ARGV_LOST_*): woken too late by the kernel (the host's), or busy
-        self.argv_lost = {reader.ARGV_LOST_ASLEEP: 0, reader.ARGV_LOST_BUSY: 0}
+        self.argv_lost = dict.fromkeys(reader.ARGV_LOST_WHY, 0)
         self.published = {"start": 0, "stop": 0, "modify": 0, "suspicious": 0}
         self._next_scan = 0.0
         self._next_sync = 0.0
@@ -696,10 +696,10 @@ class Collector(Service):
             "lost_events": self.lost_events,
             "spool.dropped_frames": self.spool_dropped,
             "monitoring": int(self.monitoring),
-            labelled("argv.lost", why="late_wake"): self.argv_lost[reader.ARGV_LOST_ASLEEP],
-            labelled("argv.lost", why="busy"): self.argv_lost[reader.ARGV_LOST_BUSY],
         }
         m.update({f"published.{k}": v for k, v in self.published.items()})
+        for code, why in reader.ARGV_LOST_WHY.items():
+            m[labelled("argv.lost", why=why)] = self.argv_lost[code]
         if self.wal is not None:
             m["wal.last_seq"] = self.wal.last_seq
             m["wal.cuts"] = len(self.wal.cuts)

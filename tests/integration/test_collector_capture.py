@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from daemoneye.bus import Subscriber
+from daemoneye.metrics import labelled
 from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
 
@@ -105,7 +106,7 @@ def run_capture(
     lifetimes = spawn_short_lived(count, marker)
     seen, bare = captured(sub, marker, count, timeout=30 + count / 100)
     health = rpc_client.call("control.collector", "health").value
-    late, busy = (health["metrics"][f"argv.lost{{why={why}}}"] for why in ("late_wake", "busy"))
+    late, busy = (health["metrics"][labelled("argv.lost", why=w)] for w in ("late_wake", "busy"))
     # spawn -> reaped bounds each lifetime from above: these surely lived under 5 ms
     short = {f"{marker}-{i}" for i, life in enumerate(lifetimes) if life < SHORT_S}
     print(
