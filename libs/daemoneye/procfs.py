@@ -17,6 +17,7 @@ import os
 import pwd
 import re
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +110,36 @@ def boot_time() -> float:
     return psutil.boot_time()
 
 
-BOOT_TIME = boot_time() if IS_LINUX else 0.0
+def _wall_minus_boot() -> float:
+    """The wall clock less the time since boot: the kernel's btime, unrounded."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class _BootTime:
+    """btime, re-read when the wall clock is stepped. The kernel's btime is the wall
+    clock less the time since boot, so it moves with a step (NTP at boot, a host with
+    no RTC, a VM resumed); read once, it would put every later start time off by the
+    step. Two clock reads a call tell a step from the slow slewing of NTP."""
+
+    STEP = 0.5  # seconds the wall clock may move against CLOCK_BOOTTIME before a re-read
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._offset = 0.0
+        if IS_LINUX:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._offset = _wall_minus_boot()
+        self.seconds = boot_time()
+
+    def now(self) -> float:
+        if IS_LINUX and abs(_wall_minus_boot() - self._offset) > self.STEP:
+            self._refresh()
+        return self.seconds
+
+
+_BOOT = _BootTime()
 
 
 def list_pids() -> list[int]:
@@ -194,7 +224,7 @@ def parse_stat(pid: int, data: bytes) -> Stat | None:
 
 
 def start_time_of(start_ticks: int) -> float:
-    return BOOT_TIME + start_ticks / CLK_TCK
+    return _BOOT.now() + start_ticks / CLK_TCK
 
 
 def tty_name(tty_nr: int) -> str:

@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -321,3 +322,48 @@ def test_pid_namespace_of_a_process_in_another_one() -> None:
     finally:
         outer.kill()
         outer.wait()
+
+
+# Reads its own start time, enters the time namespace named on its command line
+# (single-threaded, as setns(CLONE_NEWTIME) requires), and reads it again.
+_ACROSS_A_CLOCK_STEP = """
+import ctypes, os, sys
+from daemoneye import procfs
+before = (procfs.boot_time(), procfs.read_process(os.getpid())["startTime"])
+fd = os.open(sys.argv[1], os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x80) != 0:  # CLONE_NEWTIME
+    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+after = (procfs.boot_time(), procfs.read_process(os.getpid())["startTime"])
+print(*before, *after)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
+)
+def test_start_times_follow_a_step_of_the_wall_clock() -> None:
+    """The kernel's btime moves when the wall clock is stepped (CI saw 7 s mid-run), so a
+    btime read once puts start times off by the step. A time namespace whose boot clock
+    is 7 s ahead moves it the same way, for real: entering one moves btime back 7 s and
+    the process's start ticks on 7 s, and its start time must not move."""
+    holder = subprocess.run(
+        ["unshare", "--time", "--boottime", "7", "true"], capture_output=True, text=True
+    )
+    if holder.returncode != 0:
+        pytest.skip(f"no time namespaces here (Linux >= 5.6): {holder.stderr.strip()}")
+    ahead = subprocess.Popen(["unshare", "--time", "--boottime", "7", SLEEP, "30"])
+    try:
+        ns = f"/proc/{ahead.pid}/ns/time"
+        wait_for(lambda: os.readlink(ns) != os.readlink("/proc/self/ns/time"), 5, "sleep's exec")
+        out = subprocess.run(
+            [sys.executable, "-c", _ACROSS_A_CLOCK_STEP, ns],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        btime_before, start_before, btime_after, start_after = map(float, out.split())
+        assert btime_before - btime_after == 7  # the namespace did move btime
+        assert abs(start_after - start_before) < 0.05
+    finally:
+        ahead.kill()
+        ahead.wait()
