@@ -18,10 +18,11 @@ On a libc without these calls (musl, macOS) all of it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from daemoneye.libc import libc as c_library
 
 # mallopt parameters (glibc malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -51,9 +52,8 @@ class _Mallinfo2(ctypes.Structure):
 
 
 def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+    libc = c_library()
+    if libc is None:
         return None
     needed = ("mallopt", "malloc_trim", "mallinfo2")
     if not all(hasattr(libc, name) for name in needed):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -31,6 +30,7 @@ from pathlib import Path
 from daemoneye import zygote
 from daemoneye.bus import endpoint_in_use, ipc_path, wait_for_endpoint
 from daemoneye.config import Settings
+from daemoneye.libc import libc as c_library
 
 log = logging.getLogger("daemoneye.supervisor")
 
@@ -46,11 +46,9 @@ READER_QUIT = struct.pack("<cQ", b"Q", 0)
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if the supervisor dies, so no child is orphaned."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
+    libc = c_library()
+    if libc is not None and hasattr(libc, "prctl"):  # Linux's alone
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass

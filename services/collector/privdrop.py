@@ -6,9 +6,10 @@ with no-new-privs set so nothing exec'd can regain more.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import pwd
+
+from daemoneye.libc import libc as c_library
 
 CAP_DAC_READ_SEARCH = 2
 CAP_SYS_PTRACE = 19
@@ -39,7 +40,10 @@ class _CapData(ctypes.Structure):
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    lib = c_library()
+    if lib is None:
+        raise PrivilegeError("no C library to call prctl and capset through")
+    return lib
 
 
 def _check(ret: int, step: str) -> None:

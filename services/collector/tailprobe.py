@@ -19,22 +19,17 @@ import ctypes
 import os
 import threading
 
+from daemoneye.libc import libc as c_library
+
 PR_SET_NAME = 15
 PR_GET_NAME = 16
 NAME_BYTES = 16  # TASK_COMM_LEN
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
 def _rename_on_each_cpu(cpus: list[int], done: list[int]) -> None:
     """In a thread of its own (its affinity and name are its own): on each CPU, set the
     thread's name again."""
-    libc = _libc()
+    libc = c_library()
     if libc is None:
         return
     name = ctypes.create_string_buffer(NAME_BYTES)
