@@ -195,11 +195,15 @@ def _boot_id() -> str:
         return ""
 
 
+def _since_boot() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write down the numbers taken and the gaps open (`SeqCheck.state`; replaced
     whole: a crash leaves the old or the new)."""
     tmp = path.with_suffix(".tmp")
-    data = {"boot_id": _boot_id(), "time": time.time(), **state}
+    data = {"boot_id": _boot_id(), "time": time.time(), "since_boot": _since_boot(), **state}
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
 
@@ -211,7 +215,13 @@ def load(path: Path, max_age_s: float) -> dict[str, Any]:
     otherwise. A file without gaps (written before the reader split its sockets) has none."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
         data = json.loads(path.read_text())
-        fresh = 0 <= time.time() - float(data["time"]) <= max_age_s
+        # its age by the boot clock, which no step of the wall clock moves (NTP, a VM
+        # resumed); by the wall clock for a file written before it was noted
+        if "since_boot" in data:
+            age = _since_boot() - float(data["since_boot"])
+        else:
+            age = time.time() - float(data["time"])
+        fresh = 0 <= age <= max_age_s
         if data.get("boot_id") == _boot_id() != "" and fresh:
             last = {int(cpu): int(seq) & MASK for cpu, seq in data["last"].items()}
             gaps, counted = (

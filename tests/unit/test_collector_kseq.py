@@ -82,6 +82,21 @@ def test_numbers_written_down_are_continued_only_this_boot_and_recently(tmp_path
     assert kseq.load(tmp_path / "absent", 60) == {}
 
 
+def test_their_age_is_the_boot_clock_s_not_a_stepped_wall_clock_s(tmp_path) -> None:
+    path = tmp_path / kseq.POSITIONS_FILE
+    kseq.save(path, {"last": {0: 41}, "gaps": {}})
+    data = json.loads(path.read_text())
+    # the wall clock stepped back an hour since the save (NTP correcting a fast clock)
+    path.write_text(json.dumps({**data, "time": data["time"] + 3600}))
+    assert kseq.load(path, 60) == {"last": {0: 41}, "gaps": {}}
+    # a file from before the boot clock was noted is judged by the wall clock
+    del data["since_boot"]
+    path.write_text(json.dumps({**data, "time": data["time"] - 3600}))
+    assert kseq.load(path, 60) == {}
+    path.write_text(json.dumps(data))
+    assert kseq.load(path, 60) == {"last": {0: 41}, "gaps": {}}
+
+
 def test_a_main_continuing_counts_what_came_between() -> None:
     check = SeqCheck()
     check.restore({"last": {0: 41}, "gaps": {0: [39]}})  # where the previous main stopped
