@@ -114,7 +114,7 @@ struct ProcessEvent {
   record @3 :ProcessRecord;
   previous @4 :ProcessRecord; # set for modify
   changedFields @5 :List(Text);
-  reason @6 :Text;            # suspicious: which heuristic
+  reason @6 :Text;            # suspicious: which heuristic; start, modify: "argv_lost: <why>"
   severity @7 :Severity;      # suspicious: how bad
   runtimeNs @8 :Int64;        # stop: how long the process lived, when known
   exitCode @9 :Int32;         # stop: from the kernel, when known

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import statistics
 import time
 import uuid
@@ -30,6 +31,7 @@ from daemoneye.bus import Subscriber
 from daemoneye.metrics import labelled
 from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
+from tests.conftest import wait_for
 
 from .test_collector_live import process_events, start_collector
 
@@ -148,3 +150,37 @@ def test_ten_thousand_short_lived_processes(
     broker: Any, subscribe: Any, start_service: Any, rpc_client: RpcClient, run_env: dict
 ) -> None:
     run_capture(10_000, broker, subscribe, start_service, rpc_client, run_env)
+
+
+def test_an_exec_gone_before_the_reader_ran_says_its_argv_was_lost(
+    broker: Any, subscribe: Any, start_service: Any, rpc_client: RpcClient, run_env: dict
+) -> None:
+    """The reader stopped (as a host that does not run its vCPU) while a process starts
+    and is reaped: its start still comes, without argv, and its reason says the argv
+    was lost and why (a detector then takes it for the new image it is)."""
+    _netlink_or_skip()
+    sub = subscribe("events.process.start")
+    start_collector(start_service, rpc_client, run_env)
+    reader = rpc_client.call("control.collector", "health").value["reader_pid"]
+    os.kill(reader, signal.SIGSTOP)
+    try:
+        pid = os.posix_spawn(TRUE, ["true", "de-argv-lost"], os.environ)
+        os.waitpid(pid, 0)
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    found: list[Any] = []
+
+    def started() -> bool:
+        msg = sub.recv(100)
+        while msg is not None:
+            found.extend(e for e in process_events(msg) if e.record.pid == pid)
+            msg = sub.recv(0)
+        return bool(found)
+
+    wait_for(started, 10, f"the start of {pid}")
+    assert list(found[0].record.cmdline) == [] and found[0].record.exePath == ""
+    # asleep in poll when stopped (late_wake), or at work on another exec (busy)
+    assert found[0].reason in ("argv_lost: late_wake", "argv_lost: busy")
+    health = rpc_client.call("control.collector", "health").value
+    lost = sum(health["metrics"][labelled("argv.lost", why=w)] for w in ("late_wake", "busy"))
+    assert lost >= 1

@@ -369,6 +369,36 @@ def test_an_exec_read_too_late_for_exe_and_argv_is_judged_by_its_new_name() -> N
     assert [(f.record["name"], f.record["exePath"]) for f in firings] == [("marker-cat", "")]
 
 
+BASH_RULE = """
+id: bash-by-name
+name: a bash
+severity: low
+sql: SELECT pid, path, cmdline FROM processes WHERE name = 'bash'
+"""
+
+
+def test_an_exec_whose_argv_was_lost_under_the_same_name_is_a_new_image() -> None:
+    """bash exec'ing a bash that exits before /proc is read: the name tells nothing new,
+    but the collector says the argv was lost (reason `argv_lost: ...`). A new image:
+    judged afresh, without the argv of the bash before it (which the rules judged)."""
+    engine, _ = engine_with(BASH_RULE)
+    first = rec(2300, "/usr/bin/bash", argv=["bash", "-c", "marker-first"], accessible=True)
+    assert len(engine.apply([EventIn("start", first, source="netlink", collector="c")])[0]) == 1
+    lost = {**first, "exePath": "", "cmdline": [], "accessible": False}
+    flagged = EventIn("modify", lost, source="netlink", collector="c", reason="argv_lost: busy")
+    firings, _ = engine.apply([flagged])
+    assert [(f.record["exePath"], f.record["cmdline"]) for f in firings] == [("", [])]
+    _, rows = engine.sandbox.run("SELECT path, cmdline FROM processes", 1.0, 10)
+    assert rows == [("", "")]
+    # without the collector's word it is the same image read as it exits (see above)
+    again = rec(2301, "/usr/bin/bash", argv=["bash", "-c", "marker-again"], accessible=True)
+    assert len(engine.apply([EventIn("start", again, source="netlink", collector="c")])[0]) == 1
+    unflagged = {**again, "exePath": "", "cmdline": [], "accessible": False}
+    assert engine.apply([EventIn("modify", unflagged, source="netlink", collector="c")])[0] == []
+    _, rows = engine.sandbox.run("SELECT cmdline FROM processes WHERE pid = 2301", 1.0, 10)
+    assert rows == [("bash -c marker-again",)]
+
+
 def test_a_snapshot_does_not_bring_back_a_process_seen_exiting() -> None:
     """A collector's snapshot taken before it took in an exit the detector has (a new
     collector's first rescan finds its predecessor's exits as zombies, or as they exit):

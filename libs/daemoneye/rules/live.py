@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from daemoneye.wire import ARGV_LOST
+
 from . import sources
 from .lineage import RecentExits
 from .sandbox import Sandbox
@@ -336,7 +338,9 @@ class LiveTables:
                     self.latest[key[1]] = key
                 else:  # a new version replaces the old row
                     old_rec = proc.record
-                    image = new_image(rec, old_rec)
+                    # an exec whose argv and executable were lost is a new image even
+                    # under the same name (bash exec'ing bash): not its predecessor's
+                    image = new_image(rec, old_rec) or ev.reason.startswith(ARGV_LOST)
                     if not image and (not rec["exePath"] or not rec["cmdline"]):
                         rec = ev.record = same_image(rec, old_rec)
                     if image:

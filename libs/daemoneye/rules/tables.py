@@ -95,7 +95,12 @@ EVENT_COLUMNS = _cols(
     ("eid", INT, "event id, increasing within this detector"),
     ("syscall", T, "execve for start, exit for stop, modify, suspicious (osquery-like)"),
     ("changed_fields", T, "(ours) modify: comma-separated record fields that changed"),
-    ("reason", T, "(ours) suspicious: which heuristic fired"),
+    (
+        "reason",
+        T,
+        "(ours) suspicious: which heuristic fired; start or modify: `argv_lost: late_wake`"
+        " or `argv_lost: busy` when the process was gone before its argv was read",
+    ),
     ("severity", T, "(ours) suspicious: how bad (info..critical)"),
     ("source", T, "(ours) snapshot, netlink or psutil"),
     ("status", INT, "stop: exit code, when known"),
