@@ -71,8 +71,9 @@ SEVERITIES: tuple[str, ...] = tuple(
 )
 # A start or modify event's `reason` when the process was gone before its argv was
 # read: `argv_lost: late_wake` or `argv_lost: busy` (the collector's argv.lost). Its
-# record holds what the kernel told (pid, parent, start, name), no argv: a new program
-# image all the same, not a version of the one before it with argv missing.
+# record holds what the kernel told (pid, parent, start; the name if a zombie was left
+# to read), no argv or executable: a new program image all the same, not a version of
+# the one before it with argv missing.
 ARGV_LOST = "argv_lost"
 BODY_KINDS: tuple[str, ...] = tuple(Envelope.new_message().body.schema.union_fields)
 _SEGMENT_HEAD = struct.Struct("<II")  # segment count - 1, first segment's size in words
