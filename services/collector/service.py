@@ -620,12 +620,15 @@ class Collector(Service):
 
     def _argv_lost(self, pid: int, code: int, outs: list[Out]) -> None:
         """Count an exec whose process was gone before its argv was read, and say so in
-        its event (wire.ARGV_LOST): a detector then takes it for the new image it is."""
+        its event (wire.ARGV_LOST): a detector then takes it for the new image it is.
+        Its record was not read whole (a zombie's has its name and no more), so it is
+        not `accessible`."""
         self.argv_lost[code] = self.argv_lost.get(code, 0) + 1
         reason = f"{ARGV_LOST}: {reader.ARGV_LOST_WHY.get(code, 'unknown')}"
         for out in outs:
             if out.kind in ("start", "modify") and out.record.get("pid") == pid:
                 out.reason = reason
+                out.record["accessible"] = False  # the tracker's record too: the same dict
 
     def event_body(self, out: Out) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -152,12 +152,24 @@ def test_ten_thousand_short_lived_processes(
     run_capture(10_000, broker, subscribe, start_service, rpc_client, run_env)
 
 
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0] == b"Z"
+
+
+@pytest.mark.parametrize("left", ["reaped", "zombie"])
 def test_an_exec_gone_before_the_reader_ran_says_its_argv_was_lost(
-    broker: Any, subscribe: Any, start_service: Any, rpc_client: RpcClient, run_env: dict
+    left: str,
+    broker: Any,
+    subscribe: Any,
+    start_service: Any,
+    rpc_client: RpcClient,
+    run_env: dict,
 ) -> None:
     """The reader stopped (as a host that does not run its vCPU) while a process starts
-    and is reaped: its start still comes, without argv, and its reason says the argv
-    was lost and why (a detector then takes it for the new image it is)."""
+    and exits, reaped or left a zombie: its start still comes, without argv, not
+    `accessible` (not read whole), and its reason says the argv was lost and why (a
+    detector then takes it for the new image it is)."""
     _netlink_or_skip()
     sub = subscribe("events.process.start")
     start_collector(start_service, rpc_client, run_env)
@@ -165,7 +177,10 @@ def test_an_exec_gone_before_the_reader_ran_says_its_argv_was_lost(
     os.kill(reader, signal.SIGSTOP)
     try:
         pid = os.posix_spawn(TRUE, ["true", "de-argv-lost"], os.environ)
-        os.waitpid(pid, 0)
+        if left == "reaped":
+            os.waitpid(pid, 0)
+        else:
+            wait_for(lambda: _zombie(pid), 10, f"{pid} to exit")
     finally:
         os.kill(reader, signal.SIGCONT)
     found: list[Any] = []
@@ -177,8 +192,13 @@ def test_an_exec_gone_before_the_reader_ran_says_its_argv_was_lost(
             msg = sub.recv(0)
         return bool(found)
 
-    wait_for(started, 10, f"the start of {pid}")
-    assert list(found[0].record.cmdline) == [] and found[0].record.exePath == ""
+    try:
+        wait_for(started, 10, f"the start of {pid}")
+    finally:
+        if left == "zombie":
+            os.waitpid(pid, 0)
+    record = found[0].record
+    assert list(record.cmdline) == [] and record.exePath == "" and not record.accessible
     # asleep in poll when stopped (late_wake), or at work on another exec (busy)
     assert found[0].reason in ("argv_lost: late_wake", "argv_lost: busy")
     health = rpc_client.call("control.collector", "health").value
