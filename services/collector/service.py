@@ -27,7 +27,7 @@ from daemoneye.replay import ReplayRequestError, answer, parse_request
 from daemoneye.rpc import RpcResult
 from daemoneye.service import Request, RpcFault, Service, rpc
 from daemoneye.settings.collector import CollectorSettings
-from daemoneye.wire import ARGV_LOST, SEVERITIES
+from daemoneye.wire import SEVERITIES
 
 from . import kseq, netlink, privdrop, reader, tailprobe
 from .handover import Handover
@@ -377,10 +377,11 @@ class Collector(Service):
                         else:
                             overruns += item.lost
                     elif fresh(event):  # False: a duplicate of a hand-over's overlap
-                        out = on_event(event, item.record)
+                        why = ""
                         if item.lost:  # an exec's argv, gone before the read: why
-                            self._argv_lost(event.pid, item.lost, out)
-                        outs += out
+                            self.argv_lost[item.lost] = self.argv_lost.get(item.lost, 0) + 1
+                            why = reader.ARGV_LOST_WHY.get(item.lost, "unknown")
+                        outs += on_event(event, item.record, why)
             finally:
                 if outs:
                     self._publish_all(outs)
@@ -617,18 +618,6 @@ class Collector(Service):
             published[kind] += count
             n += count
         self.events.add(n)
-
-    def _argv_lost(self, pid: int, code: int, outs: list[Out]) -> None:
-        """Count an exec whose process was gone before its argv was read, and say so in
-        its event (wire.ARGV_LOST): a detector then takes it for the new image it is.
-        Its record was not read whole (a zombie's has its name and no more), so it is
-        not `accessible`."""
-        self.argv_lost[code] = self.argv_lost.get(code, 0) + 1
-        reason = f"{ARGV_LOST}: {reader.ARGV_LOST_WHY.get(code, 'unknown')}"
-        for out in outs:
-            if out.kind in ("start", "modify") and out.record.get("pid") == pid:
-                out.reason = reason
-                out.record["accessible"] = False  # the tracker's record too: the same dict
 
     def event_body(self, out: Out) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemoneye import procfs
+from daemoneye.wire import ARGV_LOST
 
 from . import suspicious
 from .hasher import Hasher, key_of
@@ -181,14 +182,14 @@ class Tracker:
                 Out("suspicious", source, rec, previous, reason=f"{hid}: {msg}", severity=severity)
             )
 
-    def _start(self, rec: Record, source: str, out: list[Out]) -> None:
+    def _start(self, rec: Record, source: str, out: list[Out], reason: str = "") -> None:
         old = self.procs.get(rec["pid"])
         if old is not None:  # the pid was reused under us: the old one is gone
             self._stop(old, source, 0, out)
         self._enrich(rec)
         tracked = Tracked(rec)
         self.procs[rec["pid"]] = tracked
-        out.append(Out("start", source, rec))
+        out.append(Out("start", source, rec, reason=reason))
         self._heuristics(tracked, None, source, out)
 
     def _stop(
@@ -213,7 +214,9 @@ class Tracker:
             Out("stop", source, rec, runtime_ns=runtime, exit_code=exit_code, time_ns=when_ns)
         )
 
-    def _modify(self, tracked: Tracked, new: Record, source: str, out: list[Out]) -> None:
+    def _modify(
+        self, tracked: Tracked, new: Record, source: str, out: list[Out], reason: str = ""
+    ) -> None:
         previous = tracked.record
         changed = diff(previous, new)
         if not new.get("sha256") and new.get("exeInode") == previous.get("exeInode"):
@@ -221,7 +224,7 @@ class Tracker:
         self._enrich(new)
         tracked.record = new
         if changed:
-            out.append(Out("modify", source, new, previous, changed))
+            out.append(Out("modify", source, new, previous, changed, reason=reason))
         self._heuristics(tracked, previous, source, out)
 
     def _remember_exit(self, pid: int, ticks: int) -> None:
@@ -239,13 +242,15 @@ class Tracker:
 
     # --- netlink --------------------------------------------------------------
 
-    def on_event(self, ev: ProcEvent, rec: Record | None) -> list[Out]:
+    def on_event(self, ev: ProcEvent, rec: Record | None, argv_lost: str = "") -> list[Out]:
+        """What one kernel event leads to. `argv_lost`: an exec's process was gone before
+        its argv was read, and why (the reader's ARGV_LOST_WHY)."""
         out: list[Out] = []
         if ev.what == FORK:
             if not ev.is_thread and not self._late_fork(ev):
                 self.pending[ev.pid] = PendingFork(ev.ppid, ev.timestamp_ns, time.monotonic())
         elif ev.what == EXEC:
-            self._on_exec(ev, rec, out)
+            self._on_exec(ev, rec, out, argv_lost)
         elif ev.what == EXIT:
             if not ev.is_thread:
                 self._on_exit(ev, out)
@@ -275,7 +280,7 @@ class Tracker:
         ticks = ev.timestamp_ns * procfs.CLK_TCK // 1_000_000_000
         return int(tracked.record.get("startTicks", 0)) >= ticks - 1
 
-    def _on_exec(self, ev: ProcEvent, rec: Record | None, out: list[Out]) -> None:
+    def _on_exec(self, ev: ProcEvent, rec: Record | None, out: list[Out], argv_lost: str) -> None:
         pending = self.pending.pop(ev.pid, None)
         tracked = self.procs.get(ev.pid)
         if rec is None or not rec.get("startTicks"):
@@ -297,10 +302,16 @@ class Tracker:
             # its parent exited before /proc was read (reparented): name the one that
             # forked it, or the ancestry of a short-lived parent's child is lost
             rec["ppid"] = pending.ppid
+        reason = ""
+        if argv_lost:
+            # said in its event (wire.ARGV_LOST): a detector then takes it for the new
+            # image it is; not read whole (a zombie's has its name and no more)
+            reason = f"{ARGV_LOST}: {argv_lost}"
+            rec["accessible"] = False
         if tracked is not None and tracked.record.get("startTicks") == rec["startTicks"]:
-            self._modify(tracked, rec, "netlink", out)
+            self._modify(tracked, rec, "netlink", out, reason)
         else:
-            self._start(rec, "netlink", out)
+            self._start(rec, "netlink", out, reason)
 
     def _on_exit(self, ev: ProcEvent, out: list[Out]) -> None:
         code = decode_exit(ev.exit_code)

@@ -127,6 +127,30 @@ def test_exec_of_a_process_already_gone_keeps_what_the_kernel_gave() -> None:
     assert kinds(t.on_event(ProcEvent(EXIT, 2 * 10**9, child.pid, child.pid), None)) == ["stop"]
 
 
+def test_an_exec_whose_argv_was_lost_says_so_and_is_not_accessible() -> None:
+    """A zombie's record (its stat alone) read for an exec: with the reader's why, its
+    start says the argv was lost and is not accessible; the tracked record is the same."""
+    t = Tracker()
+    t.rescan(publish_new=False)
+    child = subprocess.Popen(["true"])
+    wait_zombie(child.pid)
+    try:
+        zombie = procfs.read_process(child.pid)
+        assert zombie is not None and zombie["accessible"] and zombie["cmdline"] == []
+        outs = t.on_event(ProcEvent(EXEC, 10**9, child.pid, child.pid), zombie, "late_wake")
+        assert [(o.kind, o.reason) for o in outs] == [("start", "argv_lost: late_wake")]
+        assert outs[0].record["accessible"] is False
+        assert t.procs[child.pid].record is outs[0].record
+        # without it, the record stays as read
+        again = procfs.read_process(child.pid)
+        assert again is not None
+        outs = Tracker().on_event(ProcEvent(EXEC, 10**9, child.pid, child.pid), again)
+        assert [(o.kind, o.reason) for o in outs] == [("start", "")]
+        assert outs[0].record["accessible"] is True
+    finally:
+        child.wait()
+
+
 def test_fork_without_exec_is_published_at_exit_or_after_the_delay() -> None:
     t = Tracker()
     t.rescan(publish_new=False)
