@@ -33,7 +33,7 @@ from daemoneye.rpc import RpcClient
 from daemoneye.services.collector.netlink import NetlinkUnavailable, ProcConnector
 from tests.conftest import wait_for
 
-from .test_collector_live import process_events, start_collector
+from .test_collector_live import Events, of_pid, process_events, start_collector
 
 TRUE = os.path.realpath(shutil.which("true") or "/bin/true")
 REQUIRED = 0.995
@@ -171,7 +171,7 @@ def test_an_exec_gone_before_the_reader_ran_says_its_argv_was_lost(
     `accessible` (not read whole), and its reason says the argv was lost and why (a
     detector then takes it for the new image it is)."""
     _netlink_or_skip()
-    sub = subscribe("events.process.start")
+    events = Events(subscribe("events.process.start"))
     start_collector(start_service, rpc_client, run_env)
     reader = rpc_client.call("control.collector", "health").value["reader_pid"]
     os.kill(reader, signal.SIGSTOP)
@@ -183,24 +183,16 @@ def test_an_exec_gone_before_the_reader_ran_says_its_argv_was_lost(
             wait_for(lambda: _zombie(pid), 10, f"{pid} to exit")
     finally:
         os.kill(reader, signal.SIGCONT)
-    found: list[Any] = []
-
-    def started() -> bool:
-        msg = sub.recv(100)
-        while msg is not None:
-            found.extend(e for e in process_events(msg) if e.record.pid == pid)
-            msg = sub.recv(0)
-        return bool(found)
-
     try:
-        wait_for(started, 10, f"the start of {pid}")
+        event = events.wait("events.process.start", of_pid(pid), 10, f"of {pid}")
     finally:
         if left == "zombie":
             os.waitpid(pid, 0)
-    record = found[0].record
-    assert list(record.cmdline) == [] and record.exePath == "" and not record.accessible
+    record = event["record"]  # as decoded: empty and false fields are left out
+    assert record.get("cmdline", []) == [] and record.get("exePath", "") == ""
+    assert not record.get("accessible", False)
     # asleep in poll when stopped (late_wake), or at work on another exec (busy)
-    assert found[0].reason in ("argv_lost: late_wake", "argv_lost: busy")
+    assert event["reason"] in ("argv_lost: late_wake", "argv_lost: busy")
     health = rpc_client.call("control.collector", "health").value
     lost = sum(health["metrics"][labelled("argv.lost", why=w)] for w in ("late_wake", "busy"))
     assert lost >= 1
