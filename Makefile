@@ -38,11 +38,12 @@ soak: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+# the C extension is built into libs/ by the editable install: rebuilt when its source changes
+$(STAMP): pyproject.toml setup.py libs/daemoneye/_wirecheck.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info libs/daemoneye/_wirecheck.*.so

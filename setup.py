@@ -2,10 +2,11 @@
 
 libs/daemoneye -> daemoneye, services/<name> -> daemoneye.services.<name>,
 schemas/*.capnp -> daemoneye/schemas and deploy/rules -> daemoneye/default_rules (both
-shipped in the wheel).
+shipped in the wheel). One optional C extension, daemoneye._wirecheck: where it cannot
+be built (no compiler) the install goes on and wirecheck.py's Python walk is used.
 """
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 library = find_packages("libs", include=["daemoneye", "daemoneye.*"])
 services = ["daemoneye.services"] + [
@@ -21,4 +22,12 @@ setup(
         "daemoneye.default_rules": "deploy/rules",
     },
     package_data={"daemoneye.schemas": ["*.capnp"], "daemoneye.default_rules": ["*.yml", "*.md"]},
+    ext_modules=[
+        Extension(
+            "daemoneye._wirecheck",
+            ["libs/daemoneye/_wirecheck.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            optional=True,
+        )
+    ],
 )

@@ -12,7 +12,10 @@ the wrong type still raises an ordinary exception on access.
 It runs on every message a service receives, so it is written for speed: segments are
 read in place as 64-bit words (a memoryview cast, no unpacking of data words), the
 pointer slots of a struct or pointer list are walked as one run, and the commonest
-pointer, a near Text/Data list, is checked inline in a few integer operations.
+pointer, a near Text/Data list, is checked inline in a few integer operations. Where the
+optional C extension `daemoneye._wirecheck` was built (setup.py), `check_words` runs its
+compiled copy of the same walk instead (the same verdicts and messages, ~50x faster);
+`python_check_words` is this module's walk, always there.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def check_message(segments: Sequence[bytes | memoryview], max_words: int, max_de
     check_words([segment_words(s) for s in segments], max_words, max_depth)
 
 
-def check_words(segments: Sequence[Words], max_words: int, max_depth: int) -> None:
+def python_check_words(segments: Sequence[Words], max_words: int, max_depth: int) -> None:
     """check_message over segments already given as words (see segment_words)."""
     if not segments or len(segments[0]) < 1:
         raise StructureError("the first segment has no room for the root pointer")
@@ -177,3 +180,19 @@ def _land(segments: Sequence[Words], value: int) -> tuple[int, int, int]:
     if content_seg >= nseg:
         raise StructureError("far pointer to an unknown segment")
     return content_seg, (landing >> 3) & 0x1FFFFFFF, tag
+
+
+def _compiled_check_words(segments: Sequence[Words], max_words: int, max_depth: int) -> None:
+    """python_check_words, compiled: `segments` must be buffers (segment_words' casts)."""
+    why = _native_check_words(segments, max_words, max_depth)
+    if why is not None:
+        raise StructureError(why)
+
+
+try:  # the words are read in the machine's order: the compiled walk only where that is LE
+    from daemoneye._wirecheck import check_words as _native_check_words
+except ImportError:  # not built here (no compiler at install): the Python walk
+    _native_check_words = None
+
+IMPLEMENTATION = "c" if _native_check_words is not None and _LITTLE_ENDIAN else "python"
+check_words = _compiled_check_words if IMPLEMENTATION == "c" else python_check_words

@@ -5,8 +5,10 @@
 
 Every input either decodes or raises DecodeError; an accepted message must survive
 everything a service may do with it (measure, copy, convert), and the header decoding
-read from the words must be what pycapnp reads. Any other exception, a differing header,
-an abort or a hang is a finding (libFuzzer saves the input as crash-*).
+read from the words must be what pycapnp reads. The structure check's compiled walk
+(daemoneye._wirecheck, where built) must refuse what its Python walk refuses, for the
+same reason. Any other exception, a differing header or verdict, an abort or a hang is
+a finding (libFuzzer saves the input as crash-*).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from daemoneye import wire
+    from daemoneye import wire, wirecheck
 
 
 def seeds() -> list[bytes]:
@@ -32,7 +34,28 @@ def seeds() -> list[bytes]:
     ]
 
 
+def refusal(walk, segments: list, budget: int) -> str | None:
+    try:
+        walk(segments, budget, wire.NESTING_LIMIT)
+    except wirecheck.StructureError as exc:
+        return str(exc)
+    return None
+
+
+def walks_agree(data: bytes) -> None:
+    try:
+        segments = [wirecheck.segment_words(v) for v in wire.split_segments(data)]
+    except wire.DecodeError:
+        return
+    budget = wire.check_budget(len(data))
+    python = refusal(wirecheck.python_check_words, segments, budget)
+    compiled = refusal(wirecheck.check_words, segments, budget)
+    if python != compiled:
+        raise AssertionError(f"the Python walk says {python!r}, the compiled one {compiled!r}")
+
+
 def one_input(data: bytes) -> None:
+    walks_agree(data)
     try:
         env, kind, source, boot, seq = wire.decode_parts(data)
     except wire.DecodeError:

@@ -1,9 +1,13 @@
-"""wirecheck against a plain reference, the nesting limit as pycapnp counts it, and the
-header that decode_parts reads from the words against pycapnp's reads of the same bytes."""
+"""wirecheck against a plain reference, its compiled walk against its Python one, the
+nesting limit as pycapnp counts it, and the header that decode_parts reads from the
+words against pycapnp's reads of the same bytes."""
 
 from __future__ import annotations
 
+import shutil
 import struct
+import sys
+import sysconfig
 
 import pytest
 from hypothesis import given, settings
@@ -124,11 +128,32 @@ def reference_check(segments: list[bytes], max_words: int, max_depth: int) -> No
 
 
 def verdict(check, segments: list[bytes], max_words: int = 1 << 22, depth: int = 16) -> bool:
+    return why_refused(check, segments, max_words, depth) is None
+
+
+def why_refused(check, segments: list[bytes], max_words: int = 1 << 22, depth: int = 16):
     try:
         check(segments, max_words, depth)
-    except wirecheck.StructureError:
-        return False
-    return True
+    except wirecheck.StructureError as exc:
+        return str(exc)
+    return None
+
+
+def python_check(segments: list[bytes], max_words: int, max_depth: int) -> None:
+    """The module's Python walk, whichever check_words this install uses."""
+    wirecheck.python_check_words(
+        [wirecheck.segment_words(s) for s in segments], max_words, max_depth
+    )
+
+
+def test_the_compiled_walk_is_built_where_a_compiler_is() -> None:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None or sys.byteorder != "little":
+        pytest.skip(f"no C compiler ({compiler}) or not little-endian: the Python walk runs")
+    assert wirecheck.IMPLEMENTATION == "c", (
+        "setup.py's optional extension daemoneye._wirecheck was not built or not found: "
+        "see the output of the install (pip install -v -e .)"
+    )
 
 
 def segments_of(data: bytes) -> list[bytes]:
@@ -152,6 +177,7 @@ def test_the_samples_are_valid_and_agree() -> None:
         for data in (wire.encode_envelope(HEADER, kind, body), small_first_segment(kind, body)):
             segments = segments_of(data)
             assert verdict(wirecheck.check_message, segments)
+            assert verdict(python_check, segments)
             assert verdict(reference_check, segments)
 
 
@@ -175,9 +201,65 @@ def test_mutated_messages_get_the_reference_verdict(data: st.DataObject) -> None
             seg[word + data.draw(st.integers(0, 7))] ^= 1 << data.draw(st.integers(0, 7))
     frozen = [bytes(s) for s in segments]
     for budget in (1 << 22, 40):  # a small budget exercises the traversal limit too
-        assert verdict(wirecheck.check_message, frozen, budget) == verdict(
-            reference_check, frozen, budget
-        )
+        why = why_refused(python_check, frozen, budget)
+        assert (why is None) == verdict(reference_check, frozen, budget)
+        assert why_refused(wirecheck.check_message, frozen, budget) == why  # the compiled walk
+
+
+def least_budget(check, segments: list[bytes]) -> int:
+    """The smallest traversal budget `check` accepts the message with."""
+    low, high = 0, 1 << 22
+    while low < high:
+        mid = (low + high) // 2
+        if verdict(check, segments, mid, 64):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def test_every_walk_counts_the_same_words() -> None:
+    # what each kind of pointer costs in the traversal budget, to the word
+    for kind, body in SAMPLES:
+        for data in (wire.encode_envelope(HEADER, kind, body), small_first_segment(kind, body)):
+            segments = segments_of(data)
+            least = least_budget(reference_check, segments)
+            assert least_budget(python_check, segments) == least
+            assert least_budget(wirecheck.check_message, segments) == least
+
+
+def pointer_words() -> st.SearchStrategy[int]:
+    """Words that are mostly pointers a walk will follow: structs, lists of every element
+    size, far and double-far pointers into a few small segments, with small offsets."""
+    offset = st.integers(-6, 12).map(lambda o: (o & 0x3FFFFFFF) << 2)
+    struct_ = st.builds(
+        lambda o, d, p: o | (d << 32) | (p << 48), offset, st.integers(0, 3), st.integers(0, 4)
+    )
+    list_ = st.builds(
+        lambda o, e, n: o | 1 | (e << 32) | (n << 35), offset, st.integers(0, 7), st.integers(0, 12)
+    )
+    far = st.builds(
+        lambda d, pad, seg: 2 | (d << 2) | (pad << 3) | (seg << 32),
+        st.integers(0, 1),
+        st.integers(0, 10),
+        st.integers(0, 3),
+    )
+    return st.one_of(struct_, list_, far, st.just(0), st.integers(0, 2**64 - 1))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(st.lists(pointer_words(), min_size=0, max_size=24), min_size=1, max_size=3),
+    st.integers(1, 200),
+    st.integers(1, 8),
+)
+def test_compiled_and_python_walks_agree_on_pointer_soup(
+    segments_words: list[list[int]], budget: int, depth: int
+) -> None:
+    segments = [b"".join(struct.pack("<Q", w) for w in words) for words in segments_words]
+    why = why_refused(python_check, segments, budget, depth)
+    assert why_refused(wirecheck.check_message, segments, budget, depth) == why
+    assert (why is None) == verdict(reference_check, segments, budget, depth)
 
 
 def nested_chain(pointer_depth: int, text_leaf: bool) -> bytes:
@@ -287,15 +369,55 @@ def text_at(offset: int, length: int, words_after: int) -> list[bytes]:
 def test_text_bounds_at_the_end_of_the_segment(length: int) -> None:
     span = (length + 7) // 8
     fits, short = text_at(0, length, span), text_at(0, length, span - 1)
-    assert verdict(wirecheck.check_message, fits) and verdict(reference_check, fits)
-    if span:
-        assert not verdict(wirecheck.check_message, short)
-        assert not verdict(reference_check, short)
+    for check in (wirecheck.check_message, python_check, reference_check):
+        assert verdict(check, fits)
+        assert verdict(check, short) is not bool(span)
 
 
 @pytest.mark.parametrize(("offset", "valid"), [(-1, True), (-2, True), (-3, False), (-100, False)])
 def test_text_pointers_backwards(offset: int, valid: bool) -> None:
     # the pointer is word 1; a negative offset lands on word 1 + 1 + offset
     segments = text_at(offset, 8, 0)
-    assert verdict(wirecheck.check_message, segments) is valid
-    assert verdict(reference_check, segments) is valid
+    for check in (wirecheck.check_message, python_check, reference_check):
+        assert verdict(check, segments) is valid
+
+
+WALKS = [
+    pytest.param(wirecheck.check_message, id="check_message"),
+    pytest.param(python_check, id="python"),
+    pytest.param(reference_check, id="reference"),
+]
+
+
+def double_far_root(tag: int) -> list[bytes]:
+    """A root pointer that is a double far: segment 0 points at a landing pad in segment 1
+    (a far pointer to segment 2, word 0, and the tag of what lies there)."""
+    return [
+        struct.pack("<Q", 2 | 1 << 2 | 0 << 3 | 1 << 32),  # double far: segment 1, pad 0
+        struct.pack("<QQ", 2 | 0 << 3 | 2 << 32, tag),  # landing: far to segment 2, word 0
+        struct.pack("<QQ", 7, 0),  # the struct's data word and its one (null) pointer
+    ]
+
+
+@pytest.mark.parametrize("check", WALKS)
+def test_a_double_far_tag_must_not_carry_an_offset(check) -> None:
+    struct_tag = 1 << 32 | 1 << 48  # one data word, one pointer
+    assert verdict(check, double_far_root(struct_tag))
+    assert not verdict(check, double_far_root(struct_tag | 1 << 2))  # offset 1: malformed
+
+
+def composite_list(elements: int, words: int) -> list[bytes]:
+    """A root struct of one pointer: a composite list of `elements` structs of one data
+    word each, in a list of `words` words (plus slack, so the bounds hold either way)."""
+    return [
+        struct.pack("<Q", 1 << 48)  # root: struct at +0, one pointer
+        + struct.pack("<Q", 1 | 7 << 32 | words << 35)  # composite list at +0, `words` words
+        + struct.pack("<Q", elements << 2 | 1 << 32)  # its tag: `elements` of 1 data word
+        + b"\x00" * 8 * (words + 4)
+    ]
+
+
+@pytest.mark.parametrize("check", WALKS)
+def test_a_composite_list_fits_its_words(check) -> None:
+    assert verdict(check, composite_list(3, 3))
+    assert not verdict(check, composite_list(4, 3))
