@@ -63,6 +63,7 @@ from daemoneye.bus import SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
 from daemoneye.metrics import labelled
 from daemoneye.rpc import RpcError, call_once
+from daemoneye.wirecheck import IMPLEMENTATION as WIRECHECK
 from tests.stored import wal_argv_pids, wal_pids_without_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -521,6 +522,7 @@ def main() -> int:
             loads, args.outside, args.overload = [], None, 0
         probe = Load("probe", PROBE[0], 2, PROBE[1])
 
+        print(f"structure check of each received message: the {WIRECHECK} walk (wirecheck)")
         bare = 0.0
         if not (args.idle_only or args.probe_only):
             gen.run(f"{marker}-warm", 0, 1.0, args.workers)
