@@ -8,6 +8,7 @@ import shutil
 import struct
 import sys
 import sysconfig
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -148,8 +149,11 @@ def python_check(segments: list[bytes], max_words: int, max_depth: int) -> None:
 
 def test_the_compiled_walk_is_built_where_a_compiler_is() -> None:
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None or sys.byteorder != "little":
-        pytest.skip(f"no C compiler ({compiler}) or not little-endian: the Python walk runs")
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which(compiler) is None or not headers.exists() or sys.byteorder != "little":
+        pytest.skip(
+            f"no C compiler ({compiler}), no {headers} or not little-endian: the Python walk runs"
+        )
     assert wirecheck.IMPLEMENTATION == "c", (
         "setup.py's optional extension daemoneye._wirecheck was not built or not found: "
         "see the output of the install (pip install -v -e .)"
