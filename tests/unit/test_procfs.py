@@ -329,9 +329,10 @@ def test_pid_namespace_of_a_process_in_another_one() -> None:
 _ACROSS_A_CLOCK_STEP = """
 import ctypes, os, sys
 from daemoneye import procfs
+from daemoneye.libc import libc
 before = (procfs.boot_time(), procfs.read_process(os.getpid())["startTime"])
 fd = os.open(sys.argv[1], os.O_RDONLY)
-if ctypes.CDLL(None, use_errno=True).setns(fd, 0x80) != 0:  # CLONE_NEWTIME
+if libc().setns(fd, 0x80) != 0:  # CLONE_NEWTIME
     sys.exit("setns: " + os.strerror(ctypes.get_errno()))
 after = (procfs.boot_time(), procfs.read_process(os.getpid())["startTime"])
 print(*before, *after)
