@@ -2,8 +2,9 @@
 
 libs/daemoneye -> daemoneye, services/<name> -> daemoneye.services.<name>,
 schemas/*.capnp -> daemoneye/schemas and deploy/rules -> daemoneye/default_rules (both
-shipped in the wheel). One optional C extension, daemoneye._wirecheck: where it cannot
-be built (no compiler) the install goes on and wirecheck.py's Python walk is used.
+shipped in the wheel). Two optional C extensions, daemoneye._wirecheck (the frame check)
+and daemoneye._procread (the /proc record read): where they cannot be built (no
+compiler) the install goes on and the Python twin of each is used.
 """
 
 from setuptools import Extension, find_packages, setup
@@ -28,6 +29,12 @@ setup(
             ["libs/daemoneye/_wirecheck.c"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
-        )
+        ),
+        Extension(
+            "daemoneye._procread",
+            ["libs/daemoneye/_procread.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            optional=True,
+        ),
     ],
 )

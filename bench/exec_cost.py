@@ -62,6 +62,7 @@ from _harness import percentile, verdict
 from daemoneye.bus import SocketFactory, wait_for_endpoint
 from daemoneye.config import load_settings
 from daemoneye.metrics import labelled
+from daemoneye.procfs import IMPLEMENTATION as PROCREAD
 from daemoneye.rpc import RpcError, call_once
 from daemoneye.wirecheck import IMPLEMENTATION as WIRECHECK
 from tests.stored import wal_argv_pids, wal_pids_without_argv
@@ -523,6 +524,7 @@ def main() -> int:
         probe = Load("probe", PROBE[0], 2, PROBE[1])
 
         print(f"structure check of each received message: the {WIRECHECK} walk (wirecheck)")
+        print(f"/proc record read of each exec: the {PROCREAD} read (procfs)")
         bare = 0.0
         if not (args.idle_only or args.probe_only):
             gen.run(f"{marker}-warm", 0, 1.0, args.workers)

@@ -428,10 +428,11 @@ def read_opened(
         os.close(dfd)
 
 
-def _read_record(
+def python_read_record(
     pid: int, dfd: int, cmd: list[str] | None, stat_raw: bytes | None
 ) -> dict[str, Any] | None:
-    """read_process's reads, each relative to the process directory `dfd`."""
+    """read_process's reads, each relative to the process directory `dfd`: in Python
+    (always there; the reference the compiled read is tested against)."""
     rec = empty_record(pid)
     ok = True
     # argv first: for a process that lives a millisecond it is what matters most.
@@ -639,6 +640,14 @@ def _collect_reader(child: int, rfd: int, share: list[tuple[int, bytes | None]])
     return [read_full(pid, raw) for pid, raw in share]
 
 
+def _compiled_read_record(
+    pid: int, dfd: int, cmd: list[str] | None, stat_raw: bytes | None
+) -> dict[str, Any] | None:
+    """python_read_record, compiled (daemoneye._procread): the same reads in the same
+    order, the same record, ~3x less user time a record."""
+    return _native.read_record(pid, dfd, cmd, stat_raw, _BOOT.now(), _own_proc_ns())
+
+
 def _apply_status(rec: dict[str, Any], data: bytes | None) -> bool:
     if not data:
         return False
@@ -766,3 +775,14 @@ def read_process_psutil(pid: int) -> dict[str, Any] | None:
     except psutil.AccessDenied:
         rec["accessible"] = False
     return rec
+
+
+try:  # built by the install where a C compiler was found (setup.py)
+    from daemoneye import _procread as _native
+except ImportError:  # not built here: the Python read
+    _native = None
+if _native is not None and IS_LINUX:
+    _native.configure(_EMPTY, username, parse_env, _unified_cgroup, tty_name, CLK_TCK, PAGE_SIZE)
+
+IMPLEMENTATION = "c" if _native is not None and IS_LINUX else "python"
+_read_record = _compiled_read_record if IMPLEMENTATION == "c" else python_read_record

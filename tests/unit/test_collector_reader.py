@@ -146,16 +146,24 @@ def test_queued_execs_have_their_argv_read_before_the_rest_of_any_record(
     children = [_exec_and_wait(["sh", "-c", "read x", f"queued-{i}"]) for i in range(4)]
     mine = {c.pid for c in children}
     reads: list[tuple[int, str]] = []
-    real = procfs._read_at
+    real_read_at, real_record = procfs._read_at, procfs._read_record
 
-    def noted(dfd: int, name: str) -> bytes | None:
-        # "/proc/<pid>", with " (deleted)" once that process is gone
-        pid = int(os.readlink(f"/proc/self/fd/{dfd}").rsplit("/", 1)[1].split()[0])
+    def pid_of(dfd: int) -> int:  # "/proc/<pid>", with " (deleted)" once it is gone
+        return int(os.readlink(f"/proc/self/fd/{dfd}").rsplit("/", 1)[1].split()[0])
+
+    def noted(dfd: int, name: str) -> bytes | None:  # open_argv's read of the argv
+        if pid_of(dfd) in mine:
+            reads.append((pid_of(dfd), name))
+        return real_read_at(dfd, name)
+
+    def record(pid: int, dfd: int, argv: list[str] | None, raw: bytes | None) -> object:
+        # the rest of the record (compiled or not): the stat first
         if pid in mine:
-            reads.append((pid, name))
-        return real(dfd, name)
+            reads.append((pid, "stat"))
+        return real_record(pid, dfd, argv, raw)
 
     monkeypatch.setattr(procfs, "_read_at", noted)
+    monkeypatch.setattr(procfs, "_read_record", record)
     try:
         made._read_netlink()
     finally:
