@@ -148,7 +148,10 @@ def socket_path(run_dir: str | Path, service_id: str) -> Path:
 
 def _hash_of_code() -> str:
     h = hashlib.sha1()
-    for path in (__file__, netlink.__file__, procfs.__file__):
+    # the compiled /proc read (procfs.IMPLEMENTATION "c") is the reader's code too: the
+    # built module's bytes, so a rebuilt or a removed one is another reader
+    native = procfs._native.__file__ if procfs._native is not None else None
+    for path in filter(None, (__file__, netlink.__file__, procfs.__file__, native)):
         with contextlib.suppress(OSError):
             h.update(Path(path).read_bytes())
     return h.hexdigest()[:16]
