@@ -341,7 +341,7 @@ static PyObject *tty_of(PyObject *tty_nr) { /* steals tty_nr */
 #define STAT_FIELDS 22
 
 typedef struct {
-    Py_ssize_t close_at; /* the last ')' */
+    Py_ssize_t open_at, close_at; /* the first '(' and the last ')': the comm between */
     Py_ssize_t start[STAT_FIELDS], len[STAT_FIELDS];
 } StatSplit;
 
@@ -354,6 +354,7 @@ static int split_stat(const Buf *raw, StatSplit *out) {
     Py_ssize_t close_at = rfind_char(s, n, ')');
     if (open_at < 0 || close_at < open_at)
         return 0;
+    out->open_at = open_at;
     out->close_at = close_at;
     Py_ssize_t from = close_at + 2 < n ? close_at + 2 : n;
     Py_ssize_t count = split_ws(s + from, n - from, out->start, out->len, STAT_FIELDS);
@@ -366,8 +367,7 @@ static int split_stat(const Buf *raw, StatSplit *out) {
 
 /* procfs.apply_stat(rec, parse_stat(pid, raw)) */
 static int apply_stat(PyObject *rec, const Buf *raw, const StatSplit *sp, PyObject *boot) {
-    const char *paren = memchr(raw->data, '(', (size_t)raw->size);
-    Py_ssize_t name_at = paren - raw->data + 1;
+    Py_ssize_t name_at = sp->open_at + 1;
     if (set_str(rec, K_NAME, raw->data + name_at, sp->close_at - name_at) < 0
         || set(rec, K_STATE, PyUnicode_FromStringAndSize(FIELD(0))) < 0
         || set(rec, K_PPID, at_least_zero(int_of(FIELD(1)))) < 0
@@ -396,16 +396,9 @@ static int apply_stat(PyObject *rec, const Buf *raw, const StatSplit *sp, PyObje
     return set(rec, K_RESIDENT_BYTES, resident_bytes);
 }
 
-/* procfs._is_kernel_thread */
-static int is_kernel_thread(const Buf *raw) {
-    Py_ssize_t close_at = rfind_char(raw->data, raw->size, ')');
-    Py_ssize_t from = close_at + 2;
-    if (from > raw->size)
-        from = raw->size;
-    Py_ssize_t start[7], len[7];
-    if (split_ws(raw->data + from, raw->size - from, start, len, 7) <= 6)
-        return 0;
-    PyObject *flags = int_of(raw->data + from + start[6], len[6]);
+/* procfs._is_kernel_thread, of a stat that parsed (its field 9, the flags, split) */
+static int is_kernel_thread(const Buf *raw, const StatSplit *sp) {
+    PyObject *flags = int_of(FIELD(6));
     if (flags == NULL)
         return -1;
     PyObject *kthread = PyLong_FromLong(PF_KTHREAD);
@@ -420,11 +413,11 @@ static int is_kernel_thread(const Buf *raw) {
 }
 
 /* procfs._apply_exe: 1 read (or nothing to read), 0 not, -1 an error */
-static int apply_exe(PyObject *rec, int dfd, const Buf *raw, int zombie) {
+static int apply_exe(PyObject *rec, int dfd, const Buf *raw, const StatSplit *sp, int zombie) {
     char link[LINK_MAX_BYTES + 1];
     ssize_t n = read_link(dfd, "exe", link);
     if (n < 0)
-        return zombie ? 1 : is_kernel_thread(raw);
+        return zombie ? 1 : is_kernel_thread(raw, sp);
     size_t suffix = sizeof(DELETED) - 1;
     int deleted = (size_t)n >= suffix && memcmp(link + n - suffix, DELETED, suffix) == 0;
     if (deleted) {
@@ -572,26 +565,22 @@ static PyObject *env_of(int dfd) {
 /* the rest of a record once its status was read (_read_record from the cgroup on) */
 static int apply_rest(PyObject *rec, int dfd, const Buf *status, int zombie, long long own_ns) {
     Buf cg, login, io;
+    int r = 0;
     if (read_at(dfd, "cgroup", &cg) < 0)
         return -1;
     if (cg.size) {
-        int r = set(rec, K_CGROUP_PATH, cgroup_of(&cg));
+        r = set(rec, K_CGROUP_PATH, cgroup_of(&cg));
         if (r == 0)
             r = set(rec, K_CONTAINER_ID, container_of(&cg));
-        buf_free(&cg);
-        if (r < 0)
-            return -1;
     }
     buf_free(&cg);
-    if (read_at(dfd, "loginuid", &login) < 0)
+    if (r < 0 || read_at(dfd, "loginuid", &login) < 0)
         return -1;
-    if (login.size) {
-        int r = set(rec, K_LOGIN_UID, int_of(login.data, login.size));
-        buf_free(&login);
-        if (r < 0)
-            return -1;
-    }
+    if (login.size)
+        r = set(rec, K_LOGIN_UID, int_of(login.data, login.size));
     buf_free(&login);
+    if (r < 0)
+        return -1;
     /* procfs._pid_namespace */
     PyObject *ns = NULL;
     if (!zombie && single_nspid(status) && own_ns > 0) {
@@ -613,15 +602,12 @@ static int apply_rest(PyObject *rec, int dfd, const Buf *status, int zombie, lon
     if (read_at(dfd, "io", &io) < 0) /* root or the owner only: not counted */
         return -1;
     if (io.size) {
-        int r = set(rec, K_DISK_READ_BYTES, io_field(&io, "\nread_bytes:"));
+        r = set(rec, K_DISK_READ_BYTES, io_field(&io, "\nread_bytes:"));
         if (r == 0)
             r = set(rec, K_DISK_WRITE_BYTES, io_field(&io, "\nwrite_bytes:"));
-        buf_free(&io);
-        if (r < 0)
-            return -1;
     }
     buf_free(&io);
-    return 0;
+    return r;
 }
 
 static int set_username(PyObject *rec) {
@@ -645,7 +631,7 @@ static int read_the_rest(PyObject *rec, int dfd, PyObject *cmd, const Buf *raw,
     /* what the exit takes away (environ, exe, cwd, root) before what stays until reaped */
     if (set(rec, K_ENV, env_of(dfd)) < 0)
         return -1;
-    int exe = apply_exe(rec, dfd, raw, zombie);
+    int exe = apply_exe(rec, dfd, raw, sp, zombie);
     if (exe < 0)
         return -1;
     ok &= exe;

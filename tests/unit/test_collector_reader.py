@@ -152,8 +152,9 @@ def test_queued_execs_have_their_argv_read_before_the_rest_of_any_record(
         return int(os.readlink(f"/proc/self/fd/{dfd}").rsplit("/", 1)[1].split()[0])
 
     def noted(dfd: int, name: str) -> bytes | None:  # open_argv's read of the argv
-        if pid_of(dfd) in mine:
-            reads.append((pid_of(dfd), name))
+        pid = pid_of(dfd)
+        if pid in mine:
+            reads.append((pid, name))
         return real_read_at(dfd, name)
 
     def record(pid: int, dfd: int, argv: list[str] | None, raw: bytes | None) -> object:
