@@ -182,11 +182,29 @@ def encode_envelope(
 
 def _pack_envelope(header: Header, packed: tuple[int, int, Any], body: dict[str, Any]) -> bytes:
     """encode_envelope's bytes written by wirepack: the root struct, then in pycapnp's
-    order the header texts, the body's struct and what it holds."""
+    order the header texts, the body's struct and what it holds. The compiled writer
+    first, where it was built and takes the body; else wirepack's Python writer."""
     discriminant, slot, st = packed
+    buf = _envelope_prefix(header, discriminant)
+    source, boot = header.source_id, header.boot_id
+    data = wirepack.finish(buf, _SOURCE_AT, source, _BOOT_AT, boot, slot, st, body)
+    if data is not None:
+        return data
+    return _python_pack_envelope(buf, header, slot, st, body)
+
+
+def _envelope_prefix(header: Header, discriminant: int) -> bytearray:
+    """The segment table (its size still 0), the root pointer and struct, header set."""
     buf = bytearray(_ENVELOPE_START)
     struct.pack_into("<Q", buf, 8, _ENVELOPE_ROOT)
     _HEADER_PACK.pack_into(buf, 16, SCHEMA_VERSION, discriminant, header.seq, header.sent_ns)
+    return buf
+
+
+def _python_pack_envelope(
+    buf: bytearray, header: Header, slot: int, st: wirepack._Struct, body: dict[str, Any]
+) -> bytes:
+    """_pack_envelope by wirepack's Python writer, from the prefix on."""
     wirepack.append_text(buf, _SOURCE_AT, header.source_id)
     wirepack.append_text(buf, _BOOT_AT, header.boot_id)
     wirepack.append_struct(buf, slot, st, body)

@@ -9,6 +9,12 @@ bytearray in the order pycapnp allocates them, so the bytes are those pycapnp bu
 inside a body, groups, Data, lists of numbers, a struct reader as a value, a value
 of another type) raises, and wire.py builds the message through pycapnp instead,
 which names what is wrong.
+
+Where the optional C extension `daemoneye._wirepack` was built (setup.py), a message is
+written by its compiled copy of the same writer first (`IMPLEMENTATION`): each struct
+type gets a native Layout, and each key order a plan made here from the schema
+(`_native_fields`, the twin of `_compile`). What the C writer does not take, it refuses
+(Unpackable), and the Python writer below runs, then pycapnp.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ _FORMATS = {
 _LISTS = [f"<{m}Q" for m in range(256)]  # the pointers of a list of m texts
 _SIZES = {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "q": 8, "Q": 8, "f": 4, "d": 8}
 MAX_KEY_ORDERS = 64  # per struct type; dicts in other orders go through pycapnp
+# the field kinds of a native plan (the K_* numbers of _wirepack.c)
+NATIVE_KINDS = {
+    name: number
+    for number, name in enumerate(
+        (
+            "void", "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+            "uint64", "float32", "float64", "enum", "text", "struct", "textList", "structList",
+        )
+    )
+}  # fmt: skip
 
 
 class Unpackable(Exception):
@@ -59,6 +75,31 @@ class _Struct:
         self.bytes = 8 * (self.data_words + self.pointers)
         self.zeros = bytes(self.bytes)
         self.fillers: dict[tuple[Any, ...], Callable[[bytearray, int, Any], None] | None] = {}
+        self.native = (
+            None if _native is None else _native.Layout(self.data_words, self.pointers, self._plan)
+        )
+
+    def _plan(self, values: dict[str, Any]) -> None:
+        """The C writer met a key order it has no plan for: make one (refused where the
+        Python writer refuses it), within the same MAX_KEY_ORDERS."""
+        assert self.native is not None
+        keys = tuple(values)
+        if not all(type(k) is str for k in keys):
+            raise Unpackable(keys)  # never a native plan: it matches exact str keys only
+        if keys not in self.fillers:
+            if len(self.fillers) >= MAX_KEY_ORDERS:
+                raise Unpackable(keys)
+            self.fillers[keys] = _compile(self, keys)
+        if self.native.orders >= MAX_KEY_ORDERS:
+            raise Unpackable(keys)
+        fields = None if self.fillers[keys] is None else _native_fields(self, keys)
+        self.native.add(keys, fields)
+
+    def forget_orders(self) -> None:
+        """Drop every key order's filler and plan (tests)."""
+        self.fillers.clear()
+        if self.native is not None:
+            self.native.forget()
 
     def fill(self, buf: bytearray, at: int, values: dict[str, Any]) -> None:
         """Fill the struct at byte `at` of `buf` (allocated, zeroed) from `values`."""
@@ -200,6 +241,62 @@ def _compile(st: _Struct, keys: tuple[Any, ...]) -> Callable[[bytearray, int, An
     return scope["filler"]  # type: ignore[no-any-return]
 
 
+def _native_fields(
+    st: _Struct, keys: tuple[str, ...]
+) -> tuple[tuple[int, int, Any, Any], ...] | None:
+    """The plan of the C writer for this key order: (kind, at, default, extra) a key,
+    `at` a byte offset (a bool's: bit offset; a pointer's: slot). None where _compile
+    refuses the order (the same checks, in the same place)."""
+    fields = st.schema.fields
+    if not all(isinstance(k, str) and k in fields for k in keys):
+        return None
+    if st.schema.node.struct.discriminantCount:
+        return None
+    plan: list[tuple[int, int, Any, Any]] = []
+    spans: dict[int, int] = {}  # byte -> size of the scalars, bools by byte
+    for key in keys:
+        field = fields[key]
+        proto = field.proto
+        if proto.which() != "slot":
+            return None
+        kind = proto.slot.type.which()
+        offset = proto.slot.offset
+        if kind == "bool":
+            plan.append((NATIVE_KINDS["bool"], offset, bool(_default_bits(proto, kind)), None))
+            spans[offset // 8] = 1
+        elif kind in _FORMATS:
+            default = _default_bits(proto, kind)
+            if default is None:
+                return None
+            size = _SIZES[_FORMATS[kind]]
+            extra = dict(field.schema.enumerants) if kind == "enum" else None
+            plan.append((NATIVE_KINDS[kind], offset * size, default or None, extra))
+            spans[offset * size] = size
+        elif kind == "void":
+            plan.append((NATIVE_KINDS["void"], 0, None, None))
+        elif kind == "text":
+            plan.append((NATIVE_KINDS["text"], offset, None, None))
+        elif kind == "struct":
+            plan.append((NATIVE_KINDS["struct"], offset, None, struct_of(field.schema).native))
+        elif kind == "list":
+            element = proto.slot.type.list.elementType.which()
+            if element == "text":
+                plan.append((NATIVE_KINDS["textList"], offset, None, None))
+            elif element == "struct":
+                sub = struct_of(field.schema.elementType).native
+                plan.append((NATIVE_KINDS["structList"], offset, None, sub))
+            else:
+                return None
+        else:
+            return None
+    end = 0
+    for byte in sorted(spans):
+        if byte < end:
+            return None  # overlapping fields (a union): not here
+        end = byte + spans[byte]
+    return tuple(plan)
+
+
 def _text_code(x: str, var: str, q: str, indent: str = "    ") -> list[str]:
     """Append the text `x`; `var`: the word of a pointer at byte `q` to it."""
     return [
@@ -255,6 +352,21 @@ def _struct_list_code(x: str, var: str, q: str, s: str, sub: _Struct) -> list[st
     ]
 
 
+def finish(
+    prefix: bytearray, source_at: int, source: str, boot_at: int, boot: str, slot: int,
+    st: _Struct, body: dict[str, Any],
+) -> bytes | None:  # fmt: skip
+    """The compiled writer's message (see wire._pack_envelope), or None where there is
+    no compiled writer or it does not take this body."""
+    if st.native is None:
+        return None
+    try:
+        native = _native.finish  # type: ignore[union-attr]
+        return native(prefix, source_at, source, boot_at, boot, slot, st.native, body)
+    except Exception:  # the Python writer runs, and names what is wrong
+        return None
+
+
 def append_text(buf: bytearray, q: int, text: str) -> None:
     """Append `text` and point the pointer at byte `q` of `buf` to it."""
     b = text.encode()
@@ -271,3 +383,13 @@ def append_struct(buf: bytearray, q: int, st: _Struct, values: dict[str, Any]) -
     buf += st.zeros
     struct.pack_into("<Q", buf, q, ((w - q - 8) >> 1) | st.data_words << 32 | st.pointers << 48)
     st.fill(buf, w, values)
+
+
+try:
+    from daemoneye import _wirepack as _native
+except ImportError:  # built without a compiler: the Python writer alone
+    _native = None
+else:
+    _native.configure(Unpackable)
+
+IMPLEMENTATION = "c" if _native is not None else "python"

@@ -312,7 +312,7 @@ def test_the_packer_writes_the_bytes_pycapnp_builds(events: list[dict]) -> None:
     """encode_envelope's own writer (wirepack) takes well-formed process events without
     falling back to pycapnp, and writes exactly the bytes pycapnp builds."""
     for packer in wirepack._structs.values():
-        packer.fillers.clear()  # room for this example's key orders
+        packer.forget_orders()  # room for this example's key orders
     for kind, body in (("processEvent", events[0]), ("processEventBatch", {"events": events})):
         for order in (body, dict(reversed(body.items()))):
             packed = wire._pack_envelope(HEADER, wire._PACKED[kind], order)
@@ -354,13 +354,13 @@ def _encode_both_orders_as_pycapnp() -> None:
 def test_dicts_past_the_packers_key_orders_take_pycapnp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wirepack, "MAX_KEY_ORDERS", 1)
     for packer in wirepack._structs.values():
-        packer.fillers.clear()
+        packer.forget_orders()
     _encode_both_orders_as_pycapnp()
     with pytest.raises(wirepack.Unpackable):
         wire._pack_envelope(HEADER, wire._PACKED["processEvent"], SECOND_ORDER)
     wire._pack_envelope(HEADER, wire._PACKED["processEvent"], FIRST_ORDER)  # still packed
     for packer in wirepack._structs.values():
-        packer.fillers.clear()
+        packer.forget_orders()
 
 
 def test_dicts_past_the_key_orders_kept_take_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
