@@ -39,11 +39,11 @@ soak: $(STAMP)
 install: $(STAMP)
 
 # the C extensions are built into libs/ by the editable install: rebuilt when their source changes
-$(STAMP): pyproject.toml setup.py libs/daemoneye/_wirecheck.c libs/daemoneye/_procread.c libs/daemoneye/_wirepack.c
+$(STAMP): pyproject.toml setup.py libs/daemoneye/_wirecheck.c libs/daemoneye/_procread.c libs/daemoneye/_wirepack.c libs/daemoneye/_wireread.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info libs/daemoneye/_wirecheck.*.so libs/daemoneye/_procread.*.so libs/daemoneye/_wirepack.*.so
+	rm -rf $(VENV) build *.egg-info libs/daemoneye/_wirecheck.*.so libs/daemoneye/_procread.*.so libs/daemoneye/_wirepack.*.so libs/daemoneye/_wireread.*.so

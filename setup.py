@@ -2,10 +2,10 @@
 
 libs/daemoneye -> daemoneye, services/<name> -> daemoneye.services.<name>,
 schemas/*.capnp -> daemoneye/schemas and deploy/rules -> daemoneye/default_rules (both
-shipped in the wheel). Three optional C extensions, daemoneye._wirecheck (the frame
-check), daemoneye._procread (the /proc record read) and daemoneye._wirepack (the event
-writer): where they cannot be built (no compiler) the install goes on and the Python
-twin of each is used.
+shipped in the wheel). Four optional C extensions, daemoneye._wirecheck (the frame
+check), daemoneye._procread (the /proc record read), daemoneye._wirepack (the event
+writer) and daemoneye._wireread (the event reader): where they cannot be built (no
+compiler) the install goes on and the Python twin of each is used.
 """
 
 from setuptools import Extension, find_packages, setup
@@ -40,6 +40,12 @@ setup(
         Extension(
             "daemoneye._wirepack",
             ["libs/daemoneye/_wirepack.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            optional=True,
+        ),
+        Extension(
+            "daemoneye._wireread",
+            ["libs/daemoneye/_wireread.c"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
         ),

@@ -66,6 +66,7 @@ from daemoneye.procfs import IMPLEMENTATION as PROCREAD
 from daemoneye.rpc import RpcError, call_once
 from daemoneye.wirecheck import IMPLEMENTATION as WIRECHECK
 from daemoneye.wirepack import IMPLEMENTATION as WIREPACK
+from daemoneye.wireread import IMPLEMENTATION as WIREREAD
 from tests.stored import wal_argv_pids, wal_pids_without_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -527,6 +528,7 @@ def main() -> int:
         print(f"structure check of each received message: the {WIRECHECK} walk (wirecheck)")
         print(f"/proc record read of each exec: the {PROCREAD} read (procfs)")
         print(f"writer of each event the collector publishes: the {WIREPACK} writer (wirepack)")
+        print(f"reader of each event in the detector: the {WIREREAD} reader (wireread)")
         bare = 0.0
         if not (args.idle_only or args.probe_only):
             gen.run(f"{marker}-warm", 0, 1.0, args.workers)

@@ -679,6 +679,7 @@ def body_of(reader: Any) -> Any:
 
 
 _F_BODY = Envelope.schema.fields["body"]
+_F_EVENTS = _schema.ProcessEventBatch.schema.fields["events"]
 
 
 def body_as(reader: Any, kind: str) -> Any:
@@ -689,6 +690,15 @@ def body_as(reader: Any, kind: str) -> Any:
         return reader._get_by_field(_F_BODY)._get_by_field(_BODY_FIELDS[kind])
     except capnp.KjException as exc:
         raise DecodeError(f"malformed field: {_kj_reason(exc)}", 0) from None
+
+
+def batch_events(batch: Any) -> Any:
+    """The events of a processEventBatch body reader; a malformed list pointer (another
+    kind of list, a struct where a list should be) raises DecodeError."""
+    try:
+        return batch._get_by_field(_F_EVENTS)
+    except Exception as exc:  # pycapnp's KjException, or what it raises for hostile bytes
+        raise _malformed(exc) from None
 
 
 def process_events(reader: Any) -> list[Any]:

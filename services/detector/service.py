@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import daemoneye
-from daemoneye import wire
+from daemoneye import wire, wireread
 from daemoneye.bus import Gap, Message, Topics, stream_of
 from daemoneye.metrics import rule_figures
 from daemoneye.replay import Intake, ReplayRequestError, answer, parse_request
@@ -80,12 +80,14 @@ def default_rules_dir() -> Path:
     return package.parents[1] / "deploy" / "rules"
 
 
-# What the engine takes of a ProcessEvent (`previous` is not read)
-_EVENT = wire.tuple_reader(
-    wire.ProcessEvent.schema,
-    ("kind", "record", "timeNs", "source", "changedFields", "reason", "severity", "exitCode",
-     "runtimeNs", "hostname"),
+# What the engine takes of a ProcessEvent (`previous` is not read): through pycapnp, or
+# by the compiled reader from the message's bytes where it was built (wireread)
+_EVENT_FIELDS = (
+    "kind", "record", "timeNs", "source", "changedFields", "reason", "severity", "exitCode",
+    "runtimeNs", "hostname",
 )  # fmt: skip
+_EVENT = wire.tuple_reader(wire.ProcessEvent.schema, _EVENT_FIELDS)
+_EVENT_SHAPE = wireread.shape(wire.ProcessEvent.schema, _EVENT_FIELDS)
 
 
 def event_in(body: Any, source_id: str) -> EventIn:
@@ -294,7 +296,7 @@ class Detector(Service):
             topic, source, seq = msg.topic, msg.source_id, msg.seq
             if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
                 self.intake.catch_up_at(topic, source, seq)
-            self._take(topic, msg.envelope, kind, source, msg.boot_id, seq)
+            self._take(topic, msg.envelope, kind, source, msg.boot_id, seq, msg.raw)
         elif kind == "registration" and msg.topic == Topics.LIFECYCLE:
             self._on_lifecycle(msg.body)
 
@@ -305,14 +307,31 @@ class Detector(Service):
             self._take(topic, envelope, kind, envelope.sourceId, envelope.bootId, envelope.seq)
 
     def _take(
-        self, topic: str, envelope: Any, kind: str, source: str, boot_id: str, seq: int
+        self,
+        topic: str,
+        envelope: Any,
+        kind: str,
+        source: str,
+        boot_id: str,
+        seq: int,
+        raw: bytes | None = None,
     ) -> None:
-        """Queue an envelope's events for the next batch, with its cursor."""
-        if kind == "processEvent":
+        """Queue an envelope's events for the next batch, with its cursor. `raw`: its
+        bytes, for the compiled reader (wireread) where it reads them."""
+        rows = None if raw is None else wireread.read_events(raw, kind, _EVENT_SHAPE)
+        if rows is not None:
+            self.pending.extend(
+                [
+                    EventIn(k, rec, t, src, source, changed, why, sev, code, runtime, host)
+                    for k, rec, t, src, changed, why, sev, code, runtime, host in rows
+                ]
+            )
+        elif kind == "processEvent":
             self.pending.append(event_in(wire.body_as(envelope, kind), source))
         else:
             # read whole before queued: a malformed event drops its envelope, not half of it
-            events = [event_in(e, source) for e in wire.body_as(envelope, kind).events]
+            batch = wire.batch_events(wire.body_as(envelope, kind))
+            events = [event_in(e, source) for e in batch]
             self.pending.extend(events)
         self.intake.cursors.note_seq(topic, source, boot_id, seq)
         if len(self.pending) >= self.cfg.max_batch:
