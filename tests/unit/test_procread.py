@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from daemoneye import procfs
+from tests.compiled import assert_built
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
@@ -57,14 +57,7 @@ def both(pid: int, directory: str, argv: list[str] | None = None, raw: bytes | N
 
 
 def test_the_compiled_read_is_built_where_a_compiler_is() -> None:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if shutil.which(compiler) is None or not headers.exists():
-        pytest.skip(f"no C compiler ({compiler}) or no {headers}: the Python read runs")
-    assert procfs.IMPLEMENTATION == "c", (
-        "setup.py's optional extension daemoneye._procread was not built or not found: "
-        "see the output of the install (pip install -v -e .)"
-    )
+    assert_built(procfs.IMPLEMENTATION, "daemoneye._procread", "the Python read")
 
 
 @compiled

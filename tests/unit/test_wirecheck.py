@@ -4,17 +4,14 @@ words against pycapnp's reads of the same bytes."""
 
 from __future__ import annotations
 
-import shutil
 import struct
-import sys
-import sysconfig
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemoneye import wire, wirecheck
+from tests.compiled import assert_built
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
 RECORD = {
@@ -148,15 +145,8 @@ def python_check(segments: list[bytes], max_words: int, max_depth: int) -> None:
 
 
 def test_the_compiled_walk_is_built_where_a_compiler_is() -> None:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if shutil.which(compiler) is None or not headers.exists() or sys.byteorder != "little":
-        pytest.skip(
-            f"no C compiler ({compiler}), no {headers} or not little-endian: the Python walk runs"
-        )
-    assert wirecheck.IMPLEMENTATION == "c", (
-        "setup.py's optional extension daemoneye._wirecheck was not built or not found: "
-        "see the output of the install (pip install -v -e .)"
+    assert_built(
+        wirecheck.IMPLEMENTATION, "daemoneye._wirecheck", "the Python walk", little_endian=True
     )
 
 

@@ -8,11 +8,8 @@ writer runs and names what is wrong. test_wire.py holds the Python writer to pyc
 
 from __future__ import annotations
 
-import shutil
 import sys
-import sysconfig
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from daemoneye import wire, wirepack
+from tests.compiled import assert_built
 from tests.wire_bodies import FULL_EVENT, HOSTILE_EVENTS, WELL_FORMED, Text
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
@@ -56,14 +54,7 @@ def both(kind: str, body: Any) -> tuple[Any, Any]:
 
 
 def test_the_compiled_writer_is_built_where_a_compiler_is() -> None:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if shutil.which(compiler) is None or not headers.exists():
-        pytest.skip(f"no C compiler ({compiler}) or no {headers}: the Python writer runs")
-    assert wirepack.IMPLEMENTATION == "c", (
-        "setup.py's optional extension daemoneye._wirepack was not built or not found: "
-        "see the output of the install (pip install -v -e .)"
-    )
+    assert_built(wirepack.IMPLEMENTATION, "daemoneye._wirepack", "the Python writer")
 
 
 @compiled

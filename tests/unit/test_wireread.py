@@ -10,11 +10,8 @@ where pycapnp refuses the message (the detector counts that message malformed).
 from __future__ import annotations
 
 import math
-import shutil
 import struct
-import sysconfig
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +20,7 @@ from hypothesis import strategies as st
 
 from daemoneye import wire, wireread
 from daemoneye.services.detector.service import _EVENT, _EVENT_FIELDS, _EVENT_SHAPE, EVENT_KINDS
+from tests.compiled import assert_built
 from tests.wire_bodies import FULL_EVENT, WELL_FORMED
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
@@ -68,13 +66,8 @@ def same(a: Any, b: Any) -> bool:
 
 
 def test_the_compiled_reader_is_built_where_a_compiler_is() -> None:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if shutil.which(compiler) is None or not headers.exists():
-        pytest.skip(f"no C compiler ({compiler}) or no {headers}: pycapnp reads the events")
-    assert wireread.IMPLEMENTATION == "c", (
-        "setup.py's optional extension daemoneye._wireread was not built or not found: "
-        "see the output of the install (pip install -v -e .)"
+    assert_built(
+        wireread.IMPLEMENTATION, "daemoneye._wireread", "pycapnp's reader", little_endian=True
     )
 
 
