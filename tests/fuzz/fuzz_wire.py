@@ -7,8 +7,10 @@ Every input either decodes or raises DecodeError; an accepted message must survi
 everything a service may do with it (measure, copy, convert), and the header decoding
 read from the words must be what pycapnp reads. The structure check's compiled walk
 (daemoneye._wirecheck, where built) must refuse what its Python walk refuses, for the
-same reason. Any other exception, a differing header or verdict, an abort or a hang is
-a finding (libFuzzer saves the input as crash-*).
+same reason. The detector's compiled event reader (daemoneye._wireread, where built)
+must read an accepted event message to pycapnp's values, or leave it to pycapnp; never
+read values from one pycapnp refuses. Any other exception, a differing header, verdict
+or value, an abort or a hang is a finding (libFuzzer saves the input as crash-*).
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from daemoneye import wire, wirecheck
+    from daemoneye import wire, wirecheck, wireread
+
+# the detector's fields of a ProcessEvent, read both ways (its service module is not
+# imported here: the fuzzer instruments what it imports)
+_FIELDS = (
+    "kind", "record", "timeNs", "source", "changedFields", "reason", "severity", "exitCode",
+    "runtimeNs", "hostname",
+)  # fmt: skip
+_EVENT = wire.tuple_reader(wire.ProcessEvent.schema, _FIELDS)
+_SHAPE = wireread.shape(wire.ProcessEvent.schema, _FIELDS)
 
 
 def seeds() -> list[bytes]:
@@ -54,6 +65,24 @@ def walks_agree(data: bytes) -> None:
         raise AssertionError(f"the Python walk says {python!r}, the compiled one {compiled!r}")
 
 
+def readers_agree(data: bytes, env: object, kind: str) -> None:
+    """The compiled event reader: pycapnp's values (repr: types, -0.0, key order), or
+    None; never values where pycapnp refuses the body."""
+    if kind not in ("processEvent", "processEventBatch"):
+        return
+    compiled = wireread.read_events(data, kind, _SHAPE)
+    if compiled is None:
+        return
+    try:
+        body = wire.body_as(env, kind)
+        events = [body] if kind == "processEvent" else list(wire.batch_events(body))
+        python = [_EVENT(event) for event in events]
+    except wire.DecodeError as exc:
+        raise AssertionError(f"the compiled reader read a body pycapnp refuses: {exc}") from None
+    if repr(compiled) != repr(python):
+        raise AssertionError(f"the compiled reader read {compiled!r}, pycapnp {python!r}")
+
+
 def one_input(data: bytes) -> None:
     walks_agree(data)
     try:
@@ -63,6 +92,7 @@ def one_input(data: bytes) -> None:
     read = (str(env.body.which()), env.sourceId, env.bootId, env.seq)
     if read != (kind, source, boot, seq):
         raise AssertionError(f"header {(kind, source, boot, seq)!r} but pycapnp reads {read!r}")
+    readers_agree(data, env, kind)
     _ = env.total_size
     env.as_builder().to_bytes()
     with contextlib.suppress(wire.DecodeError):
