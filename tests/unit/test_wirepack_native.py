@@ -9,7 +9,6 @@ writer runs and names what is wrong. test_wire.py holds the Python writer to pyc
 from __future__ import annotations
 
 import sys
-import tracemalloc
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from daemoneye import wire, wirepack
-from tests.compiled import assert_built
+from tests.compiled import assert_built, heap_kept
 from tests.wire_bodies import FULL_EVENT, HOSTILE_EVENTS, WELL_FORMED, Text
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
@@ -160,18 +159,12 @@ def test_writing_does_not_grow_the_heap() -> None:
     forget_key_orders()
     batch = {"events": [FULL_EVENT] * 4}
     bad = {"events": [FULL_EVENT, {"record": {"pid": "1"}}]}
-    for _ in range(200):  # plans and caches made
+
+    def step() -> None:
         both("processEventBatch", batch)
         both("processEventBatch", bad)
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        for _ in range(3000):
-            both("processEventBatch", batch)
-            both("processEventBatch", bad)
-        grown = tracemalloc.get_traced_memory()[0] - start
-    finally:
-        tracemalloc.stop()
+
+    grown = heap_kept(step, 3000)
     assert grown < 64 << 10, f"{grown} bytes kept after 6,000 writes"
 
 

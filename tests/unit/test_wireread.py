@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import struct
-import tracemalloc
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 
 from daemoneye import wire, wireread
 from daemoneye.services.detector.service import _EVENT, _EVENT_FIELDS, _EVENT_SHAPE, EVENT_KINDS
-from tests.compiled import assert_built
+from tests.compiled import assert_built, heap_kept
 from tests.wire_bodies import FULL_EVENT, WELL_FORMED
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
@@ -168,18 +167,12 @@ def test_texts_pycapnp_refuses_are_left_to_it() -> None:
 def test_reading_does_not_grow_the_heap() -> None:
     bad = bytearray(wire.encode_envelope(HEADER, "processEvent", {"record": {"name": "QzR"}}))
     bad[bad.index(b"QzR") + 1] = 0xFF
-    for _ in range(200):
+
+    def step() -> None:
         compiled_read(_MESSAGE)
         compiled_read(bytes(bad))
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        for _ in range(5000):
-            compiled_read(_MESSAGE)
-            compiled_read(bytes(bad))
-        grown = tracemalloc.get_traced_memory()[0] - start
-    finally:
-        tracemalloc.stop()
+
+    grown = heap_kept(step, 5000)
     assert grown < 64 << 10, f"{grown} bytes kept after 10,000 reads"
 
 
