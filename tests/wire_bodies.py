@@ -57,19 +57,19 @@ def _good(slot_type: Any, schema: Any, depth: int) -> st.SearchStrategy[Any]:
     if kind == "enum":
         return st.sampled_from(sorted(schema.enumerants))
     if kind == "struct":
-        return _struct(schema, depth + 1, hostile=False) if depth < 3 else st.just({})
+        return struct_bodies(schema, depth + 1, hostile=False) if depth < 3 else st.just({})
     if kind == "list":
         element = slot_type.list.elementType.which()
         if element == "text":
             items = st.lists(st.text(max_size=6), max_size=5)
             return items | items.map(tuple)
         if element == "struct" and depth < 3:
-            return st.lists(_struct(schema.elementType, depth + 1, hostile=False), max_size=3)
+            return st.lists(struct_bodies(schema.elementType, depth + 1, hostile=False), max_size=3)
         return st.just([])
     return st.just(None)
 
 
-def _struct(schema: Any, depth: int = 0, hostile: bool = True) -> st.SearchStrategy[dict]:
+def struct_bodies(schema: Any, depth: int = 0, hostile: bool = True) -> st.SearchStrategy[dict]:
     fields = schema.fields
     names = sorted(fields) + (["nosuch"] if hostile else [])
 
@@ -82,7 +82,7 @@ def _struct(schema: Any, depth: int = 0, hostile: bool = True) -> st.SearchStrat
         sub = field.schema if kind in ("struct", "enum", "list") else None
         good = _good(slot_type, sub, depth) if kind != "struct" or depth < 3 else st.just({})
         if kind == "struct" and depth < 3:
-            good = _struct(field.schema, depth + 1, hostile)
+            good = struct_bodies(field.schema, depth + 1, hostile)
         return st.one_of(good, good, good, HOSTILE) if hostile else good
 
     keys = st.lists(st.sampled_from(names), unique=True, max_size=len(names))
@@ -90,8 +90,8 @@ def _struct(schema: Any, depth: int = 0, hostile: bool = True) -> st.SearchStrat
 
 
 EVENT = wire.ProcessEvent.schema
-WELL_FORMED = _struct(EVENT, hostile=False)
-HOSTILE_EVENTS = _struct(EVENT, hostile=True)
+WELL_FORMED = struct_bodies(EVENT, hostile=False)
+HOSTILE_EVENTS = struct_bodies(EVENT, hostile=True)
 FULL_EVENT = {
     "kind": "start",
     "source": "netlink",

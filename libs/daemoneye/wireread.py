@@ -1,13 +1,15 @@
-"""Process events read straight from an envelope's bytes, where the C reader was built.
+"""Process events and alerts read straight from an envelope's bytes, where the C reader
+was built.
 
-The detector reads every process event the collectors publish. Through pycapnp
-(wire.tuple_reader) that is a call a field, ~20 us an event with its record warm. Where
-the optional C extension `daemoneye._wireread` was built (setup.py), `read_events`
-reads the same values from the checked bytes instead, by a Shape made here from the
-schema: the values `wire.tuple_reader(schema, names)` gives, records as dicts of every
-field. It reads only the layout pycapnp and wirepack write (one segment, near pointers,
-valid texts, known enumerants); for anything else it returns None, and the caller reads
-the message through pycapnp as before, which reads it or says why not.
+The detector reads every process event the collectors publish, the alerter every
+alert. Through pycapnp (wire.tuple_reader) that is a call a field: ~20 us an event with
+its record warm, ~60 us an alert with its ancestry. Where the optional C extension
+`daemoneye._wireread` was built (setup.py), `read_events` and `read_alert` read the same
+values from the checked bytes instead, by a Shape made here from the schema: the values
+`wire.tuple_reader(schema, names)` gives, structs as dicts of every field. It reads only
+the layout pycapnp and wirepack write (one segment, near pointers, valid texts, known
+enumerants); for anything else it returns None, and the caller reads the message
+through pycapnp as before, which reads it or says why not.
 tests/unit/test_wireread.py holds the two readers to the same values.
 """
 
@@ -120,6 +122,7 @@ def _event_slots() -> dict[str, tuple[int, int]]:
 
 
 _EVENT_SLOTS = _event_slots()
+_ALERT_SLOT = wire.Envelope.schema.fields["body"].schema.fields["alert"].proto.slot.offset
 
 
 def read_events(data: bytes, kind: str, event_shape: Any) -> list[tuple] | None:
@@ -132,3 +135,37 @@ def read_events(data: bytes, kind: str, event_shape: Any) -> list[tuple] | None:
         return _native.read_events(data, slots[0], slots[1], event_shape)  # type: ignore[no-any-return]
     except Exception:  # pycapnp reads it, and says what is wrong
         return None
+
+
+def alert_shape() -> Any:
+    """How the C reader reads an Alert: a dict of every field, as wire.dict_reader."""
+    return _record_shape(wire.Alert.schema)
+
+
+ALERT_KEY_FIELDS = ("ruleId", "severity", "dedupKey", "timeNs", "process")
+
+
+def alert_key_shape() -> Any:
+    """What the alerter needs of every alert, repeats included (check, dedup): the
+    tuple of ALERT_KEY_FIELDS, the process a dict of its exePath and cmdline alone."""
+    if IMPLEMENTATION != "c":
+        return None
+    fields = wire.Alert.schema.fields
+    plan = [_field(fields[name]) for name in ALERT_KEY_FIELDS[:-1]]
+    process = shape(wire.ProcessRecord.schema, ("exePath", "cmdline"), as_dict=True)
+    if process is None or None in plan:
+        return None
+    plan.append((READ_KINDS["struct"], fields["process"].proto.slot.offset, 0, process))
+    return _native.Shape(tuple(plan), None)
+
+
+def read_alert(data: bytes, shape_of_alert: Any) -> Any:
+    """The Alert of a checked alert envelope as `shape_of_alert` reads it (alert_shape():
+    a dict; alert_key_shape(): a tuple); None: read the message through pycapnp."""
+    if shape_of_alert is None:
+        return None
+    try:
+        alerts = _native.read_events(data, _ALERT_SLOT, -1, shape_of_alert)
+    except Exception:  # pycapnp reads it, and says what is wrong
+        return None
+    return None if alerts is None else alerts[0]

@@ -43,6 +43,15 @@ def check(alert: Any) -> None:
         rule, severity = _RULE_AND_SEVERITY(alert)
     except wire.DecodeError as exc:
         raise BadAlert(str(exc)) from None
+    _check_rule_and_severity(rule, severity)
+
+
+def check_key_fields(rule: str, severity: str) -> None:
+    """check() of the fields the compiled reader read (wireread.alert_key_shape)."""
+    _check_rule_and_severity(rule, severity)
+
+
+def _check_rule_and_severity(rule: str, severity: str) -> None:
     if not rule:
         raise BadAlert("alert has no ruleId")
     if severity not in SEVERITY_ORDER:
@@ -59,10 +68,25 @@ def dedup_key(alert: Any) -> int:
     This runs on every alert, repeats included, so fields are read by their schema
     objects (wire.tuple_reader)."""
     rule, own = _RULE_AND_KEY(alert)
-    if not own:
-        exe, argv = _EXE_AND_ARGV(*_PROCESS(alert))
     if own:
         return key_digest((rule, own))
+    exe, argv = _EXE_AND_ARGV(*_PROCESS(alert))
+    try:
+        argv = list(argv)  # its texts are decoded here: one may not be UTF-8
+    except Exception as exc:  # pycapnp's UnicodeDecodeError or KjException
+        raise wire.DecodeError(f"malformed field: process.cmdline: {exc}", 0) from None
+    return _process_digest(rule, exe, argv)
+
+
+def dedup_key_of(rule: str, own: str, process: dict[str, Any]) -> int:
+    """dedup_key() of the fields the compiled reader read (wireread.alert_key_shape):
+    the same key."""
+    if own:
+        return key_digest((rule, own))
+    return _process_digest(rule, process["exePath"], process["cmdline"])
+
+
+def _process_digest(rule: str, exe: str, argv: Any) -> int:
     digest = hashlib.blake2b("\0".join(argv).encode(errors="replace"), digest_size=8)
     return key_digest((rule, exe, digest.hexdigest()))
 
@@ -82,7 +106,13 @@ _EXE_AND_ARGV = wire.tuple_reader(wire.ProcessRecord.schema, ("exePath", "cmdlin
 
 
 def record_of(alert: Any, source_id: str, key: int, carried: int = 0) -> dict[str, Any]:
-    record: dict[str, Any] = _alert_to_dict(alert)
+    return record_from(_alert_to_dict(alert), source_id, key, carried)
+
+
+def record_from(
+    record: dict[str, Any], source_id: str, key: int, carried: int = 0
+) -> dict[str, Any]:
+    """record_of() of an alert read whole into `record` (which it completes)."""
     record["key"] = key
     record["type"] = "alert"
     record["alertId"] = record.get("alertId") or new_id()

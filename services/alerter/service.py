@@ -29,11 +29,12 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import zmq
 
-from daemoneye import wire
+from daemoneye import wire, wireread
 from daemoneye.bus import Gap, Message, Topics
 from daemoneye.replay import Intake
 from daemoneye.rpc import RpcClient
@@ -56,6 +57,10 @@ MAX_LIST = 10_000
 MAX_SCAN = 200_000  # history records one list request may read
 RESTORE_MAX = 10_000  # stored alerts read back at start to restore open incidents
 JOIN_TIMEOUT_S = 5.0
+# An alert read by the compiled reader, where it was built (wireread): what every alert
+# needs (check, dedup), and the whole of one delivered
+_ALERT_KEY_SHAPE = wireread.alert_key_shape()
+_ALERT_SHAPE = wireread.alert_shape()
 SWITCH_INTERVAL_S = 0.001
 
 
@@ -268,18 +273,34 @@ class Alerter(Service):
     def on_message(self, msg: Message) -> None:
         if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
             self.intake.catch_up(msg.topic, msg.envelope)
-        self.take(msg.topic, msg.envelope, msg.kind)
+        self.take(msg.topic, msg.envelope, msg.kind, msg.raw)
 
-    def take(self, topic: str, envelope: Any, kind: str = "") -> None:
+    def take(self, topic: str, envelope: Any, kind: str = "", raw: bytes | None = None) -> None:
         """One alert envelope from the bus or a replay: its cursor, then the alert.
-        `kind`: its body kind when already read (the Subscriber reads it decoding)."""
+        `kind`: its body kind when already read (the Subscriber reads it decoding);
+        `raw`: its bytes, for the compiled reader (wireread) where it reads them."""
         self.received += 1
         self.intake.cursors.note(topic, envelope)
         kind = kind or wire.body_kind(envelope)
         if kind != "alert":
             self._reject(topic, f"body is {kind}, not alert")
             return
-        alert = envelope.body.alert
+        key_fields = None if raw is None else wireread.read_alert(raw, _ALERT_KEY_SHAPE)
+        if key_fields is not None:
+            rule, severity, own, time_ns, process = key_fields
+            try:
+                model.check_key_fields(rule, severity)
+            except model.BadAlert as exc:
+                self._reject(topic, str(exc))
+                return
+            self._ingest(
+                model.dedup_key_of(rule, own, process),
+                time_ns,
+                rule,
+                lambda key, carried: self._record_read_whole(envelope, raw, key, carried),
+            )
+            return
+        alert = wire.body_as(envelope, kind)  # a pointer of another kind: DecodeError
         try:
             model.check(alert)
         except model.BadAlert as exc:
@@ -294,23 +315,45 @@ class Alerter(Service):
             self.intake.repair(gap)
 
     def ingest(self, alert: Any, source_id: str) -> int | None:
-        """Dedup, limit and stage one alert; its store key, or None if a repeat."""
+        """Dedup, limit and stage one alert (a reader); its store key, or None if a
+        repeat. Only what dedup needs is read of a repeat."""
+        return self._ingest(
+            model.dedup_key(alert),
+            alert.timeNs,
+            alert.ruleId,
+            lambda key, carried: model.record_of(alert, source_id, key, carried),
+        )
+
+    def _record_read_whole(self, envelope: Any, raw: bytes, key: int, carried: int) -> dict:
+        """The record of a delivered alert whose key fields the compiled reader read: the
+        whole alert read by it too, or through pycapnp where it leaves the message."""
+        fields = wireread.read_alert(raw, _ALERT_SHAPE)
+        if fields is None:
+            alert = wire.body_as(envelope, "alert")
+            return model.record_of(alert, envelope.sourceId, key, carried)
+        return model.record_from(fields, envelope.sourceId, key, carried)
+
+    def _ingest(
+        self,
+        dkey: int,
+        time_ns: int,
+        rule: str,
+        record_of: Callable[[int, int], dict[str, Any]],
+    ) -> int | None:
         assert self.store is not None
         now = self.clock()
         self._incidents_touched = True
-        dkey = model.dedup_key(alert)
-        deliver, carried = self.dedup.check(dkey, now, alert.timeNs)
+        deliver, carried = self.dedup.check(dkey, now, time_ns)
         if not deliver:
-            rule = alert.ruleId  # counted per rule for /metrics
-            self.deduped_by_rule[rule] = self.deduped_by_rule.get(rule, 0) + 1
-            self.incidents.repeat(dkey, alert.timeNs, alert.ruleId)
+            self.deduped_by_rule[rule] = self.deduped_by_rule.get(rule, 0) + 1  # /metrics
+            self.incidents.repeat(dkey, time_ns, rule)
             return None
         self.accepted += 1
         key = self.store.next_key()
         if self.dedup.window_s > 0:  # the key is wall-clock ns: the window ends from it
             self._windows_opened[dkey] = (key + int(self.dedup.window_s * 1e9), key)
             self._windows_closed.discard(dkey)
-        record = model.record_of(alert, source_id, key, carried)
+        record = record_of(key, carried)
         if self.incidents.assign(record, dkey, now):  # its incident was told already
             record["heldBy"] = ["incident"]
             self.fan_out(record, now, only=self._sinks(incidents=False))

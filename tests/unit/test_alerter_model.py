@@ -75,3 +75,18 @@ def test_check_refuses_missing_unknown_and_malformed_fields() -> None:
     data[at : at + 6] = b"\xff" * 6  # not UTF-8: passes the structure check, fails to read
     with pytest.raises(model.BadAlert, match="malformed field"):
         model.check(wire.decode_envelope(bytes(data)).body.alert)
+
+
+def test_an_argv_that_is_not_utf8_makes_a_malformed_alert_not_a_crash() -> None:
+    """dedup_key reads the process's argv raw: a text in it that is not UTF-8 raised
+    pycapnp's UnicodeDecodeError out of the alerter's handler (a logged crash); it is a
+    DecodeError now, which the service counts as a malformed message."""
+    header = wire.Header("d@h", "b", 1, time.time_ns())
+    body = {"ruleId": "r", "severity": "low", "process": {"exePath": "/x", "cmdline": ["ARGV"]}}
+    data = bytearray(wire.encode_envelope(header, "alert", body))
+    at = data.index(b"ARGV")
+    data[at : at + 4] = b"\xe7\xff\xfe\xfd"
+    alert = wire.decode_envelope(bytes(data)).body.alert
+    model.check(alert)  # rule and severity read fine
+    with pytest.raises(wire.DecodeError, match="cmdline"):
+        model.dedup_key(alert)

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemoneye import wire, wireread
+from daemoneye.services.alerter import model as alert_model
 from daemoneye.services.detector.service import _EVENT, _EVENT_FIELDS, _EVENT_SHAPE, EVENT_KINDS
 from tests.compiled import assert_built, heap_kept
-from tests.wire_bodies import FULL_EVENT, WELL_FORMED
+from tests.wire_bodies import FULL_EVENT, WELL_FORMED, struct_bodies
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
 compiled = pytest.mark.skipif(
@@ -218,3 +219,87 @@ def test_a_batch_whose_events_are_not_a_struct_list_is_malformed_not_a_crash() -
     assert through_pycapnp(bytes(data)) == MALFORMED
     if wireread.IMPLEMENTATION == "c":
         assert compiled_read(bytes(data)) is None
+
+
+# --- alerts (the alerter) ---------------------------------------------------------------
+
+ALERTS = struct_bodies(wire.Alert.schema, hostile=False)
+
+
+def alert_through_pycapnp(data: bytes) -> Any:
+    """What the alerter reads without the compiled reader: (its key fields, the whole
+    alert), each MALFORMED where pycapnp refuses it; None: not an alert."""
+    envelope, kind, *_ = wire.decode_parts(data)
+    if kind != "alert":
+        return None
+    try:
+        alert = wire.body_as(envelope, kind)
+    except wire.DecodeError:  # the body pointer is not a struct: the alerter counts it
+        return MALFORMED, MALFORMED
+    try:
+        rule, severity = alert_model._RULE_AND_SEVERITY(alert)
+        key: Any = (rule, severity, alert_model.dedup_key(alert), alert.timeNs)
+    except wire.DecodeError:
+        key = MALFORMED
+    try:
+        whole = alert_model._alert_to_dict(alert)
+    except wire.DecodeError:
+        whole = MALFORMED
+    return key, whole
+
+
+def alert_compiled(data: bytes) -> tuple[Any, Any]:
+    """The same read by the compiled reader: each None where it leaves it to pycapnp."""
+    key_fields = wireread.read_alert(data, wireread.alert_key_shape())
+    key = None
+    if key_fields is not None:
+        rule, severity, own, time_ns, process = key_fields
+        key = (rule, severity, alert_model.dedup_key_of(rule, own, process), time_ns)
+    return key, wireread.read_alert(data, wireread.alert_shape())
+
+
+def agree(compiled_read: tuple[Any, Any], python: Any) -> None:
+    for mine, theirs in zip(compiled_read, python, strict=True):
+        if mine is not None:
+            assert theirs != MALFORMED, "read by the compiled reader, refused by pycapnp"
+            assert same(mine, theirs)
+
+
+@compiled
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ALERTS)
+def test_alerts_read_by_both_alike(body: dict) -> None:
+    """Every well-formed alert: the same key fields (rule, severity, dedup key, time)
+    and the same whole dict (as wire.dict_reader gives it), whether the alerter reads
+    it compiled or through pycapnp."""
+    data = wire.encode_envelope(HEADER, "alert", body)
+    compiled_alert = alert_compiled(data)
+    assert None not in compiled_alert
+    agree(compiled_alert, alert_through_pycapnp(data))
+
+
+_ALERT_MESSAGE = wire.encode_envelope(
+    HEADER,
+    "alert",
+    {
+        "ruleId": "r1", "severity": "high", "title": "t", "process": FULL_EVENT["record"],
+        "tags": ["a"], "ancestry": [{"pid": 1, "name": "sh", "cmdline": ["sh", "-c", "x"]}] * 3,
+    },
+)  # fmt: skip
+
+
+@compiled
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(8, len(_ALERT_MESSAGE) - 1), st.integers(0, 255)),
+                min_size=1, max_size=6))  # fmt: skip
+def test_hostile_alert_bytes_read_as_pycapnp_reads_them_or_are_left_to_it(flips: list) -> None:
+    data = bytearray(_ALERT_MESSAGE)
+    for at, value in flips:
+        data[at] = value
+    try:
+        wire.decode_parts(bytes(data))
+    except wire.DecodeError:
+        return
+    python = alert_through_pycapnp(bytes(data))
+    if python is not None:
+        agree(alert_compiled(bytes(data)), python)
