@@ -119,26 +119,38 @@ def test_a_message_of_several_segments_is_left_to_pycapnp() -> None:
 _MESSAGE = wire.encode_envelope(
     HEADER, "processEventBatch", {"events": [FULL_EVENT, {"kind": "modify", "record": {}}]}
 )
-_FLIPS = st.lists(
-    st.tuples(st.integers(8, len(_MESSAGE) - 1), st.integers(0, 255)), min_size=1, max_size=6
-)
 
 
-@compiled
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_FLIPS)
-def test_hostile_bytes_read_as_pycapnp_reads_them_or_are_left_to_it(flips: list) -> None:
-    """Bytes changed anywhere (pointers, sizes, texts, enumerants) in a message wirecheck
-    still lets through: the compiled reader gives pycapnp's values, or leaves the message
-    to pycapnp; never values where pycapnp finds the message malformed."""
-    data = bytearray(_MESSAGE)
+def flips_of(message: bytes) -> st.SearchStrategy[list[tuple[int, int]]]:
+    """Up to six bytes of `message` set to other values (the segment table kept)."""
+    byte = st.tuples(st.integers(8, len(message) - 1), st.integers(0, 255))
+    return st.lists(byte, min_size=1, max_size=6)
+
+
+def flipped(message: bytes, flips: list[tuple[int, int]]) -> bytes | None:
+    """`message` with `flips` applied; None when wirecheck refuses it (before any
+    reader: nothing to compare)."""
+    data = bytearray(message)
     for at, value in flips:
         data[at] = value
     try:
         wire.decode_parts(bytes(data))
     except wire.DecodeError:
-        return  # refused before any reader: nothing to compare
-    rows, python = compiled_read(bytes(data)), through_pycapnp(bytes(data))
+        return None
+    return bytes(data)
+
+
+@compiled
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flips_of(_MESSAGE))
+def test_hostile_bytes_read_as_pycapnp_reads_them_or_are_left_to_it(flips: list) -> None:
+    """Bytes changed anywhere (pointers, sizes, texts, enumerants) in a message wirecheck
+    still lets through: the compiled reader gives pycapnp's values, or leaves the message
+    to pycapnp; never values where pycapnp finds the message malformed."""
+    data = flipped(_MESSAGE, flips)
+    if data is None:
+        return
+    rows, python = compiled_read(data), through_pycapnp(data)
     if rows is not None:
         assert python not in (MALFORMED, None), "read by the compiled reader, not by pycapnp"
         assert same(rows, python)
@@ -290,16 +302,9 @@ _ALERT_MESSAGE = wire.encode_envelope(
 
 @compiled
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(8, len(_ALERT_MESSAGE) - 1), st.integers(0, 255)),
-                min_size=1, max_size=6))  # fmt: skip
+@given(flips_of(_ALERT_MESSAGE))
 def test_hostile_alert_bytes_read_as_pycapnp_reads_them_or_are_left_to_it(flips: list) -> None:
-    data = bytearray(_ALERT_MESSAGE)
-    for at, value in flips:
-        data[at] = value
-    try:
-        wire.decode_parts(bytes(data))
-    except wire.DecodeError:
-        return
-    python = alert_through_pycapnp(bytes(data))
+    data = flipped(_ALERT_MESSAGE, flips)
+    python = None if data is None else alert_through_pycapnp(data)
     if python is not None:
-        agree(alert_compiled(bytes(data)), python)
+        agree(alert_compiled(data), python)
