@@ -92,11 +92,6 @@ static int append_zeros(Buf *b, Py_ssize_t n) {
     return 0;
 }
 
-static inline void put64(Buf *b, Py_ssize_t at, uint64_t v) {
-    for (int i = 0; i < 8; i++)
-        b->p[at + i] = (char)(v >> (8 * i));
-}
-
 static inline void put_le(Buf *b, Py_ssize_t at, uint64_t v, int bytes) {
     for (int i = 0; i < bytes; i++)
         b->p[at + i] = (char)(v >> (8 * i));
@@ -111,7 +106,7 @@ static int unpackable(const char *why) {
 static int pointer(Buf *b, Py_ssize_t q, Py_ssize_t w, uint64_t bits) {
     if (w - q >= ((Py_ssize_t)1 << 32))
         return unpackable("offset beyond 30 bits");
-    put64(b, q - 8, (uint64_t)((w - q) >> 1) | bits);
+    put_le(b, q - 8, (uint64_t)((w - q) >> 1) | bits, 8);
     return 0;
 }
 
@@ -216,20 +211,11 @@ static int enumerant(Buf *b, Py_ssize_t at, Field *f, PyObject *value) {
     PyObject *number = PyDict_GetItemWithError(f->extra, value); /* borrowed */
     if (number == NULL)
         return PyErr_Occurred() ? -1 : unpackable("no such enumerant");
-    if (f->xor) {
-        PyObject *x = PyNumber_Xor(number, f->xor);
-        if (x == NULL)
-            return -1;
-        long v = PyLong_AsLong(x);
-        Py_DECREF(x);
-        if (v == -1 && PyErr_Occurred())
-            return -1;
-        if (v < 0 || v > 0xFFFF)
-            return unpackable("out of range");
-        put_le(b, at + f->at, (uint64_t)v, 2);
-        return 0;
-    }
-    long v = PyLong_AsLong(number);
+    PyObject *x = f->xor ? PyNumber_Xor(number, f->xor) : Py_NewRef(number);
+    if (x == NULL)
+        return -1;
+    long v = PyLong_AsLong(x);
+    Py_DECREF(x);
     if (v == -1 && PyErr_Occurred())
         return -1;
     if (v < 0 || v > 0xFFFF)
@@ -306,7 +292,7 @@ static int struct_list(Buf *b, Py_ssize_t q, Layout *sub, PyObject *value, int d
     if (append_zeros(b, 8 + 8 * words * m) < 0 ||
         pointer(b, q, lw, ((uint64_t)7 << 32) | 1 | ((uint64_t)(words * m) << 35)) < 0)
         goto done;
-    put64(b, lw, ((uint64_t)m << 2) | tag);
+    put_le(b, lw, ((uint64_t)m << 2) | tag, 8);
     for (Py_ssize_t i = 0; i < m; i++) {
         /* read again each time: filling calls wirepack.py for a new key order */
         Py_ssize_t now;

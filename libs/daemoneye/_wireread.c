@@ -1,4 +1,4 @@
-/* Process events read from a checked envelope's bytes, compiled: the values
+/* Process events and alerts read from a checked envelope's bytes, compiled: the values
  * wire.tuple_reader gives through pycapnp, for the common layout only.
  *
  * The detector reads every process event (a start and a stop an exec, each with its
@@ -10,13 +10,13 @@
  * Only the layout pycapnp and wirepack write is read here: one segment, near pointers,
  * texts as byte lists, List(Text) as pointer lists, List(Struct) as inline composites,
  * valid UTF-8, known enumerants. Anything else (a far pointer, another list encoding,
- * bytes pycapnp would refuse) makes read_events return None, and the caller reads the
+ * bytes pycapnp would refuse) makes read_body return None, and the caller reads the
  * message through pycapnp, which reads it or says why not. The message has passed
  * wirecheck (bounds, depth, traversal budget) first; bounds are checked again here.
  *
- * read_events(data, body_slot, events_slot, shape) -> list of tuples, or None:
- * the body is the struct at the root's pointer `body_slot`; events_slot < 0: it is
- * one event; else its pointer `events_slot` is the list of events. */
+ * read_body(data, body_slot, events_slot, shape) -> list of values, or None: the body
+ * is the struct at the root's pointer `body_slot`; events_slot < 0: it is the one value
+ * (an event, an alert); else its pointer `events_slot` is the list of events. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -283,33 +283,26 @@ static PyObject *value(Ctx *c, const Loc *at, Field *f, int depth) {
 static PyObject *read_struct(Ctx *c, const Loc *at, Shape *shape, int depth) {
     if (depth > MAX_DEPTH)
         return unusual(c);
-    if (shape->keys == NULL) {
-        PyObject *out = PyTuple_New(shape->n);
-        if (out == NULL)
-            return NULL;
-        for (Py_ssize_t k = 0; k < shape->n; k++) {
-            PyObject *v = value(c, at, &shape->fields[k], depth);
-            if (v == NULL) {
-                Py_DECREF(out);
-                return NULL;
-            }
-            PyTuple_SET_ITEM(out, k, v);
-        }
-        return out;
-    }
-    PyObject *out = _PyDict_NewPresized(shape->n);
+    PyObject *out = shape->keys ? _PyDict_NewPresized(shape->n) : PyTuple_New(shape->n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t k = 0; k < shape->n; k++) {
         PyObject *v = value(c, at, &shape->fields[k], depth);
-        if (v == NULL || PyDict_SetItem(out, PyTuple_GET_ITEM(shape->keys, k), v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(out);
-            return NULL;
+        if (v == NULL)
+            goto fail;
+        if (shape->keys == NULL) {
+            PyTuple_SET_ITEM(out, k, v); /* steals v */
+            continue;
         }
+        int r = PyDict_SetItem(out, PyTuple_GET_ITEM(shape->keys, k), v);
         Py_DECREF(v);
+        if (r < 0)
+            goto fail;
     }
     return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
 }
 
 /* --- Shape --------------------------------------------------------------------- */
@@ -390,7 +383,7 @@ static PyTypeObject ShapeType = {
 
 /* --- module -------------------------------------------------------------------- */
 
-static PyObject *read_events(PyObject *module, PyObject *args) {
+static PyObject *read_body(PyObject *module, PyObject *args) {
     Py_buffer data;
     Py_ssize_t body_slot, events_slot;
     PyObject *shape;
@@ -400,17 +393,17 @@ static PyObject *read_events(PyObject *module, PyObject *args) {
     const unsigned char *p = data.buf;
     uint32_t count_minus_one, size;
     if (data.len < 16 || body_slot < 0)
-        goto usual_not;
+        goto leave_to_pycapnp;
     memcpy(&count_minus_one, p, 4);
     memcpy(&size, p + 4, 4);
     if (count_minus_one != 0 || 8 + 8 * (int64_t)size != data.len)
-        goto usual_not; /* several segments: far pointers, pycapnp's */
+        goto leave_to_pycapnp; /* several segments: far pointers, pycapnp's */
     Ctx c = {p + 8, size, 0};
     Loc root, body;
     if (struct_at(&c, 0, &root) < 0 || root.pcount <= body_slot)
-        goto usual_not;
+        goto leave_to_pycapnp;
     if (struct_at(&c, root.ptrs + body_slot, &body) < 0)
-        goto usual_not;
+        goto leave_to_pycapnp;
     if (events_slot < 0) {
         PyObject *one = read_struct(&c, &body, (Shape *)shape, 0);
         if (one != NULL) {
@@ -426,9 +419,9 @@ static PyObject *read_events(PyObject *module, PyObject *args) {
         result = struct_list_at(&c, body.ptrs + events_slot, (Shape *)shape, 0);
     }
     if (result == NULL && c.unusual && !PyErr_Occurred())
-        goto usual_not;
+        goto leave_to_pycapnp;
     goto done;
-usual_not:
+leave_to_pycapnp:
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&data);
@@ -436,14 +429,14 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"read_events", read_events, METH_VARARGS,
-     "read_events(data, body_slot, events_slot, shape) -> list of tuples, or None"},
+    {"read_body", read_body, METH_VARARGS,
+     "read_body(data, body_slot, events_slot, shape) -> list of values, or None"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "daemoneye._wireread",
-    "process events read from an envelope's bytes, compiled", -1, methods,
+    "process events and alerts read from an envelope's bytes, compiled", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__wireread(void) {
