@@ -528,7 +528,7 @@ def main() -> int:
         print(f"structure check of each received message: the {WIRECHECK} walk (wirecheck)")
         print(f"/proc record read of each exec: the {PROCREAD} read (procfs)")
         print(f"writer of each event the collector publishes: the {WIREPACK} writer (wirepack)")
-        print(f"reader of each event in the detector: the {WIREREAD} reader (wireread)")
+        print(f"reader of each event and alert: the {WIREREAD} reader (wireread)")
         bare = 0.0
         if not (args.idle_only or args.probe_only):
             gen.run(f"{marker}-warm", 0, 1.0, args.workers)

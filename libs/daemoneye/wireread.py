@@ -110,19 +110,23 @@ def _record_shape(schema: Any) -> Any:
     return shape(schema, tuple(schema.fields), as_dict=True)
 
 
-def _event_slots() -> dict[str, tuple[int, int]]:
-    """Per event body kind: the Envelope's pointer slot of the body, and the batch's of
-    its events (-1: the body is the event)."""
-    body = wire.Envelope.schema.fields["body"].schema.fields
-    events = body["processEventBatch"].schema.fields["events"].proto.slot.offset
-    return {
-        "processEvent": (body["processEvent"].proto.slot.offset, -1),
-        "processEventBatch": (body["processEventBatch"].proto.slot.offset, events),
-    }
+_BODY = wire.Envelope.schema.fields["body"].schema.fields  # the Envelope's body union
+_BATCH_EVENTS = _BODY["processEventBatch"].schema.fields["events"].proto.slot.offset
+# per event body kind: the Envelope's pointer slot of the body, and the batch's of its
+# events (-1: the body is the event)
+_EVENT_SLOTS = {
+    "processEvent": (_BODY["processEvent"].proto.slot.offset, -1),
+    "processEventBatch": (_BODY["processEventBatch"].proto.slot.offset, _BATCH_EVENTS),
+}
+_ALERT_SLOT = _BODY["alert"].proto.slot.offset
 
 
-_EVENT_SLOTS = _event_slots()
-_ALERT_SLOT = wire.Envelope.schema.fields["body"].schema.fields["alert"].proto.slot.offset
+def _read(data: bytes, body_slot: int, events_slot: int, body_shape: Any) -> list | None:
+    """The compiled read of a body (see _wireread.c's read_body); None: pycapnp's."""
+    try:
+        return _native.read_body(data, body_slot, events_slot, body_shape)  # type: ignore[no-any-return]
+    except Exception:  # pycapnp reads it, and says what is wrong
+        return None
 
 
 def read_events(data: bytes, kind: str, event_shape: Any) -> list[tuple] | None:
@@ -131,10 +135,7 @@ def read_events(data: bytes, kind: str, event_shape: Any) -> list[tuple] | None:
     slots = _EVENT_SLOTS.get(kind)
     if event_shape is None or slots is None:
         return None
-    try:
-        return _native.read_events(data, slots[0], slots[1], event_shape)  # type: ignore[no-any-return]
-    except Exception:  # pycapnp reads it, and says what is wrong
-        return None
+    return _read(data, *slots, event_shape)
 
 
 def alert_shape() -> Any:
@@ -164,8 +165,5 @@ def read_alert(data: bytes, shape_of_alert: Any) -> Any:
     a dict; alert_key_shape(): a tuple); None: read the message through pycapnp."""
     if shape_of_alert is None:
         return None
-    try:
-        alerts = _native.read_events(data, _ALERT_SLOT, -1, shape_of_alert)
-    except Exception:  # pycapnp reads it, and says what is wrong
-        return None
+    alerts = _read(data, _ALERT_SLOT, -1, shape_of_alert)
     return None if alerts is None else alerts[0]

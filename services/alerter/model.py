@@ -43,15 +43,12 @@ def check(alert: Any) -> None:
         rule, severity = _RULE_AND_SEVERITY(alert)
     except wire.DecodeError as exc:
         raise BadAlert(str(exc)) from None
-    _check_rule_and_severity(rule, severity)
+    check_key_fields(rule, severity)
 
 
 def check_key_fields(rule: str, severity: str) -> None:
-    """check() of the fields the compiled reader read (wireread.alert_key_shape)."""
-    _check_rule_and_severity(rule, severity)
-
-
-def _check_rule_and_severity(rule: str, severity: str) -> None:
+    """check() of the two fields it reads (the compiled reader reads them too:
+    wireread.alert_key_shape)."""
     if not rule:
         raise BadAlert("alert has no ruleId")
     if severity not in SEVERITY_ORDER:

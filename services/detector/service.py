@@ -92,9 +92,12 @@ _EVENT_SHAPE = wireread.shape(wire.ProcessEvent.schema, _EVENT_FIELDS)
 
 def event_in(body: Any, source_id: str) -> EventIn:
     """A decoded ProcessEvent reader as the engine's input (DecodeError if malformed)."""
-    kind, record, time_ns, source, changed, reason, severity, exit_code, runtime, host = _EVENT(
-        body
-    )
+    return event_of(_EVENT(body), source_id)
+
+
+def event_of(row: tuple, source_id: str) -> EventIn:
+    """The engine's input from the values of _EVENT_FIELDS, however they were read."""
+    kind, record, time_ns, source, changed, reason, severity, exit_code, runtime, host = row
     return EventIn(
         kind, record, time_ns, source, source_id, changed, reason, severity, exit_code,
         runtime, host,
@@ -320,12 +323,7 @@ class Detector(Service):
         bytes, for the compiled reader (wireread) where it reads them."""
         rows = None if raw is None else wireread.read_events(raw, kind, _EVENT_SHAPE)
         if rows is not None:
-            self.pending.extend(
-                [
-                    EventIn(k, rec, t, src, source, changed, why, sev, code, runtime, host)
-                    for k, rec, t, src, changed, why, sev, code, runtime, host in rows
-                ]
-            )
+            self.pending.extend([event_of(row, source) for row in rows])
         elif kind == "processEvent":
             self.pending.append(event_in(wire.body_as(envelope, kind), source))
         else:
