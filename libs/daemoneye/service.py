@@ -467,10 +467,15 @@ class Service:
     def _on_bus_after_wait(self) -> None:
         sub = self.subscriber
         assert sub is not None
-        self.watch(sub.sock, self._on_bus)
-        self._drain_bus(sub)
+        handled = self._drain_bus(sub)
+        if handled and not self._bus_backlog:
+            # busy: read again a batch wait from now, whatever comes meanwhile (one
+            # wake-up a batch, not two: the first arrival's and the wait's end)
+            self._bus_wait_due = time.monotonic() + self.bus_batch_wait_s
+        else:
+            self.watch(sub.sock, self._on_bus)
 
-    def _drain_bus(self, sub: Subscriber) -> None:
+    def _drain_bus(self, sub: Subscriber) -> int:
         deadline = time.monotonic() + self.drain_budget_s
         on_message = self.on_message
         handled = 0
@@ -497,6 +502,7 @@ class Service:
                 self.bus_batch_wait_s > 0 and bool(sub.sock.getsockopt(_EVENTS) & _POLLIN)
             )
             self.on_drained()
+        return handled
 
     def audit(self, action: str, subject: str = "", detail: dict[str, Any] | None = None) -> None:
         """Publish an `audit.<service>` record (rule loads, config changes, deliveries...)."""

@@ -252,8 +252,10 @@ def test_a_batch_wait_gathers_a_burst_into_one_drain(broker, settings, factory) 
         close_in_process(svc)
 
 
-def _loop_with_burst_log(settings, factory) -> tuple[_Batched, threading.Thread, Publisher]:
-    svc = open_in_process(_Batched(settings))
+def _loop_with_burst_log(
+    settings, factory, kind: type[_Batched] = _Batched
+) -> tuple[_Batched, threading.Thread, Publisher]:
+    svc = open_in_process(kind(settings))
     loop = threading.Thread(target=svc._loop, daemon=True)
     pub = Publisher(factory.connect(zmq.PUB, settings.endpoint("events-in")), "batcher")
     loop.start()
@@ -263,6 +265,42 @@ def _loop_with_burst_log(settings, factory) -> tuple[_Batched, threading.Thread,
     pub.publish("t.sync", "empty")
     wait_for(lambda: any("t.sync" in b for b in svc.bursts), 15, "the probes drained")
     return svc, loop, pub
+
+
+class _Woken(_Batched):
+    """Counts the wake-ups a message's arrival gave the loop (the socket was watched)."""
+
+    name = "woken"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.arrivals = 0
+
+    def _on_bus(self) -> None:
+        self.arrivals += 1
+        super()._on_bus()
+
+
+def test_a_busy_bus_is_read_a_batch_wait_after_the_last_read(broker, settings, factory) -> None:
+    """Messages still coming: the read after a batch wait arms the next one a wait later
+    and leaves the socket unwatched, so what arrives meanwhile wakes nobody (one wake-up a
+    batch, not two: the first arrival's and the wait's end). A read that finds nothing
+    watches the socket again."""
+    svc, loop, pub = _loop_with_burst_log(settings, factory, _Woken)
+    try:
+        svc.bus_batch_wait_s = 1.0  # long: the test sends the second batch meanwhile
+        arrivals = svc.arrivals
+        pub.publish("t.go", "empty")
+        wait_for(lambda: ["t.go"] in svc.bursts, 30, "the first batch")
+        for _ in range(3):
+            pub.publish("t.more", "empty")
+        wait_for(lambda: ["t.more"] * 3 in svc.bursts, 30, "the second batch")
+        wait_for(lambda: svc.subscriber.sock in svc._watched, 30, "the socket watched again")
+        assert svc.arrivals - arrivals == 1  # t.go's arrival alone woke the loop
+    finally:
+        svc.stop("test")
+        loop.join(10)
+        close_in_process(svc)
 
 
 def test_timers_due_while_a_batch_waits_run_after_its_drain(broker, settings, factory) -> None:
