@@ -3,9 +3,10 @@
 libs/daemoneye -> daemoneye, services/<name> -> daemoneye.services.<name>,
 schemas/*.capnp -> daemoneye/schemas and deploy/rules -> daemoneye/default_rules (both
 shipped in the wheel). Four optional C extensions, daemoneye._wirecheck (the frame
-check), daemoneye._procread (the /proc record read), daemoneye._wirepack (the event
-writer) and daemoneye._wireread (the event reader): where they cannot be built (no
-compiler) the install goes on and the Python twin of each is used.
+check), daemoneye._procread (the /proc record read and the netlink reader's datagram
+loop), daemoneye._wirepack (the event writer) and daemoneye._wireread (the event
+reader): where they cannot be built (no compiler) the install goes on and the Python
+twin of each is used.
 """
 
 from setuptools import Extension, find_packages, setup

@@ -12,7 +12,12 @@
  *   order) and the Python helpers for what is rare (an environment naming one of
  *   ENV_NAMES, a cgroup v1 or hybrid file, a tty number beyond 64 bits).
  * read_record(pid, dfd, argv | None, stat_raw | None, boot_seconds, own_pid_ns)
- *   -> dict | None. `dfd` is /proc/<pid> opened by procfs.open_dir (left open). */
+ *   -> dict | None. `dfd` is /proc/<pid> opened by procfs.open_dir (left open).
+ * take(fd, conn, scratch, journal, limit, until, items, opened | None) -> (n, stamp)
+ *   the reader's datagram loop (services/collector/reader.py Reader._take, whose
+ *   Python is the reference): peek, journal, parse (netlink.parse_tuples), open the
+ *   directory and read the argv of each exec (procfs.open_argv), consume. Per exec it
+ *   cost the reader ~0.2 ms of (cold) Python at 200 exec/s, as much as its /proc read. */
 
 #define _GNU_SOURCE /* memmem, memrchr */
 #define PY_SSIZE_T_CLEAN
@@ -21,7 +26,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SMALL_CHUNK 4096      /* procfs._SMALL_CHUNK */
@@ -742,6 +751,281 @@ error:
     return NULL;
 }
 
+/* --- the reader's datagram take (reader.py Reader._take, netlink.parse_tuples) --------- */
+
+#define NLMSG_HDR_SIZE 16   /* netlink.NLMSG_HDR: len, type, flags, seq, pid */
+#define CN_SEQ_AT 8         /* netlink.CN_MSG's seq: after idx and val */
+#define HEADER_LEN 36       /* netlink.HEADER_LEN: NLMSG_HDR + CN_MSG */
+#define EVENT_HDR_SIZE 16   /* netlink.EVENT_HDR: what, cpu, timestamp_ns */
+#define NLMSG_ERROR_TYPE 2
+#define DATAGRAM_MAX 65536  /* reader.DATAGRAM_MAX */
+#define FRAME_SIZE 4        /* reader.FRAME and JOURNAL_HEAD: one u32 */
+#define EV_FORK 0x1u
+#define EV_EXEC 0x2u
+#define EV_UID 0x4u
+#define EV_GID 0x40u
+#define EV_COMM 0x200u
+#define EV_EXIT 0x80000000u
+#define EV_MALFORMED 0xFFFFFFFFu
+
+static uint32_t u32_at(const char *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint64_t u64_at(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* netlink._body: one event's tuple (what, ts, tgid, pid, ppid, real, eff, code, sig,
+ * comm, cpu, seq) */
+static PyObject *event_tuple(uint32_t what, uint64_t ts, const char *data, size_t body,
+                             size_t end, uint32_t cpu, uint32_t seq, int *wanted) {
+    size_t room = end - body;
+    const char *b = data + body;
+    long long tgid = 0, pid = 0, ppid = 0, real = -1, eff = -1, code = 0, sig = 0;
+    PyObject *comm = NULL;
+    if (what == EV_FORK && room >= 16) {
+        ppid = u32_at(b + 4), pid = u32_at(b + 8), tgid = u32_at(b + 12);
+    } else if (what == EV_EXEC && room >= 8) {
+        pid = u32_at(b), tgid = u32_at(b + 4);
+    } else if (what == EV_EXIT && room >= 16) {
+        pid = u32_at(b), tgid = u32_at(b + 4), code = u32_at(b + 8), sig = u32_at(b + 12);
+        if (room >= 24)
+            ppid = u32_at(b + 20);
+    } else if ((what == EV_UID || what == EV_GID) && room >= 16) {
+        pid = u32_at(b), tgid = u32_at(b + 4), real = u32_at(b + 8), eff = u32_at(b + 12);
+    } else if (what == EV_COMM && room >= 24) {
+        pid = u32_at(b), tgid = u32_at(b + 4);
+        const char *nul = memchr(b + 8, '\0', 16);
+        comm = PyUnicode_DecodeUTF8(b + 8, nul ? nul - (b + 8) : 16, "replace");
+        if (comm == NULL)
+            return NULL;
+    } else if (what == EV_FORK || what == EV_EXEC || what == EV_EXIT || what == EV_UID
+               || what == EV_GID || what == EV_COMM) {
+        what = EV_MALFORMED; /* a known kind with a body too short to read */
+    }
+    if (comm == NULL && (comm = PyUnicode_FromStringAndSize(NULL, 0)) == NULL)
+        return NULL;
+    /* reader.wanted: an exec, or a process's (not a thread's) new ids */
+    *wanted = what == EV_EXEC || ((what == EV_UID || what == EV_GID) && tgid == pid);
+    return Py_BuildValue("(kKLLLLLLLNkk)", (unsigned long)what, (unsigned long long)ts, tgid,
+                         pid, ppid, real, eff, code, sig, comm, (unsigned long)cpu,
+                         (unsigned long)seq);
+}
+
+/* reader._stamp: the kernel time of a datagram's first event; 0 when it has none */
+static uint64_t stamp_of(const char *data, size_t size) {
+    if (size < HEADER_LEN + EVENT_HDR_SIZE)
+        return 0;
+    return u64_at(data + HEADER_LEN + 8);
+}
+
+/* reader.Reader._journal_add: 0 when the journal has no room for it */
+static int journal_add(Py_buffer *journal, const char *data, size_t size) {
+    char *j = journal->buf;
+    size_t used = u32_at(j);
+    size_t at = FRAME_SIZE + used, end = at + FRAME_SIZE + size;
+    if (end > (size_t)journal->len)
+        return 0;
+    uint32_t len = (uint32_t)size, now_used = (uint32_t)(end - FRAME_SIZE);
+    memcpy(j + at, &len, FRAME_SIZE);
+    memcpy(j + at + FRAME_SIZE, data, size);
+    memcpy(j, &now_used, FRAME_SIZE); /* then it counts */
+    return 1;
+}
+
+/* procfs.open_argv: (directory fd or None, argv or None) */
+static PyObject *open_argv(unsigned long pid) {
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%lu", pid);
+    int dfd;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        dfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    } while (dfd < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    if (dfd < 0)
+        return Py_BuildValue("(OO)", Py_None, Py_None);
+    Buf argv;
+    if (read_at(dfd, "cmdline", &argv) < 0) {
+        close_fd(dfd);
+        return NULL;
+    }
+    PyObject *list = argv_of(&argv);
+    buf_free(&argv);
+    if (list == NULL) {
+        close_fd(dfd);
+        return NULL;
+    }
+    return Py_BuildValue("(iN)", dfd, list);
+}
+
+/* netlink.parse_tuples into `items` as (ev, None, 0); with `opened`, the directory and
+ * argv of each exec (and each process's new ids) first, as (index in items, dfd, argv) */
+static int parse_into(const char *data, size_t size, PyObject *items, PyObject *opened) {
+    size_t offset = 0;
+    while (offset + NLMSG_HDR_SIZE <= size) {
+        size_t length = u32_at(data + offset);
+        uint16_t type;
+        memcpy(&type, data + offset + 4, sizeof type);
+        if (length < NLMSG_HDR_SIZE || offset + length > size)
+            break;
+        if (type != NLMSG_ERROR_TYPE && length >= HEADER_LEN + EVENT_HDR_SIZE) {
+            uint32_t seq = u32_at(data + offset + NLMSG_HDR_SIZE + CN_SEQ_AT);
+            size_t at = offset + HEADER_LEN;
+            uint32_t what = u32_at(data + at), cpu = u32_at(data + at + 4);
+            uint64_t ts = u64_at(data + at + 8);
+            int wanted = 0;
+            PyObject *ev = event_tuple(what, ts, data, at + EVENT_HDR_SIZE, offset + length, cpu,
+                                       seq, &wanted);
+            if (ev == NULL)
+                return -1;
+            if (opened != Py_None && wanted) {
+                {
+                    PyObject *got = open_argv(PyLong_AsUnsignedLong(PyTuple_GET_ITEM(ev, 2)));
+                    PyObject *entry = got == NULL ? NULL
+                        : Py_BuildValue("(nOO)", PyList_GET_SIZE(items),
+                                        PyTuple_GET_ITEM(got, 0), PyTuple_GET_ITEM(got, 1));
+                    Py_XDECREF(got);
+                    if (entry == NULL || PyList_Append(opened, entry) < 0) {
+                        Py_XDECREF(entry);
+                        Py_DECREF(ev);
+                        return -1;
+                    }
+                    Py_DECREF(entry);
+                }
+            }
+            PyObject *item = Py_BuildValue("(NOi)", ev, Py_None, 0);
+            if (item == NULL || PyList_Append(items, item) < 0) {
+                Py_XDECREF(item);
+                return -1;
+            }
+            Py_DECREF(item);
+        }
+        offset += (length + 3) & ~(size_t)3;
+    }
+    return 0;
+}
+
+/* reader._count_overrun: ENOBUFS (the kernel dropped datagrams) counted on the
+ * connector, with a loss marker in the frame; any other error raised */
+static int overrun(int err, PyObject *conn, PyObject *items) {
+    if (err != ENOBUFS) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    PyObject *lost = PyObject_GetAttrString(conn, "lost");
+    if (lost == NULL)
+        return -1;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *more = one == NULL ? NULL : PyNumber_Add(lost, one);
+    Py_XDECREF(one);
+    Py_DECREF(lost);
+    if (more == NULL || PyObject_SetAttrString(conn, "lost", more) < 0) {
+        Py_XDECREF(more);
+        return -1;
+    }
+    Py_DECREF(more);
+    PyObject *marker = Py_BuildValue("(OOi)", Py_None, Py_None, 1);
+    if (marker == NULL || PyList_Append(items, marker) < 0) {
+        Py_XDECREF(marker);
+        return -1;
+    }
+    Py_DECREF(marker);
+    return 0;
+}
+
+static ssize_t recv_nowait(int fd, void *into, size_t size, int flags) {
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        n = recv(fd, into, size, flags | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    return n;
+}
+
+static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "take(fd, conn, scratch, journal, limit, until, items, opened)");
+        return NULL;
+    }
+    long fd_long = PyLong_AsLong(args[0]);
+    int fd = (int)fd_long;
+    if (fd_long != fd) {
+        PyErr_SetString(PyExc_OverflowError, "take: fd out of range");
+        return NULL;
+    }
+    PyObject *conn = args[1], *items = args[6], *opened = args[7];
+    long long limit = PyLong_AsLongLong(args[4]);
+    unsigned long long until = PyLong_AsUnsignedLongLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyList_Check(items) || (opened != Py_None && !PyList_Check(opened))) {
+        PyErr_SetString(PyExc_TypeError, "take: items and opened must be lists");
+        return NULL;
+    }
+    Py_buffer scratch, journal;
+    if (PyObject_GetBuffer(args[2], &scratch, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[3], &journal, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&scratch);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (scratch.len < DATAGRAM_MAX || journal.len < FRAME_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "take: scratch or journal too small");
+        goto done;
+    }
+    int urgent = opened != Py_None;
+    long long n = 0;
+    for (;;) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now); /* the kernel's clock: ktime_get_ns */
+        unsigned long long now_ns = (unsigned long long)now.tv_sec * 1000000000ULL
+            + (unsigned long long)now.tv_nsec;
+        ssize_t size = recv_nowait(fd, scratch.buf, DATAGRAM_MAX, MSG_PEEK);
+        if (size < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                out = Py_BuildValue("(LK)", n, now_ns);
+                goto done;
+            }
+            if (overrun(errno, conn, items) < 0)
+                goto done;
+            continue;
+        }
+        const char *data = scratch.buf;
+        uint64_t stamp = stamp_of(data, (size_t)size);
+        if ((!urgent && stamp >= until) || n >= limit
+            || !journal_add(&journal, data, (size_t)size)) {
+            out = Py_BuildValue("(LK)", n, (unsigned long long)stamp);
+            goto done;
+        }
+        if (parse_into(data, (size_t)size, items, opened) < 0)
+            goto done;
+        n++;
+        for (;;) { /* consumed: it is in the journal now */
+            char sink[16];
+            if (recv_nowait(fd, sink, sizeof sink, MSG_TRUNC) >= 0)
+                break;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (overrun(errno, conn, items) < 0) /* an overrun since the peek: said first */
+                goto done;
+        }
+    }
+done:
+    PyBuffer_Release(&journal);
+    PyBuffer_Release(&scratch);
+    return out;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *template, *username, *parse_env, *unified_cgroup, *tty_name;
     long long clk_tck, page_size;
@@ -784,6 +1068,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"read_record", (PyCFunction)(void (*)(void))read_record, METH_FASTCALL,
      "read_record(pid, dfd, argv, stat_raw, boot_seconds, own_pid_ns) -> dict | None"},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
+     "take(fd, conn, scratch, journal, limit, until, items, opened) -> (n, stamp)"},
     {"configure", configure, METH_VARARGS,
      "configure(template, username, parse_env, unified_cgroup, tty_name, clk_tck, page_size)"},
     {NULL, NULL, 0, NULL},

@@ -168,6 +168,13 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
+# Reader._take's loop, compiled where daemoneye._procread is built (its Python below is
+# the reference tests/unit/test_reader_take.py compares it with); None: the Python runs.
+_COMPILED_TAKE: Callable[..., tuple[int, int]] | None = (
+    procfs._native.take if procfs.IMPLEMENTATION == "c" else None
+)
+
+
 def wanted(what: int, pid: int, tid: int) -> bool:
     """An event whose process's /proc is read at once: an exec, a process's new ids."""
     return what == EXEC or (what in (UID, GID) and pid == tid)
@@ -553,6 +560,20 @@ class Reader:
         before `until`.
         Returns how many, and the kernel time the socket was read to: of the first
         datagram left, or of the clock when it was found empty."""
+        if _COMPILED_TAKE is not None:  # the same loop, compiled (procfs's module)
+            try:
+                return _COMPILED_TAKE(
+                    conn.sock.fileno(),
+                    conn,
+                    self._scratch,
+                    self.journal,
+                    limit,
+                    until,
+                    items,
+                    opened,
+                )
+            finally:  # what it added to the journal, an error midway included
+                (self.journal_used,) = JOURNAL_HEAD.unpack_from(self.journal, 0)
         sock = conn.sock
         scratch, view = self._scratch, self._scratch_view
         urgent = opened is not None
