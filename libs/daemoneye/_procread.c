@@ -537,7 +537,58 @@ static PyObject *container_of(const Buf *cg) {
     return PyUnicode_FromStringAndSize("", 0);
 }
 
-/* procfs._unified_cgroup: cgroup v2 alone here, the rest in Python */
+/* str.splitlines breaks an ASCII line at these too (procfs._ODD_BREAK), and bytes
+ * beyond ASCII are decoded first: both left to Python */
+static int plain_lines(const Buf *cg) {
+    for (Py_ssize_t i = 0; i < cg->size; i++) {
+        unsigned char c = (unsigned char)cg->data[i];
+        if (c >= 0x80 || c == '\r' || c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e))
+            return 0;
+    }
+    return 1;
+}
+
+/* the line starting at `*at` (its end, without the \n) and where the next one starts */
+static Py_ssize_t line_end(const Buf *cg, Py_ssize_t *at) {
+    const char *nl = memchr(cg->data + *at, '\n', (size_t)(cg->size - *at));
+    Py_ssize_t end = nl ? nl - cg->data : cg->size;
+    Py_ssize_t start = *at;
+    *at = end + 1;
+    return end - start;
+}
+
+static int is_top(const char *s, Py_ssize_t n) { return n == 1 && s[0] == '/'; }
+
+/* procfs._cgroup_of_lines over plain lines (bytes.split(b"\n") without a last empty
+ * piece): the unified (v2) path, else the most specific controller path (v1). A file
+ * of one "0::" line never comes here (cgroup_of), so a top one is not taken either */
+static PyObject *cgroup_of_lines(const Buf *cg) {
+    Py_ssize_t at;
+    for (at = 0; at < cg->size;) {
+        const char *s = cg->data + at;
+        Py_ssize_t n = line_end(cg, &at);
+        if (n >= 3 && memcmp(s, "0::", 3) == 0 && !is_top(s + 3, n - 3))
+            return PyUnicode_FromStringAndSize(s + 3, n - 3);
+    }
+    for (at = 0; at < cg->size;) {
+        const char *s = cg->data + at;
+        Py_ssize_t n = line_end(cg, &at);
+        /* line.split(":", 2)[-1] */
+        const char *one = memchr(s, ':', (size_t)n);
+        if (one != NULL) {
+            const char *two = memchr(one + 1, ':', (size_t)(s + n - one - 1));
+            const char *from = (two != NULL ? two : one) + 1;
+            n -= from - s;
+            s = from;
+        }
+        if (!is_top(s, n))
+            return PyUnicode_FromStringAndSize(s, n);
+    }
+    return PyUnicode_FromStringAndSize("/", 1);
+}
+
+/* procfs._unified_cgroup: cgroup v2 alone, and v1 or hybrid files of plain lines, here;
+ * the rest in Python */
 static PyObject *cgroup_of(const Buf *cg) {
     Py_ssize_t lines = 0;
     for (Py_ssize_t i = 0; i < cg->size; i++)
@@ -548,6 +599,8 @@ static PyObject *cgroup_of(const Buf *cg) {
             n--;
         return PyUnicode_DecodeUTF8(cg->data + 3, n - 3, "replace");
     }
+    if (plain_lines(cg))
+        return cgroup_of_lines(cg);
     return call1(unified_cgroup_, PyBytes_FromStringAndSize(cg->data, cg->size));
 }
 

@@ -252,6 +252,17 @@ CGROUPS = st.one_of(
         b"0::\n", b"0::", b"5:cpu:/x/" + b"f" * 63 + b"\n0::/\n",
     ]),
     TEXT,
+    st.lists(  # v1 and hybrid files of plain lines (a v1 host's are read compiled)
+        st.sampled_from([
+            b"9:name=systemd:/", b"8:pids:/", b"4:memory:/process_api/4ca7", b"0::/",
+            b"0::/user.slice", b"3:cpu,cpuacct:/a:b", b"1:/odd", b"no colon", b"", b"0::",
+            b"2:x:", b"7:blkio:/docker/" + b"ab" * 32,
+        ]),
+        max_size=6,
+    ).map(lambda lines: b"\n".join(lines))
+    | st.lists(st.sampled_from([b"5:cpu:/", b"0::/", b"6:x:/y"]), max_size=3).map(
+        lambda lines: b"".join(line + b"\n" for line in lines)
+    ),
 )  # fmt: skip
 ENVIRON = st.one_of(
     st.just(b"A=1\0B=2\0"),
@@ -356,6 +367,40 @@ def test_hostile_proc_directories_read_the_same(tmp_path_factory, spec: dict[str
     assert native == python
     if isinstance(native, dict):
         assert list(native) == list(procfs.FIELDS)
+
+
+@compiled
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(cgroup=CGROUPS)
+@example(cgroup=b"9:name=systemd:/\n4:memory:/process_api/4ca7\n0::/\n")
+@example(cgroup=b"4:memory:/\n3:cpu:/a:b\n0::/\n")
+@example(cgroup=b"0::/\n")
+@example(cgroup=b"0::/\n\n")
+@example(cgroup=b"1:x:/\n\r\n")
+@example(cgroup=b"5:cpu:/\n0::/\n")
+@example(cgroup=b"0::/\n0::/\n")
+def test_any_cgroup_file_gives_the_same_path(tmp_path_factory, cgroup: bytes) -> None:
+    """The cgroup alone varies (v2, v1 and hybrid files are read compiled, the rest
+    through procfs._unified_cgroup): the same path and container."""
+    root = tmp_path_factory.mktemp("proc") / "4242"
+    lay_out(root, {**OWN, "cgroup": cgroup})
+    python, native = both(4242, str(root))
+    assert isinstance(python, dict), python
+    assert native == python
+
+
+def _own_files() -> dict[str, Any]:
+    """This process's /proc files and links, as a proc_dirs spec (a whole record)."""
+    spec: dict[str, Any] = {"argv": None, "stat_raw": None}
+    for name in ("cmdline", "stat", "status", "environ", "cgroup", "loginuid", "io"):
+        spec[name] = Path(f"/proc/self/{name}").read_bytes()
+    for name in ("exe", "cwd", "root", "ns/pid"):
+        spec[name] = os.readlink(f"/proc/self/{name}")
+    return spec
+
+
+OWN = _own_files()
 
 
 @compiled
