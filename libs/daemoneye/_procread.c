@@ -917,6 +917,15 @@ static PyObject *open_argv(unsigned long pid) {
     return Py_BuildValue("(iN)", dfd, list);
 }
 
+/* list.append(obj), the reference to obj given up (NULL: the error already set) */
+static int append_new(PyObject *list, PyObject *obj) {
+    if (obj == NULL)
+        return -1;
+    int r = PyList_Append(list, obj);
+    Py_DECREF(obj);
+    return r;
+}
+
 /* netlink.parse_tuples into `items` as (ev, None, 0); with `opened`, the directory and
  * argv of each exec (and each process's new ids) first, as (index in items, dfd, argv) */
 static int parse_into(const char *data, size_t size, PyObject *items, PyObject *opened) {
@@ -944,20 +953,14 @@ static int parse_into(const char *data, size_t size, PyObject *items, PyObject *
                         : Py_BuildValue("(nOO)", PyList_GET_SIZE(items),
                                         PyTuple_GET_ITEM(got, 0), PyTuple_GET_ITEM(got, 1));
                     Py_XDECREF(got);
-                    if (entry == NULL || PyList_Append(opened, entry) < 0) {
-                        Py_XDECREF(entry);
+                    if (append_new(opened, entry) < 0) {
                         Py_DECREF(ev);
                         return -1;
                     }
-                    Py_DECREF(entry);
                 }
             }
-            PyObject *item = Py_BuildValue("(NOi)", ev, Py_None, 0);
-            if (item == NULL || PyList_Append(items, item) < 0) {
-                Py_XDECREF(item);
+            if (append_new(items, Py_BuildValue("(NOi)", ev, Py_None, 0)) < 0)
                 return -1;
-            }
-            Py_DECREF(item);
         }
         offset += (length + 3) & ~(size_t)3;
     }
@@ -984,13 +987,7 @@ static int overrun(int err, PyObject *conn, PyObject *items) {
         return -1;
     }
     Py_DECREF(more);
-    PyObject *marker = Py_BuildValue("(OOi)", Py_None, Py_None, 1);
-    if (marker == NULL || PyList_Append(items, marker) < 0) {
-        Py_XDECREF(marker);
-        return -1;
-    }
-    Py_DECREF(marker);
-    return 0;
+    return append_new(items, Py_BuildValue("(OOi)", Py_None, Py_None, 1));
 }
 
 static ssize_t recv_nowait(int fd, void *into, size_t size, int flags) {

@@ -3,11 +3,13 @@ the real connector where this machine allows it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -91,7 +93,9 @@ def test_real_connector_sees_fork_exec_exit() -> None:
         conn.close()
 
 
-def test_overrun_is_reported_as_lost() -> None:
+@contextlib.contextmanager
+def overrun_connector() -> Iterator[ProcConnector]:
+    """A connector the kernel has overrun: ENOBUFS waits on its socket."""
     try:
         conn = ProcConnector(rcvbuf=4096)  # room for a handful of events
     except NetlinkUnavailable as exc:
@@ -99,10 +103,15 @@ def test_overrun_is_reported_as_lost() -> None:
     try:
         for _ in range(200):  # ~600 events while nobody reads
             subprocess.run(["true"], check=False)
-        _, overruns = conn.read()
-        assert overruns >= 1 and conn.lost >= 1
+        yield conn
     finally:
         conn.close()
+
+
+def test_overrun_is_reported_as_lost() -> None:
+    with overrun_connector() as conn:
+        _, overruns = conn.read()
+        assert overruns >= 1 and conn.lost >= 1
 
 
 def test_each_cpu_numbers_an_event_when_asked() -> None:

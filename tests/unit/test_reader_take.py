@@ -27,10 +27,9 @@ from daemoneye.services.collector.netlink import (
     FORK,
     GID,
     UID,
-    NetlinkUnavailable,
-    ProcConnector,
 )
 from tests.compiled import assert_built, heap_kept
+from tests.unit.test_collector_netlink import overrun_connector
 
 compiled = pytest.mark.skipif(
     reader._COMPILED_TAKE is None, reason="daemoneye._procread not built: the Python loop runs"
@@ -233,20 +232,12 @@ def test_an_exec_of_a_live_process_has_its_directory_and_argv() -> None:
 def test_a_starved_connector_s_overrun_is_counted_and_marked() -> None:
     """ENOBUFS: the kernel dropped datagrams. A loss marker in the frame, the connector's
     count up, and the loop goes on with what is queued."""
-    try:
-        conn = ProcConnector(rcvbuf=4096)  # room for a handful of events
-    except NetlinkUnavailable as exc:
-        pytest.skip(f"netlink process connector unavailable: {exc}")
-    try:
-        for _ in range(200):  # ~600 events while nobody reads
-            subprocess.run(["true"], check=False)
+    with overrun_connector() as conn:
         r, items = Bare(), []
         n, _ = r._take(conn, items, 10_000, 2**64 - 1, None)
         assert conn.lost >= 1
         assert (None, None, 1) in items
         assert n >= 1 and any(item[0] is not None for item in items)
-    finally:
-        conn.close()
 
 
 @compiled
