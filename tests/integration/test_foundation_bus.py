@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from daemoneye import wire
+from daemoneye import service, wire
 from daemoneye.bus import Publisher, SocketFactory, Subscriber
 from daemoneye.config import Settings
 from daemoneye.service import Service
@@ -275,10 +275,15 @@ class _Woken(_Batched):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.arrivals = 0
+        self.reads = 0  # drains of the bus, empty ones too
 
     def _on_bus(self) -> None:
         self.arrivals += 1
         super()._on_bus()
+
+    def on_drained(self) -> None:
+        self.reads += 1
+        super().on_drained()
 
 
 def test_a_busy_bus_is_read_a_batch_wait_after_the_last_read(broker, settings, factory) -> None:
@@ -290,13 +295,33 @@ def test_a_busy_bus_is_read_a_batch_wait_after_the_last_read(broker, settings, f
     try:
         svc.bus_batch_wait_s = 1.0  # long: the test sends the second batch meanwhile
         arrivals = svc.arrivals
-        pub.publish("t.go", "empty")
-        wait_for(lambda: ["t.go"] in svc.bursts, 30, "the first batch")
+        for _ in range(service.BUSY_BATCH):
+            pub.publish("t.go", "empty")
+        wait_for(lambda: ["t.go"] * service.BUSY_BATCH in svc.bursts, 30, "the first batch")
         for _ in range(3):
             pub.publish("t.more", "empty")
         wait_for(lambda: ["t.more"] * 3 in svc.bursts, 30, "the second batch")
         wait_for(lambda: svc.subscriber.sock in svc._watched, 30, "the socket watched again")
-        assert svc.arrivals - arrivals == 1  # t.go's arrival alone woke the loop
+        assert svc.arrivals - arrivals == 1  # the first t.go's arrival alone woke the loop
+    finally:
+        svc.stop("test")
+        loop.join(10)
+        close_in_process(svc)
+
+
+def test_a_trickle_is_watched_again_after_each_batch(broker, settings, factory) -> None:
+    """A batch wait that gathered less than BUSY_BATCH messages: the socket is watched
+    again at once (a read armed a wait later would most often find nothing)."""
+    svc, loop, pub = _loop_with_burst_log(settings, factory, _Woken)
+    try:
+        svc.bus_batch_wait_s = 0.2
+        sock = svc.subscriber.sock
+        reads = svc.reads
+        for n in range(1, 4):
+            pub.publish("t.alone", "empty")
+            wait_for(lambda n=n: svc.bursts.count(["t.alone"]) == n, 30, "the lone message")
+            wait_for(lambda: sock in svc._watched, 30, "the socket watched again")
+        assert svc.reads - reads == 3  # one read each, no empty read armed after it
     finally:
         svc.stop("test")
         loop.join(10)
