@@ -560,8 +560,8 @@ static Py_ssize_t line_end(const Buf *cg, Py_ssize_t *at) {
 static int is_top(const char *s, Py_ssize_t n) { return n == 1 && s[0] == '/'; }
 
 /* procfs._cgroup_of_lines over plain lines (bytes.split(b"\n") without a last empty
- * piece): the unified (v2) path, else the most specific controller path (v1). A file
- * of one "0::" line never comes here (cgroup_of), so a top one is not taken either */
+ * piece): the unified (v2) path, else the most specific controller path (v1). Python
+ * also takes a lone line's "0::" path when it is the top one: "/" here too, at the end */
 static PyObject *cgroup_of_lines(const Buf *cg) {
     Py_ssize_t at;
     for (at = 0; at < cg->size;) {
@@ -836,7 +836,8 @@ static uint64_t u64_at(const char *p) {
 /* netlink._body: one event's tuple (what, ts, tgid, pid, ppid, real, eff, code, sig,
  * comm, cpu, seq) */
 static PyObject *event_tuple(uint32_t what, uint64_t ts, const char *data, size_t body,
-                             size_t end, uint32_t cpu, uint32_t seq, int *wanted) {
+                             size_t end, uint32_t cpu, uint32_t seq, int *wanted,
+                             unsigned long *process) {
     size_t room = end - body;
     const char *b = data + body;
     long long tgid = 0, pid = 0, ppid = 0, real = -1, eff = -1, code = 0, sig = 0;
@@ -865,6 +866,7 @@ static PyObject *event_tuple(uint32_t what, uint64_t ts, const char *data, size_
         return NULL;
     /* reader.wanted: an exec, or a process's (not a thread's) new ids */
     *wanted = what == EV_EXEC || ((what == EV_UID || what == EV_GID) && tgid == pid);
+    *process = (unsigned long)tgid;
     return Py_BuildValue("(kKLLLLLLLNkk)", (unsigned long)what, (unsigned long long)ts, tgid,
                          pid, ppid, real, eff, code, sig, comm, (unsigned long)cpu,
                          (unsigned long)seq);
@@ -891,8 +893,8 @@ static int journal_add(Py_buffer *journal, const char *data, size_t size) {
     return 1;
 }
 
-/* procfs.open_argv: (directory fd or None, argv or None) */
-static PyObject *open_argv(unsigned long pid) {
+/* (at, *procfs.open_argv(pid)): the directory fd or None, the argv or None */
+static PyObject *open_argv(Py_ssize_t at, unsigned long pid) {
     char path[32];
     snprintf(path, sizeof path, "/proc/%lu", pid);
     int dfd;
@@ -902,7 +904,7 @@ static PyObject *open_argv(unsigned long pid) {
     } while (dfd < 0 && errno == EINTR);
     Py_END_ALLOW_THREADS
     if (dfd < 0)
-        return Py_BuildValue("(OO)", Py_None, Py_None);
+        return Py_BuildValue("(nOO)", at, Py_None, Py_None);
     Buf argv;
     if (read_at(dfd, "cmdline", &argv) < 0) {
         close_fd(dfd);
@@ -914,7 +916,7 @@ static PyObject *open_argv(unsigned long pid) {
         close_fd(dfd);
         return NULL;
     }
-    return Py_BuildValue("(iN)", dfd, list);
+    return Py_BuildValue("(niN)", at, dfd, list);
 }
 
 /* list.append(obj), the reference to obj given up (NULL: the error already set) */
@@ -942,22 +944,15 @@ static int parse_into(const char *data, size_t size, PyObject *items, PyObject *
             uint32_t what = u32_at(data + at), cpu = u32_at(data + at + 4);
             uint64_t ts = u64_at(data + at + 8);
             int wanted = 0;
+            unsigned long process = 0;
             PyObject *ev = event_tuple(what, ts, data, at + EVENT_HDR_SIZE, offset + length, cpu,
-                                       seq, &wanted);
+                                       seq, &wanted, &process);
             if (ev == NULL)
                 return -1;
-            if (opened != Py_None && wanted) {
-                {
-                    PyObject *got = open_argv(PyLong_AsUnsignedLong(PyTuple_GET_ITEM(ev, 2)));
-                    PyObject *entry = got == NULL ? NULL
-                        : Py_BuildValue("(nOO)", PyList_GET_SIZE(items),
-                                        PyTuple_GET_ITEM(got, 0), PyTuple_GET_ITEM(got, 1));
-                    Py_XDECREF(got);
-                    if (append_new(opened, entry) < 0) {
-                        Py_DECREF(ev);
-                        return -1;
-                    }
-                }
+            if (opened != Py_None && wanted
+                && append_new(opened, open_argv(PyList_GET_SIZE(items), process)) < 0) {
+                Py_DECREF(ev);
+                return -1;
             }
             if (append_new(items, Py_BuildValue("(NOi)", ev, Py_None, 0)) < 0)
                 return -1;

@@ -8,6 +8,7 @@ is given, so a fake one exercises every parsing branch the kernel never takes.""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -345,12 +346,17 @@ LAST_LINE_CUT = {
 }
 
 
+# what a record reads of a process directory: files, and links
+FILE_NAMES = ("cmdline", "stat", "status", "environ", "cgroup", "loginuid", "io")
+LINK_NAMES = ("exe", "cwd", "root", "ns/pid")
+
+
 def lay_out(root: Path, spec: dict[str, Any]) -> None:
     (root / "ns").mkdir(parents=True)
-    for name in ("cmdline", "stat", "status", "environ", "cgroup", "loginuid", "io"):
+    for name in FILE_NAMES:
         if spec[name] is not None:
             (root / name).write_bytes(spec[name])
-    for name in ("exe", "cwd", "root", "ns/pid"):
+    for name in LINK_NAMES:
         if spec[name] is not None:
             os.symlink(os.fsencode(spec[name]), os.fsencode(root / name))
 
@@ -384,23 +390,21 @@ def test_any_cgroup_file_gives_the_same_path(tmp_path_factory, cgroup: bytes) ->
     """The cgroup alone varies (v2, v1 and hybrid files are read compiled, the rest
     through procfs._unified_cgroup): the same path and container."""
     root = tmp_path_factory.mktemp("proc") / "4242"
-    lay_out(root, {**OWN, "cgroup": cgroup})
+    lay_out(root, {**own_files(), "cgroup": cgroup})
     python, native = both(4242, str(root))
     assert isinstance(python, dict), python
     assert native == python
 
 
-def _own_files() -> dict[str, Any]:
+@functools.cache
+def own_files() -> dict[str, Any]:
     """This process's /proc files and links, as a proc_dirs spec (a whole record)."""
     spec: dict[str, Any] = {"argv": None, "stat_raw": None}
-    for name in ("cmdline", "stat", "status", "environ", "cgroup", "loginuid", "io"):
+    for name in FILE_NAMES:
         spec[name] = Path(f"/proc/self/{name}").read_bytes()
-    for name in ("exe", "cwd", "root", "ns/pid"):
+    for name in LINK_NAMES:
         spec[name] = os.readlink(f"/proc/self/{name}")
     return spec
-
-
-OWN = _own_files()
 
 
 @compiled

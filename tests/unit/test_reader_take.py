@@ -6,6 +6,7 @@ netlink sends only well-formed ones); the overrun through a real, starved connec
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import socket
@@ -99,6 +100,7 @@ KNOWN = [
     message(FORK, struct.pack("=4I", 1, 1, LIVE + 1, LIVE + 1), 1, 1),
     message(EXEC, struct.pack("=2I", LIVE, LIVE), 2, 2),
     message(EXEC, struct.pack("=2I", LIVE, LIVE)[:6], 3, 3),
+    message(EXEC, struct.pack("=2I", LIVE + 1, LIVE), 3, 3),  # a thread's: the process read
     message(UID, struct.pack("=4I", LIVE, LIVE, 0, 1000), 4, 4),
     message(GID, struct.pack("=4I", LIVE + 1, LIVE, 0, 1000), 5, 5),  # a thread's
     message(COMM, struct.pack("=2I", LIVE, LIVE) + b"a\0b".ljust(16, b"\0"), 6, 6),
@@ -109,15 +111,16 @@ KNOWN = [
 ]
 
 
-@pytest.fixture
-def dgram() -> Iterator[tuple[socket.socket, socket.socket]]:
+@contextlib.contextmanager
+def datagram_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(ours, theirs): what is sent on ours waits on theirs (non-blocking, as a connector's)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     theirs.setblocking(False)
-    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    yield ours, theirs
-    ours.close()
-    theirs.close()
+    try:
+        yield ours, theirs
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def run_take(
@@ -129,22 +132,23 @@ def run_take(
     journal_room: int,
 ) -> dict[str, Any]:
     """One _take over the datagrams `sent`; what it returned, gathered and left."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    theirs.setblocking(False)
     saved = reader._COMPILED_TAKE
     r = Bare()
-    try:
+    with datagram_pair() as (ours, theirs):
         for data in sent:
             ours.send(data)
         filler = b"x" * max(0, reader.JOURNAL_BYTES - 4 - 4 - journal_room)
         if filler:
             assert r._journal_add(filler)
-        if not compiled_loop:
-            reader._COMPILED_TAKE = None
         items: list[Any] = []
         opened: list[Any] | None = [] if urgent else None
         conn = Conn(theirs)
-        n, stamp = r._take(conn, items, limit, until, opened)  # type: ignore[arg-type]
+        try:
+            if not compiled_loop:
+                reader._COMPILED_TAKE = None
+            n, stamp = r._take(conn, items, limit, until, opened)  # type: ignore[arg-type]
+        finally:
+            reader._COMPILED_TAKE = saved
         left = []
         while True:
             try:
@@ -158,7 +162,7 @@ def run_take(
                 os.close(dfd)
         return {
             "n": n,
-            "stamp": stamp if n < len(sent) and left else "empty",
+            "stamp": stamp if left else "empty",  # else the clock's time, which differs
             "items": items,
             "opened": argv,
             "journal": bytes(r.journal[: 4 + r.journal_used]),
@@ -166,10 +170,6 @@ def run_take(
             "lost": conn.lost,
             "left": left,
         }
-    finally:
-        reader._COMPILED_TAKE = saved
-        ours.close()
-        theirs.close()
 
 
 def test_the_compiled_loop_is_built_where_a_compiler_is() -> None:
@@ -208,21 +208,14 @@ def test_an_exec_of_a_live_process_has_its_directory_and_argv() -> None:
             result = run_take(compiled_loop, [exec_of, gone, ids], True, 8, 0, 1 << 20)
             assert result["opened"] == [(0, False, ["sleep", "30.5"]), (1, True, None)]
             assert [item[0][0] for item in result["items"]] == [EXEC, EXEC, UID]
-        saved = reader._COMPILED_TAKE
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
+        with datagram_pair() as (ours, theirs):
             ours.send(exec_of)
-            theirs.setblocking(False)
             r, items, opened = Bare(), [], []
-            assert saved is not None
             r._take(Conn(theirs), items, 8, 0, opened)  # type: ignore[arg-type]
             ((_, dfd, argv),) = opened
             record = procfs.read_opened(child.pid, dfd, argv)
             assert record is not None and record["pid"] == child.pid
             assert record["cmdline"] == ["sleep", "30.5"]
-        finally:
-            ours.close()
-            theirs.close()
     finally:
         child.kill()
         child.wait()
@@ -241,23 +234,23 @@ def test_a_starved_connector_s_overrun_is_counted_and_marked() -> None:
 
 
 @compiled
-def test_the_loop_keeps_no_memory(dgram: tuple[socket.socket, socket.socket]) -> None:
-    ours, theirs = dgram
+def test_the_loop_keeps_no_memory() -> None:
     data = message(EXEC, struct.pack("=2I", LIVE, LIVE), 1, 5) + message(
         COMM, struct.pack("=2I", LIVE, LIVE) + b"name\0".ljust(16, b"\0"), 2, 6
     )
-    r, conn = Bare(), Conn(theirs)
+    with datagram_pair() as (ours, theirs):
+        r, conn = Bare(), Conn(theirs)
 
-    def step() -> None:
-        ours.send(data)
-        items: list[Any] = []
-        opened: list[Any] = []
-        r._take(conn, items, 8, 0, opened)  # type: ignore[arg-type]
-        for _, dfd, _argv in opened:
-            os.close(dfd)
-        r._journal_clear()
+        def step() -> None:
+            ours.send(data)
+            items: list[Any] = []
+            opened: list[Any] = []
+            r._take(conn, items, 8, 0, opened)  # type: ignore[arg-type]
+            for _, dfd, _argv in opened:
+                os.close(dfd)
+            r._journal_clear()
 
-    assert heap_kept(step, 3000) < 16 << 10
+        assert heap_kept(step, 3000) < 16 << 10
 
 
 @compiled
