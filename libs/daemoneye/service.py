@@ -149,6 +149,7 @@ class Service:
         # When the batch wait (bus_batch_wait_s) ends, while one is armed: the loop's
         # other timers wait for it, so a timer due meanwhile delays no batch
         self._bus_wait_due: float | None = None
+        self._drained_at = 0.0  # when the last drain found the socket empty (or was cut)
         # The earliest a socket the last poll found ready can have become so: when the
         # poll slept, its return; else when the loop last woke (it was busy since)
         self._ready_since = 0.0
@@ -475,9 +476,11 @@ class Service:
         assert sub is not None
         handled = self._drain_bus(sub)
         if handled >= BUSY_BATCH and not self._bus_backlog:
-            # busy: read again a batch wait from now, whatever comes meanwhile (one
-            # wake-up a batch, not two: the first arrival's and the wait's end)
-            self._bus_wait_due = time.monotonic() + self.bus_batch_wait_s
+            # busy: read again a batch wait after this read found the socket empty,
+            # whatever comes meanwhile (one wake-up a batch, not two: the first arrival's
+            # and the wait's end). Counted from the read, not from the end of the batch's
+            # work: a message that came during a long batch has waited that long already
+            self._bus_wait_due = self._drained_at + self.bus_batch_wait_s
         else:  # a trickle: the next read would most often find nothing, a wake-up lost
             self.watch(sub.sock, self._on_bus)
 
@@ -507,6 +510,7 @@ class Service:
             self._bus_backlog = cut or (
                 self.bus_batch_wait_s > 0 and bool(sub.sock.getsockopt(_EVENTS) & _POLLIN)
             )
+            self._drained_at = time.monotonic()
             self.on_drained()
         return handled
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import zmq
@@ -304,6 +305,59 @@ def test_a_busy_bus_is_read_a_batch_wait_after_the_last_read(broker, settings, f
         wait_for(lambda: svc.subscriber.sock in svc._watched, 30, "the socket watched again")
         assert svc.arrivals - arrivals == 1  # the first t.go's arrival alone woke the loop
     finally:
+        svc.stop("test")
+        loop.join(10)
+        close_in_process(svc)
+
+
+class _SlowBatch(_Woken):
+    """Holds the work of its first `t.slow` burst until the test releases it (a batch
+    whose work outlasts the batch wait); notes when each burst's read began."""
+
+    name = "slow-batch"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.released_at = 0.0
+        self.read_at: list[float] = []
+
+    def on_message(self, msg) -> None:
+        if not self.pending:
+            self.read_at.append(time.monotonic())
+        super().on_message(msg)
+
+    def on_drained(self) -> None:
+        slow = "t.slow" in self.pending
+        super().on_drained()
+        if slow and not self.release.is_set():
+            self.inside.set()
+            self.release.wait(30)
+            self.released_at = time.monotonic()
+
+
+def test_a_batch_whose_work_outlasts_the_wait_is_followed_by_a_read_at_once(
+    broker, settings, factory
+) -> None:
+    """The next read of a busy bus is due a batch wait after the last read, not after
+    the last batch's work: what came during long work has waited that long already (a
+    storm's alerts waited the work and then a whole wait more)."""
+    svc, loop, pub = _loop_with_burst_log(settings, factory, _SlowBatch)
+    try:
+        svc.bus_batch_wait_s = 1.0
+        for _ in range(service.BUSY_BATCH):
+            pub.publish("t.slow", "empty")
+        assert svc.inside.wait(30), "the slow batch was never read"
+        slow_read = svc.read_at[-1]
+        for _ in range(3):
+            pub.publish("t.more", "empty")
+        wait_for(lambda: time.monotonic() > slow_read + 1.0, 30, "the work to outlast the wait")
+        svc.release.set()
+        wait_for(lambda: ["t.more"] * 3 in svc.bursts, 30, "the messages sent during the work")
+        waited = svc.read_at[-1] - svc.released_at
+        assert waited < svc.bus_batch_wait_s, f"read {waited:.3f} s after the work ended"
+    finally:
+        svc.release.set()
         svc.stop("test")
         loop.join(10)
         close_in_process(svc)
