@@ -326,27 +326,30 @@ class Collector(Service):
         self._last_ready = now
         self._on_realtime()
         if busy:
-            self._gather()
+            self._gather(now)
 
-    def _gather(self) -> None:
+    def _gather(self, taken_at: float) -> None:
         """Take the reader's frames every gather_ms instead of waking for each: a wake-up
         costs several times the work it does at 200 exec/s (caches gone cold while we
         slept), so 2-8 execs a wake-up cost little more than one. The socket is watched
-        again once a look finds nothing."""
+        again once a look finds nothing. The next take is due gather_ms after the last
+        one (`taken_at`), not after its work: frames that came during long work have
+        waited that long already."""
         wait_s = self.cfg.gather_ms / 1000
         if wait_s <= 0 or self._reader_fd < 0:
             return
         self.unwatch(self._reader_fd)
         self._gathering = True
-        self.once(wait_s, self._on_gathered)
+        self.once(max(0.0, taken_at + wait_s - time.monotonic()), self._on_gathered)
 
     def _on_gathered(self) -> None:
         self._gathering = False
         if self.realtime is None:
             return  # gone meanwhile (_reader_died): nothing to watch
+        taken_at = time.monotonic()
         if self._on_realtime():
-            self._last_ready = time.monotonic()  # frames still come: as if they woke us
-            self._gather()
+            self._last_ready = taken_at  # frames still come: as if they woke us
+            self._gather(taken_at)
         else:
             self._watch_reader()
 

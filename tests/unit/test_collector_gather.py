@@ -96,6 +96,39 @@ def test_a_frame_after_quiet_is_taken_at_once_then_frames_are_gathered(
     assert c._watched.get(fd) == c._on_reader_ready and gather_timers(c) == 0
 
 
+def test_the_next_take_is_due_gather_ms_after_the_last_take_not_after_its_work(
+    wired: tuple[Collector, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work that outlasts gather_ms (a storm's frames): the frames that came meanwhile
+    have waited that long already, so the next take is due at once, not a gather_ms
+    after the work ended."""
+    c, sock = wired
+    take = c._on_realtime
+
+    def take_then_work() -> int:
+        taken = take()
+        end = time.monotonic() + 2 * c.cfg.gather_ms / 1000
+        while time.monotonic() < end:  # the work of a long take
+            pass
+        return taken
+
+    monkeypatch.setattr(c, "_on_realtime", take_then_work)
+
+    def due() -> float:
+        (timer,) = [t for t in c._timers if t.fn == c._on_gathered]
+        return timer.due
+
+    send_exec(sock, 1)
+    c._last_ready = time.monotonic() + 3600  # as if the last frame came just now
+    c._on_reader_ready()
+    assert due() <= time.monotonic(), "the take after a woken one"
+    send_exec(sock, 2)
+    c._timers.clear()
+    c._on_gathered()
+    assert logged(c) == 2
+    assert due() <= time.monotonic(), "the take after a gathered one"
+
+
 def test_gather_ms_0_takes_every_frame_at_once(wired: tuple[Collector, socket.socket]) -> None:
     c, sock = wired
     c.cfg = c.cfg.model_copy(update={"gather_ms": 0.0})
