@@ -251,7 +251,9 @@ class Alerter(Service):
         since = time.monotonic() - self._flushed_at
         if since >= coalesce:
             self.flush()
-            since = 0.0
+            # the window counts from the write's start, not its end: what came during a
+            # long write has waited that long already
+            since = time.monotonic() - self._flushed_at
         if coalesce <= 0:
             return
         sub = self.subscriber

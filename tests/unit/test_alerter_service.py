@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,6 +200,33 @@ min_severity = "high"
         assert {r["severity"] for r in read(b)} == {"high"}  # the floor, and no summary
         held = svc.rpc_list(Request("alerts.list", {"limit": 100}))["alerts"]
         assert sum(1 for r in held if r.get("heldBy") == ["limited"]) == 4
+    finally:
+        close(svc)
+
+
+def test_the_window_after_a_long_write_counts_from_the_write_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that outlasts `coalesce_s` (a storm's burst): the alerts that came
+    meanwhile have waited that long already, so the bus is read again at once, not a
+    whole window after the write ended."""
+    svc = make_alerter(tmp_path, "[alerter]\ncoalesce_s = 0.05\n")
+    try:
+        assert svc.store is not None
+        add = svc.store.add
+
+        def add_then_work(*args: Any) -> None:
+            add(*args)
+            end = time.monotonic() + 0.1
+            while time.monotonic() < end:  # the work of a long write
+                pass
+
+        monkeypatch.setattr(svc.store, "add", add_then_work)
+        svc.on_message(msg(exe="/bin/first"))
+        svc.on_drained()
+        assert not svc._staged  # written
+        (window,) = [t for t in svc._timers if t.fn == svc._read_window]
+        assert window.due <= time.monotonic()
     finally:
         close(svc)
 
