@@ -115,3 +115,35 @@ FULL_EVENT = {
     "exitCode": 0,
     "hostname": "host",
 }  # fmt: skip
+
+
+ALERT = wire.Alert.schema
+WELL_FORMED_ALERTS = struct_bodies(ALERT, hostile=False)
+HOSTILE_ALERTS = struct_bodies(ALERT, hostile=True)
+FULL_ALERT = {
+    "alertId": "ab" * 16,
+    "ruleId": "de-test",
+    "ruleName": "a test rule",
+    "severity": "high",
+    "title": "a test rule: /var/lib/x/true (pid 4242)",
+    "description": "fires in tests",
+    "rowJson": '{"pid": 4242}',
+    "dedupKey": "de-test|4242",
+    "firstSeenNs": 1_700_000_000_123_456_789,
+    "lastSeenNs": 1_700_000_000_123_456_789,
+    "count": 1,
+    "tags": ["attack.execution", "ü"],
+    "timeNs": 1_700_000_000_123_456_789,
+    "hostname": "host",
+    "process": FULL_EVENT["record"],
+    "ancestry": [
+        {
+            "pid": 4241 - n, "ppid": 4240 - n, "startTicks": 100 + n, "startTime": 1.7e9,
+            "name": "sh", "exePath": "/bin/sh", "cmdline": ["sh", "-c", "x" * n],
+            "uid": 0, "username": "root", "sessionId": 7, "exited": n % 2 == 1,
+            "source": ("live", "exited", "history")[n % 3],
+        }
+        for n in range(8)
+    ]
+    + [{"pid": 1, "name": "", "exited": True, "source": "unknown"}],
+}  # fmt: skip

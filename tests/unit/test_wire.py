@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemoneye import wire, wirepack
+from tests.wire_bodies import WELL_FORMED_ALERTS
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
 
@@ -317,6 +318,18 @@ def test_the_packer_writes_the_bytes_pycapnp_builds(events: list[dict]) -> None:
         for order in (body, dict(reversed(body.items()))):
             packed = wire._pack_envelope(HEADER, wire._PACKED[kind], order)
             assert packed == wire.encode_envelope(HEADER, kind, order, fast=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(WELL_FORMED_ALERTS)
+def test_the_packer_writes_the_alert_bytes_pycapnp_builds(alert: dict) -> None:
+    """The detector's alerts too (with their process and ancestry): no fallback to
+    pycapnp, and exactly its bytes."""
+    for packer in wirepack._structs.values():
+        packer.forget_orders()
+    for order in (alert, dict(reversed(alert.items()))):
+        packed = wire._pack_envelope(HEADER, wire._PACKED["alert"], order)
+        assert packed == wire.encode_envelope(HEADER, "alert", order, fast=False)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from daemoneye import wire, wirepack
 from tests.compiled import assert_built, heap_kept
-from tests.wire_bodies import FULL_EVENT, HOSTILE_EVENTS, WELL_FORMED, Text
+from tests.wire_bodies import (
+    FULL_ALERT,
+    FULL_EVENT,
+    HOSTILE_ALERTS,
+    HOSTILE_EVENTS,
+    WELL_FORMED,
+    WELL_FORMED_ALERTS,
+    Text,
+)
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
 REFUSED = "refused"
@@ -79,6 +87,26 @@ def test_well_formed_bodies_are_written_by_both_byte_for_byte(events: list[dict]
         assert native == python
 
 
+@compiled
+def test_a_full_alert_is_written_the_same() -> None:
+    """An alert with its process and ancestry (the detector's): both writers, pycapnp's
+    bytes."""
+    forget_key_orders()
+    native, python = both("alert", FULL_ALERT)
+    assert native != REFUSED and native == python
+    assert native == wire.encode_envelope(HEADER, "alert", FULL_ALERT, fast=False)
+
+
+@compiled
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(WELL_FORMED_ALERTS)
+def test_well_formed_alerts_are_written_by_both_byte_for_byte(alert: dict) -> None:
+    forget_key_orders()
+    native, python = both("alert", alert)
+    assert python != REFUSED
+    assert native == python
+
+
 def _has_str_subclass(value: Any) -> bool:
     if isinstance(value, str):
         return type(value) is not str
@@ -115,6 +143,24 @@ def test_hostile_bodies_are_written_the_same_or_refused(events: list[dict]) -> N
             assert native == python
         elif python != REFUSED:
             assert _has_str_subclass(body), body
+
+
+@compiled
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE_ALERTS)
+@example({"severity": "dire"})
+@example({"count": -1})
+@example({"tags": ["a", Text("b")]})
+@example({"ancestry": [{"exited": 1}]})
+@example({"ancestry": [("pid", 1)]})
+@example({"process": {"pid": 1, "nosuch": 1}})
+def test_hostile_alerts_are_written_the_same_or_refused(alert: dict) -> None:
+    forget_key_orders()
+    native, python = both("alert", alert)
+    if native != REFUSED:
+        assert native == python
+    elif python != REFUSED:
+        assert _has_str_subclass(alert), alert
 
 
 @compiled
