@@ -52,6 +52,10 @@ from .worker import SinkWorker
 REPORT_EVERY_S = 0.25
 NEVER = float("inf")
 STAGE_MAX = 500  # alerts staged before a store write, within one burst
+# Alerts read in one burst from which the burst is written at once and the bus stays
+# watched (see on_drained): the detector sends an alert storm in batches of ~5-30 a
+# batch wait, so a coalescing window there saves no write or wake-up, only delays
+BATCHED_BURST = 4
 MAX_KEYS_IN_AUDIT = 1000
 MAX_LIST = 10_000
 MAX_SCAN = 200_000  # history records one list request may read
@@ -82,6 +86,7 @@ class Alerter(Service):
         self.halt = threading.Event()
         self.reports: queue.SimpleQueue[tuple[str, str, dict[str, Any]]] = queue.SimpleQueue()
         self.received = 0
+        self._read_before = 0  # `received` when the last burst ended (on_drained)
         self.rejected = 0
         self.accepted = 0
         self.summaries = 0
@@ -244,17 +249,22 @@ class Alerter(Service):
         the last write the burst waits to go with the next ones. Nor is the bus read
         alert by alert meanwhile: it is left until the window ends and what queued is
         read then, in one wake-up with its write (the first alert after a quiet spell
-        still goes at once: a socket read dry with nothing staged stays watched)."""
+        still goes at once: a socket read dry with nothing staged stays watched). A burst
+        of BATCHED_BURST alerts or more (a detector's batch in an alert storm) is a batch
+        already: it is written at once and the bus stays watched, as a window would only
+        delay it and the next one."""
+        burst, self._read_before = self.received - self._read_before, self.received
         if not (self._staged or self.intake.cursors.pending):
             return
         coalesce = self.cfg.coalesce_s
+        batched = burst >= BATCHED_BURST
         since = time.monotonic() - self._flushed_at
-        if since >= coalesce:
+        if since >= coalesce or batched:
             self.flush()
             # the window counts from the write's start, not its end: what came during a
             # long write has waited that long already
             since = time.monotonic() - self._flushed_at
-        if coalesce <= 0:
+        if coalesce <= 0 or batched:
             return
         sub = self.subscriber
         if sub is not None and not sub.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:

@@ -231,6 +231,31 @@ def test_the_window_after_a_long_write_counts_from_the_write_start(
         close(svc)
 
 
+def test_a_batched_burst_is_written_at_once_within_the_window(tmp_path: Path) -> None:
+    """A burst of BATCHED_BURST alerts or more (a detector's batch in an alert storm) is
+    a batch already: written at once, though a write was just made; a lone alert after
+    it waits for the window as before."""
+    svc = make_alerter(tmp_path, "[alerter]\ncoalesce_s = 1\n")  # long: a loaded CI
+    try:
+        assert svc.store is not None
+        svc.on_message(msg(exe="/bin/first"))
+        svc.on_drained()  # written: a window of 1 s begins
+        for n in range(alerter_service.BATCHED_BURST - 1):
+            svc.on_message(msg(exe=f"/bin/small{n}"))
+        svc.on_drained()
+        assert len(svc._staged) == alerter_service.BATCHED_BURST - 1  # a small burst waits
+        for n in range(alerter_service.BATCHED_BURST):
+            svc.on_message(msg(exe=f"/bin/storm{n}"))
+        svc.on_drained()
+        assert not svc._staged, "a batched burst waits for no window"
+        assert sum(1 for _ in svc.store.history()) == 2 * alerter_service.BATCHED_BURST
+        svc.on_message(msg(exe="/bin/lone"))
+        svc.on_drained()
+        assert len(svc._staged) == 1
+    finally:
+        close(svc)
+
+
 def test_a_steady_trickle_is_written_in_batches_a_first_alert_at_once(tmp_path: Path) -> None:
     """At low rates each bus burst is one alert: within `coalesce_s` of the last store
     write a burst waits for the timer, so writes, sink wake-ups and fsyncs go per batch;
