@@ -60,6 +60,14 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         time.sleep(0.01)  # a poll interval, not a synchronisation: the condition decides
 
 
+def work_for(seconds: float) -> None:
+    """Keep this thread busy this long: the work of a long batch, take or write inside the
+    code under test (work that takes time, not a wait for a condition)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def settle(condition: Callable[[], object], timeout: float, interval: float = 0.1) -> bool:
     """Poll like wait_for, but say whether it held instead of failing: the caller's
     counts then tell what is missing."""

@@ -310,7 +310,7 @@ def test_a_busy_bus_is_read_a_batch_wait_after_the_last_read(broker, settings, f
         close_in_process(svc)
 
 
-class _SlowBatch(_Woken):
+class _SlowBatch(_Batched):
     """Holds the work of its first `t.slow` burst until the test releases it (a batch
     whose work outlasts the batch wait); notes when each burst's read began."""
 

@@ -16,7 +16,7 @@ from daemoneye.config import load_settings
 from daemoneye.service import Request, RpcFault
 from daemoneye.services.alerter import service as alerter_service
 from daemoneye.services.alerter.service import Alerter
-from tests.conftest import close_in_process, open_in_process, wait_for
+from tests.conftest import close_in_process, open_in_process, wait_for, work_for
 from tests.sink_lines import written_records
 
 counter = iter(range(1, 10**9))
@@ -217,9 +217,7 @@ def test_the_window_after_a_long_write_counts_from_the_write_start(
 
         def add_then_work(*args: Any) -> None:
             add(*args)
-            end = time.monotonic() + 0.1
-            while time.monotonic() < end:  # the work of a long write
-                pass
+            work_for(0.1)  # a long write
 
         monkeypatch.setattr(svc.store, "add", add_then_work)
         svc.on_message(msg(exe="/bin/first"))

@@ -23,6 +23,7 @@ from daemoneye.services.collector.realtime import Link, RealtimeSource
 from daemoneye.services.collector.service import IDLE_TICK_S, TICK_S, Collector
 from daemoneye.services.collector.tracker import Tracker
 from daemoneye.services.collector.wal import Wal
+from tests.conftest import work_for
 
 pytestmark = pytest.mark.skipif(not procfs.IS_LINUX, reason="reads Linux /proc")
 
@@ -107,9 +108,7 @@ def test_the_next_take_is_due_gather_ms_after_the_last_take_not_after_its_work(
 
     def take_then_work() -> int:
         taken = take()
-        end = time.monotonic() + 2 * c.cfg.gather_ms / 1000
-        while time.monotonic() < end:  # the work of a long take
-            pass
+        work_for(2 * c.cfg.gather_ms / 1000)  # a long take's work
         return taken
 
     monkeypatch.setattr(c, "_on_realtime", take_then_work)

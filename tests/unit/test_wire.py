@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemoneye import wire, wirepack
-from tests.wire_bodies import WELL_FORMED_ALERTS
+from tests.wire_bodies import WELL_FORMED_ALERTS, forget_key_orders
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
 
@@ -312,8 +312,7 @@ def test_the_fast_filler_sets_the_bytes_the_plan_sets(events: list[dict]) -> Non
 def test_the_packer_writes_the_bytes_pycapnp_builds(events: list[dict]) -> None:
     """encode_envelope's own writer (wirepack) takes well-formed process events without
     falling back to pycapnp, and writes exactly the bytes pycapnp builds."""
-    for packer in wirepack._structs.values():
-        packer.forget_orders()  # room for this example's key orders
+    forget_key_orders()
     for kind, body in (("processEvent", events[0]), ("processEventBatch", {"events": events})):
         for order in (body, dict(reversed(body.items()))):
             packed = wire._pack_envelope(HEADER, wire._PACKED[kind], order)
@@ -325,8 +324,7 @@ def test_the_packer_writes_the_bytes_pycapnp_builds(events: list[dict]) -> None:
 def test_the_packer_writes_the_alert_bytes_pycapnp_builds(alert: dict) -> None:
     """The detector's alerts too (with their process and ancestry): no fallback to
     pycapnp, and exactly its bytes."""
-    for packer in wirepack._structs.values():
-        packer.forget_orders()
+    forget_key_orders()
     for order in (alert, dict(reversed(alert.items()))):
         packed = wire._pack_envelope(HEADER, wire._PACKED["alert"], order)
         assert packed == wire.encode_envelope(HEADER, "alert", order, fast=False)
@@ -366,14 +364,12 @@ def _encode_both_orders_as_pycapnp() -> None:
 
 def test_dicts_past_the_packers_key_orders_take_pycapnp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wirepack, "MAX_KEY_ORDERS", 1)
-    for packer in wirepack._structs.values():
-        packer.forget_orders()
+    forget_key_orders()
     _encode_both_orders_as_pycapnp()
     with pytest.raises(wirepack.Unpackable):
         wire._pack_envelope(HEADER, wire._PACKED["processEvent"], SECOND_ORDER)
     wire._pack_envelope(HEADER, wire._PACKED["processEvent"], FIRST_ORDER)  # still packed
-    for packer in wirepack._structs.values():
-        packer.forget_orders()
+    forget_key_orders()
 
 
 def test_dicts_past_the_key_orders_kept_take_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:

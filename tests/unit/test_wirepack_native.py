@@ -25,6 +25,7 @@ from tests.wire_bodies import (
     WELL_FORMED,
     WELL_FORMED_ALERTS,
     Text,
+    forget_key_orders,
 )
 
 HEADER = wire.Header("collector@test", "boot1", 42, 1_700_000_000_000_000_000)
@@ -34,11 +35,6 @@ compiled = pytest.mark.skipif(
     reason="daemoneye._wirepack was not built here: the Python writer runs "
     "(test_the_compiled_writer_is_built_where_a_compiler_is says whether it should be)",
 )
-
-
-def forget_key_orders() -> None:
-    for packer in wirepack._structs.values():
-        packer.forget_orders()
 
 
 def both(kind: str, body: Any) -> tuple[Any, Any]:
@@ -58,6 +54,23 @@ def both(kind: str, body: Any) -> tuple[Any, Any]:
     except Exception:
         python = REFUSED
     return native, python
+
+
+def assert_written_the_same(kind: str, body: Any) -> None:
+    """A well-formed body: the Python writer takes it, the compiled one writes the same."""
+    native, python = both(kind, body)
+    assert python != REFUSED  # the strategies' bodies are the Python writer's to take
+    assert native == python
+
+
+def assert_the_same_or_refused(kind: str, body: Any) -> None:
+    """What the compiled writer writes, the Python writer writes the same; what it
+    refuses, the Python writer refuses too unless a str subclass is in it."""
+    native, python = both(kind, body)
+    if native != REFUSED:
+        assert native == python
+    elif python != REFUSED:
+        assert _has_str_subclass(body), body
 
 
 def test_the_compiled_writer_is_built_where_a_compiler_is() -> None:
@@ -82,9 +95,7 @@ def test_a_full_event_and_a_batch_are_written_the_same() -> None:
 def test_well_formed_bodies_are_written_by_both_byte_for_byte(events: list[dict]) -> None:
     forget_key_orders()  # room for this example's key orders
     for kind, body in (("processEvent", events[0]), ("processEventBatch", {"events": events})):
-        native, python = both(kind, body)
-        assert python != REFUSED  # the strategy's bodies are the Python writer's to take
-        assert native == python
+        assert_written_the_same(kind, body)
 
 
 @compiled
@@ -102,9 +113,7 @@ def test_a_full_alert_is_written_the_same() -> None:
 @given(WELL_FORMED_ALERTS)
 def test_well_formed_alerts_are_written_by_both_byte_for_byte(alert: dict) -> None:
     forget_key_orders()
-    native, python = both("alert", alert)
-    assert python != REFUSED
-    assert native == python
+    assert_written_the_same("alert", alert)
 
 
 def _has_str_subclass(value: Any) -> bool:
@@ -134,15 +143,9 @@ def _has_str_subclass(value: Any) -> bool:
 @example([{"timeNs": 1.5}])
 @example([{"record": {"pid": 1, "nosuch": 1}}])
 def test_hostile_bodies_are_written_the_same_or_refused(events: list[dict]) -> None:
-    """What the compiled writer writes, the Python writer writes the same; what it
-    refuses, the Python writer refuses too unless a str subclass is in it."""
     forget_key_orders()
     for kind, body in (("processEvent", events[0]), ("processEventBatch", {"events": events})):
-        native, python = both(kind, body)
-        if native != REFUSED:
-            assert native == python
-        elif python != REFUSED:
-            assert _has_str_subclass(body), body
+        assert_the_same_or_refused(kind, body)
 
 
 @compiled
@@ -156,11 +159,7 @@ def test_hostile_bodies_are_written_the_same_or_refused(events: list[dict]) -> N
 @example({"process": {"pid": 1, "nosuch": 1}})
 def test_hostile_alerts_are_written_the_same_or_refused(alert: dict) -> None:
     forget_key_orders()
-    native, python = both("alert", alert)
-    if native != REFUSED:
-        assert native == python
-    elif python != REFUSED:
-        assert _has_str_subclass(alert), alert
+    assert_the_same_or_refused("alert", alert)
 
 
 @compiled
