@@ -8,7 +8,9 @@ as `daemoneye run` children in a temp dir, a rule that matches the storm's marke
 argv, and a storm process that posix_spawns `true <marker> <n> <spawn_ns>` at
 `--rate` per second. Prints, every 10 s and at the end: events/s, drops, gaps,
 replays, exec-to-alert latency (spawn -> the detector sending the alert, from the
-envelope's send time, so this probe's own scheduling is not counted), per-service CPU and RSS
+envelope's send time, so this probe's own scheduling is not counted; spawn -> the
+alerter's receipt, its `receivedNs`; and spawn -> the alert's line in the file sink,
+which the budget is about, as bench/sink_tail.py first reads it), per-service CPU and RSS
 over time (a terminal plot; a PNG too with --png when matplotlib is installed), and
 a final verdict: the collector's WAL seq range against what the ledger and the
 detector's history hold, storm processes captured, alerts lost or duplicated.
@@ -339,6 +341,7 @@ def main() -> int:
         print("note: not root: the collector runs on /proc snapshots and misses most of the storm")
     tmp = Path(tempfile.mkdtemp(prefix="de-soak-"))
     marker = args.marker = f"soak-{uuid.uuid4().hex[:8]}"
+    args.sink_tail = None  # the file sink's tailer, once the system runs
     write_rule(tmp / "rules", marker)
     system = System(tmp, tmp / "rules")
     names = [n for n in ORDER if n != "alerter" or alerter_ready()]
@@ -362,6 +365,8 @@ def run(system: System, names: list[str], marker: str, seconds: float, args) -> 
     # cores. The ledger and detector still get every event; the verdict counts those.
     probe_topics = ("events.process.start", "events.process.modify", "alerts.")
     sub = Subscriber(sock, probe_topics, settings.bus.max_event_bytes)
+    if "alerter" in names:
+        args.sink_tail = start_sink_tail(settings.data_dir, marker)
     time.sleep(0.5)  # let the subscription reach the broker before the storm starts
     storm_proc = subprocess.Popen(
         [
@@ -481,6 +486,33 @@ def file_sink_latency(data_dir: Path, marker: str) -> tuple[list[float], int]:
     return lat, lines
 
 
+def start_sink_tail(data_dir: Path, marker: str) -> tuple[subprocess.Popen, Path]:
+    """bench/sink_tail.py following the default file sink, at the services' priority
+    (a tailer woken late would overstate the latency); its figures go to a file."""
+    out = data_dir / f"sink-tail-{marker}.txt"
+    nice = (lambda: os.nice(-10)) if os.geteuid() == 0 else None
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("sink_tail.py")),
+         str(data_dir / "alerts.jsonl"), marker, str(out)],
+        stdin=subprocess.PIPE,
+        preexec_fn=nice,
+    )  # fmt: skip
+    return proc, out
+
+
+def finish_sink_tail(tail: tuple[subprocess.Popen, Path] | None) -> list[float]:
+    """Spawn -> line first read, in ms, once the tailer has read the file to its end."""
+    if tail is None:
+        return []
+    proc, out = tail
+    proc.stdin.close()  # its cue: read what is left, write the figures, exit
+    if proc.wait(60) != 0 or not out.exists():
+        print(f"sink tailer failed (exit {proc.returncode}): no in-file latency")
+        return []
+    pairs = [line.split() for line in out.read_text().splitlines()]
+    return [(int(seen) - int(spawn)) / 1e6 for spawn, seen in pairs]
+
+
 def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, storm_seen, args):
     sampler.settle()
     health = {n: system.health(n) for n in names}
@@ -535,11 +567,19 @@ def report(system, names, spawned, elapsed, events, sub, sampler, lat, alerted, 
     if "alerter" in names:
         sink_lat, sink_lines = file_sink_latency(settings.data_dir, args.marker)
         if sink_lat:
-            p99 = percentile(sink_lat, 99)
             print(
                 f"exec -> alert received by the alerter (from {sink_lines:,} storm alerts in the "
                 f"file sink; its rate limits summarise the rest): "
-                f"p50 {percentile(sink_lat, 50):.1f} ms, p99 {p99:.1f} ms  "
+                f"p50 {percentile(sink_lat, 50):.1f} ms, p99 {percentile(sink_lat, 99):.1f} ms"
+            )
+        in_file = finish_sink_tail(args.sink_tail)
+        if in_file:
+            p99 = percentile(in_file, 99)
+            print(
+                f"exec -> alert in the file sink (its line first read by a tailer woken by "
+                f"inotify, nice -10; {len(in_file):,} lines): "
+                f"p50 {percentile(in_file, 50):.1f} ms, p99 {p99:.1f} ms, "
+                f"max {max(in_file):.1f} ms  "
                 f"budget p99 <= 50 ms  {verdict(p99, 50, False)}"
             )
     plot(sampler, args.png)
