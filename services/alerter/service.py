@@ -56,6 +56,8 @@ STAGE_MAX = 500  # alerts staged before a store write, within one burst
 # watched (see on_drained): the detector sends an alert storm in batches of ~5-30 a
 # batch wait, so a coalescing window there saves no write or wake-up, only delays
 BATCHED_BURST = 4
+BATCHED_HOLD_S = 1.0  # since the last batched burst: a storm's batches still come
+PIECE_WAIT_S = 0.002  # a detector sends a batch's alerts back to back: ~0.5 ms for 30
 MAX_KEYS_IN_AUDIT = 1000
 MAX_LIST = 10_000
 MAX_SCAN = 200_000  # history records one list request may read
@@ -111,6 +113,9 @@ class Alerter(Service):
         self._windows_opened: dict[int, tuple[int, int]] = {}  # to store with the next write
         self._windows_closed: set[int] = set()
         self._flushed_at = 0.0  # monotonic: the last store write (see on_drained)
+        self._received_at_flush = 0  # `received` at the last store write
+        self._batched_at = float("-inf")  # monotonic: the last batched burst
+        self._piece_read = False  # the bus is read early, for the rest of a batch
         self._reports_told = False  # a worker woke the loop for reports not yet published
         self._incidents_touched = False  # an alert went to incidents since their timer ran
         self._incidents_next = NEVER  # when they next have work, as their timer last saw
@@ -252,13 +257,23 @@ class Alerter(Service):
         still goes at once: a socket read dry with nothing staged stays watched). A burst
         of BATCHED_BURST alerts or more (a detector's batch in an alert storm) is a batch
         already: it is written at once and the bus stays watched, as a window would only
-        delay it and the next one."""
+        delay it and the next one. Within BATCHED_HOLD_S of such a burst a small one may
+        be the first piece of a batch still arriving (it is read as it comes): the bus
+        is read again PIECE_WAIT_S later, not a whole window, and the pieces are written
+        together once BATCHED_BURST are unwritten. One such early read a window (from one
+        write to the next): a steady stream is still read a few times a window, not
+        alert by alert."""
         burst, self._read_before = self.received - self._read_before, self.received
         if not (self._staged or self.intake.cursors.pending):
             return
+        now = time.monotonic()
+        if burst >= BATCHED_BURST:
+            self._batched_at = now
+        storm = now - self._batched_at < BATCHED_HOLD_S
+        unwritten = self.received - self._received_at_flush
+        batched = burst >= BATCHED_BURST or (storm and unwritten >= BATCHED_BURST)
         coalesce = self.cfg.coalesce_s
-        batched = burst >= BATCHED_BURST
-        since = time.monotonic() - self._flushed_at
+        since = now - self._flushed_at
         if since >= coalesce or batched:
             self.flush()
             # the window counts from the write's start, not its end: what came during a
@@ -270,7 +285,11 @@ class Alerter(Service):
         if sub is not None and not sub.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.unwatch(sub.sock)  # read dry: the bus queues the window's alerts
             self.read_windows += 1
-            self.once(coalesce - since, self._read_window)
+            wait = coalesce - since
+            if storm and not self._piece_read:  # the rest of a batch is ms behind
+                wait = min(wait, PIECE_WAIT_S)
+            self._piece_read = wait < coalesce - since
+            self.once(wait, self._read_window)
         elif self._staged or self.intake.cursors.pending:  # `once` does not schedule twice
             self.once(coalesce - since, self.flush)
 
@@ -420,6 +439,8 @@ class Alerter(Service):
         if not (self._staged or self.intake.cursors.pending or self._windows_closed):
             return
         self._flushed_at = time.monotonic()
+        self._received_at_flush = self.received
+        self._piece_read = False  # a new window: its first small read may be a piece
         staged, self._staged = self._staged, []
         cursors = self.intake.cursors.take()
         opened, self._windows_opened = self._windows_opened, {}

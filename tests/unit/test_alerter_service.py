@@ -254,6 +254,76 @@ def test_a_batched_burst_is_written_at_once_within_the_window(tmp_path: Path) ->
         close(svc)
 
 
+def storm_then(svc: Alerter, *exes: str) -> None:
+    """A batched burst (written at once: a storm is on), then `exes` as one small burst."""
+    for n in range(alerter_service.BATCHED_BURST):
+        svc.on_message(msg(exe=f"/bin/storm{n}"))
+    svc.on_drained()
+    assert not svc._staged
+    for exe in exes:
+        svc.on_message(msg(exe=exe))
+    svc.on_drained()
+
+
+def early_read_in(svc: Alerter) -> float:
+    """How soon the coalescing window's bus read is due."""
+    (read,) = [t for t in svc._timers if t.fn == svc._read_window]
+    return read.due - time.monotonic()
+
+
+def test_a_batch_read_in_pieces_in_a_storm_is_read_again_soon(tmp_path: Path) -> None:
+    """Within BATCHED_HOLD_S of a batched burst, a small burst may be the first piece
+    of a detector's batch still arriving: the bus is read again PIECE_WAIT_S later,
+    not a whole window later, and the pieces go together once BATCHED_BURST are
+    unwritten. The first piece held the rest of its batch back a whole window."""
+    svc = make_alerter(tmp_path, "[alerter]\ncoalesce_s = 1\n")  # long: a loaded CI
+    try:
+        assert svc.store is not None
+        storm_then(svc, "/bin/piece0")
+        assert len(svc._staged) == 1, "a piece waits for the rest of its batch"
+        assert early_read_in(svc) <= alerter_service.PIECE_WAIT_S
+        for n in range(1, alerter_service.BATCHED_BURST):  # the early read: the rest
+            svc.on_message(msg(exe=f"/bin/piece{n}"))
+        svc.on_drained()
+        assert not svc._staged, "the pieces of a batch are written together"
+        assert sum(1 for _ in svc.store.history()) == 2 * alerter_service.BATCHED_BURST
+    finally:
+        close(svc)
+
+
+def test_a_steady_stream_is_read_early_once_a_window(tmp_path: Path) -> None:
+    """A steady stream after a batched burst (no batch behind its first piece): one
+    early read, then the rest of the window as before, not a read per alert."""
+    svc = make_alerter(tmp_path, "[alerter]\ncoalesce_s = 1\n")
+    try:
+        storm_then(svc, "/bin/steady")
+        assert early_read_in(svc) <= alerter_service.PIECE_WAIT_S
+        (read,) = [t for t in svc._timers if t.fn == svc._read_window]
+        svc._timers.remove(read)  # the early read runs, as the loop runs a due timer
+        read.fn()
+        assert len(svc._staged) == 1  # nothing more came: it waits for the window
+        assert early_read_in(svc) > 0.5, "the window's own read, not another early one"
+    finally:
+        close(svc)
+
+
+def test_a_trickle_after_a_write_leaves_the_bus_for_the_window(tmp_path: Path) -> None:
+    """No storm: a small burst within `coalesce_s` of the last write waits for the
+    window with the bus left to fill (one read and one write a window)."""
+    svc = make_alerter(tmp_path, "[alerter]\ncoalesce_s = 1\n")
+    try:
+        assert svc.subscriber is not None
+        svc.on_message(msg(exe="/bin/first"))
+        svc.on_drained()  # the first after a quiet spell: written at once
+        svc.on_message(msg(exe="/bin/second"))
+        svc.on_drained()
+        assert len(svc._staged) == 1
+        assert svc.subscriber.sock not in svc._watched
+        assert any(t.fn == svc._read_window for t in svc._timers)
+    finally:
+        close(svc)
+
+
 def test_a_steady_trickle_is_written_in_batches_a_first_alert_at_once(tmp_path: Path) -> None:
     """At low rates each bus burst is one alert: within `coalesce_s` of the last store
     write a burst waits for the timer, so writes, sink wake-ups and fsyncs go per batch;
