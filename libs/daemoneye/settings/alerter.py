@@ -185,7 +185,8 @@ class AlerterSettings(BaseModel):
         description="at low rates, one bus read, store write and sink hand-off per this "
         "interval: the first alert after a quiet spell goes at once, the rest of a steady "
         "stream in batches (fewer fsyncs, writes and thread wake-ups per alert); a burst of "
-        "4 or more (a detector's batch in an alert storm) goes at once too; 0: every burst",
+        "4 or more (a detector's batch in an alert storm) goes at once too, and in a storm the "
+        "rest of a batch read in pieces is read 2 ms after its first piece; 0: every burst",
     )
     store_sync: bool = Field(
         False, description="fsync the delivery store on every write: survives power loss, slower"
