@@ -307,28 +307,23 @@ class Alerter(Service):
         topic, source, seq = msg.topic, msg.source_id, msg.seq
         if self.cfg.catch_up_new_streams:  # joined mid-stream: its beginning first
             self.intake.catch_up_at(topic, source, seq)
-        self._take(topic, msg.envelope, msg.kind, source, msg.boot_id, seq, msg.raw)
+        self._take(topic, msg.envelope, msg.kind, (source, msg.boot_id, seq), msg.raw)
 
     def take(self, topic: str, envelope: Any, kind: str = "", raw: bytes | None = None) -> None:
         """One alert envelope read by hand (a replayed one), its header read from it.
         `kind`: its body kind when already read; `raw`: its bytes, for the compiled
         reader (wireread) where it reads them."""
         kind = kind or wire.body_kind(envelope)
-        source, boot_id, seq = envelope.sourceId, envelope.bootId, envelope.seq
-        self._take(topic, envelope, kind, source, boot_id, seq, raw)
+        header = (envelope.sourceId, envelope.bootId, envelope.seq)
+        self._take(topic, envelope, kind, header, raw)
 
     def _take(
-        self,
-        topic: str,
-        envelope: Any,
-        kind: str,
-        source: str,
-        boot_id: str,
-        seq: int,
-        raw: bytes | None = None,
+        self, topic: str, envelope: Any, kind: str, header: tuple[str, str, int], raw: bytes | None
     ) -> None:
-        """One alert envelope from the bus or a replay: its cursor, then the alert."""
+        """One alert envelope from the bus or a replay: its cursor, then the alert.
+        `header`: its (sourceId, bootId, seq)."""
         self.received += 1
+        source, boot_id, seq = header
         self.intake.cursors.note_seq(topic, source, boot_id, seq)
         if kind != "alert":
             self._reject(topic, f"body is {kind}, not alert")
