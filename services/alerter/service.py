@@ -313,7 +313,6 @@ class Alerter(Service):
         """One alert envelope read by hand (a replayed one), its header read from it.
         `kind`: its body kind when already read; `raw`: its bytes, for the compiled
         reader (wireread) where it reads them."""
-        kind = kind or wire.body_kind(envelope)
         header = (envelope.sourceId, envelope.bootId, envelope.seq)
         self._take(topic, envelope, kind, header, raw)
 
@@ -325,6 +324,7 @@ class Alerter(Service):
         self.received += 1
         source, boot_id, seq = header
         self.intake.cursors.note_seq(topic, source, boot_id, seq)
+        kind = kind or wire.body_kind(envelope)  # after the cursor: a bad union moves it on
         if kind != "alert":
             self._reject(topic, f"body is {kind}, not alert")
             return
