@@ -20,7 +20,6 @@ import ctypes.util
 import json
 import os
 import select
-import struct
 import sys
 import time
 from pathlib import Path
@@ -29,14 +28,28 @@ IN_MODIFY = 0x00000002
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_CLOEXEC = 0o2000000
-_EVENT_HEAD = struct.Struct("iIII")  # wd, mask, cookie, name length
+
+
+def storm_alert(line: bytes, marker: str) -> tuple[dict, int] | None:
+    """A file sink line that is the alert of a storm process (argv: true <marker> <n>
+    <spawn_ns>): the record and its spawn time; None for any other line."""
+    if marker.encode() not in line:
+        return None
+    try:
+        record = json.loads(line)
+        argv = record["process"]["cmdline"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if record.get("type") != "alert" or len(argv) < 4 or argv[1] != marker:
+        return None
+    return record, int(argv[3])
 
 
 class Tail:
     """The lines appended to one path, across rotations (rename to .1, new file)."""
 
     def __init__(self, path: Path, marker: str) -> None:
-        self.path, self.marker = path, marker.encode()
+        self.path, self.marker = path, marker
         self.fh = None
         self.inode = 0
         self.partial = b""
@@ -74,20 +87,9 @@ class Tail:
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         for line in lines:
-            if self.marker in line:
-                spawn = self._spawn_ns(line)
-                if spawn is not None:
-                    self.seen.append((spawn, now))
-
-    def _spawn_ns(self, line: bytes) -> int | None:
-        try:
-            record = json.loads(line)
-            argv = record["process"]["cmdline"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if record.get("type") != "alert" or len(argv) < 4 or argv[1] != self.marker.decode():
-            return None
-        return int(argv[3])
+            found = storm_alert(line, self.marker)
+            if found is not None:
+                self.seen.append((found[1], now))
 
 
 def main() -> int:

@@ -42,6 +42,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.stored
 from _harness import percentile, verdict
+from sink_tail import storm_alert
 
 from daemoneye.bus import SocketFactory, Subscriber, Topics, wait_for_endpoint
 from daemoneye.config import Settings, load_settings
@@ -473,16 +474,11 @@ def file_sink_latency(data_dir: Path, marker: str) -> tuple[list[float], int]:
     for path in sorted(data_dir.glob("alerts.jsonl*")):
         with open(path, "rb") as f:
             for line in f:
-                if marker.encode() not in line:
-                    continue
-                try:
-                    record = json.loads(line)
-                    argv = record["process"]["cmdline"]
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if record.get("type") == "alert" and len(argv) >= 4 and argv[1] == marker:
+                found = storm_alert(line, marker)
+                if found is not None:
+                    record, spawn_ns = found
                     lines += 1
-                    lat.append((int(record["receivedNs"]) - int(argv[3])) / 1e6)
+                    lat.append((int(record["receivedNs"]) - spawn_ns) / 1e6)
     return lat, lines
 
 
