@@ -54,6 +54,12 @@ def feed(svc: Alerter, *msgs: Message) -> None:
     svc.flush()
 
 
+def window_read(svc: Alerter) -> Any:
+    """The one timer of the coalescing window's bus read (see Alerter.on_drained)."""
+    (read,) = [t for t in svc._timers if t.fn == svc._read_window]
+    return read
+
+
 def lines(svc: Alerter) -> list[dict]:
     """The file sink's complete lines: the sink's worker may be mid-write."""
     return written_records(svc.settings.data_dir / "alerts.jsonl")
@@ -223,8 +229,7 @@ def test_the_window_after_a_long_write_counts_from_the_write_start(
         svc.on_message(msg(exe="/bin/first"))
         svc.on_drained()
         assert not svc._staged  # written
-        (window,) = [t for t in svc._timers if t.fn == svc._read_window]
-        assert window.due <= time.monotonic()
+        assert window_read(svc).due <= time.monotonic()
     finally:
         close(svc)
 
@@ -267,8 +272,7 @@ def storm_then(svc: Alerter, *exes: str) -> None:
 
 def early_read_in(svc: Alerter) -> float:
     """How soon the coalescing window's bus read is due."""
-    (read,) = [t for t in svc._timers if t.fn == svc._read_window]
-    return read.due - time.monotonic()
+    return window_read(svc).due - time.monotonic()
 
 
 def test_a_batch_read_in_pieces_in_a_storm_is_read_again_soon(tmp_path: Path) -> None:
@@ -298,7 +302,7 @@ def test_a_steady_stream_is_read_early_once_a_window(tmp_path: Path) -> None:
     try:
         storm_then(svc, "/bin/steady")
         assert early_read_in(svc) <= alerter_service.PIECE_WAIT_S
-        (read,) = [t for t in svc._timers if t.fn == svc._read_window]
+        read = window_read(svc)
         svc._timers.remove(read)  # the early read runs, as the loop runs a due timer
         read.fn()
         assert len(svc._staged) == 1  # nothing more came: it waits for the window
